@@ -1,0 +1,182 @@
+package main
+
+import (
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/mattn/go-isatty"
+	"github.com/rs/zerolog"
+	"github.com/urfave/cli/v2"
+)
+
+const loggerKey = "logger"
+
+// newApp builds the dmctl command tree. Results go to stdout, logs and errors
+// to stderr; nothing in it calls os.Exit, so tests can run it in-process.
+func newApp(stdout, stderr io.Writer) *cli.App {
+	app := &cli.App{
+		Name:                 "dmctl",
+		Usage:                "Azure IoT Hub device management: simulated device, service CLI and a local IoT Hub",
+		Version:              resolveVersion(),
+		Writer:               stdout,
+		ErrWriter:            stderr,
+		EnableBashCompletion: true,
+		ExitErrHandler:       func(*cli.Context, error) {},
+		Flags: []cli.Flag{
+			&cli.StringFlag{
+				Name:    "log-level",
+				Usage:   "log level: trace, debug, info, warn, error",
+				Value:   "info",
+				EnvVars: []string{"DMCTL_LOG_LEVEL"},
+			},
+			&cli.StringFlag{
+				Name:        "log-format",
+				Usage:       "log format: console or json (default: console on a terminal, json otherwise)",
+				EnvVars:     []string{"DMCTL_LOG_FORMAT"},
+				DefaultText: "auto",
+			},
+		},
+		Before: func(c *cli.Context) error {
+			l, err := newLogger(stderr, c.String("log-level"), c.String("log-format"))
+			if err != nil {
+				return err
+			}
+			c.App.Metadata[loggerKey] = l
+			return nil
+		},
+		Commands: commands(),
+	}
+	app.Metadata = map[string]any{}
+	setUsageErrors(app.Commands)
+	app.OnUsageError = onUsageError
+	return app
+}
+
+// commands lists the top-level commands.
+func commands() []*cli.Command {
+	return []*cli.Command{}
+}
+
+func onUsageError(c *cli.Context, err error, _ bool) error {
+	return usageErrorf("run '"+c.Command.HelpName+" --help' for usage", "%v", err)
+}
+
+// setUsageErrors makes flag-parsing errors of every command usage errors.
+func setUsageErrors(cmds []*cli.Command) {
+	for _, cmd := range cmds {
+		if cmd.OnUsageError == nil {
+			cmd.OnUsageError = onUsageError
+		}
+		setUsageErrors(cmd.Subcommands)
+	}
+}
+
+func newLogger(w io.Writer, level, format string) (zerolog.Logger, error) {
+	lvl, err := zerolog.ParseLevel(strings.ToLower(level))
+	if err != nil || level == "" {
+		return zerolog.Nop(), usageErrorf("use one of trace, debug, info, warn, error", "invalid --log-level %q", level)
+	}
+	switch format {
+	case "":
+		if f, ok := w.(*os.File); ok && isatty.IsTerminal(f.Fd()) {
+			format = "console"
+		} else {
+			format = "json"
+		}
+	case "console", "json":
+	default:
+		return zerolog.Nop(), usageErrorf("use console or json", "invalid --log-format %q", format)
+	}
+	if format == "console" {
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly}
+	}
+	return zerolog.New(w).Level(lvl).With().Timestamp().Logger(), nil
+}
+
+// loggerFrom returns the logger the app built from the global flags.
+func loggerFrom(c *cli.Context) zerolog.Logger {
+	if l, ok := c.App.Metadata[loggerKey].(zerolog.Logger); ok {
+		return l
+	}
+	return zerolog.Nop()
+}
+
+// outputFlag is -o/--output on every command that prints a result.
+var outputFlag = &cli.StringFlag{
+	Name:    "output",
+	Aliases: []string{"o"},
+	Usage:   "result format: text or json",
+	Value:   "text",
+	Action: func(_ *cli.Context, v string) error {
+		if v != "text" && v != "json" {
+			return usageErrorf("use -o text or -o json", "invalid --output %q", v)
+		}
+		return nil
+	},
+}
+
+// jsonOutput reports whether the command was asked for JSON results.
+func jsonOutput(c *cli.Context) bool { return c.String("output") == "json" }
+
+// printJSON writes v as indented JSON and a newline.
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// caFileFlag adds PEM certificates to the system roots. Certificate
+// verification itself is never switched off.
+var caFileFlag = &cli.StringFlag{
+	Name:    "ca-file",
+	Usage:   "PEM bundle of extra CA certificates to trust (added to the system roots)",
+	EnvVars: []string{"DMCTL_CA_FILE"},
+}
+
+// loadCAPool returns the system roots plus the certificates of --ca-file.
+func loadCAPool(c *cli.Context) (*x509.CertPool, error) {
+	pool, err := x509.SystemCertPool()
+	if err != nil || pool == nil {
+		pool = x509.NewCertPool()
+	}
+	file := c.String("ca-file")
+	if file == "" {
+		return pool, nil
+	}
+	pem, err := os.ReadFile(file)
+	if err != nil {
+		return nil, usageErrorf("check --ca-file or DMCTL_CA_FILE", "read CA file: %v", err)
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, usageErrorf("the file must hold PEM \"CERTIFICATE\" blocks", "no certificate found in CA file %s", file)
+	}
+	return pool, nil
+}
+
+// exitError carries an exit-code class and an optional hint.
+type exitError struct {
+	err  error
+	hint string
+	code int // 0: classify err
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+// usageErrorf reports bad input (exit code 2) with a hint on how to fix it.
+func usageErrorf(hint, format string, args ...any) error {
+	return &exitError{err: fmt.Errorf(format, args...), hint: hint, code: exitUsage}
+}
+
+// withHint attaches a hint to err; the exit code still follows from err.
+func withHint(err error, hint string) error {
+	if err == nil {
+		return nil
+	}
+	return &exitError{err: err, hint: hint}
+}

@@ -1,0 +1,79 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/dmctl/dmctl/sas"
+)
+
+// Exit codes. They are part of dmctl's contract with scripts and are listed
+// in the README; never renumber one.
+const (
+	exitOK             = 0
+	exitFailure        = 1   // anything not listed below
+	exitUsage          = 2   // usage error or malformed input
+	exitAuth           = 3   // authentication refused
+	exitDeviceNotFound = 4   // no such device identity
+	exitDeviceOffline  = 5   // device not connected (or not listening for methods)
+	exitMethodTimeout  = 6   // device did not answer the method in time
+	exitDeviceStatus   = 7   // device answered with a status >= 400
+	exitNotConfirmed   = 8   // reboot not confirmed in the twin in time
+	exitInterrupted    = 130 // SIGINT/SIGTERM while a command was working
+)
+
+// classes maps sentinel errors to exit codes, first match wins.
+var classes = []struct {
+	target error
+	code   int
+}{
+	{sas.ErrMalformed, exitUsage},
+	{sas.ErrExpired, exitAuth},
+	{sas.ErrSignature, exitAuth},
+	{sas.ErrAudience, exitAuth},
+}
+
+// exitCode is the one place that turns an error into a process exit code.
+func exitCode(err error) int {
+	if err == nil {
+		return exitOK
+	}
+	var ee *exitError
+	if errors.As(err, &ee) && ee.code != 0 {
+		return ee.code
+	}
+	for _, c := range classes {
+		if errors.Is(err, c.target) {
+			return c.code
+		}
+	}
+	for _, f := range classifiers {
+		if code := f(err); code != 0 {
+			return code
+		}
+	}
+	if errors.Is(err, context.Canceled) {
+		return exitInterrupted
+	}
+	return exitFailure
+}
+
+// classifiers hold checks that need more than errors.Is (typed errors).
+var classifiers []func(error) int
+
+// printError writes "dmctl: error: ..." and, where a fix is known,
+// "dmctl: hint: ...".
+func printError(w io.Writer, err error) {
+	msg := strings.TrimPrefix(err.Error(), "dmctl: ")
+	fmt.Fprintf(w, "dmctl: error: %s\n", msg)
+	var ee *exitError
+	for e := err; errors.As(e, &ee); e = ee.err {
+		if ee.hint != "" {
+			fmt.Fprintf(w, "dmctl: hint: %s\n", ee.hint)
+			return
+		}
+	}
+}

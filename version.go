@@ -1,0 +1,18 @@
+package main
+
+import "runtime/debug"
+
+// version is set at release time with -ldflags "-X main.version=...".
+var version = ""
+
+// resolveVersion returns the release version, else the module version that
+// `go install` recorded, else "devel".
+func resolveVersion() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "devel"
+}
