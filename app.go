@@ -59,7 +59,9 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 
 // commands lists the top-level commands.
 func commands() []*cli.Command {
-	return []*cli.Command{}
+	return []*cli.Command{
+		sasCommand(),
+	}
 }
 
 func onUsageError(c *cli.Context, err error, _ bool) error {
@@ -77,8 +79,11 @@ func setUsageErrors(cmds []*cli.Command) {
 }
 
 func newLogger(w io.Writer, level, format string) (zerolog.Logger, error) {
+	if level == "" {
+		level = "info"
+	}
 	lvl, err := zerolog.ParseLevel(strings.ToLower(level))
-	if err != nil || level == "" {
+	if err != nil {
 		return zerolog.Nop(), usageErrorf("use one of trace, debug, info, warn, error", "invalid --log-level %q", level)
 	}
 	switch format {
@@ -126,6 +131,7 @@ func jsonOutput(c *cli.Context) bool { return c.String("output") == "json" }
 // printJSON writes v as indented JSON and a newline.
 func printJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
 }

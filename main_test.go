@@ -91,7 +91,7 @@ func cmdWaitFile(ts *testscript.TestScript, neg bool, args []string) {
 // setupScript gives every script a clean environment: no connection strings
 // leak in from the developer's shell.
 func setupScript(t *testing.T, env *testscript.Env) error {
-	for _, k := range []string{"IOTHUB_CONNECTION_STRING", "IOTHUB_DEVICE_CONNECTION_STRING", "DMCTL_CA_FILE", "DMCTL_LOG_LEVEL", "DMCTL_LOG_FORMAT", "HTTPS_PROXY", "https_proxy"} {
+	for _, k := range []string{"IOTHUB_CONNECTION_STRING", "IOTHUB_DEVICE_CONNECTION_STRING", "DMCTL_CA_FILE", "DMCTL_LOG_LEVEL", "DMCTL_LOG_FORMAT", "DMCTL_SECONDARY_KEY", "HTTPS_PROXY", "https_proxy"} {
 		env.Setenv(k, "")
 	}
 	return nil
