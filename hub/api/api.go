@@ -1,0 +1,204 @@
+// Package api serves the local hub's service-side REST API: direct methods,
+// twins, the identity registry and twin queries, with SAS authentication
+// against the shared access policies and IoT Hub's error bodies.
+//
+// Every route ignores the api-version query parameter. Responses carry
+// "Content-Type: application/json; charset=utf-8". Errors use IoT Hub's
+// Style A envelope ({"Message":"ErrorCode:<Name>;<text>",...}), except the
+// device-offline and device-timeout answers of the direct-method route,
+// which use Style B as the real hub does.
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/dmctl/dmctl/hub/store"
+	"github.com/dmctl/dmctl/internal/iothub"
+	"github.com/rs/zerolog"
+)
+
+// Devices is the device side of the hub, as the REST handlers need it.
+type Devices interface {
+	// Invoke sends a direct method to the connected device and waits for its answer.
+	// Errors: ErrDeviceNotOnline (not connected or not subscribed within connectTimeout), ErrTimeout.
+	Invoke(ctx context.Context, deviceID, method string, payload []byte, connectTimeout, responseTimeout time.Duration) (status int, body []byte, err error)
+	// NotifyDesired pushes a desired patch to the device if it is connected and subscribed.
+	NotifyDesired(deviceID string, version int64, patch []byte)
+}
+
+// Errors a Devices implementation returns from Invoke.
+var (
+	ErrDeviceNotOnline = errors.New("device not online")
+	ErrTimeout         = errors.New("device did not answer in time")
+)
+
+// Config configures the REST handler.
+type Config struct {
+	Store   *store.Store
+	Devices Devices
+	// Hosts returns the accepted SAS audience hosts (with or without port).
+	// The Host header of each request is accepted as well.
+	Hosts func() []string
+	Now   func() time.Time // default time.Now
+	Log   zerolog.Logger   // default: the zero Logger writes nothing
+}
+
+// Limits.
+const (
+	// MaxBodySize bounds every request body.
+	MaxBodySize = 256 * 1024
+	// MaxPayloadSize bounds a direct method payload.
+	MaxPayloadSize = 128 * 1024
+	// DefaultResponseTimeout, MinResponseTimeout and MaxResponseTimeout are
+	// the bounds of responseTimeoutInSeconds.
+	DefaultResponseTimeout = 30
+	MinResponseTimeout     = 5
+	MaxResponseTimeout     = 300
+	// MaxConnectTimeout bounds connectTimeoutInSeconds (default 0).
+	MaxConnectTimeout = 300
+	// DefaultPageSize and MaxPageSize bound x-ms-max-item-count.
+	DefaultPageSize = 100
+	MaxPageSize     = 1000
+)
+
+const contentTypeJSON = "application/json; charset=utf-8"
+
+type server struct {
+	cfg Config
+	now func() time.Time
+	log zerolog.Logger
+	// twinMu keeps twin writes and their desired notifications in version order.
+	twinMu sync.Mutex
+}
+
+// New returns the handler for every REST route. The WebSocket path is not
+// handled here.
+func New(cfg Config) http.Handler {
+	s := &server{cfg: cfg, now: cfg.Now, log: cfg.Log}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	mux := http.NewServeMux()
+	handle := func(pattern string, need store.Rights, h http.HandlerFunc) {
+		mux.Handle(pattern, s.require(need, h))
+	}
+	either := func(r ...store.Rights) store.Rights {
+		var x store.Rights
+		for _, v := range r {
+			x |= v
+		}
+		return x
+	}
+	handle("POST /twins/{id}/methods", store.ServiceConnect, s.invoke)
+	handle("GET /twins/{id}", either(store.RegistryRead, store.ServiceConnect), s.getTwin)
+	handle("PATCH /twins/{id}", either(store.RegistryWrite, store.ServiceConnect), s.patchTwin)
+	handle("PUT /twins/{id}", either(store.RegistryWrite, store.ServiceConnect), s.replaceTwin)
+	handle("PUT /devices/{id}", store.RegistryWrite, s.putDevice)
+	handle("GET /devices/{id}", store.RegistryRead, s.getDevice)
+	handle("DELETE /devices/{id}", store.RegistryWrite, s.deleteDevice)
+	handle("GET /devices", store.RegistryRead, s.listDevices)
+	handle("POST /devices/query", either(store.RegistryRead, store.ServiceConnect), s.query)
+	return s.logRequests(s.authenticate(s.route(mux)))
+}
+
+// statusWriter records the status for the request log.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// logRequests logs method, path, status and duration at debug level. It
+// never logs headers or bodies.
+func (s *server) logRequests(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w}
+		next.ServeHTTP(sw, r)
+		s.log.Debug().Str("method", r.Method).Str("path", r.URL.Path).Int("status", sw.status).
+			Dur("duration", time.Since(start)).Msg("rest request")
+	})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		b = iothub.ErrorBodyA(iothub.CodeServerError, "cannot render the response", time.Now())
+		status = http.StatusInternalServerError
+	}
+	writeRaw(w, status, b)
+}
+
+func writeRaw(w http.ResponseWriter, status int, b []byte) {
+	w.Header().Set("Content-Type", contentTypeJSON)
+	w.WriteHeader(status)
+	_, _ = w.Write(b)
+}
+
+// route dispatches through mux but answers unknown paths (404) and wrong
+// methods (405) with IoT Hub error bodies instead of the mux's plain text.
+func (s *server) route(mux *http.ServeMux) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h, pattern := mux.Handler(r)
+		if pattern != "" {
+			mux.ServeHTTP(w, r)
+			return
+		}
+		probe := &probeWriter{header: http.Header{}}
+		h.ServeHTTP(probe, r)
+		if probe.status == http.StatusMethodNotAllowed {
+			if allow := probe.header.Get("Allow"); allow != "" {
+				w.Header().Set("Allow", allow)
+			}
+			s.methodNotAllowed(w, r)
+			return
+		}
+		s.notFound(w, r)
+	})
+}
+
+// probeWriter captures the status and headers of the mux's own 404/405
+// handler and discards its body.
+type probeWriter struct {
+	header http.Header
+	status int
+}
+
+func (p *probeWriter) Header() http.Header { return p.header }
+func (p *probeWriter) WriteHeader(code int) {
+	if p.status == 0 {
+		p.status = code
+	}
+}
+func (p *probeWriter) Write(b []byte) (int, error) {
+	p.WriteHeader(http.StatusOK)
+	return len(b), nil
+}
+
+func (s *server) notFound(w http.ResponseWriter, r *http.Request) {
+	s.fail(w, http.StatusNotFound, "NotFound", "no route for "+r.Method+" "+r.URL.Path)
+}
+
+func (s *server) methodNotAllowed(w http.ResponseWriter, r *http.Request) {
+	s.fail(w, http.StatusMethodNotAllowed, "MethodNotAllowed", "method "+r.Method+" is not allowed on "+r.URL.Path)
+}

@@ -1,0 +1,61 @@
+package api
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strings"
+
+	"github.com/dmctl/dmctl/hub/store"
+	"github.com/dmctl/dmctl/internal/iothub"
+)
+
+// failCode answers with the Style A envelope of an IoT Hub error code; the
+// HTTP status is code/1000.
+func (s *server) failCode(w http.ResponseWriter, code int, msg string) {
+	w.Header().Set("iothub-errorcode", iothub.ErrorName(code))
+	writeRaw(w, iothub.HTTPStatus(code), iothub.ErrorBodyA(code, msg, s.now()))
+}
+
+// failB answers with the Style B envelope (direct-method path).
+func (s *server) failB(w http.ResponseWriter, code int, msg string) {
+	w.Header().Set("iothub-errorcode", iothub.ErrorName(code))
+	writeRaw(w, iothub.HTTPStatus(code), iothub.ErrorBodyB(code, msg, s.now()))
+}
+
+// fail answers with a Style A envelope for conditions that have no numeric
+// IoT Hub code (unknown route, wrong method).
+func (s *server) fail(w http.ResponseWriter, status int, name, msg string) {
+	var id [16]byte
+	_, _ = rand.Read(id[:])
+	b, _ := json.Marshal(struct {
+		Message          string `json:"Message"`
+		ExceptionMessage string `json:"ExceptionMessage"`
+	}{
+		Message: "ErrorCode:" + name + ";" + msg,
+		ExceptionMessage: "Tracking ID:" + strings.ToUpper(hex.EncodeToString(id[:])) + "-G:0-TimeStamp:" +
+			s.now().UTC().Format("01/02/2006 15:04:05"),
+	})
+	w.Header().Set("iothub-errorcode", name)
+	writeRaw(w, status, b)
+}
+
+// storeError maps a store error to its REST answer.
+func (s *server) storeError(w http.ResponseWriter, r *http.Request, id string, err error) {
+	var ve *store.ValidationError
+	switch {
+	case errors.As(err, &ve):
+		s.failCode(w, ve.Code, ve.Msg)
+	case errors.Is(err, store.ErrNotFound):
+		s.failCode(w, iothub.CodeDeviceNotFound, id)
+	case errors.Is(err, store.ErrExists):
+		s.failCode(w, iothub.CodeDeviceAlreadyExists, "A device with ID '"+id+"' is already registered.")
+	case errors.Is(err, store.ErrPrecondition):
+		s.failCode(w, iothub.CodePreconditionFailed, "Precondition failed: "+strings.TrimPrefix(err.Error(), store.ErrPrecondition.Error()+": "))
+	default:
+		s.log.Error().Err(err).Str("method", r.Method).Str("path", r.URL.Path).Msg("rest request failed")
+		s.failCode(w, iothub.CodeServerError, "internal error in the local hub")
+	}
+}

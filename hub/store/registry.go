@@ -1,0 +1,437 @@
+package store
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/binary"
+	"fmt"
+	"math/big"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/dmctl/dmctl/internal/iothub"
+	bolt "go.etcd.io/bbolt"
+)
+
+const (
+	stateConnected    = "Connected"
+	stateDisconnected = "Disconnected"
+
+	statusEnabled  = "enabled"
+	statusDisabled = "disabled"
+
+	authSAS = "sas"
+
+	// MaxDeviceIDLength is the longest accepted device id, in characters.
+	MaxDeviceIDLength = 128
+	// MaxList is the most devices Devices returns.
+	MaxList = 1000
+
+	minKeyBytes = 16
+	maxKeyBytes = 64
+)
+
+// record is the stored form of one device: identity and twin.
+// Records are never modified once published; writers change a clone.
+type record struct {
+	ID             string    `json:"id"`
+	GenerationID   string    `json:"gen"`
+	IdentityVer    int64     `json:"iver"`
+	Status         string    `json:"status"`
+	StatusReason   *string   `json:"statusReason,omitempty"`
+	StatusUpdated  time.Time `json:"statusUpdated"`
+	AuthType       string    `json:"authType"`
+	PrimaryKey     string    `json:"pk,omitempty"`
+	SecondaryKey   string    `json:"sk,omitempty"`
+	PrimaryThumb   *string   `json:"pt,omitempty"`
+	SecondaryThumb *string   `json:"st,omitempty"`
+	IotEdge        bool      `json:"iotEdge,omitempty"`
+	ConnState      string    `json:"conn"`
+	ConnUpdated    time.Time `json:"connUpdated"`
+	LastActivity   time.Time `json:"lastActivity"`
+	C2DCount       int       `json:"c2d,omitempty"`
+
+	TwinVersion     int64          `json:"tver"`
+	Tags            map[string]any `json:"tags"`
+	Desired         *node          `json:"desired"`
+	DesiredVersion  int64          `json:"dver"`
+	Reported        *node          `json:"reported"`
+	ReportedVersion int64          `json:"rver"`
+}
+
+// clone copies the record shallowly: nested twin values are shared, which is
+// safe because they are never modified in place.
+func (r *record) clone() *record {
+	c := *r
+	return &c
+}
+
+// identityETag renders the identity etag: base64 of the decimal counter ("MA==").
+func identityETag(v int64) string {
+	return base64.StdEncoding.EncodeToString([]byte(strconv.FormatInt(v, 10)))
+}
+
+// twinETag renders the twin etag: base64 of the 8-byte big-endian version.
+func twinETag(v int64) string {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], uint64(v))
+	return base64.StdEncoding.EncodeToString(b[:])
+}
+
+// ETagMatches reports whether an If-Match header value admits current: empty
+// and "*" match anything; quotes and a weak "W/" prefix are tolerated.
+func ETagMatches(ifMatch, current string) bool {
+	m := strings.TrimSpace(ifMatch)
+	m = strings.TrimPrefix(m, "W/")
+	if len(m) >= 2 && m[0] == '"' && m[len(m)-1] == '"' {
+		m = m[1 : len(m)-1]
+	}
+	return m == "" || m == "*" || m == current
+}
+
+// ValidDeviceID checks IoT Hub's device id rules: 1–128 ASCII letters,
+// digits and - . + % _ # * ? ! ( ) , = @ $ '.
+func ValidDeviceID(id string) error {
+	if id == "" {
+		return invalid("deviceId is empty")
+	}
+	if len(id) > MaxDeviceIDLength {
+		return invalid("deviceId is %d characters long, over the limit of %d", len(id), MaxDeviceIDLength)
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case strings.IndexByte("-.+%_#*?!(),=@$'", c) >= 0:
+		default:
+			return invalid("deviceId %q contains %q, which is not allowed (use ASCII letters, digits and - . + %% _ # * ? ! ( ) , = @ $ ')", id, rune(c))
+		}
+	}
+	return nil
+}
+
+func validKey(name, k string) error {
+	b, err := base64.StdEncoding.DecodeString(k)
+	if err != nil {
+		return invalid("%s is not valid base64", name)
+	}
+	if len(b) < minKeyBytes || len(b) > maxKeyBytes {
+		return invalid("%s must decode to %d to %d bytes, not %d", name, minKeyBytes, maxKeyBytes, len(b))
+	}
+	return nil
+}
+
+func newGenerationID() string {
+	n, err := rand.Int(rand.Reader, big.NewInt(1e18))
+	if err != nil {
+		panic("store: crypto/rand failed: " + err.Error())
+	}
+	return fmt.Sprintf("63%016d", n.Int64()%1e16)
+}
+
+// applyIdentity copies the writable identity fields of d onto r. create
+// reports whether r is new (then missing keys are generated).
+func applyIdentity(r *record, d iothub.Device, now time.Time, create bool) error {
+	status := d.Status
+	if status == "" {
+		status = r.Status
+		if status == "" {
+			status = statusEnabled
+		}
+	}
+	if status != statusEnabled && status != statusDisabled {
+		return invalid("status must be %q or %q, not %q", statusEnabled, statusDisabled, d.Status)
+	}
+	if status != r.Status && !create {
+		r.StatusUpdated = now
+	}
+	r.Status = status
+	if d.StatusReason != nil {
+		reason := *d.StatusReason
+		if len(reason) > 128 {
+			return invalid("statusReason is longer than 128 characters")
+		}
+		r.StatusReason = &reason
+	} else if create {
+		r.StatusReason = nil
+	}
+	if d.Capabilities != nil {
+		r.IotEdge = d.Capabilities.IotEdge
+	}
+	a := d.Authentication
+	if a == nil {
+		if !create {
+			return nil
+		}
+		a = &iothub.Authentication{Type: authSAS}
+	}
+	switch a.Type {
+	case "", authSAS:
+		pk, sk := "", ""
+		if a.SymmetricKey != nil {
+			pk, sk = a.SymmetricKey.PrimaryKey, a.SymmetricKey.SecondaryKey
+		}
+		if r.AuthType == authSAS {
+			// Updates without keys keep the current ones.
+			if pk == "" {
+				pk = r.PrimaryKey
+			}
+			if sk == "" {
+				sk = r.SecondaryKey
+			}
+		}
+		if pk == "" {
+			pk = newKey()
+		}
+		if sk == "" {
+			sk = newKey()
+		}
+		if err := validKey("primaryKey", pk); err != nil {
+			return err
+		}
+		if err := validKey("secondaryKey", sk); err != nil {
+			return err
+		}
+		r.AuthType, r.PrimaryKey, r.SecondaryKey = authSAS, pk, sk
+		r.PrimaryThumb, r.SecondaryThumb = nil, nil
+	case "selfSigned", "certificateAuthority", "none":
+		r.AuthType, r.PrimaryKey, r.SecondaryKey = a.Type, "", ""
+		r.PrimaryThumb, r.SecondaryThumb = nil, nil
+		if a.Type == "selfSigned" {
+			if a.X509Thumbprint == nil || a.X509Thumbprint.PrimaryThumbprint == nil || *a.X509Thumbprint.PrimaryThumbprint == "" {
+				return invalid("authentication type selfSigned needs x509Thumbprint.primaryThumbprint")
+			}
+			p := *a.X509Thumbprint.PrimaryThumbprint
+			r.PrimaryThumb = &p
+			if s := a.X509Thumbprint.SecondaryThumbprint; s != nil {
+				v := *s
+				r.SecondaryThumb = &v
+			}
+		}
+	default:
+		return invalid("authentication type %q is not supported (use sas, selfSigned, certificateAuthority or none)", a.Type)
+	}
+	return nil
+}
+
+// device renders the identity of r.
+func (s *Store) device(r *record) iothub.Device {
+	d := iothub.Device{
+		DeviceID:                   r.ID,
+		GenerationID:               r.GenerationID,
+		ETag:                       identityETag(r.IdentityVer),
+		ConnectionState:            r.ConnState,
+		Status:                     r.Status,
+		ConnectionStateUpdatedTime: iothub.FormatTime(r.ConnUpdated),
+		StatusUpdatedTime:          iothub.FormatTime(r.StatusUpdated),
+		LastActivityTime:           iothub.FormatTime(s.lastActivity(r)),
+		CloudToDeviceMessageCount:  r.C2DCount,
+		Authentication:             &iothub.Authentication{Type: r.AuthType},
+		Capabilities:               &iothub.Capabilities{IotEdge: r.IotEdge},
+	}
+	if r.StatusReason != nil {
+		v := *r.StatusReason
+		d.StatusReason = &v
+	}
+	switch r.AuthType {
+	case authSAS:
+		d.Authentication.SymmetricKey = &iothub.SymmetricKey{PrimaryKey: r.PrimaryKey, SecondaryKey: r.SecondaryKey}
+	default:
+		d.Authentication.X509Thumbprint = thumbprints(r)
+	}
+	return d
+}
+
+func thumbprints(r *record) *iothub.X509Thumbprint {
+	t := &iothub.X509Thumbprint{}
+	if r.PrimaryThumb != nil {
+		v := *r.PrimaryThumb
+		t.PrimaryThumbprint = &v
+	}
+	if r.SecondaryThumb != nil {
+		v := *r.SecondaryThumb
+		t.SecondaryThumbprint = &v
+	}
+	return t
+}
+
+// CreateDevice registers d.DeviceID with a new twin. Empty or missing
+// symmetric keys are generated. ErrExists if the id is taken.
+func (s *Store) CreateDevice(d iothub.Device) (iothub.Device, error) {
+	if err := ValidDeviceID(d.DeviceID); err != nil {
+		return iothub.Device{}, err
+	}
+	now := s.now().UTC()
+	r := &record{
+		ID:              d.DeviceID,
+		GenerationID:    newGenerationID(),
+		ConnState:       stateDisconnected,
+		TwinVersion:     1,
+		Tags:            map[string]any{},
+		Desired:         &node{Kids: map[string]*node{}, At: now, Ver: 1},
+		DesiredVersion:  1,
+		Reported:        &node{Kids: map[string]*node{}, At: now},
+		ReportedVersion: 1,
+	}
+	if err := applyIdentity(r, d, now, true); err != nil {
+		return iothub.Device{}, err
+	}
+	e, err := newEntry(r)
+	if err != nil {
+		return iothub.Device{}, err
+	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	s.mu.RLock()
+	closed, exists := s.closed, s.recs[d.DeviceID] != nil
+	s.mu.RUnlock()
+	if closed {
+		return iothub.Device{}, ErrClosed
+	}
+	if exists {
+		return iothub.Device{}, fmt.Errorf("%w: %q", ErrExists, d.DeviceID)
+	}
+	if err := s.db.Update(func(tx *bolt.Tx) error { return putRecord(tx, r) }); err != nil {
+		return iothub.Device{}, err
+	}
+	s.mu.Lock()
+	s.recs[r.ID] = e
+	s.ids = insertID(s.ids, r.ID)
+	s.mu.Unlock()
+	return s.device(r), nil
+}
+
+// UpdateDevice changes status, statusReason, capabilities and authentication
+// of an existing device. ifMatch is "", "*" or the identity etag
+// (ErrPrecondition otherwise). Keys left empty keep their current value.
+func (s *Store) UpdateDevice(d iothub.Device, ifMatch string) (iothub.Device, error) {
+	if err := ValidDeviceID(d.DeviceID); err != nil {
+		return iothub.Device{}, err
+	}
+	now := s.now().UTC()
+	e, err := s.mutate(d.DeviceID, func(r *record) error {
+		if !ETagMatches(ifMatch, identityETag(r.IdentityVer)) {
+			return fmt.Errorf("%w: device %q has etag %q", ErrPrecondition, r.ID, identityETag(r.IdentityVer))
+		}
+		if err := applyIdentity(r, d, now, false); err != nil {
+			return err
+		}
+		r.IdentityVer++
+		return nil
+	})
+	if err != nil {
+		return iothub.Device{}, err
+	}
+	return s.device(e.rec), nil
+}
+
+// Device returns the identity of id (ErrNotFound).
+func (s *Store) Device(id string) (iothub.Device, error) {
+	e, err := s.get(id)
+	if err != nil {
+		return iothub.Device{}, err
+	}
+	return s.device(e.rec), nil
+}
+
+// DeviceKeys returns the symmetric keys of id for authenticating the device;
+// both are empty when the device does not use SAS authentication.
+func (s *Store) DeviceKeys(id string) (primary, secondary string, err error) {
+	e, err := s.get(id)
+	if err != nil {
+		return "", "", err
+	}
+	return e.rec.PrimaryKey, e.rec.SecondaryKey, nil
+}
+
+// DeleteDevice removes id and its twin. ifMatch is "", "*" or the identity etag.
+func (s *Store) DeleteDevice(id, ifMatch string) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	cur, err := s.get(id)
+	if err != nil {
+		return err
+	}
+	if !ETagMatches(ifMatch, identityETag(cur.rec.IdentityVer)) {
+		return fmt.Errorf("%w: device %q has etag %q", ErrPrecondition, id, identityETag(cur.rec.IdentityVer))
+	}
+	if err := s.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketDevices).Delete([]byte(id))
+	}); err != nil {
+		return fmt.Errorf("store: delete device %q: %w", id, err)
+	}
+	s.mu.Lock()
+	delete(s.recs, id)
+	s.ids = removeID(s.ids, id)
+	s.mu.Unlock()
+	s.takeTouched(id)
+	return nil
+}
+
+// Devices lists up to top identities in device id order; top <= 0 or above
+// MaxList means MaxList.
+func (s *Store) Devices(top int) ([]iothub.Device, error) {
+	if top <= 0 || top > MaxList {
+		top = MaxList
+	}
+	s.mu.RLock()
+	if s.closed {
+		s.mu.RUnlock()
+		return nil, ErrClosed
+	}
+	ids := s.ids
+	recs := make([]*record, 0, min(top, len(ids)))
+	for _, id := range ids {
+		if len(recs) == top {
+			break
+		}
+		recs = append(recs, s.recs[id].rec)
+	}
+	s.mu.RUnlock()
+	out := make([]iothub.Device, 0, len(recs))
+	for _, r := range recs {
+		out = append(out, s.device(r))
+	}
+	return out, nil
+}
+
+// Count returns the number of registered devices.
+func (s *Store) Count() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.ids)
+}
+
+// SetConnected records a connection change durably: connectionState,
+// connectionStateUpdatedTime and lastActivityTime.
+func (s *Store) SetConnected(id string, connected bool) error {
+	now := s.now().UTC()
+	_, err := s.mutate(id, func(r *record) error {
+		if connected {
+			r.ConnState = stateConnected
+		} else {
+			r.ConnState = stateDisconnected
+		}
+		r.ConnUpdated = now
+		r.LastActivity = now
+		return nil
+	})
+	return err
+}
+
+// Touch records device activity (lastActivityTime). It is kept in memory and
+// written with the device's next durable change or on Close. Unknown ids
+// are ignored.
+func (s *Store) Touch(id string) {
+	now := s.now().UTC()
+	s.mu.RLock()
+	ok := s.recs[id] != nil && !s.closed
+	s.mu.RUnlock()
+	if !ok {
+		return
+	}
+	s.tmu.Lock()
+	s.touched[id] = now
+	s.tmu.Unlock()
+}
