@@ -1,0 +1,115 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"strconv"
+
+	"github.com/dmctl/dmctl/internal/iothub"
+)
+
+// CreateDevice registers a device with SAS authentication; the hub generates
+// its keys. An existing id fails with an *APIError of code 409001. Not
+// retried.
+func (c *Client) CreateDevice(ctx context.Context, deviceID string) (*iothub.Device, error) {
+	body := iothub.Device{
+		DeviceID:       deviceID,
+		Status:         "enabled",
+		Authentication: &iothub.Authentication{Type: "sas", SymmetricKey: &iothub.SymmetricKey{}},
+	}
+	resp, err := c.do(ctx, request{method: "PUT", path: "/devices/" + seg(deviceID), body: createBody(body)})
+	if err != nil {
+		return nil, fmt.Errorf("create device %q: %w", deviceID, err)
+	}
+	var d iothub.Device
+	if err := decode(resp, &d); err != nil {
+		return nil, fmt.Errorf("create device %q: %w", deviceID, err)
+	}
+	return &d, nil
+}
+
+// createBody is the registry create request: only the members a new
+// identity sets, as the official SDKs send it.
+func createBody(d iothub.Device) any {
+	return struct {
+		DeviceID       string                 `json:"deviceId"`
+		Status         string                 `json:"status"`
+		Authentication *iothub.Authentication `json:"authentication"`
+	}{d.DeviceID, d.Status, d.Authentication}
+}
+
+// Device reads a device identity (GET /devices/{id}); retried on 429/500/503.
+func (c *Client) Device(ctx context.Context, deviceID string) (*iothub.Device, error) {
+	resp, err := c.do(ctx, request{method: "GET", path: "/devices/" + seg(deviceID), retry: true})
+	if err != nil {
+		return nil, fmt.Errorf("get device %q: %w", deviceID, err)
+	}
+	var d iothub.Device
+	if err := decode(resp, &d); err != nil {
+		return nil, fmt.Errorf("get device %q: %w", deviceID, err)
+	}
+	return &d, nil
+}
+
+// Devices lists device identities (GET /devices), at most top of them when
+// top > 0 (the hub caps a list at 1000).
+func (c *Client) Devices(ctx context.Context, top int) ([]iothub.Device, error) {
+	var q url.Values
+	if top > 0 {
+		q = url.Values{"top": {strconv.Itoa(top)}}
+	}
+	resp, err := c.do(ctx, request{method: "GET", path: "/devices", query: q, retry: true})
+	if err != nil {
+		return nil, fmt.Errorf("list devices: %w", err)
+	}
+	var ds []iothub.Device
+	if err := decode(resp, &ds); err != nil {
+		return nil, fmt.Errorf("list devices: %w", err)
+	}
+	return ds, nil
+}
+
+// DeleteDevice removes a device identity if its etag is still etag ("" or
+// "*": unconditionally). Not retried.
+func (c *Client) DeleteDevice(ctx context.Context, deviceID, etag string) error {
+	_, err := c.do(ctx, request{
+		method: "DELETE",
+		path:   "/devices/" + seg(deviceID),
+		header: map[string][]string{"If-Match": {ifMatch(etag)}},
+	})
+	if err != nil {
+		return fmt.Errorf("delete device %q: %w", deviceID, err)
+	}
+	return nil
+}
+
+// KeyKind selects one of an identity's two symmetric keys.
+type KeyKind int
+
+const (
+	PrimaryKey KeyKind = iota
+	SecondaryKey
+)
+
+// ErrNoSymmetricKey: the identity does not authenticate with a symmetric key.
+var ErrNoSymmetricKey = errors.New("service: device has no symmetric key (not a SAS identity)")
+
+// DeviceConnectionString builds the device connection string for d with the
+// chosen key and this client's HostName:
+// "HostName=...;DeviceId=...;SharedAccessKey=...". It holds a secret: print
+// it only on purpose.
+func (c *Client) DeviceConnectionString(d *iothub.Device, which KeyKind) (string, error) {
+	if d == nil || d.Authentication == nil || d.Authentication.SymmetricKey == nil {
+		return "", fmt.Errorf("connection string for device: %w", ErrNoSymmetricKey)
+	}
+	key := d.Authentication.SymmetricKey.PrimaryKey
+	if which == SecondaryKey {
+		key = d.Authentication.SymmetricKey.SecondaryKey
+	}
+	if key == "" {
+		return "", fmt.Errorf("connection string for device %q: %w", d.DeviceID, ErrNoSymmetricKey)
+	}
+	return "HostName=" + c.cs.HostName + ";DeviceId=" + d.DeviceID + ";SharedAccessKey=" + key, nil
+}
