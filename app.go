@@ -60,6 +60,8 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 // commands lists the top-level commands.
 func commands() []*cli.Command {
 	return []*cli.Command{
+		deviceCommand(),
+		serviceCommand(),
 		sasCommand(),
 	}
 }

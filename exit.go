@@ -7,7 +7,9 @@ import (
 	"io"
 	"strings"
 
+	"github.com/dmctl/dmctl/device"
 	"github.com/dmctl/dmctl/sas"
+	"github.com/dmctl/dmctl/service"
 )
 
 // Exit codes. They are part of dmctl's contract with scripts and are listed
@@ -34,6 +36,12 @@ var classes = []struct {
 	{sas.ErrExpired, exitAuth},
 	{sas.ErrSignature, exitAuth},
 	{sas.ErrAudience, exitAuth},
+	{device.ErrUnauthorized, exitAuth},
+	{service.ErrRebootNotConfirmed, exitNotConfirmed},
+	{service.ErrUnauthorized, exitAuth},
+	{service.ErrDeviceNotFound, exitDeviceNotFound},
+	{service.ErrDeviceNotOnline, exitDeviceOffline},
+	{service.ErrMethodTimeout, exitMethodTimeout},
 }
 
 // exitCode is the one place that turns an error into a process exit code.
@@ -45,14 +53,15 @@ func exitCode(err error) int {
 	if errors.As(err, &ee) && ee.code != 0 {
 		return ee.code
 	}
+	// Checked first: the device's own error status wins over anything the
+	// wait for the reboot found afterwards.
+	var dse *service.DeviceStatusError
+	if errors.As(err, &dse) {
+		return exitDeviceStatus
+	}
 	for _, c := range classes {
 		if errors.Is(err, c.target) {
 			return c.code
-		}
-	}
-	for _, f := range classifiers {
-		if code := f(err); code != 0 {
-			return code
 		}
 	}
 	if errors.Is(err, context.Canceled) {
@@ -60,9 +69,6 @@ func exitCode(err error) int {
 	}
 	return exitFailure
 }
-
-// classifiers hold checks that need more than errors.Is (typed errors).
-var classifiers []func(error) int
 
 // printError writes "dmctl: error: ..." and, where a fix is known,
 // "dmctl: hint: ...".

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"os"
@@ -10,6 +11,9 @@ import (
 	"time"
 
 	"github.com/rogpeppe/go-internal/testscript"
+
+	"github.com/dmctl/dmctl/hub/hubtest"
+	"github.com/dmctl/dmctl/internal/iothub"
 )
 
 var update = flag.Bool("update", false, "rewrite testscript golden sections")
@@ -32,8 +36,10 @@ func scriptParams(t *testing.T) testscript.Params {
 		UpdateScripts: *update,
 		Setup:         func(env *testscript.Env) error { return setupScript(t, env) },
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
-			"exitcode": cmdExitCode,
-			"waitfile": cmdWaitFile,
+			"exitcode":  cmdExitCode,
+			"waitfile":  cmdWaitFile,
+			"adddevice": cmdAddDevice,
+			"hubwait":   cmdHubWait,
 		},
 	}
 }
@@ -88,11 +94,73 @@ func cmdWaitFile(ts *testscript.TestScript, neg bool, args []string) {
 	}
 }
 
-// setupScript gives every script a clean environment: no connection strings
-// leak in from the developer's shell.
+type hubKey struct{}
+
+// setupScript gives every script a clean environment (no connection strings
+// leak in from the developer's shell) and its own local hub on a loopback
+// port: $HUB_CS is its owner connection string, $HUB_HOST its HostName,
+// $DMCTL_CA_FILE its CA.
 func setupScript(t *testing.T, env *testscript.Env) error {
+	h := hubtest.NewServer(t)
+	env.Defer(func() { _ = h.Close() })
+	env.Values[hubKey{}] = h
+	env.Setenv("HUB_CS", h.ServiceConnectionString())
+	env.Setenv("HUB_HOST", h.HostName())
 	for _, k := range []string{"IOTHUB_CONNECTION_STRING", "IOTHUB_DEVICE_CONNECTION_STRING", "DMCTL_CA_FILE", "DMCTL_LOG_LEVEL", "DMCTL_LOG_FORMAT", "DMCTL_SECONDARY_KEY", "HTTPS_PROXY", "https_proxy"} {
 		env.Setenv(k, "")
 	}
+	env.Setenv("DMCTL_CA_FILE", h.CAFile())
 	return nil
+}
+
+func scriptHub(ts *testscript.TestScript) *hubtest.Server {
+	return ts.Value(hubKey{}).(*hubtest.Server)
+}
+
+// cmdAddDevice registers a device on the script's hub and sets $DEVICE_CS
+// (and $DEVICE_CS_<NAME>) to its connection string:
+//
+//	adddevice d1
+func cmdAddDevice(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: adddevice NAME")
+	}
+	h := scriptHub(ts)
+	d, err := h.Store().CreateDevice(iothub.Device{DeviceID: args[0]})
+	ts.Check(err)
+	cs := h.DeviceConnectionString(d)
+	ts.Setenv("DEVICE_CS", cs)
+	ts.Setenv("DEVICE_CS_"+args[0], cs)
+}
+
+// cmdHubWait waits until a device is connected (with its direct-method
+// subscription in place) or disconnected:
+//
+//	hubwait connected d1 [timeout]
+//	hubwait disconnected d1 [timeout]
+func cmdHubWait(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) < 2 || len(args) > 3 {
+		ts.Fatalf("usage: hubwait connected|disconnected DEVICE [timeout]")
+	}
+	timeout := 30 * time.Second
+	if len(args) == 3 {
+		d, err := time.ParseDuration(args[2])
+		ts.Check(err)
+		timeout = d
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	h := scriptHub(ts)
+	var err error
+	switch args[0] {
+	case "connected":
+		err = h.WaitSubscribed(ctx, args[1], iothub.MethodRequestTopic("rebootDevice", "1"))
+	case "disconnected":
+		err = h.WaitConnected(ctx, args[1], false)
+	default:
+		ts.Fatalf("hubwait: want connected or disconnected, got %q", args[0])
+	}
+	if err != nil {
+		ts.Fatalf("hubwait %s %s: %v", args[0], args[1], err)
+	}
 }

@@ -1,0 +1,281 @@
+package device
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// RebootMethod is the direct method that reboots the device.
+const RebootMethod = "rebootDevice"
+
+// RebootTimeProperty is the reported property that carries the time of the
+// last reboot (RFC 3339 UTC with nanoseconds).
+const RebootTimeProperty = "rebootTime"
+
+// DefaultRebootDelay is how long a reboot keeps the device offline unless
+// Config.RebootDelay or the request payload says otherwise.
+const DefaultRebootDelay = 20 * time.Second
+
+// MaxRebootDelaySeconds bounds the delaySeconds a rebootDevice payload may ask for.
+const MaxRebootDelaySeconds = 3600
+
+// NoRebootDelay, as Config.RebootDelay, makes a reboot reconnect at once.
+const NoRebootDelay time.Duration = -1
+
+// Config configures a Device. The zero value works.
+type Config struct {
+	// RebootDelay is how long a reboot stays offline: 0 means
+	// DefaultRebootDelay, NoRebootDelay (any negative value) means none.
+	RebootDelay time.Duration
+	// Log receives method, reboot and desired-property events. The zero
+	// value logs nothing.
+	Log zerolog.Logger
+	// Now is the clock used for rebootTime. Default: time.Now.
+	Now func() time.Time
+}
+
+// Device is the simulated device: it answers direct methods through its Mux,
+// performs reboots and logs desired-property changes.
+type Device struct {
+	conn  Conn
+	mux   Mux
+	delay time.Duration
+	log   zerolog.Logger
+	now   func() time.Time
+
+	reboots chan time.Duration // accepted reboot requests, at most one pending
+
+	mu             sync.Mutex
+	rebooting      bool
+	desiredVersion int64 // highest desired $version seen; older notifications are dropped
+}
+
+// New returns a device that talks through conn and answers rebootDevice.
+func New(conn Conn, cfg Config) *Device {
+	d := &Device{
+		conn:    conn,
+		delay:   cfg.RebootDelay,
+		log:     cfg.Log,
+		now:     cfg.Now,
+		reboots: make(chan time.Duration, 1),
+	}
+	switch {
+	case d.delay == 0:
+		d.delay = DefaultRebootDelay
+	case d.delay < 0:
+		d.delay = 0
+	}
+	if d.now == nil {
+		d.now = time.Now
+	}
+	d.mux.Handle(RebootMethod, d.handleReboot)
+	return d
+}
+
+// Handle adds (or replaces) a direct-method handler.
+func (d *Device) Handle(name string, f MethodFunc) { d.mux.Handle(name, f) }
+
+// Run serves until ctx is done: it runs the connection and performs the
+// reboots that rebootDevice requests. It returns nil on a clean cancel, or
+// the connection's fatal error (see Conn.Run).
+func (d *Device) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		d.rebootLoop(ctx)
+	}()
+	err := d.conn.Run(ctx, d)
+	cancel()
+	wg.Wait()
+	return err
+}
+
+// HandleMethod implements Handler.
+func (d *Device) HandleMethod(ctx context.Context, req MethodRequest) (int, []byte) {
+	status, body := d.mux.Dispatch(ctx, req.Name, req.Payload)
+	ev := d.log.Info()
+	if status >= 400 {
+		ev = d.log.Warn()
+	}
+	ev.Str("event", "method").Str("method", req.Name).Int("status", status).Msg("direct method answered")
+	return status, body
+}
+
+// HandleTwin implements Handler: it remembers the desired $version so that
+// notifications the twin already contains are ignored.
+func (d *Device) HandleTwin(doc []byte) {
+	var twin struct {
+		Desired  map[string]json.RawMessage `json:"desired"`
+		Reported map[string]json.RawMessage `json:"reported"`
+	}
+	if err := json.Unmarshal(doc, &twin); err != nil {
+		d.log.Warn().Str("event", "twin").Err(err).Msg("twin document is not JSON")
+		return
+	}
+	dv := versionOf(twin.Desired)
+	d.mu.Lock()
+	d.desiredVersion = dv
+	d.mu.Unlock()
+	ev := d.log.Info().Str("event", "twin").Int64("desired_version", dv).Int64("reported_version", versionOf(twin.Reported))
+	if rt, ok := twin.Reported[RebootTimeProperty]; ok {
+		var s string
+		if json.Unmarshal(rt, &s) == nil {
+			ev = ev.Str(RebootTimeProperty, s)
+		}
+	}
+	ev.RawJSON("desired", desiredWithoutMeta(twin.Desired)).Msg("twin read")
+}
+
+// HandleDesired implements Handler: desired properties are logged; the
+// simulator has no settings that they change.
+func (d *Device) HandleDesired(version int64, patch []byte) {
+	d.mu.Lock()
+	stale := version > 0 && version <= d.desiredVersion
+	if !stale {
+		d.desiredVersion = version
+	}
+	d.mu.Unlock()
+	if stale {
+		d.log.Debug().Str("event", "desired").Int64("version", version).Msg("desired patch already applied, ignored")
+		return
+	}
+	ev := d.log.Info().Str("event", "desired").Int64("version", version)
+	if json.Valid(patch) {
+		ev = ev.RawJSON("patch", patch)
+	} else {
+		ev = ev.Int("bytes", len(patch))
+	}
+	ev.Msg("desired properties changed")
+}
+
+func versionOf(m map[string]json.RawMessage) int64 {
+	v, err := strconv.ParseInt(string(m["$version"]), 10, 64)
+	if err != nil {
+		return 0
+	}
+	return v
+}
+
+func desiredWithoutMeta(m map[string]json.RawMessage) []byte {
+	out := make(map[string]json.RawMessage, len(m))
+	for k, v := range m {
+		if k != "$version" && k != "$metadata" {
+			out[k] = v
+		}
+	}
+	b, _ := json.Marshal(out)
+	return b
+}
+
+// RebootResponse is the payload of a successful rebootDevice answer.
+type RebootResponse struct {
+	Message      string `json:"message"`
+	DelaySeconds int    `json:"delaySeconds"`
+}
+
+func (d *Device) handleReboot(_ context.Context, payload json.RawMessage) (int, any) {
+	delay, err := d.parseRebootPayload(payload)
+	if err != nil {
+		return http.StatusBadRequest, errorBody{Error: err.Error(), Method: RebootMethod}
+	}
+	d.mu.Lock()
+	busy := d.rebooting
+	if !busy {
+		select {
+		case d.reboots <- delay:
+			d.rebooting = true
+		default:
+			busy = true
+		}
+	}
+	d.mu.Unlock()
+	if busy {
+		return http.StatusConflict, errorBody{Error: "reboot already in progress", Method: RebootMethod}
+	}
+	d.log.Info().Str("event", "reboot_accepted").Str("delay", delay.String()).Msg("reboot requested")
+	return http.StatusOK, RebootResponse{
+		Message:      fmt.Sprintf("rebooting: offline for %s, then %s is reported", delay, RebootTimeProperty),
+		DelaySeconds: int(delay / time.Second),
+	}
+}
+
+// parseRebootPayload reads {"delaySeconds": N}; null, {} and a missing key
+// keep the configured delay. N must be an integer in 0..MaxRebootDelaySeconds.
+func (d *Device) parseRebootPayload(payload json.RawMessage) (time.Duration, error) {
+	if string(payload) == "null" {
+		return d.delay, nil
+	}
+	var p map[string]json.RawMessage
+	if err := json.Unmarshal(payload, &p); err != nil {
+		return 0, errors.New(`payload must be a JSON object such as {"delaySeconds": 20}`)
+	}
+	raw, ok := p["delaySeconds"]
+	if !ok || string(raw) == "null" {
+		return d.delay, nil
+	}
+	n, err := strconv.ParseInt(string(raw), 10, 64)
+	if err != nil || n < 0 || n > MaxRebootDelaySeconds {
+		return 0, fmt.Errorf("delaySeconds must be an integer from 0 to %d", MaxRebootDelaySeconds)
+	}
+	return time.Duration(n) * time.Second, nil
+}
+
+func (d *Device) rebootLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case delay := <-d.reboots:
+			d.reboot(ctx, delay)
+			d.mu.Lock()
+			d.rebooting = false
+			d.mu.Unlock()
+		}
+	}
+}
+
+// reboot simulates one reboot: the answer has gone out (Suspend answers
+// calls in progress first), the link goes down for delay, comes back, and
+// rebootTime is reported.
+func (d *Device) reboot(ctx context.Context, delay time.Duration) {
+	d.log.Info().Str("event", "reboot_started").Str("delay", delay.String()).Msg("rebooting: going offline")
+	if err := d.conn.Suspend(ctx); err != nil {
+		if ctx.Err() == nil {
+			d.log.Error().Str("event", "reboot_failed").Err(err).Msg("could not go offline")
+		}
+		return
+	}
+	t := time.NewTimer(delay)
+	select {
+	case <-ctx.Done():
+		t.Stop()
+		return
+	case <-t.C:
+	}
+	if err := d.conn.Resume(ctx); err != nil {
+		if ctx.Err() == nil {
+			d.log.Error().Str("event", "reboot_failed").Err(err).Msg("could not come back online")
+		}
+		return
+	}
+	at := d.now().UTC().Format(time.RFC3339Nano)
+	patch, _ := json.Marshal(map[string]string{RebootTimeProperty: at})
+	if err := d.conn.Report(ctx, patch); err != nil {
+		if ctx.Err() == nil {
+			d.log.Error().Str("event", "reboot_failed").Err(err).Msg("could not report " + RebootTimeProperty)
+		}
+		return
+	}
+	d.log.Info().Str("event", "rebooted").Str(RebootTimeProperty, at).Msg("reboot complete, " + RebootTimeProperty + " reported")
+}

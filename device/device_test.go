@@ -1,0 +1,361 @@
+package device_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"go.uber.org/goleak"
+
+	"github.com/dmctl/dmctl/device"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// fakeConn records what the device asks of its connection. Run hands the
+// handler to the test and blocks until ctx ends.
+type fakeConn struct {
+	handler chan device.Handler
+	calls   chan string // "suspend", "resume", "report {json}"
+
+	ReportFunc func(patch []byte) error
+}
+
+func newFakeConn() *fakeConn {
+	return &fakeConn{handler: make(chan device.Handler, 1), calls: make(chan string, 16)}
+}
+
+func (f *fakeConn) Run(ctx context.Context, h device.Handler) error {
+	f.handler <- h
+	<-ctx.Done()
+	return nil
+}
+
+func (f *fakeConn) Report(_ context.Context, patch []byte) error {
+	f.calls <- "report " + string(patch)
+	if f.ReportFunc != nil {
+		return f.ReportFunc(patch)
+	}
+	return nil
+}
+
+func (f *fakeConn) Suspend(context.Context) error { f.calls <- "suspend"; return nil }
+func (f *fakeConn) Resume(context.Context) error  { f.calls <- "resume"; return nil }
+
+func (f *fakeConn) next(t *testing.T) string {
+	t.Helper()
+	select {
+	case c := <-f.calls:
+		return c
+	case <-t.Context().Done():
+		t.Fatal("test ended waiting for a connection call")
+	}
+	return ""
+}
+
+// start runs a device on a fake connection and returns the handler the
+// connection got; the device stops at the end of the test.
+func start(t *testing.T, cfg device.Config) (*fakeConn, device.Handler, *device.Device) {
+	t.Helper()
+	fc := newFakeConn()
+	d := device.New(fc, cfg)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	return fc, <-fc.handler, d
+}
+
+func decode(t *testing.T, body []byte) map[string]any {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal(body, &m); err != nil {
+		t.Fatalf("body %q is not a JSON object: %v", body, err)
+	}
+	return m
+}
+
+func TestMux(t *testing.T) {
+	var mux device.Mux
+	var got json.RawMessage
+	mux.Handle("echo", func(_ context.Context, p json.RawMessage) (int, any) {
+		got = p
+		return 201, p
+	})
+	mux.Handle("panics", func(context.Context, json.RawMessage) (int, any) { panic("boom") })
+	mux.Handle("unmarshalable", func(context.Context, json.RawMessage) (int, any) { return 200, make(chan int) })
+	mux.Handle("nilresult", func(context.Context, json.RawMessage) (int, any) { return 200, nil })
+
+	tests := []struct {
+		name, method, payload string
+		wantStatus            int
+		wantBody              string // exact, when set
+		wantError             string // body "error", when set
+		wantArg               string // payload the handler saw, when set
+	}{
+		{name: "unknown method", method: "x", payload: `{}`, wantStatus: 404, wantBody: `{"error":"method not found","method":"x"}`},
+		{name: "case-sensitive name", method: "Echo", payload: `{}`, wantStatus: 404, wantError: "method not found"},
+		{name: "payload not JSON", method: "echo", payload: `{not json`, wantStatus: 400, wantError: "payload is not valid JSON"},
+		{name: "unknown beats bad payload", method: "nope", payload: `{not json`, wantStatus: 404, wantError: "method not found"},
+		{name: "object payload", method: "echo", payload: `{"a":1}`, wantStatus: 201, wantBody: `{"a":1}`, wantArg: `{"a":1}`},
+		{name: "empty payload is null", method: "echo", payload: ``, wantStatus: 201, wantBody: `null`, wantArg: `null`},
+		{name: "blank payload is null", method: "echo", payload: " ", wantStatus: 201, wantBody: `null`, wantArg: `null`},
+		{name: "scalar payload", method: "echo", payload: `42`, wantStatus: 201, wantBody: `42`, wantArg: `42`},
+		{name: "handler panics", method: "panics", payload: `null`, wantStatus: 500, wantError: "method handler failed"},
+		{name: "result not JSON", method: "unmarshalable", payload: `null`, wantStatus: 500, wantError: "method result is not representable as JSON"},
+		{name: "nil result", method: "nilresult", payload: `null`, wantStatus: 200, wantBody: `null`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got = nil
+			status, body := mux.Dispatch(t.Context(), tt.method, []byte(tt.payload))
+			if status != tt.wantStatus {
+				t.Errorf("status = %d, want %d (body %s)", status, tt.wantStatus, body)
+			}
+			if !json.Valid(body) {
+				t.Errorf("body %q is not JSON", body)
+			}
+			if tt.wantBody != "" && string(body) != tt.wantBody {
+				t.Errorf("body = %s, want %s", body, tt.wantBody)
+			}
+			if tt.wantError != "" {
+				if e := decode(t, body)["error"]; e != tt.wantError {
+					t.Errorf("error = %v, want %q", e, tt.wantError)
+				}
+			}
+			if tt.wantArg != "" && string(got) != tt.wantArg {
+				t.Errorf("handler saw %q, want %q", got, tt.wantArg)
+			}
+		})
+	}
+}
+
+func TestRebootCycle(t *testing.T) {
+	at := time.Date(2026, 11, 25, 20, 1, 2, 345678900, time.FixedZone("CET", 3600))
+	fc, h, _ := start(t, device.Config{RebootDelay: device.NoRebootDelay, Now: func() time.Time { return at }})
+
+	status, body := h.HandleMethod(t.Context(), device.MethodRequest{Name: device.RebootMethod})
+	if status != 200 {
+		t.Fatalf("status = %d, want 200 (body %s)", status, body)
+	}
+	resp := decode(t, body)
+	if resp["delaySeconds"] != 0.0 || !strings.HasPrefix(resp["message"].(string), "rebooting") {
+		t.Errorf("response = %s, want a rebooting message with delaySeconds 0", body)
+	}
+	for _, want := range []string{"suspend", "resume", `report {"rebootTime":"2026-11-25T19:01:02.3456789Z"}`} {
+		if got := fc.next(t); got != want {
+			t.Fatalf("connection call = %q, want %q", got, want)
+		}
+	}
+}
+
+func TestRebootDelayFromConfigAndPayload(t *testing.T) {
+	_, h, _ := start(t, device.Config{RebootDelay: 7 * time.Second})
+	// Rejected payloads start no reboot; the last case starts one that is
+	// still waiting out its delay when the test ends.
+	tests := []struct {
+		payload    string
+		wantStatus int
+		wantDelay  float64
+	}{
+		{`{"delaySeconds": "x"}`, 400, 0},
+		{`{"delaySeconds": -1}`, 400, 0},
+		{`{"delaySeconds": 3601}`, 400, 0},
+		{`{"delaySeconds": 1.5}`, 400, 0},
+		{`[1]`, 400, 0},
+		{`"soon"`, 400, 0},
+		{`{"delaySeconds": 3600}`, 200, 3600},
+	}
+	for _, tt := range tests {
+		status, body := h.HandleMethod(t.Context(), device.MethodRequest{Name: device.RebootMethod, Payload: []byte(tt.payload)})
+		if status != tt.wantStatus {
+			t.Errorf("payload %s: status = %d, want %d (body %s)", tt.payload, status, tt.wantStatus, body)
+			continue
+		}
+		if status == 200 && decode(t, body)["delaySeconds"] != tt.wantDelay {
+			t.Errorf("payload %s: body %s, want delaySeconds %v", tt.payload, body, tt.wantDelay)
+		}
+		if status == 400 {
+			m := decode(t, body)
+			want := "delaySeconds must be an integer from 0 to 3600"
+			if !strings.Contains(tt.payload, "delaySeconds") {
+				want = `payload must be a JSON object such as {"delaySeconds": 20}`
+			}
+			if m["method"] != device.RebootMethod || m["error"] != want {
+				t.Errorf("payload %s: 400 body %s, want error %q naming the method", tt.payload, body, want)
+			}
+		}
+	}
+}
+
+func TestRebootDefaultDelay(t *testing.T) {
+	for _, tt := range []struct {
+		config  time.Duration
+		payload string
+		want    float64
+	}{
+		{0, "", 20},
+		{0, "null", 20},
+		{0, "{}", 20},
+		{0, `{"other":1}`, 20},
+		{7 * time.Second, "null", 7},
+		{7 * time.Second, `{"delaySeconds":0}`, 0},
+	} {
+		t.Run(tt.config.String()+" "+tt.payload, func(t *testing.T) {
+			_, h, _ := start(t, device.Config{RebootDelay: tt.config})
+			status, body := h.HandleMethod(t.Context(), device.MethodRequest{Name: device.RebootMethod, Payload: []byte(tt.payload)})
+			if status != 200 || decode(t, body)["delaySeconds"] != tt.want {
+				t.Errorf("status %d body %s, want 200 with delaySeconds %v", status, body, tt.want)
+			}
+		})
+	}
+}
+
+func TestRebootWhileRebooting(t *testing.T) {
+	fc, h, _ := start(t, device.Config{RebootDelay: device.NoRebootDelay})
+	release := make(chan struct{})
+	fc.ReportFunc = func([]byte) error { <-release; return nil }
+
+	if status, body := h.HandleMethod(t.Context(), device.MethodRequest{Name: device.RebootMethod}); status != 200 {
+		t.Fatalf("first reboot: status %d body %s", status, body)
+	}
+	fc.next(t) // suspend
+	fc.next(t) // resume
+	fc.next(t) // report, now blocked: the reboot is still under way
+	status, body := h.HandleMethod(t.Context(), device.MethodRequest{Name: device.RebootMethod})
+	if status != 409 || decode(t, body)["error"] != "reboot already in progress" {
+		t.Fatalf("second reboot: status %d body %s, want 409 reboot already in progress", status, body)
+	}
+	close(release)
+
+	// Once the first reboot is complete a new one is accepted.
+	for {
+		status, _ = h.HandleMethod(t.Context(), device.MethodRequest{Name: device.RebootMethod})
+		if status == 200 {
+			break
+		}
+		if status != 409 {
+			t.Fatalf("status %d after the reboot finished", status)
+		}
+		select {
+		case <-t.Context().Done():
+			t.Fatal("reboot never finished")
+		case <-time.After(time.Millisecond):
+		}
+	}
+	if got := fc.next(t); got != "suspend" {
+		t.Fatalf("call = %q, want a second suspend", got)
+	}
+	fc.next(t)
+	fc.next(t)
+	select {
+	case extra := <-fc.calls:
+		t.Errorf("unexpected extra call %q: the rejected request was queued", extra)
+	default:
+	}
+}
+
+func TestTwoRebootsReportDifferentTimes(t *testing.T) {
+	fc, h, _ := start(t, device.Config{RebootDelay: device.NoRebootDelay})
+	var times []string
+	for range 2 {
+		var status int
+		for status = 409; status == 409; {
+			status, _ = h.HandleMethod(t.Context(), device.MethodRequest{Name: device.RebootMethod})
+		}
+		if status != 200 {
+			t.Fatalf("status %d", status)
+		}
+		fc.next(t)
+		fc.next(t)
+		var patch map[string]string
+		if err := json.Unmarshal([]byte(strings.TrimPrefix(fc.next(t), "report ")), &patch); err != nil {
+			t.Fatal(err)
+		}
+		ts, err := time.Parse(time.RFC3339Nano, patch["rebootTime"])
+		if err != nil || ts.Location() != time.UTC {
+			t.Fatalf("rebootTime %q is not RFC 3339 UTC: %v", patch["rebootTime"], err)
+		}
+		times = append(times, patch["rebootTime"])
+	}
+	if times[0] == times[1] {
+		t.Errorf("two reboots reported the same rebootTime %s", times[0])
+	}
+}
+
+func TestRebootReportFailureIsLoggedAndClears(t *testing.T) {
+	var logs syncBuffer
+	log := zerolog.New(&logs)
+	fc, h, _ := start(t, device.Config{RebootDelay: device.NoRebootDelay, Log: log})
+	fc.ReportFunc = func([]byte) error { return errors.New("hub refused reported properties: status 400") }
+	h.HandleMethod(t.Context(), device.MethodRequest{Name: device.RebootMethod})
+	fc.next(t)
+	fc.next(t)
+	fc.next(t)
+	for !strings.Contains(logs.String(), `"event":"reboot_failed"`) {
+		select {
+		case <-t.Context().Done():
+			t.Fatalf("no reboot_failed event; logs:\n%s", logs.String())
+		case <-time.After(time.Millisecond):
+		}
+	}
+}
+
+func TestDesiredPatches(t *testing.T) {
+	var logs syncBuffer
+	_, h, _ := start(t, device.Config{Log: zerolog.New(&logs).Level(zerolog.DebugLevel)})
+	h.HandleTwin([]byte(`{"desired":{"interval":5,"$version":4},"reported":{"rebootTime":"2026-01-01T00:00:00Z","$version":9}}`))
+	h.HandleDesired(3, []byte(`{"interval":3,"$version":3}`))
+	h.HandleDesired(5, []byte(`{"interval":7,"$version":5}`))
+	h.HandleDesired(5, []byte(`{"interval":7,"$version":5}`))
+
+	var events []string
+	for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+		var e map[string]any
+		if err := json.Unmarshal([]byte(line), &e); err != nil {
+			t.Fatalf("log line %q: %v", line, err)
+		}
+		s, _ := e["event"].(string)
+		if v, ok := e["version"]; ok {
+			s = fmt.Sprintf("%s %s %v", s, e["level"], v)
+		}
+		events = append(events, s)
+	}
+	want := []string{"twin", "desired debug 3", "desired info 5", "desired debug 5"}
+	if strings.Join(events, ",") != strings.Join(want, ",") {
+		t.Errorf("events = %q, want %q\nlogs:\n%s", events, want, logs.String())
+	}
+	if !strings.Contains(logs.String(), `"patch":{"interval":7,"$version":5}`) {
+		t.Errorf("desired patch not logged:\n%s", logs.String())
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger and a reader at once.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
