@@ -1,0 +1,534 @@
+package hub
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/dmctl/dmctl/internal/iothub"
+	"github.com/dmctl/dmctl/sas"
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/rs/zerolog"
+)
+
+// Broker limits.
+const (
+	// maxPacketSize bounds an MQTT packet: IoT Hub's 256 KiB message limit
+	// plus room for the topic.
+	maxPacketSize = 256<<10 + 4<<10
+	// maxWritesPending is mochi's per-client outbound queue. The hub writes
+	// to devices directly, so the queue stays almost empty.
+	maxWritesPending = 32
+	// sessionExpiry is how long mochi keeps a clean-session-0 session
+	// (subscriptions) of a disconnected device, in seconds.
+	sessionExpiry = 3600
+)
+
+const listenerID = "dmctl"
+
+type mqttClient = mqtt.Client
+
+// broker wraps the mochi server and keeps the hub's view of device
+// connections: which client is the current one for each device, and which
+// method calls are waiting for an answer.
+type broker struct {
+	s     *Server
+	log   zerolog.Logger
+	mochi *mqtt.Server
+	ln    *mochiListener
+
+	mu       sync.Mutex
+	closed   bool
+	conns    map[net.Conn]string    // every connection handed to mochi -> device id once known
+	tokenExp map[net.Conn]time.Time // SAS expiry of authenticated connections without a session yet
+	sessions map[string]*session    // current session of each device
+	change   chan struct{}          // closed and replaced on every change
+	pending  map[string]*call       // method calls by request id
+	wg       sync.WaitGroup         // one per connection handed to mochi
+
+	timers sync.WaitGroup // token expiry callbacks that are running
+
+	// stateMu orders connection-state writes to the store, so that an old
+	// connection's end never overwrites its successor's "Connected".
+	stateMu sync.Mutex
+
+	rid atomic.Uint64
+}
+
+func newBroker(s *Server) (*broker, error) {
+	caps := mqtt.NewDefaultServerCapabilities()
+	caps.MaximumQos = 1 // QoS 2 subscriptions are granted QoS 1, as on IoT Hub
+	caps.MaximumClientWritesPending = maxWritesPending
+	caps.MaximumSessionExpiryInterval = sessionExpiry
+	caps.MaximumPacketSize = maxPacketSize
+	caps.SharedSubAvailable = 0
+	caps.MinimumProtocolVersion = 4
+
+	quiet := s.log.With().Str("component", "mqtt").Logger()
+	if quiet.GetLevel() < zerolog.ErrorLevel {
+		quiet = quiet.Level(zerolog.ErrorLevel)
+	}
+	m := mqtt.New(&mqtt.Options{
+		Capabilities:             caps,
+		ClientNetReadBufferSize:  1024,
+		ClientNetWriteBufferSize: 1024,
+		Logger:                   slog.New(zerolog.NewSlogHandler(quiet)),
+		SysTopicResendInterval:   3600,
+	})
+	b := &broker{
+		s:        s,
+		log:      s.log.With().Str("component", "mqtt").Logger(),
+		mochi:    m,
+		conns:    make(map[net.Conn]string),
+		tokenExp: make(map[net.Conn]time.Time),
+		sessions: make(map[string]*session),
+		change:   make(chan struct{}),
+		pending:  make(map[string]*call),
+	}
+	b.ln = &mochiListener{
+		id:     listenerID,
+		addr:   s.listeners[0].Addr(),
+		ch:     make(chan net.Conn),
+		done:   make(chan struct{}),
+		served: make(chan struct{}),
+		b:      b,
+	}
+	if err := m.AddHook(&hook{b: b}, nil); err != nil {
+		return nil, fmt.Errorf("hub: broker hook: %w", err)
+	}
+	if err := m.AddListener(b.ln); err != nil {
+		return nil, fmt.Errorf("hub: broker listener: %w", err)
+	}
+	if err := m.Serve(); err != nil {
+		return nil, fmt.Errorf("hub: start broker: %w", err)
+	}
+	return b, nil
+}
+
+// handoff gives an MQTT connection to mochi. The connection is closed if the
+// broker is shutting down.
+func (b *broker) handoff(c net.Conn) {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		_ = c.Close()
+		return
+	}
+	b.conns[c] = ""
+	b.wg.Add(1)
+	b.mu.Unlock()
+	select {
+	case b.ln.ch <- c:
+	case <-b.ln.done:
+		b.mu.Lock()
+		delete(b.conns, c)
+		b.mu.Unlock()
+		b.wg.Done()
+		_ = c.Close()
+	}
+}
+
+// session is the current connection of a device.
+type session struct {
+	cl *mqtt.Client
+	// expiry disconnects the device when its SAS token expires, as IoT
+	// Hub does.
+	expiry *time.Timer
+	// live is set once the CONNACK went out and the connection is
+	// recorded in the store.
+	live bool
+}
+
+func (s *session) stop() {
+	if s.expiry != nil {
+		s.expiry.Stop()
+	}
+}
+
+// connEnded runs after mochi is done with a connection. If the connection
+// was its device's current one, the device is now disconnected: recorded in
+// the store first, then visible through connected().
+func (b *broker) connEnded(c net.Conn) {
+	defer b.wg.Done()
+	_ = c.Close()
+	b.mu.Lock()
+	id := b.conns[c]
+	delete(b.conns, c)
+	delete(b.tokenExp, c)
+	b.mu.Unlock()
+	if id == "" {
+		return
+	}
+	b.stateMu.Lock()
+	defer b.stateMu.Unlock()
+	if !b.isSession(id, c) {
+		return // replaced by a newer connection
+	}
+	if err := b.s.store.SetConnected(id, false); err != nil && !errors.Is(err, errStoreNotFound) {
+		b.log.Warn().Err(err).Str("device", id).Msg("record disconnection")
+	}
+	b.mu.Lock()
+	if sess, ok := b.sessions[id]; ok && sess.cl.Net.Conn == c {
+		sess.stop()
+		delete(b.sessions, id)
+		b.signalLocked()
+	}
+	b.mu.Unlock()
+	b.log.Info().Str("device", id).Msg("device disconnected")
+}
+
+// isSession reports whether c is the connection of id's current session.
+func (b *broker) isSession(id string, c net.Conn) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	sess, ok := b.sessions[id]
+	return ok && sess.cl.Net.Conn == c
+}
+
+// close stops mochi, drops every connection and waits for their goroutines.
+func (b *broker) close() {
+	b.mu.Lock()
+	b.closed = true
+	b.mu.Unlock()
+	_ = b.mochi.Close() // closes b.ln, which closes every connection
+	b.wg.Wait()
+	b.timers.Wait()
+	<-b.ln.served
+	b.mu.Lock()
+	for _, c := range b.pending {
+		c.cancel()
+	}
+	close(b.change) // wakes waiters; they find the hub closed
+	b.change = nil
+	b.mu.Unlock()
+}
+
+// enter registers a running timer callback; false once the broker is
+// closing.
+func (b *broker) enter() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return false
+	}
+	b.timers.Add(1)
+	return true
+}
+
+// current returns the live client of a device, if its connection is still
+// open.
+func (b *broker) current(id string) (*mqtt.Client, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	sess, ok := b.sessions[id]
+	if !ok || !sess.live || sess.cl.Closed() {
+		return nil, false
+	}
+	return sess.cl, true
+}
+
+// connected reports whether the device has a live session. It turns false
+// only after the disconnection is recorded in the store.
+func (b *broker) connected(id string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	sess, ok := b.sessions[id]
+	return ok && sess.live
+}
+
+// changed returns a channel closed at the next connection or subscription
+// change; nil (never ready) once the broker is closed.
+func (b *broker) changed() <-chan struct{} {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.change
+}
+
+func (b *broker) signal() {
+	b.mu.Lock()
+	b.signalLocked()
+	b.mu.Unlock()
+}
+
+func (b *broker) signalLocked() {
+	if b.change == nil {
+		return
+	}
+	close(b.change)
+	b.change = make(chan struct{})
+}
+
+// subscribed reports whether one of cl's subscriptions matches topic.
+func subscribed(cl *mqtt.Client, topic string) bool {
+	for filter := range cl.State.Subscriptions.GetAll() {
+		if matchFilter(filter, topic) {
+			return true
+		}
+	}
+	return false
+}
+
+// matchFilter implements MQTT topic filter matching; wildcards at the first
+// level do not match topics starting with '$'.
+func matchFilter(filter, topic string) bool {
+	if strings.HasPrefix(topic, "$") && (strings.HasPrefix(filter, "+") || strings.HasPrefix(filter, "#")) {
+		return false
+	}
+	fs := strings.Split(filter, "/")
+	ts := strings.Split(topic, "/")
+	for i, f := range fs {
+		if f == "#" {
+			return true
+		}
+		if i >= len(ts) || (f != "+" && f != ts[i]) {
+			return false
+		}
+	}
+	return len(fs) == len(ts)
+}
+
+// send writes a QoS 0 PUBLISH to exactly this client, provided it
+// subscribed to a filter matching topic. It reports whether it was written.
+func (b *broker) send(cl *mqtt.Client, topic string, payload []byte) (bool, error) {
+	if !subscribed(cl, topic) {
+		return false, nil
+	}
+	err := cl.WritePacket(packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish},
+		TopicName:   topic,
+		Payload:     payload,
+	})
+	if err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// authenticate checks a CONNECT: client id, username and SAS password
+// against the registry, and returns the device id and the token's expiry.
+// The error text is safe to log.
+func (b *broker) authenticate(cl *mqtt.Client, pk packets.Packet) (string, time.Time, error) {
+	_, dev, mod, ok := iothub.ParseUsername(string(pk.Connect.Username))
+	if !ok {
+		return "", time.Time{}, errors.New("malformed username")
+	}
+	if iothub.ClientID(dev, mod) != cl.ID {
+		return "", time.Time{}, fmt.Errorf("username names %q but the client id is %q", iothub.ClientID(dev, mod), cl.ID)
+	}
+	if mod != "" {
+		return "", time.Time{}, errors.New("module identities are not supported")
+	}
+	d, err := b.s.store.Device(dev)
+	if err != nil {
+		if errors.Is(err, errStoreNotFound) {
+			return "", time.Time{}, errors.New("unknown device")
+		}
+		return "", time.Time{}, fmt.Errorf("registry: %w", err)
+	}
+	if !strings.EqualFold(d.Status, "enabled") && d.Status != "" {
+		return "", time.Time{}, errors.New("device is disabled")
+	}
+	if d.Authentication == nil || d.Authentication.Type != "sas" || d.Authentication.SymmetricKey == nil {
+		return "", time.Time{}, errors.New("device does not use SAS authentication")
+	}
+	if !pk.Connect.PasswordFlag || len(pk.Connect.Password) == 0 {
+		return "", time.Time{}, errors.New("no SAS token in password")
+	}
+	hosts := b.s.hosts()
+	if hc, ok := cl.Net.Conn.(interface{ ServerName() string }); ok && hc.ServerName() != "" {
+		hosts = append(hosts, hc.ServerName())
+	}
+	keys := d.Authentication.SymmetricKey
+	tok, err := sas.Verify(string(pk.Connect.Password),
+		sas.Audience{Hosts: hosts, Path: "devices/" + dev},
+		b.s.now(), keys.PrimaryKey, keys.SecondaryKey)
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	return dev, tok.Expiry, nil
+}
+
+// deviceTopic reports whether topic (or filter) lies in the device's own
+// "devices/{id}/" space.
+func deviceTopic(id, topic string) bool {
+	return strings.HasPrefix(topic, "devices/"+id+"/")
+}
+
+// allowed is the ACL: a device may use IoT Hub's method and twin topics and
+// its own devices/{id}/ space, nothing else.
+func allowed(id, topic string) bool {
+	return strings.HasPrefix(topic, "$iothub/methods/") ||
+		strings.HasPrefix(topic, "$iothub/twin/") ||
+		deviceTopic(id, topic)
+}
+
+// handlePublish answers a device's publish. Nothing a device publishes is
+// routed to other clients.
+func (b *broker) handlePublish(cl *mqtt.Client, pk packets.Packet) {
+	if b.revoked(cl) {
+		return
+	}
+	id := cl.ID
+	topic := pk.TopicName
+	switch {
+	case strings.HasPrefix(topic, "$iothub/methods/res/"):
+		status, rid, ok := iothub.ParseMethodResponseTopic(topic)
+		if !ok {
+			b.log.Debug().Str("device", id).Str("topic", topic).Msg("malformed method response topic")
+			return
+		}
+		b.methodResponse(id, rid, status, pk.Payload)
+	case strings.HasPrefix(topic, "$iothub/twin/"):
+		op, rid, ok := iothub.ParseTwinRequestTopic(topic)
+		if !ok {
+			b.log.Debug().Str("device", id).Str("topic", topic).Msg("unsupported twin topic")
+			return
+		}
+		switch op {
+		case iothub.TwinGet:
+			b.twinGet(cl, rid)
+		case iothub.TwinPatchReported:
+			b.twinPatch(cl, rid, pk.Payload)
+		}
+	case deviceTopic(id, topic) && isTelemetry(id, topic):
+		b.log.Debug().Str("device", id).Int("bytes", len(pk.Payload)).Msg("telemetry received and dropped")
+	default:
+		b.log.Debug().Str("device", id).Str("topic", topic).Msg("publish to unsupported topic dropped")
+	}
+}
+
+// revoked disconnects cl if its device was disabled or deleted since it
+// connected, as IoT Hub does, and reports whether it did.
+func (b *broker) revoked(cl *mqtt.Client) bool {
+	d, err := b.s.store.Device(cl.ID)
+	var reason string
+	switch {
+	case errors.Is(err, errStoreNotFound):
+		reason = "device deleted"
+	case err == nil && d.Status != "" && !strings.EqualFold(d.Status, "enabled"):
+		reason = "device disabled"
+	default:
+		return false
+	}
+	b.log.Info().Str("device", cl.ID).Str("reason", reason).Msg("disconnecting device")
+	cl.Stop(errRevoked)
+	return true
+}
+
+var errRevoked = errors.New("hub: device disabled or deleted")
+
+func isTelemetry(id, topic string) bool {
+	rest := strings.TrimPrefix(topic, "devices/"+id+"/")
+	if strings.HasPrefix(rest, "messages/events/") || rest == "messages/events" {
+		return true
+	}
+	if m, ok := strings.CutPrefix(rest, "modules/"); ok {
+		if _, after, ok := strings.Cut(m, "/"); ok {
+			return strings.HasPrefix(after, "messages/events")
+		}
+	}
+	return false
+}
+
+func (b *broker) twinGet(cl *mqtt.Client, rid string) {
+	body, err := b.s.store.DeviceTwin(cl.ID)
+	if err != nil {
+		b.twinError(cl, rid, err)
+		return
+	}
+	b.reply(cl, iothub.TwinResponseTopic(200, rid, 0), body)
+}
+
+func (b *broker) twinPatch(cl *mqtt.Client, rid string, body []byte) {
+	trimmed := bytes.TrimSpace(body)
+	if len(trimmed) == 0 || trimmed[0] != '{' || !jsonValid(trimmed) {
+		b.reply(cl, iothub.TwinResponseTopic(400, rid, 0),
+			twinErrorBody(iothub.CodeArgumentInvalid, "reported properties must be a JSON object"))
+		return
+	}
+	version, err := b.s.store.PatchReported(cl.ID, trimmed)
+	if err != nil {
+		b.twinError(cl, rid, err)
+		return
+	}
+	b.reply(cl, iothub.TwinResponseTopic(204, rid, version), nil)
+}
+
+// twinError answers a twin request with IoT Hub's error code in the body
+// (the Node SDK ignores the status in the topic and looks for errorCode).
+func (b *broker) twinError(cl *mqtt.Client, rid string, err error) {
+	code, msg := storeErrorCode(err)
+	if code == iothub.CodeServerError {
+		b.log.Error().Err(err).Str("device", cl.ID).Msg("twin request failed")
+	}
+	b.reply(cl, iothub.TwinResponseTopic(iothub.HTTPStatus(code), rid, 0), twinErrorBody(code, msg))
+}
+
+func (b *broker) reply(cl *mqtt.Client, topic string, body []byte) {
+	ok, err := b.send(cl, topic, body)
+	switch {
+	case err != nil:
+		b.log.Debug().Err(err).Str("device", cl.ID).Msg("write twin response")
+	case !ok:
+		b.log.Debug().Str("device", cl.ID).Str("topic", topic).Msg("twin response dropped: device is not subscribed")
+	}
+}
+
+// mochiListener is the broker's only listener: the hub accepts, handshakes
+// and sniffs connections itself and feeds MQTT ones through ch.
+type mochiListener struct {
+	id     string
+	addr   net.Addr
+	ch     chan net.Conn
+	done   chan struct{}
+	served chan struct{}
+	once   sync.Once
+	b      *broker
+}
+
+func (l *mochiListener) Init(*slog.Logger) error { return nil }
+func (l *mochiListener) ID() string              { return l.id }
+func (l *mochiListener) Address() string         { return l.addr.String() }
+func (l *mochiListener) Protocol() string        { return "tls" }
+
+// Serve hands every connection to mochi's establish function in its own
+// goroutine, until Close.
+func (l *mochiListener) Serve(establish listeners.EstablishFn) {
+	defer close(l.served)
+	for {
+		select {
+		case c := <-l.ch:
+			go func() {
+				defer l.b.connEnded(c)
+				if err := establish(l.id, c); err != nil {
+					l.b.log.Debug().Err(err).Str("remote", c.RemoteAddr().String()).Msg("MQTT connection ended")
+				}
+			}()
+		case <-l.done:
+			return
+		}
+	}
+}
+
+// Close stops Serve and closes every connection the broker holds; each
+// client's read loop then ends on its own.
+func (l *mochiListener) Close(listeners.CloseFn) {
+	l.once.Do(func() { close(l.done) })
+	l.b.mu.Lock()
+	conns := make([]net.Conn, 0, len(l.b.conns))
+	for c := range l.b.conns {
+		conns = append(conns, c)
+	}
+	l.b.mu.Unlock()
+	for _, c := range conns {
+		_ = c.Close()
+	}
+}

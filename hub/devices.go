@@ -1,0 +1,194 @@
+package hub
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/dmctl/dmctl/hub/api"
+	"github.com/dmctl/dmctl/hub/store"
+	"github.com/dmctl/dmctl/internal/iothub"
+)
+
+var errStoreNotFound = store.ErrNotFound
+
+// ErrShuttingDown is returned by a method call cut short by Close.
+var ErrShuttingDown = errors.New("hub: shutting down")
+
+// ErrInvalidMethodName is returned for a method name that cannot be a topic
+// level ("", or containing '/', '+', '#', '?' or NUL).
+var ErrInvalidMethodName = errors.New("hub: invalid method name")
+
+// call is a direct method waiting for the device's answer.
+type call struct {
+	device string
+	result chan methodResult // buffered, receives at most one value
+	done   chan struct{}     // closed by cancel
+}
+
+type methodResult struct {
+	status int
+	body   []byte
+}
+
+func (c *call) cancel() {
+	select {
+	case <-c.done:
+	default:
+		close(c.done)
+	}
+}
+
+var _ api.Devices = (*broker)(nil)
+
+// Invoke sends a direct method to a device and waits for its answer. It
+// waits up to connectTimeout for the device to be connected and subscribed
+// to method requests (api.ErrDeviceNotOnline otherwise), then up to
+// responseTimeout for the answer (api.ErrTimeout). The request body is
+// payload as given.
+func (b *broker) Invoke(ctx context.Context, deviceID, method string, payload []byte, connectTimeout, responseTimeout time.Duration) (int, []byte, error) {
+	if method == "" || strings.ContainsAny(method, "/+#?\x00") {
+		return 0, nil, fmt.Errorf("invoke %q on device %q: %w", method, deviceID, ErrInvalidMethodName)
+	}
+	rid := strconv.FormatUint(b.rid.Add(1), 10)
+	topic := iothub.MethodRequestTopic(method, rid)
+
+	cl, err := b.awaitSubscriber(ctx, deviceID, topic, connectTimeout)
+	if err != nil {
+		return 0, nil, fmt.Errorf("invoke %q on device %q: %w", method, deviceID, err)
+	}
+	if b.revoked(cl) {
+		return 0, nil, fmt.Errorf("invoke %q on device %q: %w", method, deviceID, api.ErrDeviceNotOnline)
+	}
+
+	c := &call{device: deviceID, result: make(chan methodResult, 1), done: make(chan struct{})}
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return 0, nil, fmt.Errorf("invoke %q on device %q: %w", method, deviceID, ErrShuttingDown)
+	}
+	b.pending[rid] = c
+	b.mu.Unlock()
+	defer func() {
+		b.mu.Lock()
+		delete(b.pending, rid)
+		b.mu.Unlock()
+	}()
+
+	if ok, err := b.send(cl, topic, payload); err != nil || !ok {
+		return 0, nil, fmt.Errorf("invoke %q on device %q: %w", method, deviceID, api.ErrDeviceNotOnline)
+	}
+	b.log.Debug().Str("device", deviceID).Str("method", method).Str("rid", rid).Msg("method request sent")
+
+	timer := time.NewTimer(responseTimeout)
+	defer timer.Stop()
+	select {
+	case r := <-c.result:
+		return r.status, r.body, nil
+	case <-timer.C:
+		return 0, nil, fmt.Errorf("invoke %q on device %q: %w", method, deviceID, api.ErrTimeout)
+	case <-ctx.Done():
+		if b.s.ctx.Err() != nil {
+			return 0, nil, fmt.Errorf("invoke %q on device %q: %w", method, deviceID, ErrShuttingDown)
+		}
+		return 0, nil, fmt.Errorf("invoke %q on device %q: %w", method, deviceID, ctx.Err())
+	case <-c.done:
+		return 0, nil, fmt.Errorf("invoke %q on device %q: %w", method, deviceID, ErrShuttingDown)
+	}
+}
+
+// awaitSubscriber waits until the device is connected with a subscription
+// matching topic, for at most connectTimeout.
+func (b *broker) awaitSubscriber(ctx context.Context, deviceID, topic string, connectTimeout time.Duration) (*mqttClient, error) {
+	var timeout <-chan time.Time
+	if connectTimeout > 0 {
+		t := time.NewTimer(connectTimeout)
+		defer t.Stop()
+		timeout = t.C
+	}
+	for {
+		changed := b.changed()
+		if cl, ok := b.current(deviceID); ok && subscribed(cl, topic) {
+			return cl, nil
+		}
+		if timeout == nil {
+			return nil, api.ErrDeviceNotOnline
+		}
+		select {
+		case <-changed:
+		case <-timeout:
+			return nil, api.ErrDeviceNotOnline
+		case <-b.s.ctx.Done():
+			return nil, ErrShuttingDown
+		case <-ctx.Done():
+			if b.s.ctx.Err() != nil {
+				return nil, ErrShuttingDown
+			}
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// methodResponse completes the pending call rid if deviceID is the device
+// it was sent to; other devices cannot answer for it.
+func (b *broker) methodResponse(deviceID, rid string, status int, body []byte) {
+	b.mu.Lock()
+	c, ok := b.pending[rid]
+	b.mu.Unlock()
+	if !ok || c.device != deviceID {
+		b.log.Debug().Str("device", deviceID).Str("rid", rid).Msg("method response matches no pending call")
+		return
+	}
+	if len(strings.TrimSpace(string(body))) == 0 {
+		body = []byte("null")
+	}
+	select {
+	case c.result <- methodResult{status: status, body: append([]byte(nil), body...)}:
+	default: // already answered
+	}
+}
+
+// NotifyDesired sends a desired-properties patch to the device if it is
+// connected and subscribed; otherwise the device reads the twin when it
+// next connects.
+func (b *broker) NotifyDesired(deviceID string, version int64, patch []byte) {
+	cl, ok := b.current(deviceID)
+	if !ok || b.revoked(cl) {
+		return
+	}
+	sent, err := b.send(cl, iothub.DesiredPatchTopic(version), patch)
+	switch {
+	case err != nil:
+		b.log.Debug().Err(err).Str("device", deviceID).Msg("write desired patch")
+	case sent:
+		b.log.Debug().Str("device", deviceID).Int64("version", version).Msg("desired patch sent")
+	}
+}
+
+// storeErrorCode maps a store error to an IoT Hub error code and a message
+// fit for the device.
+func storeErrorCode(err error) (int, string) {
+	var ve *store.ValidationError
+	switch {
+	case errors.As(err, &ve):
+		return ve.Code, ve.Msg
+	case errors.Is(err, store.ErrNotFound):
+		return iothub.CodeDeviceNotFound, "device not found"
+	default:
+		return iothub.CodeServerError, "internal error"
+	}
+}
+
+func twinErrorBody(code int, msg string) []byte {
+	b, _ := json.Marshal(struct {
+		ErrorCode int    `json:"errorCode"`
+		Message   string `json:"message"`
+	}{code, msg})
+	return b
+}
+
+func jsonValid(b []byte) bool { return json.Valid(b) }

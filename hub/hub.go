@@ -1,0 +1,471 @@
+// Package hub is dmctl's local Azure IoT Hub stand-in: one TLS port per
+// listen address that serves MQTT 3.1.1 (devices), the HTTPS REST API
+// (services) and MQTT over WebSockets, with IoT Hub's topics, SAS
+// authentication and semantics for direct methods and twins.
+//
+// The MQTT framing is done by the embedded mochi-mqtt broker. The hub owns
+// the sockets and TLS, tells MQTT from HTTP by the first byte after the
+// handshake, and implements IoT Hub semantics in broker hooks. Nothing a
+// device publishes is routed through the broker's topic tree: the hub
+// answers every request itself and writes hub-to-device messages straight to
+// the one connection they are meant for.
+package hub
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/dmctl/dmctl/hub/api"
+	"github.com/dmctl/dmctl/hub/jobs"
+	"github.com/dmctl/dmctl/hub/store"
+	"github.com/rs/zerolog"
+)
+
+// Defaults.
+const (
+	DefaultListen   = "127.0.0.1:8883"
+	DefaultHostname = "localhost"
+	dbFile          = "hub.db"
+	ownerKeyFile    = "iothubowner.key"
+	ownerPolicy     = "iothubowner"
+)
+
+// Timeouts of the network layer.
+const (
+	handshakeTimeout = 10 * time.Second // TLS handshake plus the first byte
+	connectTimeout   = 10 * time.Second // first MQTT packet after the handoff
+	writeTimeout     = 30 * time.Second // any single write to a device
+	maxKeepAlive     = 1767             // seconds; IoT Hub's server-side cap
+	// httpWriteTimeout must outlast the longest direct method (300 s).
+	httpWriteTimeout = 330 * time.Second
+	shutdownGrace    = 5 * time.Second
+)
+
+// Config configures a Server. DataDir is required; every other field has a
+// working zero value.
+type Config struct {
+	DataDir  string   // holds ca.pem, ca-key.pem, server.pem, server-key.pem, hub.db
+	Listen   []string // host:port to listen on; default ["127.0.0.1:8883"]; port 0 picks one
+	Hostname string   // the hub's name in connection strings and SAS audiences; default "localhost"
+	TLSCert  string   // optional PEM certificate (chain) to serve instead of the generated one
+	TLSKey   string   // its key
+	Log      zerolog.Logger
+}
+
+// Server is a local IoT Hub. Create it with New, run it with Serve (or
+// Start and Close).
+type Server struct {
+	cfg    Config
+	log    zerolog.Logger
+	store  *store.Store
+	tlsMat *tlsMaterial
+	tlsCfg *tls.Config
+	now    func() time.Time
+
+	mu        sync.Mutex
+	started   bool
+	closed    bool
+	closeErr  error
+	listeners []net.Listener
+	addrs     []string
+	inflight  map[net.Conn]struct{} // accepted connections still in handshake
+
+	ctx    context.Context // canceled by Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // accept loops and handshakes
+
+	httpQ   *connQueue
+	httpSrv *http.Server
+	httpWG  sync.WaitGroup
+
+	broker *broker
+	jobs   *jobs.Engine
+	jobsWG sync.WaitGroup
+}
+
+// New opens the store and loads or creates the TLS material. It does not
+// listen yet.
+func New(cfg Config) (*Server, error) {
+	if cfg.DataDir == "" {
+		return nil, errors.New("hub: data directory is required")
+	}
+	if len(cfg.Listen) == 0 {
+		cfg.Listen = []string{DefaultListen}
+	}
+	cfg.Listen = slices.Clone(cfg.Listen)
+	for _, a := range cfg.Listen {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return nil, fmt.Errorf("hub: listen address %q: %w", a, err)
+		}
+	}
+	if cfg.Hostname == "" {
+		cfg.Hostname = DefaultHostname
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("hub: data directory: %w", err)
+	}
+	now := time.Now
+	st, err := store.Open(filepath.Join(cfg.DataDir, dbFile), now)
+	if err != nil {
+		return nil, fmt.Errorf("hub: open store: %w", err)
+	}
+	if err := writeOwnerKey(cfg.DataDir, st); err != nil {
+		_ = st.Close()
+		return nil, err
+	}
+	mat, err := loadTLS(cfg.DataDir, cfg.TLSCert, cfg.TLSKey, serverNames(cfg.Hostname, cfg.Listen), now())
+	if err != nil {
+		_ = st.Close()
+		return nil, err
+	}
+	s := &Server{
+		cfg:    cfg,
+		log:    cfg.Log,
+		store:  st,
+		tlsMat: mat,
+		now:    now,
+		tlsCfg: &tls.Config{
+			MinVersion:   tls.VersionTLS12,
+			Certificates: []tls.Certificate{mat.cert},
+		},
+		inflight: make(map[net.Conn]struct{}),
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	return s, nil
+}
+
+// Start listens on every configured address and serves in the background
+// until Close. ctx bounds only the start itself.
+func (s *Server) Start(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return errors.New("hub: server is closed")
+	}
+	if s.started {
+		return errors.New("hub: server already started")
+	}
+	var lc net.ListenConfig
+	for _, a := range s.cfg.Listen {
+		ln, err := lc.Listen(ctx, "tcp", a)
+		if err != nil {
+			for _, l := range s.listeners {
+				_ = l.Close()
+			}
+			s.listeners, s.addrs = nil, nil
+			return fmt.Errorf("hub: listen on %s: %w", a, err)
+		}
+		s.listeners = append(s.listeners, ln)
+		s.addrs = append(s.addrs, ln.Addr().String())
+	}
+
+	b, err := newBroker(s)
+	if err != nil {
+		for _, l := range s.listeners {
+			_ = l.Close()
+		}
+		s.listeners, s.addrs = nil, nil
+		return err
+	}
+	s.broker = b
+
+	engine, err := jobs.New(jobs.Config{
+		Store:   s.store,
+		Devices: b,
+		Now:     s.now,
+		Log:     s.log.With().Str("component", "jobs").Logger(),
+	})
+	if err != nil {
+		b.close()
+		for _, l := range s.listeners {
+			_ = l.Close()
+		}
+		s.listeners, s.addrs, s.broker = nil, nil, nil
+		return fmt.Errorf("hub: jobs: %w", err)
+	}
+	s.jobs = engine
+	s.jobsWG.Add(1)
+	go func() {
+		defer s.jobsWG.Done()
+		if err := engine.Run(s.ctx); err != nil {
+			s.log.Error().Err(err).Msg("jobs engine stopped")
+		}
+	}()
+
+	s.httpQ = newConnQueue(s.listeners[0].Addr())
+	s.httpSrv = &http.Server{
+		Handler: s.httpHandler(api.New(api.Config{
+			Store:   s.store,
+			Devices: b,
+			Jobs:    engine,
+			Hosts:   s.hosts,
+			Now:     s.now,
+			Log:     s.log.With().Str("component", "api").Logger(),
+		})),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       60 * time.Second,
+		WriteTimeout:      httpWriteTimeout,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		BaseContext:       func(net.Listener) context.Context { return s.ctx },
+		ErrorLog:          newStdLogger(s.log),
+	}
+	s.httpWG.Add(1)
+	go func() {
+		defer s.httpWG.Done()
+		_ = s.httpSrv.Serve(s.httpQ)
+	}()
+
+	for _, ln := range s.listeners {
+		s.wg.Add(1)
+		go s.acceptLoop(ln)
+	}
+	s.started = true
+	s.log.Info().Strs("addrs", s.addrs).Str("hostname", s.cfg.Hostname).Msg("hub listening")
+	return nil
+}
+
+// Serve starts the hub and blocks until ctx is done, then shuts everything
+// down. It returns nil after a clean cancel.
+func (s *Server) Serve(ctx context.Context) error {
+	if err := s.Start(ctx); err != nil {
+		_ = s.Close()
+		return err
+	}
+	<-ctx.Done()
+	return s.Close()
+}
+
+// Close stops listening, disconnects every client, waits for all the hub's
+// goroutines and closes the store. It is safe to call more than once.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return s.closeErr
+	}
+	s.closed = true
+	started := s.started
+	for _, ln := range s.listeners {
+		_ = ln.Close()
+	}
+	for c := range s.inflight {
+		_ = c.Close()
+	}
+	s.mu.Unlock()
+
+	// Cancels request contexts, so pending method calls end now.
+	s.cancel()
+	if started {
+		sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+		if err := s.httpSrv.Shutdown(sctx); err != nil {
+			_ = s.httpSrv.Close()
+		}
+		cancel()
+		s.httpWG.Wait()
+		s.jobsWG.Wait() // the engine records abandoned calls before the store closes
+		s.broker.close()
+	}
+	s.wg.Wait()
+	err := s.store.Close()
+	s.mu.Lock()
+	s.closeErr = err
+	s.mu.Unlock()
+	if started {
+		s.log.Info().Msg("hub stopped")
+	}
+	return err
+}
+
+// Addrs returns the bound host:port of every listener, in Config.Listen
+// order; nil before Start.
+func (s *Server) Addrs() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.addrs)
+}
+
+// Hostname is the hub's configured host name.
+func (s *Server) Hostname() string { return s.cfg.Hostname }
+
+// Port is the port of the first listener: the bound one after Start, the
+// configured one before.
+func (s *Server) Port() int {
+	addr := s.cfg.Listen[0]
+	if a := s.Addrs(); len(a) > 0 {
+		addr = a[0]
+	}
+	_, p, _ := net.SplitHostPort(addr)
+	n, _ := strconv.Atoi(p)
+	return n
+}
+
+// ServiceConnectionString is the iothubowner policy's connection string,
+// HostName=<Hostname>:<port of the first listener>. It is a secret: print it
+// on purpose only, never log it. It is "" if the store cannot be read.
+func (s *Server) ServiceConnectionString() string {
+	cs, err := ownerConnectionString(s.store, hostPort(s.cfg.Hostname, s.Port()))
+	if err != nil {
+		s.log.Error().Err(err).Msg("read owner policy")
+		return ""
+	}
+	return cs
+}
+
+// CAFile is the path of the CA certificate users trust ("" when the hub
+// serves a certificate given in Config.TLSCert).
+func (s *Server) CAFile() string { return s.tlsMat.caFile }
+
+// CAPool is a pool holding the hub's CA (nil when the hub serves a
+// certificate given in Config.TLSCert).
+func (s *Server) CAPool() *x509.CertPool {
+	if s.tlsMat.caPool == nil {
+		return nil
+	}
+	return s.tlsMat.caPool.Clone()
+}
+
+// Store is the hub's state.
+func (s *Server) Store() *store.Store { return s.store }
+
+// Connected reports whether the device has a live MQTT connection.
+func (s *Server) Connected(deviceID string) bool {
+	s.mu.Lock()
+	b := s.broker
+	s.mu.Unlock()
+	return b != nil && b.connected(deviceID)
+}
+
+// ConnectionChanged returns a channel that is closed at the next change of
+// any device's connection or subscriptions, and when the hub closes.
+// Callers re-check their condition and ask again. It is nil (never ready)
+// while the hub is not running.
+func (s *Server) ConnectionChanged() <-chan struct{} {
+	s.mu.Lock()
+	b := s.broker
+	s.mu.Unlock()
+	if b == nil {
+		return nil
+	}
+	return b.changed()
+}
+
+// Subscribed reports whether the device has a live MQTT connection with a
+// subscription matching topic (for example a method request topic).
+func (s *Server) Subscribed(deviceID, topic string) bool {
+	s.mu.Lock()
+	b := s.broker
+	s.mu.Unlock()
+	if b == nil {
+		return false
+	}
+	cl, ok := b.current(deviceID)
+	return ok && subscribed(cl, topic)
+}
+
+// Devices is the device side as the REST API sees it.
+func (s *Server) Devices() api.Devices {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.broker == nil {
+		return nil
+	}
+	return s.broker
+}
+
+// hosts are the host names SAS audiences may name: the configured one, the
+// loopback names the certificate covers and every specific listen host.
+func (s *Server) hosts() []string {
+	hs := []string{s.cfg.Hostname, "localhost", "127.0.0.1", "::1"}
+	for _, a := range s.cfg.Listen {
+		if h, _, err := net.SplitHostPort(a); err == nil && h != "" && !slices.Contains(hs, h) {
+			if ip := net.ParseIP(h); ip == nil || !ip.IsUnspecified() {
+				hs = append(hs, h)
+			}
+		}
+	}
+	return hs
+}
+
+func hostPort(host string, port int) string {
+	if port == 443 || port == 0 {
+		return host
+	}
+	return net.JoinHostPort(host, strconv.Itoa(port))
+}
+
+func ownerConnectionString(st *store.Store, hostPort string) (string, error) {
+	p, err := st.Policy(ownerPolicy)
+	if err != nil {
+		return "", err
+	}
+	return formatServiceCS(hostPort, p.PrimaryKey), nil
+}
+
+func formatServiceCS(hostPort, key string) string {
+	return "HostName=" + hostPort + ";SharedAccessKeyName=" + ownerPolicy + ";SharedAccessKey=" + key
+}
+
+// writeOwnerKey keeps a copy of the owner policy's primary key next to the
+// store (0600), so that OwnerConnectionString works while the hub holds the
+// store's lock.
+func writeOwnerKey(dir string, st *store.Store) error {
+	p, err := st.Policy(ownerPolicy)
+	if err != nil {
+		return fmt.Errorf("hub: read owner policy: %w", err)
+	}
+	path := filepath.Join(dir, ownerKeyFile)
+	if b, err := os.ReadFile(path); err == nil && strings.TrimSpace(string(b)) == p.PrimaryKey {
+		return nil
+	}
+	return writeFileAtomic(path, []byte(p.PrimaryKey+"\n"), 0o600)
+}
+
+// OwnerConnectionString returns the iothubowner connection string of the
+// hub whose data lives in dataDir, with HostName=hostname:port (port 443 and
+// 0 are left out). It works while that hub is running, and creates the
+// store if the hub never ran.
+func OwnerConnectionString(dataDir, hostname string, port int) (string, error) {
+	if hostname == "" {
+		hostname = DefaultHostname
+	}
+	hp := hostPort(hostname, port)
+	_, dbErr := os.Stat(filepath.Join(dataDir, dbFile))
+	if dbErr == nil {
+		if b, err := os.ReadFile(filepath.Join(dataDir, ownerKeyFile)); err == nil {
+			if key := strings.TrimSpace(string(b)); key != "" {
+				return formatServiceCS(hp, key), nil
+			}
+		}
+	}
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return "", fmt.Errorf("hub: data directory: %w", err)
+	}
+	st, err := store.Open(filepath.Join(dataDir, dbFile), time.Now)
+	if err != nil {
+		return "", fmt.Errorf("hub: open store: %w", err)
+	}
+	cs, err := ownerConnectionString(st, hp)
+	if err == nil {
+		err = writeOwnerKey(dataDir, st)
+	}
+	if cerr := st.Close(); err == nil && cerr != nil {
+		err = cerr
+	}
+	if err != nil {
+		return "", err
+	}
+	return cs, nil
+}
