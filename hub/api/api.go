@@ -1,6 +1,12 @@
 // Package api serves the local hub's service-side REST API: direct methods,
-// twins, the identity registry and twin queries, with SAS authentication
-// against the shared access policies and IoT Hub's error bodies.
+// twins, the identity registry, twin and device-job queries and jobs (v2),
+// with SAS authentication against the shared access policies and IoT Hub's
+// error bodies.
+//
+// Rights: jobs are created and cancelled with RegistryWrite or
+// ServiceConnect, except direct-method jobs, which need ServiceConnect (the
+// right POST /twins/{id}/methods needs); jobs are read with RegistryRead,
+// RegistryWrite or ServiceConnect.
 //
 // Every route ignores the api-version query parameter. Responses carry
 // "Content-Type: application/json; charset=utf-8". Errors use IoT Hub's
@@ -14,7 +20,6 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
-	"sync"
 	"time"
 
 	"github.com/dmctl/dmctl/hub/store"
@@ -46,6 +51,10 @@ type Config struct {
 	Hosts func() []string
 	Now   func() time.Time // default time.Now
 	Log   zerolog.Logger   // default: the zero Logger writes nothing
+	// Jobs serves /jobs/v2 (optional). When nil those routes answer 404
+	// NotFound, saying that jobs are not enabled. Device job rows (SELECT * FROM devices.jobs) are read
+	// from Store either way.
+	Jobs Jobs
 }
 
 // Limits.
@@ -72,8 +81,6 @@ type server struct {
 	cfg Config
 	now func() time.Time
 	log zerolog.Logger
-	// twinMu keeps twin writes and their desired notifications in version order.
-	twinMu sync.Mutex
 }
 
 // New returns the handler for every REST route. The WebSocket path is not
@@ -102,7 +109,13 @@ func New(cfg Config) http.Handler {
 	handle("GET /devices/{id}", store.RegistryRead, s.getDevice)
 	handle("DELETE /devices/{id}", store.RegistryWrite, s.deleteDevice)
 	handle("GET /devices", store.RegistryRead, s.listDevices)
+	// The Node service SDK's Registry.list asks for "/devices/".
+	handle("GET /devices/{$}", store.RegistryRead, s.listDevices)
 	handle("POST /devices/query", either(store.RegistryRead, store.ServiceConnect), s.query)
+	handle("PUT /jobs/v2/{id}", either(store.RegistryWrite, store.ServiceConnect), s.putJob)
+	handle("GET /jobs/v2/{id}", either(store.RegistryRead, store.RegistryWrite, store.ServiceConnect), s.getJob)
+	handle("POST /jobs/v2/{id}/cancel", either(store.RegistryWrite, store.ServiceConnect), s.cancelJob)
+	handle("GET /jobs/v2/query", either(store.RegistryRead, store.RegistryWrite, store.ServiceConnect), s.listJobs)
 	return s.logRequests(s.authenticate(s.route(mux)))
 }
 

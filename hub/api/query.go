@@ -9,10 +9,10 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strconv"
 	"strings"
 
 	"github.com/dmctl/dmctl/hub/query"
+	"github.com/dmctl/dmctl/hub/store"
 	"github.com/dmctl/dmctl/internal/iothub"
 )
 
@@ -61,23 +61,9 @@ func (s *server) query(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	text := *req.Query
-	pageSize := DefaultPageSize
-	if v := r.Header.Get("x-ms-max-item-count"); v != "" {
-		n, err := strconv.Atoi(strings.TrimSpace(v))
-		if err != nil || n < 1 {
-			s.failCode(w, iothub.CodeArgumentInvalid, "x-ms-max-item-count must be a positive integer")
-			return
-		}
-		pageSize = min(n, MaxPageSize)
-	}
-	offset := 0
-	if v := r.Header.Get("x-ms-continuation"); v != "" {
-		off, err := parseToken(v, text)
-		if err != nil {
-			s.failCode(w, iothub.CodeArgumentInvalid, err.Error())
-			return
-		}
-		offset = off
+	pageSize, offset, ok := s.paging(w, r, text)
+	if !ok {
+		return
 	}
 	q, err := query.Parse(text)
 	if err != nil {
@@ -117,12 +103,32 @@ func (s *server) query(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, page)
 }
 
-// run evaluates q over the twins. Modules and jobs are not kept by the
-// local hub, so those collections are always empty.
+// run evaluates q over the twins or the device job rows. Modules are not
+// kept by the local hub, so that collection is always empty.
 // With limit > 0 it stops after that many matching documents.
 func (s *server) run(q *query.Query, limit int) ([]any, error) {
 	var docs []map[string]any
-	if q.Collection() == query.CollectionDevices {
+	switch q.Collection() {
+	case query.CollectionJobs:
+		var ferr error
+		err := s.cfg.Store.ForEachJobRow(func(row store.DeviceJob) bool {
+			doc, err := jsonDoc(row)
+			if err != nil {
+				ferr = fmt.Errorf("render job row %q of %q: %w", row.DeviceID, row.JobID, err)
+				return false
+			}
+			if q.Match(doc) {
+				docs = append(docs, doc)
+			}
+			return limit <= 0 || len(docs) < limit
+		})
+		if err != nil {
+			return nil, err
+		}
+		if ferr != nil {
+			return nil, ferr
+		}
+	case query.CollectionDevices:
 		var ferr error
 		err := s.cfg.Store.ForEachTwin(func(t iothub.Twin) bool {
 			doc, err := twinDoc(t)
@@ -148,15 +154,24 @@ func (s *server) run(q *query.Query, limit int) ([]any, error) {
 // twinDoc turns a twin into the JSON object the query language sees: the
 // same document GET /twins/{id} returns.
 func twinDoc(t iothub.Twin) (map[string]any, error) {
-	b, err := json.Marshal(t)
+	m, err := jsonDoc(t)
 	if err != nil {
 		return nil, fmt.Errorf("render twin %q: %w", t.DeviceID, err)
+	}
+	return m, nil
+}
+
+// jsonDoc renders v as the JSON object a client would receive.
+func jsonDoc(v any) (map[string]any, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
 	}
 	d := json.NewDecoder(bytes.NewReader(b))
 	d.UseNumber()
 	var m map[string]any
 	if err := d.Decode(&m); err != nil {
-		return nil, fmt.Errorf("render twin %q: %w", t.DeviceID, err)
+		return nil, err
 	}
 	return m, nil
 }

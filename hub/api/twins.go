@@ -43,14 +43,15 @@ func (s *server) writeTwin(w http.ResponseWriter, r *http.Request, op twinWrite)
 	if !s.readJSON(w, r, &body) {
 		return
 	}
-	// Store and notify under one lock so that devices see desired patches
-	// in $version order.
-	s.twinMu.Lock()
+	// Store and notify under the store's desired lock (shared with the jobs
+	// engine) so that devices see desired patches in $version order.
+	lock := s.cfg.Store.DesiredLock()
+	lock.Lock()
 	t, change, err := op(s.cfg.Store, id, body, r.Header.Get("If-Match"))
 	if err == nil && change != nil && s.cfg.Devices != nil {
 		s.cfg.Devices.NotifyDesired(id, change.Version, change.Patch)
 	}
-	s.twinMu.Unlock()
+	lock.Unlock()
 	if err != nil {
 		s.storeError(w, r, id, err)
 		return

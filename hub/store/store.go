@@ -1,5 +1,6 @@
 // Package store keeps the local hub's state — shared access policies, the
-// identity registry and device twins — in a bbolt file.
+// identity registry, device twins, and jobs with their per-device rows — in
+// a bbolt file.
 //
 // Every mutating method commits (and fsyncs) its bbolt transaction before it
 // returns, so whatever the hub has acknowledged survives a crash. The only
@@ -137,7 +138,16 @@ type Store struct {
 
 	tmu     sync.Mutex
 	touched map[string]time.Time // activity not yet written to disk
+
+	dmu sync.Mutex // see DesiredLock
 }
+
+// DesiredLock returns the lock that keeps desired-property writes and the
+// device notifications that follow them in $version order. Every writer
+// that patches desired properties and then notifies the device (the REST
+// API, the jobs engine) holds it from the write until the notification has
+// been handed to the broker, so that devices see patches in order.
+func (s *Store) DesiredLock() sync.Locker { return &s.dmu }
 
 // entry is the published, immutable view of one device.
 type entry struct {
