@@ -62,7 +62,9 @@ func commands() []*cli.Command {
 	return []*cli.Command{
 		deviceCommand(),
 		serviceCommand(),
+		hubCommand(),
 		sasCommand(),
+		demoCommand(),
 	}
 }
 

@@ -45,7 +45,7 @@ trust for a private CA with --ca-file or DMCTL_CA_FILE; HTTPS_PROXY is honoured.
 				Usage: "manage device identities in the hub's registry",
 				Subcommands: []*cli.Command{
 					serviceDeviceCreateCommand(), serviceDeviceShowCommand(), serviceDeviceListCommand(),
-					serviceDeviceDeleteCommand(), serviceDeviceCSCommand(),
+					serviceDeviceDeleteCommand(), serviceDeviceCSCommand(), serviceDeviceWaitCommand(),
 				},
 			},
 			serviceQueryCommand(),
