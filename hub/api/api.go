@@ -52,8 +52,8 @@ type Config struct {
 	Now   func() time.Time // default time.Now
 	Log   zerolog.Logger   // default: the zero Logger writes nothing
 	// Jobs serves /jobs/v2 (optional). When nil those routes answer 404
-	// NotFound, saying that jobs are not enabled. Device job rows (SELECT * FROM devices.jobs) are read
-	// from Store either way.
+	// NotFound, saying that jobs are not enabled. Device job rows
+	// (SELECT * FROM devices.jobs) are read from Store either way.
 	Jobs Jobs
 }
 

@@ -32,7 +32,9 @@
 //     outcome.
 //
 // Restarts: Run resumes the jobs that were queued, scheduled or running.
-// Rows already finished are never run again; "pending" rows run. A row that
+// Rows already finished are never run again; "pending" rows run (a row
+// whose device had not yet been called when the hub stopped goes back to
+// "pending"). A row that
 // was "running" when the hub stopped is marked "failed" with code "503001"
 // and description "hub restarted while the call was in flight": the method
 // may have reached the device, so it is never replayed (a second reboot is

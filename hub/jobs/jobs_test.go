@@ -719,7 +719,9 @@ func BenchmarkMethodJob(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	dev := newFake(func(ctx context.Context, id, method string, payload []byte) (int, []byte, error) { return 200, nil, nil })
+	dev := newFake(func(ctx context.Context, id, method string, payload []byte) (int, []byte, error) {
+		return 200, nil, nil
+	})
 	e, err := New(Config{Store: st, Devices: dev})
 	if err != nil {
 		b.Fatal(err)
@@ -747,5 +749,62 @@ func BenchmarkMethodJob(b *testing.B) {
 			}
 			time.Sleep(time.Millisecond)
 		}
+	}
+}
+
+// TestRecoveryOfStoredStates starts an engine on jobs left by a previous
+// run: a cancelled job with a call in flight, and a running job whose
+// deadline passed while the hub was down.
+func TestRecoveryOfStoredStates(t *testing.T) {
+	st := newStore(t)
+	addDevices(t, st, 2, nil)
+	past := time.Now().UTC().Add(-2 * time.Hour).Truncate(time.Microsecond)
+	cancelled := methodJob("cancelled", "IS_DEFINED(deviceId)")
+	cancelled.CreatedTime, cancelled.StartTime, cancelled.EndTime = past, past, past
+	cancelled.Status, cancelled.MaxExecutionTimeInSeconds = store.JobCancelled, 3600
+	cancelled.DeviceJobStatistics = store.JobStatistics{DeviceCount: 2, RunningCount: 1, FailedCount: 1}
+	expired := methodJob("expired", "IS_DEFINED(deviceId)")
+	expired.CreatedTime, expired.StartTime = past, past
+	expired.Status, expired.MaxExecutionTimeInSeconds = store.JobRunning, 60
+	expired.DeviceJobStatistics = store.JobStatistics{DeviceCount: 2, SucceededCount: 1, PendingCount: 1}
+	for _, j := range []store.Job{cancelled, expired} {
+		if err := st.CreateJob(j); err != nil {
+			t.Fatal(err)
+		}
+	}
+	row := func(job, dev, status string) store.DeviceJob {
+		return store.DeviceJob{JobID: job, DeviceID: dev, JobType: store.JobTypeDeviceMethod, Status: status}
+	}
+	if err := st.WriteJob(nil, []store.DeviceJob{
+		row("cancelled", "d000", store.RowRunning), row("cancelled", "d001", store.RowCanceled),
+		row("expired", "d000", store.RowCompleted), row("expired", "d001", store.RowPending),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	dev := newFake(func(ctx context.Context, id, method string, payload []byte) (int, []byte, error) {
+		return 200, nil, nil
+	})
+	e := startEngine(t, Config{Store: st, Devices: dev})
+	j := waitJob(t, e.Engine, "expired", "expiry", finished)
+	if j.Status != store.JobFailed || j.DeviceJobStatistics != (store.JobStatistics{DeviceCount: 2, SucceededCount: 1, FailedCount: 1}) {
+		t.Errorf("expired job = %+v", j)
+	}
+	j, err := e.Get(t.Context(), "cancelled")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j.Status != store.JobCancelled || j.DeviceJobStatistics != (store.JobStatistics{DeviceCount: 2, FailedCount: 2}) {
+		t.Errorf("cancelled job = %+v", j)
+	}
+	rows, _ := st.JobRows("cancelled")
+	if r := rows[0]; r.Status != store.RowFailed || r.Error == nil || r.Error.Code != "503001" {
+		t.Errorf("in-flight row = %+v", r)
+	}
+	rows, _ = st.JobRows("expired")
+	if r := rows[1]; r.Status != store.RowCanceled {
+		t.Errorf("pending row of the expired job = %+v", r)
+	}
+	if n := len(dev.callCount()); n != 0 {
+		t.Errorf("%d devices called", n)
 	}
 }

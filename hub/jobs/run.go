@@ -154,8 +154,14 @@ func (e *Engine) execute(ctx context.Context, r *run, j store.Job, rows []store.
 
 	callCtx, abort := context.WithCancelCause(ctx)
 	defer abort(nil)
+	workers := min(cap(e.sem), len(queue))
+	if !deadline(j).After(e.now()) {
+		// Out of time before anything ran (the hub was down meanwhile).
+		_ = e.stopRows(r, w, stopExpired, nil)
+		workers = 0
+	}
 	var wg sync.WaitGroup
-	for range min(cap(e.sem), len(queue)) {
+	for range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
