@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -24,6 +26,7 @@ func hubCommand() *cli.Command {
 		Subcommands: []*cli.Command{
 			hubServeCommand(),
 			hubConnectionStringCommand(),
+			hubWaitCommand(),
 		},
 	}
 }
@@ -232,11 +235,13 @@ func hubConnectionStringCommand() *cli.Command {
 		Usage: "print the local hub's iothubowner (service) connection string",
 		Description: `Prints HostName=<hostname>:<port>;SharedAccessKeyName=iothubowner;SharedAccessKey=...
 as the only line on stdout. The port is that of the first --listen (default
-8883). Works while the hub runs; creates the registry if it never ran.`,
+8883), or of the running hub with --ready-file. Works while the hub runs;
+creates the registry if it never ran.`,
 		Flags: []cli.Flag{
 			hubDataFlag(),
 			hubListenFlag(),
 			hubHostnameFlag(),
+			&cli.StringFlag{Name: "ready-file", Usage: "take the port and hostname of the running hub from its ready `file` (see 'hub serve --ready-file')"},
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
@@ -246,12 +251,23 @@ as the only line on stdout. The port is that of the first --listen (default
 			if l := c.StringSlice("listen"); len(l) > 0 {
 				addr = l[0]
 			}
+			hostname := c.String("hostname")
+			if f := c.String("ready-file"); f != "" {
+				info, err := readReadyFile(f)
+				if err != nil {
+					return withHint(err, "start the hub with 'dmctl hub serve --ready-file "+f+"' and wait for it with 'dmctl hub wait'")
+				}
+				addr = info.Addrs[0]
+				if !c.IsSet("hostname") && info.Hostname != "" {
+					hostname = info.Hostname
+				}
+			}
 			_, p, err := net.SplitHostPort(addr)
 			port, perr := strconv.Atoi(p)
 			if err != nil || perr != nil || port < 0 || port > 65535 {
 				return usageErrorf("use host:port, for example --listen 127.0.0.1:8883", "invalid --listen %q", addr)
 			}
-			cs, err := hub.OwnerConnectionString(hubDataDir(c), c.String("hostname"), port)
+			cs, err := hub.OwnerConnectionString(hubDataDir(c), hostname, port)
 			if err != nil {
 				return withHint(err, "check --data: it must be the hub's data folder")
 			}
@@ -259,4 +275,76 @@ as the only line on stdout. The port is that of the first --listen (default
 			return err
 		},
 	}
+}
+
+func hubWaitCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "wait",
+		Usage: "wait until a hub started with --ready-file is listening",
+		Description: `Blocks until the ready file written by 'dmctl hub serve --ready-file F' exists
+and the hub accepts connections on its first address, so scripts never need
+sleep. Exits 1 when --timeout passes first.`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "ready-file", Usage: "the `file` given to 'dmctl hub serve --ready-file'", Required: true},
+			&cli.DurationFlag{Name: "timeout", Usage: "how long to wait", Value: 30 * time.Second},
+			outputFlag,
+		},
+		Action: hubWait,
+	}
+}
+
+func hubWait(c *cli.Context) error {
+	timeout := c.Duration("timeout")
+	if timeout <= 0 {
+		return usageErrorf("use a positive duration, e.g. --timeout 30s", "invalid --timeout %v", timeout)
+	}
+	ctx, cancel := context.WithTimeout(c.Context, timeout)
+	defer cancel()
+	path := c.String("ready-file")
+	const interval = 50 * time.Millisecond
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	var last error
+	for {
+		info, err := readReadyFile(path)
+		if err == nil {
+			var d net.Dialer
+			conn, derr := d.DialContext(ctx, "tcp", info.Addrs[0])
+			if derr == nil {
+				_ = conn.Close()
+				if jsonOutput(c) {
+					return printJSON(c.App.Writer, info)
+				}
+				_, err := fmt.Fprintf(c.App.Writer, "hub ready on %s\n", strings.Join(info.Addrs, ", "))
+				return err
+			}
+			err = derr
+		}
+		last = err
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			if c.Context.Err() != nil {
+				return c.Context.Err()
+			}
+			return withHint(fmt.Errorf("hub not ready after %v: %w", timeout, last),
+				"check that 'dmctl hub serve --ready-file "+path+"' is running, and its log on stderr")
+		}
+	}
+}
+
+// readReadyFile reads a ready file; it fails until the hub has written it.
+func readReadyFile(path string) (readyInfo, error) {
+	var info readyInfo
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return info, err
+	}
+	if err := json.Unmarshal(data, &info); err != nil {
+		return info, fmt.Errorf("ready file %s: %w", path, err)
+	}
+	if len(info.Addrs) == 0 {
+		return info, fmt.Errorf("ready file %s lists no address", path)
+	}
+	return info, nil
 }

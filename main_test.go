@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -36,10 +39,11 @@ func scriptParams(t *testing.T) testscript.Params {
 		UpdateScripts: *update,
 		Setup:         func(env *testscript.Env) error { return setupScript(t, env) },
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
-			"exitcode":  cmdExitCode,
-			"waitfile":  cmdWaitFile,
-			"adddevice": cmdAddDevice,
-			"hubwait":   cmdHubWait,
+			"exitcode":    cmdExitCode,
+			"waitfile":    cmdWaitFile,
+			"adddevice":   cmdAddDevice,
+			"hubwait":     cmdHubWait,
+			"readmeblock": cmdReadmeBlock,
 		},
 	}
 }
@@ -105,6 +109,11 @@ func setupScript(t *testing.T, env *testscript.Env) error {
 	env.Defer(func() { _ = h.Close() })
 	env.Values[hubKey{}] = h
 	env.Setenv("HUB_CS", h.ServiceConnectionString())
+	repo, err := os.Getwd()
+	if err != nil {
+		return err
+	}
+	env.Setenv("REPO", repo)
 	env.Setenv("HUB_HOST", h.HostName())
 	for _, k := range []string{"IOTHUB_CONNECTION_STRING", "IOTHUB_DEVICE_CONNECTION_STRING", "DMCTL_CA_FILE", "DMCTL_LOG_LEVEL", "DMCTL_LOG_FORMAT", "DMCTL_SECONDARY_KEY", "HTTPS_PROXY", "https_proxy"} {
 		env.Setenv(k, "")
@@ -162,5 +171,70 @@ func cmdHubWait(ts *testscript.TestScript, neg bool, args []string) {
 	}
 	if err != nil {
 		ts.Fatalf("hubwait %s %s: %v", args[0], args[1], err)
+	}
+}
+
+// cmdReadmeBlock writes the code block of README.md that sits between
+// "<!-- NAME:begin -->" and "<!-- NAME:end -->" to FILE, so scripts run the
+// README's examples exactly as printed:
+//
+//	readmeblock local-hub $WORK/example.sh
+func cmdReadmeBlock(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: readmeblock NAME FILE")
+	}
+	block, err := readmeBlock(filepath.Join(ts.Getenv("REPO"), "README.md"), args[0])
+	ts.Check(err)
+	ts.Check(os.WriteFile(ts.MkAbs(args[1]), []byte(block), 0o644))
+}
+
+// readmeBlock extracts the fenced code of a marked README section.
+func readmeBlock(path, name string) (string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	text := string(data)
+	_, rest, ok := strings.Cut(text, "<!-- "+name+":begin -->")
+	if !ok {
+		return "", fmt.Errorf("README has no %q block", name)
+	}
+	section, _, ok := strings.Cut(rest, "<!-- "+name+":end -->")
+	if !ok {
+		return "", fmt.Errorf("README block %q is not closed", name)
+	}
+	_, code, ok := strings.Cut(section, "```sh\n")
+	if !ok {
+		return "", fmt.Errorf("README block %q has no sh code", name)
+	}
+	code, _, ok = strings.Cut(code, "```")
+	if !ok {
+		return "", fmt.Errorf("README block %q: unterminated code", name)
+	}
+	return code, nil
+}
+
+// TestReadme keeps the README's promises checkable: its first lines are the
+// two commands for a fresh machine, and the CI recipe it prints is the
+// script the test suite runs.
+func TestReadme(t *testing.T) {
+	data, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(string(data), "\n")
+	if len(lines) < 6 || lines[2] != "```sh" || !strings.HasPrefix(lines[3], "go run . demo ") || !strings.HasPrefix(lines[4], "go test -race ./... ") || lines[5] != "```" {
+		t.Fatalf("README must open with the two commands (go run . demo, go test -race ./...); got:\n%s", strings.Join(lines[:min(len(lines), 6)], "\n"))
+	}
+	block, err := readmeBlock("README.md", "ci-smoke")
+	if err != nil {
+		t.Fatal(err)
+	}
+	script, err := os.ReadFile(filepath.Join("scripts", "ci-smoke.sh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if block != string(script) {
+		t.Fatalf("README's CI smoke block differs from scripts/ci-smoke.sh")
 	}
 }
