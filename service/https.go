@@ -1,7 +1,8 @@
 // Package service is an HTTPS client for IoT Hub's service REST API: direct
-// methods, twins, the identity registry and twin queries, plus the reboot flow
-// (invoke rebootDevice, then confirm it through the twin's reported
-// rebootTime).
+// methods, twins, the identity registry, twin queries and jobs (v2), plus the
+// reboot flow (invoke rebootDevice, then confirm it through the twin's
+// reported rebootTime) for one device (Reboot) and for a fleet picked by a
+// query, through jobs and in staged waves (FleetReboot).
 //
 // It signs every request with a SAS minted from a service (policy)
 // connection string, sends api-version 2021-04-12, and turns IoT Hub's error
@@ -239,13 +240,16 @@ func (c *Client) authorization() (string, error) {
 
 // request describes one REST call.
 type request struct {
-	method  string
-	path    string // escaped: ids go through seg
-	query   url.Values
-	body    any // marshalled as JSON when non-nil
-	header  http.Header
-	retry   bool          // idempotent: retried on 429/500/503
-	timeout time.Duration // per attempt; 0 means requestTimeout
+	method string
+	path   string // escaped: ids go through seg
+	query  url.Values
+	body   any // marshalled as JSON when non-nil
+	header http.Header
+	retry  bool // idempotent: retried on 429/500/503
+	// retryThrottledOnly narrows retry to 429: the hub did not run the
+	// request, so even a create may be sent again.
+	retryThrottledOnly bool
+	timeout            time.Duration // per attempt; 0 means requestTimeout
 }
 
 // response is a successful call's outcome.
@@ -289,7 +293,8 @@ func (c *Client) do(ctx context.Context, r request) (*response, error) {
 			return resp, nil
 		}
 		var ae *APIError
-		if attempt >= tries || !errors.As(err, &ae) || !retryable(ae.Status) {
+		if attempt >= tries || !errors.As(err, &ae) || !retryable(ae.Status) ||
+			(r.retryThrottledOnly && ae.Status != http.StatusTooManyRequests) {
 			return nil, err
 		}
 		delay := c.backoff(attempt)

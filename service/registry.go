@@ -6,20 +6,21 @@ import (
 	"fmt"
 	"net/url"
 	"strconv"
+	"sync"
 
 	"github.com/dmctl/dmctl/internal/iothub"
 )
 
 // CreateDevice registers a device with SAS authentication; the hub generates
-// its keys. An existing id fails with an *APIError of code 409001. Not
-// retried.
+// its keys. An existing id fails with an *APIError of code 409001. Retried
+// only when the hub throttles (429: the request was not run).
 func (c *Client) CreateDevice(ctx context.Context, deviceID string) (*iothub.Device, error) {
 	body := iothub.Device{
 		DeviceID:       deviceID,
 		Status:         "enabled",
 		Authentication: &iothub.Authentication{Type: "sas", SymmetricKey: &iothub.SymmetricKey{}},
 	}
-	resp, err := c.do(ctx, request{method: "PUT", path: "/devices/" + seg(deviceID), body: createBody(body)})
+	resp, err := c.do(ctx, request{method: "PUT", path: "/devices/" + seg(deviceID), body: createBody(body), retry: true, retryThrottledOnly: true})
 	if err != nil {
 		return nil, fmt.Errorf("create device %q: %w", deviceID, err)
 	}
@@ -112,4 +113,65 @@ func (c *Client) DeviceConnectionString(d *iothub.Device, which KeyKind) (string
 		return "", fmt.Errorf("connection string for device %q: %w", d.DeviceID, ErrNoSymmetricKey)
 	}
 	return "HostName=" + c.cs.HostName + ";DeviceId=" + d.DeviceID + ";SharedAccessKey=" + key, nil
+}
+
+// CreateResult is the outcome of one device of CreateDevices: the created
+// identity, or the error.
+type CreateResult struct {
+	DeviceID string
+	Device   *iothub.Device
+	Err      error
+}
+
+// DefaultCreateConcurrency bounds the creates CreateDevices has in flight
+// when the caller does not say.
+const DefaultCreateConcurrency = 8
+
+// CreateDevices registers every id (as CreateDevice does) with at most
+// concurrency requests in flight (DefaultCreateConcurrency when < 1) and
+// returns one result per id, in the order of ids. It does not stop at a
+// failure; once ctx ends, the ids not yet sent fail with ctx's error.
+func (c *Client) CreateDevices(ctx context.Context, ids []string, concurrency int) []CreateResult {
+	if concurrency < 1 {
+		concurrency = DefaultCreateConcurrency
+	}
+	out := make([]CreateResult, len(ids))
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range min(concurrency, len(ids)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				d, err := c.CreateDevice(ctx, ids[i])
+				out[i] = CreateResult{DeviceID: ids[i], Device: d, Err: err}
+			}
+		}()
+	}
+	for i, id := range ids {
+		if ctx.Err() != nil {
+			out[i] = CreateResult{DeviceID: id, Err: fmt.Errorf("create device %q: %w", id, ctx.Err())}
+			continue
+		}
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	return out
+}
+
+// SequentialIDs names count devices prefix-NNNN from start on: the number
+// is zero-padded to at least four digits, or to the width of the largest
+// number when that is wider (prefix-0001 ... prefix-0100 for count 100,
+// prefix-00001 ... prefix-12000 for count 12000).
+func SequentialIDs(prefix string, start, count int) []string {
+	if count <= 0 {
+		return nil
+	}
+	width := max(4, len(strconv.Itoa(start+count-1)))
+	ids := make([]string, count)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("%s-%0*d", prefix, width, start+i)
+	}
+	return ids
 }

@@ -1,0 +1,393 @@
+package service
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/dmctl/dmctl/internal/iothub"
+)
+
+// Job types (JobRequest.Type, JobResponse.Type).
+const (
+	JobTypeDeviceMethod = "scheduleDeviceMethod"
+	JobTypeUpdateTwin   = "scheduleUpdateTwin"
+)
+
+// Job statuses (JobResponse.Status). IoT Hub also documents "unknown" and
+// "enqueued".
+const (
+	JobQueued    = "queued"
+	JobScheduled = "scheduled"
+	JobRunning   = "running"
+	JobCompleted = "completed"
+	JobFailed    = "failed"
+	JobCancelled = "cancelled"
+)
+
+// Device job (row) statuses. Rows are "canceled", jobs "cancelled", as on
+// IoT Hub.
+const (
+	DeviceJobPending   = "pending"
+	DeviceJobScheduled = "scheduled"
+	DeviceJobRunning   = "running"
+	DeviceJobCompleted = "completed"
+	DeviceJobFailed    = "failed"
+	DeviceJobCanceled  = "canceled"
+)
+
+// MaxJobIDLength is the longest jobId IoT Hub accepts.
+const MaxJobIDLength = 64
+
+var (
+	// ErrJobNotFound matches IoT Hub error 404002.
+	ErrJobNotFound = &APIError{Code: iothub.CodeJobNotFound}
+	// ErrJobAlreadyExists matches IoT Hub error 409104.
+	ErrJobAlreadyExists = &APIError{Code: iothub.CodeJobAlreadyExists}
+)
+
+// JobTerminal reports whether a job status is final.
+func JobTerminal(status string) bool {
+	switch strings.ToLower(status) {
+	case JobCompleted, JobFailed, JobCancelled:
+		return true
+	}
+	return false
+}
+
+// ValidJobID checks IoT Hub's jobId rules: 1 to 64 ASCII letters, digits
+// and '-'.
+func ValidJobID(id string) error {
+	if id == "" {
+		return errors.New("job id is empty")
+	}
+	if len(id) > MaxJobIDLength {
+		return fmt.Errorf("job id is %d characters long, over the limit of %d", len(id), MaxJobIDLength)
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+			return fmt.Errorf("job id %q contains %q (use ASCII letters, digits and '-')", id, rune(c))
+		}
+	}
+	return nil
+}
+
+// JobMethod is the direct method of a scheduleDeviceMethod job.
+type JobMethod struct {
+	MethodName               string          `json:"methodName"`
+	Payload                  json.RawMessage `json:"payload,omitempty"`
+	ResponseTimeoutInSeconds int             `json:"responseTimeoutInSeconds,omitempty"`
+	ConnectTimeoutInSeconds  int             `json:"connectTimeoutInSeconds,omitempty"`
+}
+
+// JobRequest creates a job (PUT /jobs/v2/{jobId}). QueryCondition is the
+// body of a WHERE clause over devices ("tags.site = 'lab'"). A zero
+// StartTime starts the job now (the hub's clock); MaxExecutionTime 0 leaves
+// the hub's default (one hour on IoT Hub).
+type JobRequest struct {
+	JobID               string
+	Type                string // JobTypeDeviceMethod or JobTypeUpdateTwin
+	QueryCondition      string
+	CloudToDeviceMethod *JobMethod // for JobTypeDeviceMethod
+	UpdateTwin          *TwinPatch // for JobTypeUpdateTwin
+	StartTime           time.Time
+	MaxExecutionTime    time.Duration // whole seconds, rounded up
+}
+
+// MarshalJSON renders the request as the service SDKs send it.
+func (r JobRequest) MarshalJSON() ([]byte, error) {
+	type body struct {
+		JobID                     string     `json:"jobId"`
+		Type                      string     `json:"type"`
+		QueryCondition            string     `json:"queryCondition"`
+		CloudToDeviceMethod       *JobMethod `json:"cloudToDeviceMethod,omitempty"`
+		UpdateTwin                *TwinPatch `json:"updateTwin,omitempty"`
+		StartTime                 string     `json:"startTime,omitempty"`
+		MaxExecutionTimeInSeconds int64      `json:"maxExecutionTimeInSeconds,omitempty"`
+	}
+	b := body{
+		JobID:               r.JobID,
+		Type:                r.Type,
+		QueryCondition:      r.QueryCondition,
+		CloudToDeviceMethod: r.CloudToDeviceMethod,
+		UpdateTwin:          r.UpdateTwin,
+	}
+	if !r.StartTime.IsZero() {
+		b.StartTime = r.StartTime.UTC().Format("2006-01-02T15:04:05.000Z")
+	}
+	if r.MaxExecutionTime > 0 {
+		b.MaxExecutionTimeInSeconds = int64(ceilSeconds(r.MaxExecutionTime))
+	}
+	return json.Marshal(b)
+}
+
+// DeviceJobStatistics counts a job's device rows.
+type DeviceJobStatistics struct {
+	DeviceCount    int `json:"deviceCount"`
+	FailedCount    int `json:"failedCount"`
+	SucceededCount int `json:"succeededCount"`
+	RunningCount   int `json:"runningCount"`
+	PendingCount   int `json:"pendingCount"`
+}
+
+// Finished is the number of rows that have an outcome.
+func (s DeviceJobStatistics) Finished() int { return s.SucceededCount + s.FailedCount }
+
+// JobResponse is a job as the hub reports it. Times are the hub's
+// RFC 3339 strings ("0001-01-01T00:00:00Z" when unset); see Time.
+type JobResponse struct {
+	JobID                     string               `json:"jobId"`
+	QueryCondition            string               `json:"queryCondition,omitempty"`
+	CreatedTime               string               `json:"createdTime,omitempty"`
+	StartTime                 string               `json:"startTime,omitempty"`
+	EndTime                   string               `json:"endTime,omitempty"`
+	MaxExecutionTimeInSeconds int64                `json:"maxExecutionTimeInSeconds,omitempty"`
+	Type                      string               `json:"type"`
+	CloudToDeviceMethod       *JobMethod           `json:"cloudToDeviceMethod,omitempty"`
+	UpdateTwin                json.RawMessage      `json:"updateTwin,omitempty"`
+	Status                    string               `json:"status"`
+	FailureReason             string               `json:"failureReason,omitempty"`
+	StatusMessage             string               `json:"statusMessage,omitempty"`
+	DeviceJobStatistics       *DeviceJobStatistics `json:"deviceJobStatistics,omitempty"`
+}
+
+// Stats returns the job's statistics (zero when the hub sent none).
+func (j *JobResponse) Stats() DeviceJobStatistics {
+	if j == nil || j.DeviceJobStatistics == nil {
+		return DeviceJobStatistics{}
+	}
+	return *j.DeviceJobStatistics
+}
+
+// Time parses one of the hub's timestamps; ok is false for an empty, unset
+// ("0001-01-01...") or unparsable one.
+func Time(s string) (t time.Time, ok bool) {
+	if s == "" {
+		return time.Time{}, false
+	}
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		// IoT Hub has been seen to omit the zone designator.
+		if t, err = time.Parse("2006-01-02T15:04:05.999999999", s); err != nil {
+			return time.Time{}, false
+		}
+	}
+	if t.Year() <= 1 {
+		return time.Time{}, false
+	}
+	return t.UTC(), true
+}
+
+// DeviceMethodResponse is a device's answer recorded in a device job row.
+type DeviceMethodResponse struct {
+	Status  int             `json:"status"`
+	Payload json.RawMessage `json:"payload"`
+}
+
+// DeviceJobOutcome is the outcome of a device job row.
+type DeviceJobOutcome struct {
+	DeviceMethodResponse *DeviceMethodResponse `json:"deviceMethodResponse"`
+}
+
+// DeviceJobError explains a failed or canceled row. Code is IoT Hub's error
+// code as a decimal string ("404103").
+type DeviceJobError struct {
+	Code        string `json:"code"`
+	Description string `json:"description"`
+}
+
+// CodeInt is Code as a number, 0 when it is not one.
+func (e *DeviceJobError) CodeInt() int {
+	if e == nil {
+		return 0
+	}
+	n, _ := strconv.Atoi(strings.TrimSpace(e.Code))
+	return n
+}
+
+// DeviceJob is one device's row of a job (SELECT * FROM devices.jobs).
+type DeviceJob struct {
+	DeviceID               string            `json:"deviceId"`
+	JobID                  string            `json:"jobId"`
+	JobType                string            `json:"jobType"`
+	Status                 string            `json:"status"`
+	StartTimeUtc           string            `json:"startTimeUtc,omitempty"`
+	EndTimeUtc             string            `json:"endTimeUtc,omitempty"`
+	CreatedDateTimeUtc     string            `json:"createdDateTimeUtc,omitempty"`
+	LastUpdatedDateTimeUtc string            `json:"lastUpdatedDateTimeUtc,omitempty"`
+	Outcome                *DeviceJobOutcome `json:"outcome"`
+	Error                  *DeviceJobError   `json:"error,omitempty"`
+}
+
+// MethodResponse is the device's answer, nil when the row has none.
+func (d *DeviceJob) MethodResponse() *DeviceMethodResponse {
+	if d == nil || d.Outcome == nil {
+		return nil
+	}
+	return d.Outcome.DeviceMethodResponse
+}
+
+// CreateJob creates and schedules a job (PUT /jobs/v2/{jobId}). Not
+// retried: a repeated create fails with ErrJobAlreadyExists.
+func (c *Client) CreateJob(ctx context.Context, req JobRequest) (*JobResponse, error) {
+	if err := ValidJobID(req.JobID); err != nil {
+		return nil, fmt.Errorf("create job: %w", err)
+	}
+	resp, err := c.do(ctx, request{method: "PUT", path: "/jobs/v2/" + seg(req.JobID), body: req, retry: true, retryThrottledOnly: true})
+	if err != nil {
+		return nil, fmt.Errorf("create job %q: %w", req.JobID, err)
+	}
+	var j JobResponse
+	if err := decode(resp, &j); err != nil {
+		return nil, fmt.Errorf("create job %q: %w", req.JobID, err)
+	}
+	return &j, nil
+}
+
+// Job reads a job with its statistics (GET /jobs/v2/{jobId}); retried on
+// 429/500/503.
+func (c *Client) Job(ctx context.Context, jobID string) (*JobResponse, error) {
+	resp, err := c.do(ctx, request{method: "GET", path: "/jobs/v2/" + seg(jobID), retry: true})
+	if err != nil {
+		return nil, fmt.Errorf("get job %q: %w", jobID, err)
+	}
+	var j JobResponse
+	if err := decode(resp, &j); err != nil {
+		return nil, fmt.Errorf("get job %q: %w", jobID, err)
+	}
+	return &j, nil
+}
+
+// CancelJob cancels a job that has not finished (POST
+// /jobs/v2/{jobId}/cancel) and returns it; a finished job comes back
+// unchanged. Retried on 429/500/503 (cancelling twice is harmless).
+func (c *Client) CancelJob(ctx context.Context, jobID string) (*JobResponse, error) {
+	resp, err := c.do(ctx, request{method: "POST", path: "/jobs/v2/" + seg(jobID) + "/cancel", retry: true})
+	if err != nil {
+		return nil, fmt.Errorf("cancel job %q: %w", jobID, err)
+	}
+	var j JobResponse
+	if err := decode(resp, &j); err != nil {
+		return nil, fmt.Errorf("cancel job %q: %w", jobID, err)
+	}
+	return &j, nil
+}
+
+// JobFilter selects jobs for Jobs; empty fields match any job.
+type JobFilter struct {
+	Type   string // JobTypeDeviceMethod or JobTypeUpdateTwin
+	Status string // a job status
+}
+
+// Jobs lists jobs (GET /jobs/v2/query?jobType=&jobStatus=), all pages. The
+// body of each page is a plain array; the QueryResult envelope
+// ({"items": [...]}) some documents describe is accepted too.
+func (c *Client) Jobs(ctx context.Context, f JobFilter) ([]JobResponse, error) {
+	q := url.Values{}
+	if f.Type != "" {
+		q.Set("jobType", f.Type)
+	}
+	if f.Status != "" {
+		q.Set("jobStatus", f.Status)
+	}
+	out := []JobResponse{}
+	var cont string
+	seen := map[string]bool{}
+	for page := 1; ; page++ {
+		h := map[string][]string{}
+		if cont != "" {
+			h["X-Ms-Continuation"] = []string{cont}
+		}
+		resp, err := c.do(ctx, request{method: "GET", path: "/jobs/v2/query", query: q, header: h, retry: true})
+		if err != nil {
+			return nil, fmt.Errorf("list jobs (page %d): %w", page, err)
+		}
+		items, next, err := decodeJobPage(resp)
+		if err != nil {
+			return nil, fmt.Errorf("list jobs (page %d): %w", page, err)
+		}
+		out = append(out, items...)
+		if next == "" {
+			return out, nil
+		}
+		if seen[next] {
+			return nil, fmt.Errorf("list jobs (page %d): the hub repeated continuation token %q", page, next)
+		}
+		seen[next] = true
+		cont = next
+	}
+}
+
+func decodeJobPage(resp *response) ([]JobResponse, string, error) {
+	next := resp.header.Get("X-Ms-Continuation")
+	var items []JobResponse
+	if err := json.Unmarshal(resp.body, &items); err == nil {
+		return items, next, nil
+	}
+	var env struct {
+		Items             []JobResponse `json:"items"`
+		ContinuationToken string        `json:"continuationToken"`
+	}
+	if err := decode(resp, &env); err != nil {
+		return nil, "", err
+	}
+	if next == "" {
+		next = env.ContinuationToken
+	}
+	return env.Items, next, nil
+}
+
+// DeviceJobs calls fn with every device row of a job, in the hub's order
+// (SELECT * FROM devices.jobs WHERE devices.jobs.jobId = '...'), all pages.
+// fn returning ErrStopQuery ends the walk with nil.
+func (c *Client) DeviceJobs(ctx context.Context, jobID string, fn func(DeviceJob) error) error {
+	q := "SELECT * FROM devices.jobs WHERE devices.jobs.jobId = " + QuoteString(jobID)
+	err := c.Query(ctx, q, 1000, func(raw json.RawMessage) error {
+		var row DeviceJob
+		if err := json.Unmarshal(raw, &row); err != nil {
+			return fmt.Errorf("decode device job row: %w", err)
+		}
+		return fn(row)
+	})
+	if err != nil {
+		return fmt.Errorf("device rows of job %q: %w", jobID, err)
+	}
+	return nil
+}
+
+// QuoteString renders s as a string literal of the IoT Hub query language:
+// single quotes, with backslash and single quote escaped.
+func QuoteString(s string) string {
+	var b strings.Builder
+	b.Grow(len(s) + 2)
+	b.WriteByte('\'')
+	for _, r := range s {
+		switch r {
+		case '\\', '\'':
+			b.WriteByte('\\')
+		}
+		b.WriteRune(r)
+	}
+	b.WriteByte('\'')
+	return b.String()
+}
+
+// IDListCondition is the condition "deviceId IN ['a', 'b', ...]".
+func IDListCondition(ids []string) string {
+	var b strings.Builder
+	b.WriteString("deviceId IN [")
+	for i, id := range ids {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(QuoteString(id))
+	}
+	b.WriteByte(']')
+	return b.String()
+}
