@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -13,10 +14,12 @@ import (
 	"testing"
 	"time"
 
+	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/rogpeppe/go-internal/testscript"
 
 	"github.com/dmctl/dmctl/hub/hubtest"
 	"github.com/dmctl/dmctl/internal/iothub"
+	"github.com/dmctl/dmctl/sas"
 )
 
 var update = flag.Bool("update", false, "rewrite testscript golden sections")
@@ -44,6 +47,7 @@ func scriptParams(t *testing.T) testscript.Params {
 			"adddevice":   cmdAddDevice,
 			"hubwait":     cmdHubWait,
 			"readmeblock": cmdReadmeBlock,
+			"mutedevice":  cmdMuteDevice,
 		},
 	}
 }
@@ -236,5 +240,36 @@ func TestReadme(t *testing.T) {
 	}
 	if block != string(script) {
 		t.Fatalf("README's CI smoke block differs from scripts/ci-smoke.sh")
+	}
+}
+
+// cmdMuteDevice connects device NAME (registered with adddevice) as a bare
+// MQTT client that subscribes to direct methods and never answers them, for
+// the method-timeout exit code. It disconnects when the script ends:
+//
+//	mutedevice d1
+func cmdMuteDevice(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: mutedevice NAME")
+	}
+	h := scriptHub(ts)
+	cs, err := sas.ParseDevice(ts.Getenv("DEVICE_CS_" + args[0]))
+	ts.Check(err)
+	tok, err := cs.Token(time.Now().Add(time.Hour))
+	ts.Check(err)
+	opts := paho.NewClientOptions().
+		AddBroker("tls://" + h.Addr()).
+		SetClientID(cs.DeviceID).
+		SetUsername(iothub.Username(cs.HostName, cs.DeviceID, "", "mutedevice")).
+		SetPassword(tok).
+		SetTLSConfig(&tls.Config{RootCAs: h.CAPool(), ServerName: "localhost"}).
+		SetAutoReconnect(false)
+	cl := paho.NewClient(opts)
+	if tk := cl.Connect(); !tk.WaitTimeout(30*time.Second) || tk.Error() != nil {
+		ts.Fatalf("mutedevice: connect: %v", tk.Error())
+	}
+	ts.Defer(func() { cl.Disconnect(100) })
+	if tk := cl.Subscribe(iothub.MethodsFilter, 0, func(paho.Client, paho.Message) {}); !tk.WaitTimeout(30*time.Second) || tk.Error() != nil {
+		ts.Fatalf("mutedevice: subscribe: %v", tk.Error())
 	}
 }
