@@ -1,13 +1,24 @@
 package main
 
 import (
+	"bufio"
+	"context"
+	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/dmctl/dmctl/device"
+	"github.com/dmctl/dmctl/device/fleet"
 	"github.com/dmctl/dmctl/device/mqtt"
 	"github.com/dmctl/dmctl/sas"
 )
@@ -26,12 +37,30 @@ func deviceCommand() *cli.Command {
 					"reboot delay (a {\"delaySeconds\": N} payload overrides it, 0-3600), reconnects and\n" +
 					"reports rebootTime. Unknown methods are answered with 404, payloads that are not\n" +
 					"JSON with 400. Reconnects after any drop with capped exponential backoff and\n" +
-					"renews its SAS token at 80% of --sas-ttl. Stops cleanly on SIGINT/SIGTERM.",
+					"renews its SAS token at 80% of --sas-ttl. Stops cleanly on SIGINT/SIGTERM.\n\n" +
+					"With --connection-strings-file, runs every device of the file (one connection string\n" +
+					"per line; blank lines and lines starting with # are ignored; - reads stdin) in this\n" +
+					"process, each with its own connection. Connects, reconnects included, are paced by\n" +
+					"--connect-rate. The fleet's state is logged at info level; each device's events at\n" +
+					"debug level. One line is printed once every device has connected.",
 				Flags: []cli.Flag{
 					&cli.StringFlag{
 						Name:    "connection-string",
 						Usage:   "device connection string (HostName=...;DeviceId=...;SharedAccessKey=...)",
 						EnvVars: []string{"IOTHUB_DEVICE_CONNECTION_STRING"},
+					},
+					&cli.StringFlag{
+						Name:  "connection-strings-file",
+						Usage: "run a fleet: one device connection string per line (- for stdin)",
+					},
+					&cli.StringFlag{
+						Name:  "connect-rate",
+						Usage: "fleet: connect attempts per second across all devices, reconnects included (N, N/s or N/m)",
+						Value: strconv.Itoa(fleet.DefaultConnectRate) + "/s",
+					},
+					&cli.StringFlag{
+						Name:  "ready-file",
+						Usage: "once connected (every device, for a fleet) write this JSON file {\"deviceIds\":[...],\"target\":\"host:port\"}; removed on exit",
 					},
 					&cli.StringFlag{
 						Name:  "transport",
@@ -62,10 +91,28 @@ func deviceCommand() *cli.Command {
 }
 
 func runDevice(c *cli.Context) error {
-	log := loggerFrom(c)
+	if c.NArg() > 0 {
+		return usageErrorf("run 'dmctl device run --help' for usage", "unexpected argument %q", c.Args().First())
+	}
+	opts, err := deviceRunOptions(c)
+	if err != nil {
+		return err
+	}
+	if file := c.String("connection-strings-file"); file != "" {
+		// The environment variable is a default that a file overrides; an
+		// explicit --connection-string is a contradiction.
+		if cs := c.String("connection-string"); cs != "" && cs != os.Getenv("IOTHUB_DEVICE_CONNECTION_STRING") {
+			return usageErrorf("pass one device with --connection-string or many with --connection-strings-file",
+				"--connection-string and --connection-strings-file are mutually exclusive")
+		}
+		return runFleet(c, file, opts)
+	}
+	if c.IsSet("connect-rate") {
+		return usageErrorf("--connect-rate paces a fleet; add --connection-strings-file", "--connect-rate needs --connection-strings-file")
+	}
 	raw := c.String("connection-string")
 	if raw == "" {
-		return usageErrorf("pass --connection-string or set IOTHUB_DEVICE_CONNECTION_STRING ('dmctl service device create' prints one)",
+		return usageErrorf("pass --connection-string or set IOTHUB_DEVICE_CONNECTION_STRING ('dmctl service device create' prints one), or --connection-strings-file for many devices",
 			"no device connection string")
 	}
 	cs, err := sas.ParseDevice(raw)
@@ -73,52 +120,42 @@ func runDevice(c *cli.Context) error {
 		return withHint(fmt.Errorf("device connection string: %w", err),
 			"expected HostName=<hub>;DeviceId=<id>;SharedAccessKey=<base64 key>")
 	}
-	transport := mqtt.Transport(c.String("transport"))
-	if transport != mqtt.TransportMQTT && transport != mqtt.TransportWebSockets {
-		return usageErrorf("use --transport mqtt or --transport mqtt-ws", "invalid --transport %q", transport)
-	}
-	delay := c.Duration("reboot-delay")
-	switch {
-	case delay < 0 || delay > device.MaxRebootDelaySeconds*time.Second:
-		return usageErrorf("use a duration from 0s to 1h", "invalid --reboot-delay %s", delay)
-	case delay == 0:
-		delay = device.NoRebootDelay
-	}
-	ttl := c.Duration("sas-ttl")
-	if ttl < time.Second {
-		return usageErrorf("use a duration of at least 1s, e.g. 1h", "invalid --sas-ttl %s", ttl)
-	}
-	maxBackoff := c.Duration("max-backoff")
-	if maxBackoff <= 0 {
-		return usageErrorf("use a positive duration, e.g. 60s", "invalid --max-backoff %s", maxBackoff)
-	}
-	pool, err := loadCAPool(c)
-	if err != nil {
-		return err
-	}
-	conn, err := mqtt.New(mqtt.Config{
-		ConnectionString: cs,
-		Transport:        transport,
-		RootCAs:          pool,
-		ClientType:       "dmctl/" + resolveVersion(),
-		SASTTL:           ttl,
-		MaxBackoff:       maxBackoff,
-		Log:              log,
-	})
+	cfg := opts.conn
+	cfg.ConnectionString = cs
+	cfg.RootCAs = opts.pool
+	cfg.Log = loggerFrom(c)
+	conn, err := mqtt.New(cfg)
 	if err != nil {
 		return usageErrorf("use a device connection string with SharedAccessKey or SharedAccessSignature", "%v", err)
 	}
-	dev := device.New(conn, device.Config{RebootDelay: delay, Log: log})
+	dcfg := opts.device
+	dcfg.Log = loggerFrom(c)
+	dev := device.New(conn, dcfg)
 
+	ctx, cancel := context.WithCancel(c.Context)
+	defer cancel()
 	errc := make(chan error, 1)
-	go func() { errc <- dev.Run(c.Context) }()
+	go func() { errc <- dev.Run(ctx) }()
 	select {
 	case <-conn.Ready():
 		fmt.Fprintf(c.App.Writer, "device %s connected to %s, waiting for direct methods (Ctrl-C to stop)\n",
 			cs.DeviceID, conn.Target())
+		if opts.readyFile != "" {
+			if werr := writeDeviceReadyFile(opts.readyFile, []string{cs.DeviceID}, conn.Target()); werr != nil {
+				cancel()
+				<-errc
+				return werr
+			}
+			defer os.Remove(opts.readyFile)
+		}
 		err = <-errc
 	case err = <-errc:
 	}
+	return deviceRunError(err)
+}
+
+// deviceRunError adds exit codes and hints to what a device's Run returned.
+func deviceRunError(err error) error {
 	switch {
 	case errors.Is(err, device.ErrUnauthorized):
 		return &exitError{err: err, code: exitAuth,
@@ -127,4 +164,211 @@ func runDevice(c *cli.Context) error {
 		return withHint(err, "trust the hub's CA with --ca-file or DMCTL_CA_FILE ('dmctl hub serve' keeps it as ca.pem in its data folder)")
 	}
 	return err
+}
+
+// runOptions are the flags a single device and a fleet share.
+type runOptions struct {
+	conn      mqtt.Config   // Transport, ClientType, SASTTL, MaxBackoff
+	device    device.Config // RebootDelay
+	pool      *x509.CertPool
+	readyFile string
+}
+
+func deviceRunOptions(c *cli.Context) (runOptions, error) {
+	var o runOptions
+	transport := mqtt.Transport(c.String("transport"))
+	if transport != mqtt.TransportMQTT && transport != mqtt.TransportWebSockets {
+		return o, usageErrorf("use --transport mqtt or --transport mqtt-ws", "invalid --transport %q", transport)
+	}
+	delay := c.Duration("reboot-delay")
+	switch {
+	case delay < 0 || delay > device.MaxRebootDelaySeconds*time.Second:
+		return o, usageErrorf("use a duration from 0s to 1h", "invalid --reboot-delay %s", delay)
+	case delay == 0:
+		delay = device.NoRebootDelay
+	}
+	ttl := c.Duration("sas-ttl")
+	if ttl < time.Second {
+		return o, usageErrorf("use a duration of at least 1s, e.g. 1h", "invalid --sas-ttl %s", ttl)
+	}
+	maxBackoff := c.Duration("max-backoff")
+	if maxBackoff <= 0 {
+		return o, usageErrorf("use a positive duration, e.g. 60s", "invalid --max-backoff %s", maxBackoff)
+	}
+	pool, err := loadCAPool(c)
+	if err != nil {
+		return o, err
+	}
+	o.conn = mqtt.Config{
+		Transport:  transport,
+		ClientType: "dmctl/" + resolveVersion(),
+		SASTTL:     ttl,
+		MaxBackoff: maxBackoff,
+	}
+	o.device = device.Config{RebootDelay: delay}
+	o.pool = pool
+	o.readyFile = c.String("ready-file")
+	return o, nil
+}
+
+func runFleet(c *cli.Context, file string, opts runOptions) error {
+	rate, err := parseConnectRate(c.String("connect-rate"))
+	if err != nil {
+		return err
+	}
+	css, err := readConnectionStrings(c, file)
+	if err != nil {
+		return err
+	}
+	log := loggerFrom(c)
+	opts.conn.RootCAs = opts.pool
+	f, err := fleet.New(fleet.Config{
+		Devices:     css,
+		Conn:        opts.conn,
+		Device:      opts.device,
+		ConnectRate: rate,
+		Log:         log,
+	})
+	if err != nil {
+		return usageErrorf("check the connection strings file", "%v", err)
+	}
+	ctx, cancel := context.WithCancel(c.Context)
+	defer cancel()
+	start := time.Now()
+	errc := make(chan error, 1)
+	go func() { errc <- f.Run(ctx) }()
+	select {
+	case <-f.Ready():
+		took := f.ReadyAt().Sub(start).Round(time.Millisecond)
+		// Connecting (TLS handshakes above all) leaves garbage that a fleet
+		// in steady state never reuses: give it back to the system now.
+		debug.FreeOSMemory()
+		fmt.Fprintf(c.App.Writer, "fleet: %d devices connected to %s in %s, waiting for direct methods (Ctrl-C to stop)\n",
+			f.Len(), f.Target(), took)
+		if opts.readyFile != "" {
+			if werr := writeDeviceReadyFile(opts.readyFile, f.DeviceIDs(), f.Target()); werr != nil {
+				cancel()
+				<-errc
+				return werr
+			}
+			defer os.Remove(opts.readyFile)
+		}
+		err = <-errc
+	case err = <-errc:
+	}
+	return deviceRunError(err)
+}
+
+// parseConnectRate reads N, N/s or N/m as connects per second.
+func parseConnectRate(v string) (float64, error) {
+	num, unit, _ := strings.Cut(strings.TrimSpace(v), "/")
+	n, err := strconv.ParseFloat(strings.TrimSpace(num), 64)
+	per := 1.0
+	switch strings.TrimSpace(unit) {
+	case "", "s":
+	case "m":
+		per = 60
+	default:
+		err = errors.New("unit")
+	}
+	if err != nil || n <= 0 || n > 1e6 {
+		return 0, usageErrorf("use a positive number of connects per second or minute, e.g. 200/s or 600/m", "invalid --connect-rate %q", v)
+	}
+	return n / per, nil
+}
+
+// readConnectionStrings reads one device connection string per line; blank
+// lines and # comments are skipped. Errors name the line, never its text.
+func readConnectionStrings(c *cli.Context, file string) ([]*sas.ConnectionString, error) {
+	var r io.Reader
+	name := file
+	if file == "-" {
+		r, name = c.App.Reader, "stdin"
+		if r == nil {
+			r = os.Stdin
+		}
+	} else {
+		f, err := os.Open(file)
+		if err != nil {
+			return nil, usageErrorf("check --connection-strings-file", "read connection strings: %v", err)
+		}
+		defer f.Close()
+		r = f
+	}
+	css, err := parseConnectionStrings(r, name)
+	if err != nil {
+		return nil, err
+	}
+	if len(css) == 0 {
+		return nil, usageErrorf("put one device connection string per line ('dmctl service device create' prints one)",
+			"%s: no device connection strings", name)
+	}
+	return css, nil
+}
+
+func parseConnectionStrings(r io.Reader, name string) ([]*sas.ConnectionString, error) {
+	const hint = "each line must be a device connection string HostName=<hub>;DeviceId=<id>;SharedAccessKey=<base64 key>; blank lines and lines starting with # are ignored"
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 4096), 1<<20)
+	var css []*sas.ConnectionString
+	seen := map[string]int{}
+	line := 0
+	for sc.Scan() {
+		line++
+		text := strings.TrimSpace(sc.Text())
+		if text == "" || strings.HasPrefix(text, "#") {
+			continue
+		}
+		cs, err := sas.ParseDevice(text)
+		if err != nil {
+			return nil, usageErrorf(hint, "%s:%d: %v", name, line, err)
+		}
+		if cs.SharedAccessKey == "" && cs.SharedAccessSignature == "" {
+			return nil, usageErrorf(hint, "%s:%d: no SharedAccessKey or SharedAccessSignature (x509 is not supported)", name, line)
+		}
+		id := cs.DeviceID
+		if cs.ModuleID != "" {
+			id += "/" + cs.ModuleID
+		}
+		if prev, dup := seen[id]; dup {
+			return nil, usageErrorf("each identity can connect only once", "%s:%d: %s is already on line %d", name, line, id, prev)
+		}
+		seen[id] = line
+		css = append(css, cs)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, usageErrorf("check --connection-strings-file", "%s: line %d: %v", name, line+1, err)
+	}
+	return css, nil
+}
+
+// deviceReadyInfo is what --ready-file of 'dmctl device run' holds.
+type deviceReadyInfo struct {
+	DeviceIDs []string `json:"deviceIds"`
+	Target    string   `json:"target"`
+}
+
+// writeDeviceReadyFile writes the ready file atomically: a temporary file in
+// the same folder, renamed into place.
+func writeDeviceReadyFile(path string, ids []string, target string) error {
+	data, err := json.Marshal(deviceReadyInfo{DeviceIDs: ids, Target: target})
+	if err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return fmt.Errorf("write ready file: %w", err)
+	}
+	tmp := f.Name()
+	_, werr := f.Write(append(data, '\n'))
+	cerr := f.Close()
+	if err := errors.Join(werr, cerr); err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("write ready file: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("write ready file: %w", err)
+	}
+	return nil
 }

@@ -40,6 +40,10 @@ type Config struct {
 	Log zerolog.Logger
 	// Now is the clock used for rebootTime. Default: time.Now.
 	Now func() time.Time
+	// Quiet logs routine events (methods, reboots, twin reads) at debug
+	// level instead of info and warn; failures keep their level. Fleets of
+	// simulated devices set it.
+	Quiet bool
 }
 
 // Device is the simulated device: it answers direct methods through its Mux,
@@ -49,11 +53,13 @@ type Device struct {
 	mux   Mux
 	delay time.Duration
 	log   zerolog.Logger
+	quiet bool
 	now   func() time.Time
 
-	reboots chan time.Duration // accepted reboot requests, at most one pending
+	wg sync.WaitGroup // the reboot in progress, if any
 
 	mu             sync.Mutex
+	runCtx         context.Context // while Run runs: the context reboots run under
 	rebooting      bool
 	desiredVersion int64 // highest desired $version seen; older notifications are dropped
 }
@@ -61,11 +67,11 @@ type Device struct {
 // New returns a device that talks through conn and answers rebootDevice.
 func New(conn Conn, cfg Config) *Device {
 	d := &Device{
-		conn:    conn,
-		delay:   cfg.RebootDelay,
-		log:     cfg.Log,
-		now:     cfg.Now,
-		reboots: make(chan time.Duration, 1),
+		conn:  conn,
+		delay: cfg.RebootDelay,
+		log:   cfg.Log,
+		quiet: cfg.Quiet,
+		now:   cfg.Now,
 	}
 	switch {
 	case d.delay == 0:
@@ -80,6 +86,20 @@ func New(conn Conn, cfg Config) *Device {
 	return d
 }
 
+func (d *Device) info() *zerolog.Event {
+	if d.quiet {
+		return d.log.Debug()
+	}
+	return d.log.Info()
+}
+
+func (d *Device) warn() *zerolog.Event {
+	if d.quiet {
+		return d.log.Debug()
+	}
+	return d.log.Warn()
+}
+
 // Handle adds (or replaces) a direct-method handler.
 func (d *Device) Handle(name string, f MethodFunc) { d.mux.Handle(name, f) }
 
@@ -89,24 +109,29 @@ func (d *Device) Handle(name string, f MethodFunc) { d.mux.Handle(name, f) }
 func (d *Device) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		d.rebootLoop(ctx)
-	}()
+	d.mu.Lock()
+	if d.runCtx != nil {
+		d.mu.Unlock()
+		return errors.New("device: Run called twice")
+	}
+	d.runCtx = ctx
+	d.mu.Unlock()
 	err := d.conn.Run(ctx, d)
 	cancel()
-	wg.Wait()
+	d.mu.Lock()
+	d.runCtx = context.Background() // not nil: Run may not be called again
+	d.rebooting = true              // no new reboot starts
+	d.mu.Unlock()
+	d.wg.Wait()
 	return err
 }
 
 // HandleMethod implements Handler.
 func (d *Device) HandleMethod(ctx context.Context, req MethodRequest) (int, []byte) {
 	status, body := d.mux.Dispatch(ctx, req.Name, req.Payload)
-	ev := d.log.Info()
+	ev := d.info()
 	if status >= 400 {
-		ev = d.log.Warn()
+		ev = d.warn()
 	}
 	ev.Str("event", "method").Str("method", req.Name).Int("status", status).Msg("direct method answered")
 	return status, body
@@ -120,14 +145,14 @@ func (d *Device) HandleTwin(doc []byte) {
 		Reported map[string]json.RawMessage `json:"reported"`
 	}
 	if err := json.Unmarshal(doc, &twin); err != nil {
-		d.log.Warn().Str("event", "twin").Err(err).Msg("twin document is not JSON")
+		d.warn().Str("event", "twin").Err(err).Msg("twin document is not JSON")
 		return
 	}
 	dv := versionOf(twin.Desired)
 	d.mu.Lock()
 	d.desiredVersion = dv
 	d.mu.Unlock()
-	ev := d.log.Info().Str("event", "twin").Int64("desired_version", dv).Int64("reported_version", versionOf(twin.Reported))
+	ev := d.info().Str("event", "twin").Int64("desired_version", dv).Int64("reported_version", versionOf(twin.Reported))
 	if rt, ok := twin.Reported[RebootTimeProperty]; ok {
 		var s string
 		if json.Unmarshal(rt, &s) == nil {
@@ -150,7 +175,7 @@ func (d *Device) HandleDesired(version int64, patch []byte) {
 		d.log.Debug().Str("event", "desired").Int64("version", version).Msg("desired patch already applied, ignored")
 		return
 	}
-	ev := d.log.Info().Str("event", "desired").Int64("version", version)
+	ev := d.info().Str("event", "desired").Int64("version", version)
 	if json.Valid(patch) {
 		ev = ev.RawJSON("patch", patch)
 	} else {
@@ -189,21 +214,31 @@ func (d *Device) handleReboot(_ context.Context, payload json.RawMessage) (int, 
 	if err != nil {
 		return http.StatusBadRequest, errorBody{Error: err.Error(), Method: RebootMethod}
 	}
+	// A reboot runs on its own goroutine, started here and awaited by Run,
+	// so an idle device costs no goroutine of its own.
 	d.mu.Lock()
-	busy := d.rebooting
+	ctx, busy := d.runCtx, d.rebooting
+	if ctx == nil {
+		busy = true
+	}
 	if !busy {
-		select {
-		case d.reboots <- delay:
-			d.rebooting = true
-		default:
-			busy = true
-		}
+		d.info().Str("event", "reboot_accepted").Str("delay", delay.String()).Msg("reboot requested")
+		d.rebooting = true
+		d.wg.Add(1)
+		go func() {
+			defer d.wg.Done()
+			d.reboot(ctx, delay)
+			d.mu.Lock()
+			if ctx.Err() == nil {
+				d.rebooting = false
+			}
+			d.mu.Unlock()
+		}()
 	}
 	d.mu.Unlock()
 	if busy {
 		return http.StatusConflict, errorBody{Error: "reboot already in progress", Method: RebootMethod}
 	}
-	d.log.Info().Str("event", "reboot_accepted").Str("delay", delay.String()).Msg("reboot requested")
 	return http.StatusOK, RebootResponse{
 		Message:      fmt.Sprintf("rebooting: offline for %s, then %s is reported", delay, RebootTimeProperty),
 		DelaySeconds: int(delay / time.Second),
@@ -231,25 +266,11 @@ func (d *Device) parseRebootPayload(payload json.RawMessage) (time.Duration, err
 	return time.Duration(n) * time.Second, nil
 }
 
-func (d *Device) rebootLoop(ctx context.Context) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case delay := <-d.reboots:
-			d.reboot(ctx, delay)
-			d.mu.Lock()
-			d.rebooting = false
-			d.mu.Unlock()
-		}
-	}
-}
-
 // reboot simulates one reboot: the answer has gone out (Suspend answers
 // calls in progress first), the link goes down for delay, comes back, and
 // rebootTime is reported.
 func (d *Device) reboot(ctx context.Context, delay time.Duration) {
-	d.log.Info().Str("event", "reboot_started").Str("delay", delay.String()).Msg("rebooting: going offline")
+	d.info().Str("event", "reboot_started").Str("delay", delay.String()).Msg("rebooting: going offline")
 	if err := d.conn.Suspend(ctx); err != nil {
 		if ctx.Err() == nil {
 			d.log.Error().Str("event", "reboot_failed").Err(err).Msg("could not go offline")
@@ -277,5 +298,5 @@ func (d *Device) reboot(ctx context.Context, delay time.Duration) {
 		}
 		return
 	}
-	d.log.Info().Str("event", "rebooted").Str(RebootTimeProperty, at).Msg("reboot complete, " + RebootTimeProperty + " reported")
+	d.info().Str("event", "rebooted").Str(RebootTimeProperty, at).Msg("reboot complete, " + RebootTimeProperty + " reported")
 }

@@ -1,16 +1,26 @@
-// Package mqtt is the device's MQTT transport to IoT Hub, on
-// eclipse/paho.mqtt.golang: MQTT 3.1.1 over TLS (port 8883) or over
-// WebSockets (443, /$iothub/websocket). It implements device.Conn.
+// Package mqtt is the device's MQTT transport to IoT Hub: MQTT 3.1.1 over
+// TLS (port 8883) or over WebSockets (443, /$iothub/websocket). It
+// implements device.Conn.
 //
-// The connection is a policy, not a paho feature: paho's automatic reconnect
-// and connect retry are off, and Run owns the loop. Every connect uses a new
-// paho client with a freshly minted SAS as password, subscribes to the method,
+// Packets are framed by eclipse/paho.mqtt.golang's packets package, and
+// WebSockets are dialled by paho; the connection itself is this package's
+// own, because a fleet holds thousands of them (see link.go): per
+// connection one goroutine reads, writes share a mutex, and the keep-alive
+// is a timer that costs nothing while it waits. Run's goroutine is the only
+// other one an idle connection keeps; the goroutines that dispatch inbound
+// traffic and send reported properties start when there is work and end
+// when it is done.
+//
+// The connection is a policy: Run owns the loop. Every connect uses a new
+// link with a freshly minted SAS as password, subscribes to the method,
 // twin-response and desired-property topics (QoS 0), then reads the twin.
 // After a drop it reconnects with exponential backoff and full jitter, capped
 // at MaxBackoff; the backoff starts over once a connection has lasted 30 s.
-// The first connect is the exception: refused credentials (CONNACK 4 or 5)
-// or an untrusted hub certificate end Run with device.ErrUnauthorized or
-// device.ErrUntrusted instead of retrying forever.
+// Config.Gate, when set, is waited for before every attempt (a fleet's
+// shared connect-rate limiter). The first connect is the exception:
+// refused credentials (CONNACK 4 or 5) or an untrusted hub certificate end
+// Run with device.ErrUnauthorized or device.ErrUntrusted instead of
+// retrying forever.
 //
 // The SAS is renewed at 80 % of its lifetime (SASTTL, default 1 h, so 12
 // minutes before expiry, like the C SDK) by a planned disconnect and
@@ -22,10 +32,10 @@
 // an ordered queue that is popped only when the hub acknowledges a patch
 // (204), so none is lost across a switch or an outage.
 //
-// paho's message handler never blocks: it only queues (method calls, desired
-// patches) or hands a twin response to its waiting request. Order is kept
-// (SetOrderMatters(true) is safe because of that); method handlers run on
-// goroutines owned by Run, and every goroutine ends before Run returns.
+// The reader never blocks on the device: it only queues (method calls,
+// desired patches) or hands a twin response to its waiting request, so order
+// is kept; method handlers run on goroutines owned by Run, and every
+// goroutine ends before Run returns.
 //
 // Connection events are logged with stable "event" values: connected
 // (target, transport, token_expires), subscribed (filters), disconnected
@@ -48,11 +58,11 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/eclipse/paho.mqtt.golang/packets"
 	"github.com/rs/zerolog"
 
@@ -109,6 +119,11 @@ type Config struct {
 	// RootCAs are the trusted roots; nil means the system roots.
 	// Verification is never disabled.
 	RootCAs *x509.CertPool
+	// TLSConfig, when set, is used for every connect instead of one built
+	// from RootCAs. Many connections may share one (with a
+	// ClientSessionCache, reconnects resume TLS sessions); it is never
+	// modified. Its InsecureSkipVerify must be false.
+	TLSConfig *tls.Config
 	// ClientType is sent as DeviceClientType in the username, e.g. "dmctl/1.2.0".
 	ClientType string
 	// SASTTL is the lifetime of each minted token (default 1 h); it is
@@ -135,6 +150,41 @@ type Config struct {
 	Log zerolog.Logger
 	// Now is the clock for token expiry. Default: time.Now.
 	Now func() time.Time
+	// Gate, when set, is called before every connect attempt, the first
+	// and every reconnect alike, and the attempt waits until it returns.
+	// A fleet passes a shared rate limiter here. An error ends the wait
+	// and is treated like ctx ending (Gate should return ctx.Err()).
+	Gate func(ctx context.Context) error
+	// OnState, when set, is called on the Run goroutine at every change of
+	// the connection's State. It must return quickly.
+	OnState func(State)
+	// Quiet logs routine connection events (connected, disconnected,
+	// retrying, ...) at debug level instead of info and warn; errors keep
+	// their level. Fleets of simulated devices set it, and give Log a
+	// device field of their own (the connected event then omits it).
+	Quiet bool
+}
+
+// State is where a Conn is in its connection cycle.
+type State int32
+
+// States, as reported to Config.OnState.
+const (
+	StateIdle       State = iota // Run not called yet
+	StateConnecting              // waiting for the Gate or connecting
+	StateConnected               // connected and subscribed
+	StateRetrying                // waiting out the backoff after a failure or a drop
+	StateSuspended               // offline on purpose until Resume (a reboot)
+	StateStopped                 // Run has returned
+)
+
+var stateNames = [...]string{"idle", "connecting", "connected", "retrying", "suspended", "stopped"}
+
+func (s State) String() string {
+	if s >= 0 && int(s) < len(stateNames) {
+		return stateNames[s]
+	}
+	return "State(" + strconv.Itoa(int(s)) + ")"
 }
 
 // Exponential returns a backoff with full jitter: attempt n waits a random
@@ -163,6 +213,7 @@ type Conn struct {
 	cfg     Config
 	cs      *sas.ConnectionString
 	log     zerolog.Logger
+	tlsConf *tls.Config
 	broker  string // URL paho dials
 	target  string // host:port shown in events
 	ridSeq  atomic.Uint64
@@ -170,25 +221,31 @@ type Conn struct {
 
 	suspendCh chan chan struct{}
 	resumeCh  chan struct{} // buffered 1
-	wakeIn    chan struct{} // buffered 1: inbox has items
-	wakeQ     chan struct{} // buffered 1: report queue has items
 	drained   chan struct{} // buffered 1: a method call finished
 	ready     chan struct{} // closed after the first successful connect
 	done      chan struct{} // closed when Run returns
 
-	mu       sync.Mutex
-	sess     *session
-	up       chan struct{} // closed while sess != nil
-	pending  map[string]chan twinResult
-	inbox    []inbound
-	inflight int // method calls received and not yet answered
-	queue    []*report
+	mu      sync.Mutex
+	runCtx  context.Context // set while Run runs; nil before, and after it stops
+	handler device.Handler
+	// dispatching and reporting say whether the goroutine that drains the
+	// inbox or the report queue runs. Each is started when work arrives
+	// and ends when its queue is empty, so an idle connection costs no
+	// goroutine of its own besides Run's.
+	dispatching bool
+	reporting   bool
+	sess        *session
+	up          chan struct{} // closed while sess != nil
+	pending     map[string]chan twinResult
+	inbox       []inbound
+	inflight    int // method calls received and not yet answered
+	queue       []*report
 
 	wg sync.WaitGroup // goroutines started by Run
 }
 
 type session struct {
-	client   paho.Client
+	link     *link
 	dead     chan struct{} // closed when paho reports the connection lost
 	deadOnce sync.Once
 	deadErr  error         // why, set before dead is closed
@@ -267,6 +324,9 @@ func New(cfg Config) (*Conn, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.TLSConfig != nil && cfg.TLSConfig.InsecureSkipVerify {
+		return nil, errors.New("mqtt: TLS certificate verification cannot be switched off")
+	}
 	host := cs.HostName
 	if cs.GatewayHostName != "" {
 		host = cs.GatewayHostName
@@ -277,13 +337,16 @@ func New(cfg Config) (*Conn, error) {
 		log:       cfg.Log,
 		suspendCh: make(chan chan struct{}),
 		resumeCh:  make(chan struct{}, 1),
-		wakeIn:    make(chan struct{}, 1),
-		wakeQ:     make(chan struct{}, 1),
 		drained:   make(chan struct{}, 1),
 		ready:     make(chan struct{}),
 		done:      make(chan struct{}),
 		up:        make(chan struct{}),
 		pending:   make(map[string]chan twinResult),
+		tlsConf:   cfg.TLSConfig,
+	}
+	if c.tlsConf == nil {
+		// ServerName set here spares crypto/tls a copy of the config per dial.
+		c.tlsConf = &tls.Config{RootCAs: cfg.RootCAs, MinVersion: tls.VersionTLS12, ServerName: ServerName(cs)}
 	}
 	switch cfg.Transport {
 	case TransportMQTT:
@@ -298,6 +361,19 @@ func New(cfg Config) (*Conn, error) {
 	return c, nil
 }
 
+// ServerName is the TLS server name a connection for cs verifies: the host
+// it dials (GatewayHostName if set, else HostName) without port.
+func ServerName(cs *sas.ConnectionString) string {
+	h := cs.HostName
+	if cs.GatewayHostName != "" {
+		h = cs.GatewayHostName
+	}
+	if host, _, err := net.SplitHostPort(h); err == nil {
+		return host
+	}
+	return strings.TrimSuffix(strings.TrimPrefix(h, "["), "]")
+}
+
 // withPort returns host:port, keeping a port that host already carries.
 func withPort(host string, port int) string {
 	if _, p, err := net.SplitHostPort(host); err == nil && p != "" {
@@ -305,6 +381,31 @@ func withPort(host string, port int) string {
 	}
 	return net.JoinHostPort(host, strconv.Itoa(port))
 }
+
+// info and warn return the event for routine connection news: at debug
+// level when the Conn is Quiet.
+func (c *Conn) info() *zerolog.Event {
+	if c.cfg.Quiet {
+		return c.log.Debug()
+	}
+	return c.log.Info()
+}
+
+func (c *Conn) warn() *zerolog.Event {
+	if c.cfg.Quiet {
+		return c.log.Debug()
+	}
+	return c.log.Warn()
+}
+
+func (c *Conn) setState(s State) {
+	if c.cfg.OnState != nil {
+		c.cfg.OnState(s)
+	}
+}
+
+// DeviceID is the identity the connection authenticates as.
+func (c *Conn) DeviceID() string { return c.cs.DeviceID }
 
 // Target is the host:port the connection dials.
 func (c *Conn) Target() string { return c.target }
@@ -320,18 +421,17 @@ func (c *Conn) Run(ctx context.Context, h device.Handler) error {
 	defer close(c.done)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	c.wg.Add(2)
-	go func() {
-		defer c.wg.Done()
-		c.dispatch(ctx, h)
-	}()
-	go func() {
-		defer c.wg.Done()
-		c.reporter(ctx)
-	}()
+	c.mu.Lock()
+	c.runCtx, c.handler = ctx, h
+	c.startReporterLocked()
+	c.mu.Unlock()
 	err := c.loop(ctx)
 	cancel()
+	c.mu.Lock()
+	c.runCtx = nil // no worker starts from now on
+	c.mu.Unlock()
 	c.wg.Wait()
+	c.setState(StateStopped)
 	return err
 }
 
@@ -344,12 +444,13 @@ func (c *Conn) loop(ctx context.Context) error {
 	retryAfter := false // wait before the next attempt
 	for {
 		if suspended {
+			c.setState(StateSuspended)
 			select {
 			case <-ctx.Done():
 				return nil
 			case <-c.resumeCh:
 				suspended = false
-				c.log.Info().Str("event", "resumed").Msg("reconnecting")
+				c.info().Str("event", "resumed").Msg("reconnecting")
 			case req := <-c.suspendCh:
 				close(req)
 				continue
@@ -357,8 +458,9 @@ func (c *Conn) loop(ctx context.Context) error {
 		}
 		if retryAfter {
 			attempt++
+			c.setState(StateRetrying)
 			d := c.cfg.Backoff(attempt)
-			c.log.Warn().Str("event", "retrying").Int("attempt", attempt).Str("in", d.String()).Msg("reconnecting")
+			c.warn().Str("event", "retrying").Int("attempt", attempt).Str("in", d.String()).Msg("reconnecting")
 			t := time.NewTimer(d)
 			select {
 			case <-ctx.Done():
@@ -373,7 +475,13 @@ func (c *Conn) loop(ctx context.Context) error {
 			case <-t.C:
 			}
 		}
-		s, err := c.dial(ctx)
+		c.setState(StateConnecting)
+		if c.cfg.Gate != nil {
+			if err := c.cfg.Gate(ctx); err != nil {
+				return nil
+			}
+		}
+		s, err := c.dialAside(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -381,14 +489,15 @@ func (c *Conn) loop(ctx context.Context) error {
 			if !connected && (errors.Is(err, device.ErrUnauthorized) || errors.Is(err, device.ErrUntrusted)) {
 				return err
 			}
-			c.log.Warn().Str("event", "connect_failed").Str("target", c.target).Err(err).Msg("connect failed")
+			c.warn().Str("event", "connect_failed").Str("target", c.target).Err(err).Msg("connect failed")
 			retryAfter = true
 			continue
 		}
 		retryAfter = false
 		connectedAt := time.Now()
+		c.setState(StateConnected)
 		if renewing {
-			c.log.Info().Str("event", "token_renewed").Time("expires", s.expiry).Msg("reconnected with a new token")
+			c.info().Str("event", "token_renewed").Time("expires", s.expiry).Msg("reconnected with a new token")
 			renewing = false
 		}
 		if !connected {
@@ -416,12 +525,12 @@ func (c *Conn) loop(ctx context.Context) error {
 		case <-ctx.Done():
 			stopRenew()
 			c.endSession(s, true)
-			c.log.Info().Str("event", "disconnected").Str("reason", "shutdown").Msg("disconnected")
+			c.info().Str("event", "disconnected").Str("reason", "shutdown").Msg("disconnected")
 			return nil
 		case <-s.dead:
 			stopRenew()
 			c.endSession(s, false)
-			c.log.Warn().Str("event", "disconnected").Str("reason", reason(s.deadErr)).Msg("connection lost")
+			c.warn().Str("event", "disconnected").Str("reason", reason(s.deadErr)).Msg("connection lost")
 			retryAfter = true
 			if time.Since(connectedAt) >= stableSession {
 				attempt = 0
@@ -429,14 +538,14 @@ func (c *Conn) loop(ctx context.Context) error {
 		case <-renew:
 			c.quiesce(ctx, s)
 			c.endSession(s, true)
-			c.log.Info().Str("event", "disconnected").Str("reason", "token renewal").Msg("renewing the token")
+			c.info().Str("event", "disconnected").Str("reason", "token renewal").Msg("renewing the token")
 			renewing = true
 			attempt = 0
 		case req := <-c.suspendCh:
 			stopRenew()
 			c.quiesce(ctx, s)
 			c.endSession(s, true)
-			c.log.Info().Str("event", "disconnected").Str("reason", "suspended").Msg("disconnected")
+			c.info().Str("event", "disconnected").Str("reason", "suspended").Msg("disconnected")
 			c.enterSuspend(req, "suspended")
 			suspended = true
 			attempt = 0
@@ -457,8 +566,25 @@ func (c *Conn) enterSuspend(req chan struct{}, state string) {
 	case <-c.resumeCh:
 	default:
 	}
-	c.log.Info().Str("event", "suspended").Str("state", state).Msg("staying offline until resumed")
+	c.info().Str("event", "suspended").Str("state", state).Msg("staying offline until resumed")
 	close(req)
+}
+
+// dialAside runs dial on a goroutine of its own and waits for it. The TLS
+// handshake needs a deep stack, and Run's goroutine, parked for the life of
+// every connection, would keep the stack it once grew to.
+func (c *Conn) dialAside(ctx context.Context) (*session, error) {
+	type result struct {
+		s   *session
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		s, err := c.dial(ctx)
+		ch <- result{s, err}
+	}()
+	r := <-ch
+	return r.s, r.err
 }
 
 // dial makes one connect attempt: new paho client, fresh token, CONNECT,
@@ -477,69 +603,45 @@ func (c *Conn) dial(ctx context.Context) (*session, error) {
 	}
 	s := &session{dead: make(chan struct{}), down: make(chan struct{}), expiry: expiry,
 		renewAt: minted.Add(time.Duration(float64(expiry.Sub(minted)) * RenewAt))}
-	o := paho.NewClientOptions()
-	o.AddBroker(c.broker)
-	o.SetClientID(iothub.ClientID(c.cs.DeviceID, c.cs.ModuleID))
-	o.SetUsername(iothub.Username(c.cs.HostName, c.cs.DeviceID, c.cs.ModuleID, c.cfg.ClientType))
-	o.SetPassword(token)
-	o.SetProtocolVersion(4)
-	o.SetCleanSession(false)
-	o.SetKeepAlive(c.cfg.KeepAlive)
-	o.SetConnectTimeout(c.cfg.ConnectTimeout)
-	o.SetAutoReconnect(false)
-	o.SetConnectRetry(false)
-	o.SetResumeSubs(false)
-	o.SetTLSConfig(&tls.Config{RootCAs: c.cfg.RootCAs, MinVersion: tls.VersionTLS12})
-	o.SetWebsocketOptions(&paho.WebsocketOptions{Proxy: c.cfg.Proxy})
-	// Handlers run on paho's router in order; route never blocks (it only
-	// queues), so order can be kept without stalling paho.
-	o.SetOrderMatters(true)
-	o.SetDefaultPublishHandler(c.route)
-	o.SetConnectionLostHandler(func(_ paho.Client, err error) { s.markDead(err) })
-	s.client = paho.NewClient(o)
-
-	if err := c.wait(ctx, s.client.Connect()); err != nil {
+	l, err := c.dialLink(ctx, linkConfig{
+		clientID: iothub.ClientID(c.cs.DeviceID, c.cs.ModuleID),
+		username: iothub.Username(c.cs.HostName, c.cs.DeviceID, c.cs.ModuleID, c.cfg.ClientType),
+		password: token,
+		route:    c.route,
+		lost:     s.markDead,
+	})
+	if err != nil {
 		if ctx.Err() != nil {
-			s.client.Disconnect(0)
 			return nil, ctx.Err()
 		}
 		return nil, c.connectError(err)
 	}
-	filters := map[string]byte{iothub.MethodsFilter: 0, iothub.TwinResFilter: 0, iothub.DesiredFilter: 0}
-	st := s.client.SubscribeMultiple(filters, c.route)
-	if err := c.wait(ctx, st); err != nil {
-		s.client.Disconnect(0)
+	s.link = l
+	filters := []string{iothub.MethodsFilter, iothub.TwinResFilter, iothub.DesiredFilter}
+	sctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
+	granted, err := l.subscribe(sctx, filters, []byte{0, 0, 0})
+	cancel()
+	if err != nil {
+		l.close(true)
 		return nil, fmt.Errorf("subscribe: %w", err)
 	}
-	for f, q := range st.(*paho.SubscribeToken).Result() {
+	for i, q := range granted {
 		if q == 0x80 {
-			s.client.Disconnect(0)
-			return nil, fmt.Errorf("subscribe: hub refused %s", f)
+			l.close(true)
+			return nil, fmt.Errorf("subscribe: hub refused %s", filters[i])
 		}
 	}
 	c.mu.Lock()
 	c.sess = s
 	close(c.up)
 	c.mu.Unlock()
-	c.log.Info().Str("event", "connected").Str("target", c.target).Str("transport", string(c.cfg.Transport)).
-		Str("device", c.cs.DeviceID).Time("token_expires", expiry).Msg("connected")
-	c.log.Info().Str("event", "subscribed").Strs("filters", []string{iothub.MethodsFilter, iothub.TwinResFilter, iothub.DesiredFilter}).Msg("subscribed")
+	ev := c.info().Str("event", "connected").Str("target", c.target).Str("transport", string(c.cfg.Transport))
+	if !c.cfg.Quiet { // a fleet's logger names the device in every event
+		ev = ev.Str("device", c.cs.DeviceID)
+	}
+	ev.Time("token_expires", expiry).Msg("connected")
+	c.info().Str("event", "subscribed").Strs("filters", []string{iothub.MethodsFilter, iothub.TwinResFilter, iothub.DesiredFilter}).Msg("subscribed")
 	return s, nil
-}
-
-// wait waits for a paho token or ctx. When ctx ends first it still waits for
-// a connect token to finish (bounded by ConnectTimeout) so that the client
-// can be shut down without leaving paho goroutines behind.
-func (c *Conn) wait(ctx context.Context, t paho.Token) error {
-	select {
-	case <-t.Done():
-		return t.Error()
-	case <-ctx.Done():
-	}
-	if ct, ok := t.(*paho.ConnectToken); ok {
-		<-ct.Done()
-	}
-	return ctx.Err()
 }
 
 func (c *Conn) connectError(err error) error {
@@ -573,9 +675,7 @@ func (c *Conn) endSession(s *session, planned bool) {
 	}
 	c.mu.Unlock()
 	close(s.down)
-	if planned {
-		s.client.Disconnect(250)
-	}
+	s.link.close(planned)
 }
 
 // current returns the live session, or nil and a channel closed when one is up.
@@ -609,7 +709,7 @@ func (c *Conn) waitSession(ctx context.Context) *session {
 func (c *Conn) quiesce(ctx context.Context, s *session) {
 	qctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
 	defer cancel()
-	if err := c.wait(qctx, s.client.Unsubscribe(iothub.MethodsFilter)); err == nil {
+	if err := s.link.unsubscribe(qctx, iothub.MethodsFilter); err == nil {
 		if _, err := c.request(qctx, s, iothub.TwinGetTopic, []byte(" ")); err != nil {
 			c.log.Debug().Str("event", "quiesce").Err(err).Msg("no twin answer before disconnecting")
 		}
@@ -637,7 +737,7 @@ func (c *Conn) drain(ctx context.Context, s *session) {
 		case <-s.dead:
 			return
 		case <-t.C:
-			c.log.Warn().Str("event", "drain_timeout").Int("in_flight", n).Msg("method calls still running at disconnect")
+			c.warn().Str("event", "drain_timeout").Int("in_flight", n).Msg("method calls still running at disconnect")
 			return
 		case <-c.drained:
 		}
@@ -647,8 +747,7 @@ func (c *Conn) drain(ctx context.Context, s *session) {
 // route is paho's message handler for every topic. It never blocks: method
 // calls and desired patches are queued for dispatch, twin responses are
 // handed to the waiting request.
-func (c *Conn) route(_ paho.Client, m paho.Message) {
-	topic, payload := m.Topic(), m.Payload()
+func (c *Conn) route(topic string, payload []byte) {
 	if name, rid, ok := iothub.ParseMethodRequestTopic(topic); ok {
 		c.push(inbound{kind: inMethod, name: name, rid: rid, payload: payload}, true)
 		return
@@ -676,44 +775,52 @@ func (c *Conn) push(in inbound, method bool) {
 	if method {
 		c.inflight++
 	}
+	c.startDispatchLocked()
 	c.mu.Unlock()
-	select {
-	case c.wakeIn <- struct{}{}:
-	default:
-	}
 }
 
-// dispatch delivers the inbox to h: methods each on their own goroutine,
-// twin documents and desired patches in order on this one.
+// startDispatchLocked starts the dispatcher if Run runs and none is running.
+func (c *Conn) startDispatchLocked() {
+	if c.dispatching || c.runCtx == nil || c.runCtx.Err() != nil || len(c.inbox) == 0 {
+		return
+	}
+	c.dispatching = true
+	ctx, h := c.runCtx, c.handler
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		c.dispatch(ctx, h)
+	}()
+}
+
+// dispatch delivers the inbox to h until it is empty: methods each on their
+// own goroutine, twin documents and desired patches in order on this one.
 func (c *Conn) dispatch(ctx context.Context, h device.Handler) {
 	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-c.wakeIn:
-		}
-		for {
-			c.mu.Lock()
+		c.mu.Lock()
+		if len(c.inbox) == 0 || ctx.Err() != nil {
+			c.dispatching = false
 			if len(c.inbox) == 0 {
-				c.mu.Unlock()
-				break
+				c.inbox = nil // let a burst's backing array go
 			}
-			in := c.inbox[0]
-			c.inbox[0] = inbound{}
-			c.inbox = c.inbox[1:]
 			c.mu.Unlock()
-			switch in.kind {
-			case inMethod:
-				c.wg.Add(1)
-				go func() {
-					defer c.wg.Done()
-					c.serveMethod(ctx, h, in)
-				}()
-			case inDesired:
-				h.HandleDesired(in.version, in.payload)
-			case inTwin:
-				h.HandleTwin(in.payload)
-			}
+			return
+		}
+		in := c.inbox[0]
+		c.inbox[0] = inbound{}
+		c.inbox = c.inbox[1:]
+		c.mu.Unlock()
+		switch in.kind {
+		case inMethod:
+			c.wg.Add(1)
+			go func() {
+				defer c.wg.Done()
+				c.serveMethod(ctx, h, in)
+			}()
+		case inDesired:
+			h.HandleDesired(in.version, in.payload)
+		case inTwin:
+			h.HandleTwin(in.payload)
 		}
 	}
 }
@@ -730,7 +837,7 @@ func (c *Conn) serveMethod(ctx context.Context, h device.Handler, in inbound) {
 	}()
 	status, body := h.HandleMethod(ctx, device.MethodRequest{Name: in.name, Payload: in.payload})
 	if err := c.publish(ctx, iothub.MethodResponseTopic(status, in.rid), body); err != nil && ctx.Err() == nil {
-		c.log.Warn().Str("event", "method_response_failed").Str("method", in.name).Err(err).Msg("method answer not sent")
+		c.warn().Str("event", "method_response_failed").Str("method", in.name).Err(err).Msg("method answer not sent")
 	}
 }
 
@@ -744,7 +851,7 @@ func (c *Conn) publish(ctx context.Context, topic string, body []byte) error {
 		if s == nil {
 			return ctx.Err()
 		}
-		err := c.wait(ctx, s.client.Publish(topic, 0, false, body))
+		err := s.link.publish(topic, body)
 		if err == nil || ctx.Err() != nil {
 			return err
 		}
@@ -771,7 +878,7 @@ func (c *Conn) request(ctx context.Context, s *session, topic func(rid string) s
 		delete(c.pending, rid)
 		c.mu.Unlock()
 	}()
-	if err := c.wait(ctx, s.client.Publish(topic(rid), 0, false, body)); err != nil {
+	if err := s.link.publish(topic(rid), body); err != nil {
 		return twinResult{}, err
 	}
 	t := time.NewTimer(c.cfg.RequestTimeout)
@@ -800,17 +907,14 @@ func (c *Conn) syncTwin(ctx context.Context, s *session) {
 		err = fmt.Errorf("hub answered status %d: %s", r.status, truncate(r.body))
 	}
 	if err != nil {
-		c.log.Warn().Str("event", "twin_get_failed").Err(err).Msg("could not read the twin after connecting")
+		c.warn().Str("event", "twin_get_failed").Err(err).Msg("could not read the twin after connecting")
 		return
 	}
 	c.log.Debug().Str("event", "twin_synced").Msg("twin read after connect")
 	c.mu.Lock()
 	c.inbox = append(c.inbox, inbound{kind: inTwin, payload: r.body})
+	c.startDispatchLocked()
 	c.mu.Unlock()
-	select {
-	case c.wakeIn <- struct{}{}:
-	default:
-	}
 }
 
 func truncate(b []byte) string {
@@ -854,31 +958,47 @@ func (c *Conn) Queue(patch []byte) (<-chan error, error) {
 	r := &report{patch: append([]byte(nil), patch...), done: make(chan error, 1)}
 	c.mu.Lock()
 	c.queue = append(c.queue, r)
+	c.startReporterLocked()
 	c.mu.Unlock()
-	select {
-	case c.wakeQ <- struct{}{}:
-	default:
-	}
 	return r.done, nil
 }
 
-// reporter sends queued reported patches one at a time, in order. A patch
-// leaves the queue only when the hub acknowledged it or refused it for good.
+// startReporterLocked starts the reporter if Run runs, patches are queued
+// and none is running.
+func (c *Conn) startReporterLocked() {
+	if c.reporting || c.runCtx == nil || c.runCtx.Err() != nil || len(c.queue) == 0 {
+		return
+	}
+	c.reporting = true
+	ctx := c.runCtx
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		c.reporter(ctx)
+	}()
+}
+
+// reporter sends queued reported patches one at a time, in order, until the
+// queue is empty. A patch leaves the queue only when the hub acknowledged it
+// or refused it for good.
 func (c *Conn) reporter(ctx context.Context) {
+	defer func() {
+		c.mu.Lock()
+		c.reporting = false
+		c.startReporterLocked() // a patch queued as this one was stopping
+		c.mu.Unlock()
+	}()
 	for {
 		c.mu.Lock()
 		var r *report
 		if len(c.queue) > 0 {
 			r = c.queue[0]
+		} else {
+			c.queue = nil
 		}
 		c.mu.Unlock()
-		if r == nil {
-			select {
-			case <-ctx.Done():
-				return
-			case <-c.wakeQ:
-			}
-			continue
+		if r == nil || ctx.Err() != nil {
+			return
 		}
 		s := c.waitSession(ctx)
 		if s == nil {
@@ -891,12 +1011,12 @@ func (c *Conn) reporter(ctx context.Context) {
 		var final error
 		switch {
 		case err != nil:
-			c.log.Warn().Str("event", "report_retry").Err(err).Msg("reported properties not acknowledged, will resend")
+			c.warn().Str("event", "report_retry").Err(err).Msg("reported properties not acknowledged, will resend")
 			c.pause(ctx, s)
 			continue
 		case res.status/100 == 2:
 		case res.status == http.StatusTooManyRequests || res.status >= 500:
-			c.log.Warn().Str("event", "report_retry").Int("status", res.status).Msg("hub busy, will resend reported properties")
+			c.warn().Str("event", "report_retry").Int("status", res.status).Msg("hub busy, will resend reported properties")
 			c.pause(ctx, s)
 			continue
 		default:

@@ -1,0 +1,410 @@
+// Package fleet runs many simulated devices in one process, each with its
+// own MQTT connection and the behaviour of a single device.Device
+// (rebootDevice, rebootTime, reconnects, SAS renewal).
+//
+// Connects are paced by one limiter shared by the whole fleet: every connect
+// attempt, the first one and every reconnect alike, takes a slot, so a fleet
+// of thousands neither floods the hub at start nor stampedes it after a hub
+// restart (each device also waits its own jittered backoff first). Slots are
+// ConnectRate per second, each with a random offset inside its interval.
+//
+// Per-device events are logged at debug level (device.Config.Quiet and
+// mqtt.Config.Quiet), with a "device" field. At info level the fleet logs its
+// state instead (event "fleet": connected, connecting, retrying, rebooting,
+// stopped) when it changes, at most once a second, and every StatusInterval
+// while not every device is connected.
+//
+// An idle connected device costs two goroutines (its Run loop and its
+// connection's reader) and one keep-alive timer; the fleet adds one
+// goroutine and one ticker for status logging, none per device. The TLS
+// configuration, with a session cache for quick reconnects, is shared.
+// TestMeasure measures a fleet against a hub in another process.
+package fleet
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/dmctl/dmctl/device"
+	"github.com/dmctl/dmctl/device/mqtt"
+	"github.com/dmctl/dmctl/sas"
+)
+
+// DefaultConnectRate is the number of connect attempts per second a fleet
+// makes unless Config.ConnectRate says otherwise.
+const DefaultConnectRate = 200
+
+// DefaultStatusInterval is how often the fleet's state is logged while not
+// every device is connected.
+const DefaultStatusInterval = 5 * time.Second
+
+// minStatusGap is the shortest time between two state lines.
+const minStatusGap = time.Second
+
+// Config configures a Fleet.
+type Config struct {
+	// Devices are the identities to run, one connection each. Identities
+	// (DeviceId, or DeviceId and ModuleId) must be unique.
+	Devices []*sas.ConnectionString
+	// Conn is the template for every device's connection: Transport,
+	// RootCAs or TLSConfig, ClientType, SASTTL, MaxBackoff and so on.
+	// ConnectionString, Gate, OnState, Log and Quiet are set per device.
+	// When TLSConfig is nil, one is built from RootCAs (with a session
+	// cache) and shared.
+	Conn mqtt.Config
+	// Device is the template for every device: RebootDelay, Now. Log and
+	// Quiet are set per device.
+	Device device.Config
+	// ConnectRate is the number of connect attempts per second across the
+	// fleet, reconnects included (default DefaultConnectRate).
+	ConnectRate float64
+	// StatusInterval is how often the state is logged while some device is
+	// not connected (default DefaultStatusInterval).
+	StatusInterval time.Duration
+	// Log receives the fleet's state lines and, at debug level, every
+	// device's events. The zero value logs nothing.
+	Log zerolog.Logger
+}
+
+// Stats counts the devices by the state of their connection.
+type Stats struct {
+	Devices    int `json:"devices"`
+	Connected  int `json:"connected"`
+	Connecting int `json:"connecting"` // waiting for a connect slot or connecting
+	Retrying   int `json:"retrying"`   // waiting out a backoff
+	Rebooting  int `json:"rebooting"`  // offline on purpose (a reboot)
+	Stopped    int `json:"stopped"`
+	// EverConnected is how many devices have connected at least once.
+	EverConnected int `json:"everConnected"`
+}
+
+// Fleet runs a set of simulated devices. Create it with New and call Run
+// once.
+type Fleet struct {
+	cfg     Config
+	members []*member
+	limiter *limiter
+	log     zerolog.Logger
+
+	counts   [mqtt.StateStopped + 1]atomic.Int64
+	ever     atomic.Int64
+	changed  chan struct{} // buffered 1: some state changed
+	ready    chan struct{} // closed when every device has connected once
+	started  atomic.Bool
+	readyAt  atomic.Int64 // unix nanos when ready closed
+	readyOne sync.Once
+}
+
+type member struct {
+	id    string
+	conn  *mqtt.Conn
+	dev   *device.Device
+	state atomic.Int32 // mqtt.State; written by the member's Run goroutine only
+	ever  atomic.Bool
+}
+
+// New validates cfg and prepares every device's connection. It does not
+// connect.
+func New(cfg Config) (*Fleet, error) {
+	if len(cfg.Devices) == 0 {
+		return nil, errors.New("fleet: no devices")
+	}
+	if cfg.ConnectRate == 0 {
+		cfg.ConnectRate = DefaultConnectRate
+	}
+	if cfg.ConnectRate < 0 {
+		return nil, fmt.Errorf("fleet: connect rate %g is negative", cfg.ConnectRate)
+	}
+	if cfg.StatusInterval <= 0 {
+		cfg.StatusInterval = DefaultStatusInterval
+	}
+	base := cfg.Conn.TLSConfig
+	if base == nil {
+		base = &tls.Config{
+			RootCAs:            cfg.Conn.RootCAs,
+			MinVersion:         tls.VersionTLS12,
+			ClientSessionCache: tls.NewLRUClientSessionCache(len(cfg.Devices)),
+		}
+	}
+	// One config per server name, shared by the devices that dial it:
+	// with ServerName set crypto/tls does not copy it for every dial.
+	tlsFor := map[string]*tls.Config{}
+	tlsConfig := func(cs *sas.ConnectionString) *tls.Config {
+		if base.ServerName != "" {
+			return base
+		}
+		name := mqtt.ServerName(cs)
+		if c, ok := tlsFor[name]; ok {
+			return c
+		}
+		c := base.Clone()
+		c.ServerName = name
+		tlsFor[name] = c
+		return c
+	}
+	f := &Fleet{
+		cfg:     cfg,
+		limiter: newLimiter(cfg.ConnectRate),
+		log:     cfg.Log,
+		changed: make(chan struct{}, 1),
+		ready:   make(chan struct{}),
+	}
+	seen := make(map[string]int, len(cfg.Devices))
+	f.members = make([]*member, 0, len(cfg.Devices))
+	for i, cs := range cfg.Devices {
+		if cs == nil {
+			return nil, fmt.Errorf("fleet: device %d: no connection string", i+1)
+		}
+		key := cs.DeviceID + "/" + cs.ModuleID
+		if j, dup := seen[key]; dup {
+			return nil, fmt.Errorf("fleet: device %d: identity %q already used by device %d", i+1, identity(cs), j)
+		}
+		seen[key] = i + 1
+		m := &member{id: cs.DeviceID}
+		// Quiet: routine events are debug events, dropped before any field
+		// is built when the logger is above debug; failures still show. A
+		// hook adds the device (With would copy a context buffer per device).
+		log := cfg.Log.Hook(deviceHook(identity(cs)))
+		cc := cfg.Conn
+		cc.ConnectionString = cs
+		cc.TLSConfig = tlsConfig(cs)
+		cc.Gate = f.limiter.Wait
+		cc.OnState = func(s mqtt.State) { f.setState(m, s) }
+		cc.Log = log
+		cc.Quiet = true
+		conn, err := mqtt.New(cc)
+		if err != nil {
+			return nil, fmt.Errorf("fleet: device %d (%s): %w", i+1, cs.DeviceID, err)
+		}
+		dc := cfg.Device
+		dc.Log = log
+		dc.Quiet = true
+		m.conn = conn
+		m.dev = device.New(conn, dc)
+		f.members = append(f.members, m)
+	}
+	f.counts[mqtt.StateIdle].Store(int64(len(f.members)))
+	return f, nil
+}
+
+func identity(cs *sas.ConnectionString) string {
+	if cs.ModuleID != "" {
+		return cs.DeviceID + "/" + cs.ModuleID
+	}
+	return cs.DeviceID
+}
+
+// deviceHook adds the device's identity to every event it logs.
+type deviceHook string
+
+func (h deviceHook) Run(e *zerolog.Event, _ zerolog.Level, _ string) { e.Str("device", string(h)) }
+
+// Len is the number of devices.
+func (f *Fleet) Len() int { return len(f.members) }
+
+// DeviceIDs lists the devices in the order of Config.Devices.
+func (f *Fleet) DeviceIDs() []string {
+	ids := make([]string, len(f.members))
+	for i, m := range f.members {
+		ids[i] = m.id
+	}
+	return ids
+}
+
+// Target is the host:port the first device dials.
+func (f *Fleet) Target() string { return f.members[0].conn.Target() }
+
+// Device returns the device with the given ID, for adding method handlers
+// before Run; nil if there is none.
+func (f *Fleet) Device(id string) *device.Device {
+	for _, m := range f.members {
+		if m.id == id {
+			return m.dev
+		}
+	}
+	return nil
+}
+
+// Ready is closed once every device has connected at least once.
+func (f *Fleet) Ready() <-chan struct{} { return f.ready }
+
+// ReadyAt is when Ready was closed (zero before).
+func (f *Fleet) ReadyAt() time.Time {
+	if n := f.readyAt.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
+}
+
+// Stats counts the devices by state.
+func (f *Fleet) Stats() Stats {
+	return Stats{
+		Devices:       len(f.members),
+		Connected:     int(f.counts[mqtt.StateConnected].Load()),
+		Connecting:    int(f.counts[mqtt.StateConnecting].Load() + f.counts[mqtt.StateIdle].Load()),
+		Retrying:      int(f.counts[mqtt.StateRetrying].Load()),
+		Rebooting:     int(f.counts[mqtt.StateSuspended].Load()),
+		Stopped:       int(f.counts[mqtt.StateStopped].Load()),
+		EverConnected: int(f.ever.Load()),
+	}
+}
+
+func (f *Fleet) setState(m *member, s mqtt.State) {
+	old := mqtt.State(m.state.Swap(int32(s)))
+	if old == s {
+		return
+	}
+	f.counts[old].Add(-1)
+	f.counts[s].Add(1)
+	if s == mqtt.StateConnected && !m.ever.Swap(true) {
+		if f.ever.Add(1) == int64(len(f.members)) {
+			f.readyOne.Do(func() {
+				f.readyAt.Store(time.Now().UnixNano())
+				close(f.ready)
+			})
+		}
+	}
+	select {
+	case f.changed <- struct{}{}:
+	default:
+	}
+}
+
+// DeviceError is a device that could not start: the hub refused its
+// credentials or could not be trusted on its first connect.
+type DeviceError struct {
+	DeviceID string
+	Err      error
+}
+
+func (e *DeviceError) Error() string { return "device " + e.DeviceID + ": " + e.Err.Error() }
+func (e *DeviceError) Unwrap() error { return e.Err }
+
+// Run runs every device until ctx is done, then disconnects them all and
+// returns nil. If a device's first connect fails for good (it wraps
+// device.ErrUnauthorized or device.ErrUntrusted), the whole fleet stops and
+// Run returns a *DeviceError for the first such device.
+func (f *Fleet) Run(ctx context.Context) error {
+	if !f.started.CompareAndSwap(false, true) {
+		return errors.New("fleet: Run called twice")
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	start := time.Now()
+	var (
+		wg       sync.WaitGroup
+		errOnce  sync.Once
+		firstErr error
+	)
+	wg.Add(len(f.members))
+	for _, m := range f.members {
+		go func() {
+			defer wg.Done()
+			if err := m.dev.Run(ctx); err != nil {
+				errOnce.Do(func() {
+					firstErr = &DeviceError{DeviceID: m.id, Err: err}
+					f.log.Error().Str("event", "device_failed").Str("device", m.id).Err(err).Msg("device cannot connect, stopping the fleet")
+					cancel()
+				})
+			}
+		}()
+	}
+	statusDone := make(chan struct{})
+	go func() {
+		defer close(statusDone)
+		f.report(ctx, start)
+	}()
+	wg.Wait()
+	cancel()
+	<-statusDone
+	st := f.Stats()
+	f.log.Info().Str("event", "fleet_stopped").Int("devices", st.Devices).Msg("fleet stopped")
+	return firstErr
+}
+
+// report logs the fleet's state on change (at most once per minStatusGap)
+// and every StatusInterval while not every device is connected.
+func (f *Fleet) report(ctx context.Context, start time.Time) {
+	var last Stats
+	var lastAt time.Time
+	logged, pending := false, false
+	tick := time.NewTicker(minStatusGap)
+	defer tick.Stop()
+	ready := f.ready
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ready:
+			ready = nil
+			f.log.Info().Str("event", "fleet_ready").Int("devices", len(f.members)).
+				Dur("took", f.ReadyAt().Sub(start)).Msg("every device has connected")
+			pending, logged = true, false // and the state, at once
+		case <-f.changed:
+			pending = true
+			if time.Since(lastAt) < minStatusGap {
+				continue // the ticker logs it
+			}
+		case <-tick.C:
+		}
+		st := f.Stats()
+		now := time.Now()
+		due := st.Connected < st.Devices && now.Sub(lastAt) >= f.cfg.StatusInterval
+		if !(pending && (!logged || st != last)) && !due {
+			continue
+		}
+		f.log.Info().Str("event", "fleet").Int("devices", st.Devices).Int("connected", st.Connected).
+			Int("connecting", st.Connecting).Int("retrying", st.Retrying).Int("rebooting", st.Rebooting).
+			Msgf("fleet: %d/%d connected, %d connecting, %d retrying, %d rebooting",
+				st.Connected, st.Devices, st.Connecting, st.Retrying, st.Rebooting)
+		last, lastAt, logged, pending = st, now, true, false
+	}
+}
+
+// limiter hands out connect slots: one every interval, each with a random
+// offset inside its interval so that connects do not march in lockstep.
+type limiter struct {
+	interval time.Duration
+	mu       sync.Mutex
+	next     time.Time
+}
+
+func newLimiter(perSecond float64) *limiter {
+	l := &limiter{}
+	if perSecond > 0 {
+		l.interval = time.Duration(float64(time.Second) / perSecond)
+	}
+	return l
+}
+
+// Wait blocks until the caller's slot, or ctx ends.
+func (l *limiter) Wait(ctx context.Context) error {
+	if l.interval <= 0 {
+		return ctx.Err()
+	}
+	now := time.Now()
+	l.mu.Lock()
+	if l.next.Before(now) {
+		l.next = now
+	}
+	at := l.next
+	l.next = at.Add(l.interval)
+	l.mu.Unlock()
+	d := at.Sub(now) + rand.N(l.interval)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}

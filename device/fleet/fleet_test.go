@@ -1,0 +1,356 @@
+package fleet_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"go.uber.org/goleak"
+
+	"github.com/dmctl/dmctl/device"
+	"github.com/dmctl/dmctl/device/fleet"
+	"github.com/dmctl/dmctl/device/mqtt"
+	"github.com/dmctl/dmctl/hub/hubtest"
+	"github.com/dmctl/dmctl/internal/iothub"
+	"github.com/dmctl/dmctl/sas"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func fastBackoff(int) time.Duration { return 5 * time.Millisecond }
+
+// devices registers n devices on srv and returns their connection strings.
+func devices(t *testing.T, srv *hubtest.Server, prefix string, n int) []*sas.ConnectionString {
+	t.Helper()
+	out := make([]*sas.ConnectionString, n)
+	for i := range out {
+		cs, err := sas.ParseDevice(srv.CreateDevice(t, fmt.Sprintf("%s%03d", prefix, i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[i] = cs
+	}
+	return out
+}
+
+type running struct {
+	f    *fleet.Fleet
+	logs *syncBuffer
+	stop func() error // cancels Run and returns its result
+}
+
+// start runs a fleet until the test ends (or stop is called) and waits
+// until every device has connected.
+func start(t *testing.T, srv *hubtest.Server, css []*sas.ConnectionString, level zerolog.Level) *running {
+	t.Helper()
+	logs := &syncBuffer{}
+	log := zerolog.New(io.MultiWriter(logs, zerolog.NewTestWriter(t))).Level(level)
+	f, err := fleet.New(fleet.Config{
+		Devices:     css,
+		Conn:        mqtt.Config{RootCAs: srv.CAPool(), ClientType: "dmctl/test", Backoff: fastBackoff},
+		Device:      device.Config{RebootDelay: device.NoRebootDelay},
+		ConnectRate: 2000,
+		Log:         log,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- f.Run(ctx) }()
+	var once sync.Once
+	var runErr error
+	stop := func() error {
+		once.Do(func() {
+			cancel()
+			runErr = <-done
+		})
+		return runErr
+	}
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Errorf("fleet Run: %v", err)
+		}
+	})
+	select {
+	case <-f.Ready():
+	case err := <-done:
+		done <- err
+		t.Fatalf("fleet stopped before every device connected: %v", err)
+	}
+	return &running{f: f, logs: logs, stop: stop}
+}
+
+func invoke(t *testing.T, srv *hubtest.Server, id, method, payload string) (int, []byte) {
+	t.Helper()
+	status, body, err := srv.Hub().Devices().Invoke(t.Context(), id, method, []byte(payload), 10*time.Second, 10*time.Second)
+	if err != nil {
+		t.Fatalf("invoke %s on %s: %v", method, id, err)
+	}
+	return status, body
+}
+
+// waitAllSubscribed waits until every device has its method subscription on
+// the running hub.
+func waitAllSubscribed(t *testing.T, srv *hubtest.Server, css []*sas.ConnectionString) {
+	t.Helper()
+	for _, cs := range css {
+		if err := srv.WaitSubscribed(t.Context(), cs.DeviceID, iothub.MethodRequestTopic(device.RebootMethod, "1")); err != nil {
+			t.Fatalf("device %s never subscribed: %v", cs.DeviceID, err)
+		}
+	}
+}
+
+func rebootTime(t *testing.T, srv *hubtest.Server, id string) (string, bool) {
+	t.Helper()
+	tw, err := srv.Store().Twin(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, ok := tw.Properties.Reported[device.RebootTimeProperty].(string)
+	return v, ok
+}
+
+func TestFleetMethodsRebootsAndHubRestart(t *testing.T) {
+	srv := hubtest.NewServer(t)
+	css := devices(t, srv, "f", 50)
+	r := start(t, srv, css, zerolog.InfoLevel)
+
+	st := r.f.Stats()
+	if st.Devices != 50 || st.EverConnected != 50 {
+		t.Fatalf("stats after Ready = %+v, want 50 devices all connected once", st)
+	}
+	if got := r.f.DeviceIDs(); len(got) != 50 || got[0] != "f000" || got[49] != "f049" {
+		t.Fatalf("DeviceIDs = %v", got)
+	}
+
+	// Every device answers, each as itself: an unknown method names the
+	// method, a reboot payload it cannot use gets 400.
+	for _, cs := range css {
+		status, body := invoke(t, srv, cs.DeviceID, "nope", `{}`)
+		if status != 404 || !bytes.Contains(body, []byte(`"method":"nope"`)) {
+			t.Fatalf("%s: nope answered %d %s, want 404 naming the method", cs.DeviceID, status, body)
+		}
+	}
+
+	// Reboot several devices at once: each answers 200, goes offline,
+	// comes back and reports its own rebootTime.
+	rebooted := []string{"f003", "f010", "f027", "f048"}
+	var wg sync.WaitGroup
+	results := make([]string, len(rebooted))
+	for i, id := range rebooted {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			status, body, err := srv.Hub().Devices().Invoke(t.Context(), id, device.RebootMethod, []byte(`{"delaySeconds":0}`), 0, 10*time.Second)
+			if err != nil {
+				results[i] = err.Error()
+				return
+			}
+			results[i] = fmt.Sprintf("%d %s", status, body)
+		}()
+	}
+	wg.Wait()
+	for i, res := range results {
+		if !strings.HasPrefix(res, "200 ") {
+			t.Fatalf("reboot %s answered %q, want 200", rebooted[i], res)
+		}
+	}
+	seen := map[string]bool{}
+	for _, id := range rebooted {
+		for {
+			if v, ok := rebootTime(t, srv, id); ok {
+				if _, err := time.Parse(time.RFC3339Nano, v); err != nil {
+					t.Fatalf("%s reported rebootTime %q: %v", id, v, err)
+				}
+				if seen[v] {
+					t.Fatalf("two devices reported the same rebootTime %q", v)
+				}
+				seen[v] = true
+				break
+			}
+			select {
+			case <-t.Context().Done():
+				t.Fatalf("%s never reported rebootTime", id)
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+	}
+	for _, cs := range css {
+		if _, ok := rebootTime(t, srv, cs.DeviceID); ok != contains(rebooted, cs.DeviceID) {
+			t.Fatalf("%s: rebootTime reported = %v, want it only for rebooted devices", cs.DeviceID, ok)
+		}
+	}
+
+	// The hub restarts: every device comes back and answers again.
+	srv.Restart(t)
+	waitAllSubscribed(t, srv, css)
+	for _, cs := range css {
+		if status, _ := invoke(t, srv, cs.DeviceID, "nope", `{}`); status != 404 {
+			t.Fatalf("%s after hub restart: status %d, want 404", cs.DeviceID, status)
+		}
+	}
+
+	if err := r.stop(); err != nil {
+		t.Fatalf("Run after cancel = %v, want nil", err)
+	}
+	if st := r.f.Stats(); st.Stopped != 50 {
+		t.Fatalf("stats after stop = %+v, want all 50 stopped", st)
+	}
+	for _, cs := range css {
+		if srv.Connected(cs.DeviceID) {
+			if err := srv.WaitConnected(t.Context(), cs.DeviceID, false); err != nil {
+				t.Fatalf("%s still connected after stop: %v", cs.DeviceID, err)
+			}
+		}
+	}
+
+	// At info level the fleet speaks for its devices: state lines, no
+	// per-device connection events, never a key.
+	logs := r.logs.String()
+	for _, want := range []string{`"event":"fleet"`, `"event":"fleet_ready"`, `"connected":50`, `"event":"fleet_stopped"`} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("logs lack %s:\n%s", want, logs)
+		}
+	}
+	for _, unwanted := range []string{`"event":"connected"`, `"event":"rebooted"`, `"event":"method"`, "SharedAccessKey", css[0].SharedAccessKey} {
+		if strings.Contains(logs, unwanted) {
+			t.Errorf("info-level logs contain %s", unwanted)
+		}
+	}
+}
+
+func TestFleetDebugLogsPerDevice(t *testing.T) {
+	srv := hubtest.NewServer(t)
+	css := devices(t, srv, "g", 3)
+	r := start(t, srv, css, zerolog.DebugLevel)
+	if status, _ := invoke(t, srv, "g001", "nope", `{}`); status != 404 {
+		t.Fatalf("status %d, want 404", status)
+	}
+	if err := r.stop(); err != nil {
+		t.Fatal(err)
+	}
+	logs := r.logs.String()
+	for _, want := range []string{
+		`"level":"debug","event":"connected",.*"device":"g000"`,
+		`"level":"debug","event":"method","method":"nope","status":404,"device":"g001"`,
+		`"level":"debug","event":"disconnected","reason":"shutdown","device":"g002"`,
+	} {
+		if !regexp.MustCompile(want).MatchString(logs) {
+			t.Errorf("logs lack %s", want)
+		}
+	}
+}
+
+func TestFleetStopsOnRefusedCredentials(t *testing.T) {
+	srv := hubtest.NewServer(t)
+	css := devices(t, srv, "h", 3)
+	bad := *css[1]
+	bad.SharedAccessKey = "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXktMDE="
+	css[1] = &bad
+	f, err := fleet.New(fleet.Config{
+		Devices: css,
+		Conn:    mqtt.Config{RootCAs: srv.CAPool(), Backoff: fastBackoff},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = f.Run(t.Context())
+	var de *fleet.DeviceError
+	if !errors.As(err, &de) || de.DeviceID != "h001" || !errors.Is(err, device.ErrUnauthorized) {
+		t.Fatalf("Run = %v, want a DeviceError for h001 wrapping ErrUnauthorized", err)
+	}
+	if strings.Contains(err.Error(), bad.SharedAccessKey) {
+		t.Fatalf("error shows the key: %v", err)
+	}
+	select {
+	case <-f.Ready():
+		t.Fatal("Ready closed although a device never connected")
+	default:
+	}
+}
+
+func TestNewRejects(t *testing.T) {
+	cs := func(id string) *sas.ConnectionString {
+		c, err := sas.ParseDevice("HostName=localhost:1;DeviceId=" + id + ";SharedAccessKey=c2VjcmV0LWtleQ==")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	tests := []struct {
+		name string
+		cfg  fleet.Config
+		want string
+	}{
+		{"no devices", fleet.Config{}, "no devices"},
+		{"duplicate id", fleet.Config{Devices: []*sas.ConnectionString{cs("a"), cs("b"), cs("a")}}, `device 3: identity "a" already used by device 1`},
+		{"negative rate", fleet.Config{Devices: []*sas.ConnectionString{cs("a")}, ConnectRate: -1}, "negative"},
+		{"nil entry", fleet.Config{Devices: []*sas.ConnectionString{cs("a"), nil}}, "device 2: no connection string"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := fleet.New(tt.cfg)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("New = %v, want an error containing %q", err, tt.want)
+			}
+			if strings.Contains(err.Error(), "c2VjcmV0LWtleQ") {
+				t.Fatalf("error shows the key: %v", err)
+			}
+		})
+	}
+}
+
+func TestStatsBeforeRun(t *testing.T) {
+	c, err := sas.ParseDevice("HostName=localhost:1;DeviceId=a;SharedAccessKey=c2VjcmV0LWtleQ==")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := fleet.New(fleet.Config{Devices: []*sas.ConnectionString{c}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := json.Marshal(f.Stats())
+	want := `{"devices":1,"connected":0,"connecting":1,"retrying":0,"rebooting":0,"stopped":0,"everConnected":0}`
+	if string(got) != want {
+		t.Fatalf("Stats = %s, want %s", got, want)
+	}
+	if f.Target() != "localhost:1" || f.Len() != 1 || f.Device("a") == nil || f.Device("b") != nil {
+		t.Fatalf("Target %q Len %d", f.Target(), f.Len())
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}

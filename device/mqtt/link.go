@@ -1,0 +1,339 @@
+package mqtt
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/eclipse/paho.mqtt.golang/packets"
+)
+
+// A link is one MQTT 3.1.1 connection, from CONNACK to close. Packets are
+// framed by paho's packets package; the connection itself is kept lean
+// because a fleet holds thousands of them: one goroutine reads (and routes
+// PUBLISH, SUBACK, UNSUBACK, PINGRESP), writers share a mutex, and the
+// keep-alive is a timer that costs no goroutine while it waits.
+type link struct {
+	conn         net.Conn
+	route        func(topic string, payload []byte) // called on the reader goroutine; must not block
+	lost         func(error)                        // called once if the link fails before close
+	writeTimeout time.Duration
+	pingEvery    time.Duration
+	pingTimeout  time.Duration
+
+	wmu sync.Mutex // one packet written at a time
+
+	mu      sync.Mutex
+	closed  bool // close called, or the link failed
+	nextID  uint16
+	acks    map[uint16]chan packets.ControlPacket
+	pingOut bool      // a PINGREQ awaits its PINGRESP
+	pingAt  time.Time // when the last PINGREQ went out
+	timer   *time.Timer
+	tickMu  sync.Mutex // held by a running keep-alive tick
+
+	dead chan struct{} // closed when the link is closed or failed
+	done chan struct{} // closed when the reader has returned
+}
+
+// linkConfig is what dialLink needs besides the connection's Config.
+type linkConfig struct {
+	clientID, username, password string
+	route                        func(topic string, payload []byte)
+	lost                         func(error)
+}
+
+// pingTimeoutMax bounds how long a PINGRESP may take.
+const pingTimeoutMax = 10 * time.Second
+
+// dialLink connects (TLS or WebSockets), sends CONNECT and waits for a
+// CONNACK that accepts. Refusals are packets.ConnErrors values.
+func (c *Conn) dialLink(parent context.Context, lc linkConfig) (*link, error) {
+	ctx, cancel := context.WithTimeout(parent, c.cfg.ConnectTimeout)
+	defer cancel()
+	var conn net.Conn
+	var err error
+	switch c.cfg.Transport {
+	case TransportWebSockets:
+		conn, err = paho.NewWebsocket(c.broker, c.tlsConf, c.cfg.ConnectTimeout, nil, &paho.WebsocketOptions{Proxy: c.cfg.Proxy})
+	default:
+		d := tls.Dialer{NetDialer: &net.Dialer{}, Config: c.tlsConf}
+		conn, err = d.DialContext(ctx, "tcp", c.target)
+	}
+	if err != nil {
+		return nil, err
+	}
+	// The CONNECT exchange ends at the deadline or when ctx ends.
+	deadline, _ := ctx.Deadline()
+	_ = conn.SetDeadline(deadline)
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
+	ack, err := connect(conn, lc, c.cfg.KeepAlive)
+	if err != nil || !stop() {
+		_ = conn.Close()
+		switch {
+		case parent.Err() != nil:
+			return nil, parent.Err()
+		case ctx.Err() != nil:
+			return nil, fmt.Errorf("no CONNACK within %s", c.cfg.ConnectTimeout)
+		}
+		return nil, err
+	}
+	_ = conn.SetDeadline(time.Time{})
+	if ack.ReturnCode != packets.Accepted {
+		_ = conn.Close()
+		if e, ok := packets.ConnErrors[ack.ReturnCode]; ok {
+			return nil, e
+		}
+		return nil, fmt.Errorf("CONNACK return code %d", ack.ReturnCode)
+	}
+	l := &link{
+		conn:         conn,
+		route:        lc.route,
+		lost:         lc.lost,
+		writeTimeout: c.cfg.RequestTimeout,
+		pingEvery:    c.cfg.KeepAlive * 9 / 10, // MQTT: a packet within every keep-alive period
+		acks:         make(map[uint16]chan packets.ControlPacket),
+		dead:         make(chan struct{}),
+		done:         make(chan struct{}),
+	}
+	l.pingTimeout = min(l.pingEvery, pingTimeoutMax)
+	l.mu.Lock()
+	l.timer = time.AfterFunc(l.pingEvery, l.tick)
+	l.mu.Unlock()
+	go l.read()
+	return l, nil
+}
+
+// connect writes CONNECT and reads the CONNACK.
+func connect(conn net.Conn, lc linkConfig, keepAlive time.Duration) (*packets.ConnackPacket, error) {
+	cp := packets.NewControlPacket(packets.Connect).(*packets.ConnectPacket)
+	cp.ProtocolName = "MQTT"
+	cp.ProtocolVersion = 4
+	cp.CleanSession = false
+	cp.ClientIdentifier = lc.clientID
+	cp.UsernameFlag = true
+	cp.Username = lc.username
+	cp.PasswordFlag = true
+	cp.Password = []byte(lc.password)
+	cp.Keepalive = uint16(min(keepAlive/time.Second, 65535))
+	if err := cp.Write(conn); err != nil {
+		return nil, err
+	}
+	p, err := packets.ReadPacket(conn)
+	if err != nil {
+		return nil, err
+	}
+	ack, ok := p.(*packets.ConnackPacket)
+	if !ok {
+		return nil, fmt.Errorf("hub answered CONNECT with %s", p.String())
+	}
+	return ack, nil
+}
+
+// read routes inbound packets until the connection fails or is closed.
+func (l *link) read() {
+	defer close(l.done)
+	for {
+		p, err := packets.ReadPacket(l.conn)
+		if err != nil {
+			l.fail(err)
+			return
+		}
+		switch p := p.(type) {
+		case *packets.PublishPacket:
+			if p.Qos > 0 {
+				ack := packets.NewControlPacket(packets.Puback).(*packets.PubackPacket)
+				ack.MessageID = p.MessageID
+				if err := l.write(ack); err != nil {
+					l.fail(err)
+					return
+				}
+			}
+			l.route(p.TopicName, p.Payload)
+		case *packets.SubackPacket:
+			l.ack(p.MessageID, p)
+		case *packets.UnsubackPacket:
+			l.ack(p.MessageID, p)
+		case *packets.PingrespPacket:
+			l.mu.Lock()
+			l.pingOut = false
+			l.mu.Unlock()
+		}
+	}
+}
+
+func (l *link) ack(id uint16, p packets.ControlPacket) {
+	l.mu.Lock()
+	ch := l.acks[id]
+	delete(l.acks, id)
+	l.mu.Unlock()
+	if ch != nil {
+		ch <- p // buffered 1, one sender
+	}
+}
+
+// tick is the keep-alive: a PINGREQ every pingEvery (whatever else was
+// sent: one timer, no bookkeeping per packet); a PINGRESP that does not come
+// within pingTimeout fails the link.
+func (l *link) tick() {
+	l.tickMu.Lock()
+	defer l.tickMu.Unlock()
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return
+	}
+	if l.pingOut {
+		l.mu.Unlock()
+		l.fail(errors.New("pingresp not received, disconnecting"))
+		return
+	}
+	now := time.Now()
+	if wait := l.pingAt.Add(l.pingEvery).Sub(now); !l.pingAt.IsZero() && wait > 0 {
+		l.timer.Reset(wait)
+		l.mu.Unlock()
+		return
+	}
+	l.pingOut, l.pingAt = true, now
+	l.timer.Reset(l.pingTimeout)
+	l.mu.Unlock()
+	if err := l.write(packets.NewControlPacket(packets.Pingreq)); err != nil {
+		l.fail(err)
+	}
+}
+
+// write sends one packet, bounded by writeTimeout.
+func (l *link) write(p packets.ControlPacket) error {
+	l.wmu.Lock()
+	defer l.wmu.Unlock()
+	_ = l.conn.SetWriteDeadline(time.Now().Add(l.writeTimeout))
+	return p.Write(l.conn)
+}
+
+// fail ends a link that broke; the lost callback runs unless close came first.
+func (l *link) fail(err error) {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return
+	}
+	l.closed = true
+	l.timer.Stop()
+	close(l.dead)
+	l.mu.Unlock()
+	_ = l.conn.Close()
+	l.lost(err)
+}
+
+var errLinkClosed = errors.New("connection closed")
+
+// request writes a packet that the hub acknowledges by message ID and waits
+// for the acknowledgement.
+func (l *link) request(ctx context.Context, build func(id uint16) packets.ControlPacket) (packets.ControlPacket, error) {
+	ch := make(chan packets.ControlPacket, 1)
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return nil, errLinkClosed
+	}
+	for {
+		l.nextID++
+		if _, used := l.acks[l.nextID]; l.nextID != 0 && !used {
+			break
+		}
+	}
+	id := l.nextID
+	l.acks[id] = ch
+	l.mu.Unlock()
+	defer func() {
+		l.mu.Lock()
+		delete(l.acks, id)
+		l.mu.Unlock()
+	}()
+	if err := l.write(build(id)); err != nil {
+		return nil, err
+	}
+	select {
+	case p := <-ch:
+		return p, nil
+	case <-l.dead:
+		return nil, errLinkClosed
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// subscribe subscribes to filters and returns the granted QoS of each
+// (0x80: refused).
+func (l *link) subscribe(ctx context.Context, filters []string, qos []byte) ([]byte, error) {
+	p, err := l.request(ctx, func(id uint16) packets.ControlPacket {
+		sp := packets.NewControlPacket(packets.Subscribe).(*packets.SubscribePacket)
+		sp.MessageID, sp.Topics, sp.Qoss = id, filters, qos
+		return sp
+	})
+	if err != nil {
+		return nil, err
+	}
+	sa, ok := p.(*packets.SubackPacket)
+	if !ok || len(sa.ReturnCodes) != len(filters) {
+		return nil, errors.New("malformed SUBACK")
+	}
+	return sa.ReturnCodes, nil
+}
+
+// unsubscribe removes a subscription and waits for the hub's UNSUBACK.
+func (l *link) unsubscribe(ctx context.Context, filter string) error {
+	_, err := l.request(ctx, func(id uint16) packets.ControlPacket {
+		up := packets.NewControlPacket(packets.Unsubscribe).(*packets.UnsubscribePacket)
+		up.MessageID, up.Topics = id, []string{filter}
+		return up
+	})
+	return err
+}
+
+// publish sends a QoS 0 message.
+func (l *link) publish(topic string, payload []byte) error {
+	l.mu.Lock()
+	closed := l.closed
+	l.mu.Unlock()
+	if closed {
+		return errLinkClosed
+	}
+	pp := packets.NewControlPacket(packets.Publish).(*packets.PublishPacket)
+	pp.TopicName, pp.Payload = topic, payload
+	if err := l.write(pp); err != nil {
+		l.fail(err)
+		return err
+	}
+	return nil
+}
+
+// close sends DISCONNECT (planned) or not, closes the connection and waits
+// for the reader and any keep-alive tick to finish. lost is not called.
+func (l *link) close(planned bool) {
+	l.mu.Lock()
+	wasOpen := !l.closed
+	if wasOpen {
+		l.closed = true
+		l.timer.Stop()
+		close(l.dead)
+	}
+	l.mu.Unlock()
+	if wasOpen && planned {
+		l.wmu.Lock()
+		_ = l.conn.SetWriteDeadline(time.Now().Add(250 * time.Millisecond))
+		_ = packets.NewControlPacket(packets.Disconnect).Write(l.conn)
+		l.wmu.Unlock()
+	}
+	_ = l.conn.Close()
+	<-l.done
+	// Wait for a keep-alive tick that was already running: it sees closed
+	// (or a closed connection) and returns.
+	l.tickMu.Lock()
+	l.tickMu.Unlock() //nolint:staticcheck // the wait is the point
+}
