@@ -15,6 +15,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -570,6 +571,7 @@ command exits non-zero. -o json prints {"created": [...], "failed": [...]}.`,
 			&cli.StringFlag{Name: "prefix", Usage: "with --count: the device name prefix"},
 			&cli.IntFlag{Name: "start", Usage: "with --count: the first number", Value: 1},
 			&cli.IntFlag{Name: "concurrency", Usage: "with --count: creates in flight", Value: service.DefaultCreateConcurrency},
+			&cli.StringFlag{Name: "tags", Usage: `twin tags to set on every new device, as a JSON object (e.g. '{"site":"lab"}')`},
 		),
 		Action: func(c *cli.Context) error {
 			if c.IsSet("count") {
@@ -584,6 +586,10 @@ command exits non-zero. -o json prints {"created": [...], "failed": [...]}.`,
 			if err != nil {
 				return err
 			}
+			tags, err := jsonObjectFlag(c, "tags")
+			if err != nil {
+				return err
+			}
 			client, err := newServiceClient(c)
 			if err != nil {
 				return err
@@ -595,6 +601,11 @@ command exits non-zero. -o json prints {"created": [...], "failed": [...]}.`,
 					return withHint(err, fmt.Sprintf("print its connection string with 'dmctl service device connection-string --device %s'", id))
 				}
 				return serviceError(err, id)
+			}
+			if tags != nil {
+				if _, err := client.UpdateTwin(c.Context, id, service.TwinPatch{Tags: tags}, "*"); err != nil {
+					return serviceError(fmt.Errorf("device %q created, but its tags were not set: %w", id, err), id)
+				}
 			}
 			cs, err := client.DeviceConnectionString(d, service.PrimaryKey)
 			if err != nil {
@@ -630,6 +641,10 @@ func runServiceDeviceCreateMany(c *cli.Context) error {
 	case conc < 1 || conc > 256:
 		return usageErrorf("--concurrency takes a number from 1 to 256", "invalid --concurrency %d", conc)
 	}
+	tags, err := jsonObjectFlag(c, "tags")
+	if err != nil {
+		return err
+	}
 	client, err := newServiceClient(c)
 	if err != nil {
 		return err
@@ -639,6 +654,9 @@ func runServiceDeviceCreateMany(c *cli.Context) error {
 	ids := service.SequentialIDs(prefix, start, n)
 	began := time.Now()
 	results := client.CreateDevices(c.Context, ids, conc)
+	if tags != nil {
+		tagCreated(c.Context, client, results, tags, conc)
+	}
 
 	type created struct {
 		DeviceID         string `json:"deviceId"`
@@ -702,6 +720,32 @@ func runServiceDeviceCreateMany(c *cli.Context) error {
 		return withHint(err, "some names are taken: pick another --prefix, continue the numbering with --start, or print existing connection strings with 'dmctl service device connection-string'")
 	}
 	return serviceError(err, "")
+}
+
+// tagCreated sets tags on every device that was created, conc at a time; a
+// device whose tags could not be set counts as failed.
+func tagCreated(ctx context.Context, client *service.Client, results []service.CreateResult, tags json.RawMessage, conc int) {
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range min(conc, len(results)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				r := &results[i]
+				if _, err := client.UpdateTwin(ctx, r.DeviceID, service.TwinPatch{Tags: tags}, "*"); err != nil {
+					r.Err = fmt.Errorf("device %q created, but its tags were not set: %w", r.DeviceID, err)
+				}
+			}
+		}()
+	}
+	for i := range results {
+		if results[i].Err == nil {
+			next <- i
+		}
+	}
+	close(next)
+	wg.Wait()
 }
 
 // redactKeys drops an identity's symmetric keys from output that is not
