@@ -4,12 +4,10 @@ import (
 	"bufio"
 	"context"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -141,7 +139,7 @@ func runDevice(c *cli.Context) error {
 		fmt.Fprintf(c.App.Writer, "device %s connected to %s, waiting for direct methods (Ctrl-C to stop)\n",
 			cs.DeviceID, conn.Target())
 		if opts.readyFile != "" {
-			if werr := writeDeviceReadyFile(opts.readyFile, []string{cs.DeviceID}, conn.Target()); werr != nil {
+			if werr := writeReadyFile(opts.readyFile, deviceReadyInfo{DeviceIDs: []string{cs.DeviceID}, Target: conn.Target()}); werr != nil {
 				cancel()
 				<-errc
 				return werr
@@ -246,7 +244,7 @@ func runFleet(c *cli.Context, file string, opts runOptions) error {
 		fmt.Fprintf(c.App.Writer, "fleet: %d devices connected to %s in %s, waiting for direct methods (Ctrl-C to stop)\n",
 			f.Len(), f.Target(), took)
 		if opts.readyFile != "" {
-			if werr := writeDeviceReadyFile(opts.readyFile, f.DeviceIDs(), f.Target()); werr != nil {
+			if werr := writeReadyFile(opts.readyFile, deviceReadyInfo{DeviceIDs: f.DeviceIDs(), Target: f.Target()}); werr != nil {
 				cancel()
 				<-errc
 				return werr
@@ -348,27 +346,3 @@ type deviceReadyInfo struct {
 	Target    string   `json:"target"`
 }
 
-// writeDeviceReadyFile writes the ready file atomically: a temporary file in
-// the same folder, renamed into place.
-func writeDeviceReadyFile(path string, ids []string, target string) error {
-	data, err := json.Marshal(deviceReadyInfo{DeviceIDs: ids, Target: target})
-	if err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("write ready file: %w", err)
-	}
-	tmp := f.Name()
-	_, werr := f.Write(append(data, '\n'))
-	cerr := f.Close()
-	if err := errors.Join(werr, cerr); err != nil {
-		_ = os.Remove(tmp)
-		return fmt.Errorf("write ready file: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		_ = os.Remove(tmp)
-		return fmt.Errorf("write ready file: %w", err)
-	}
-	return nil
-}

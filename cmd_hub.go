@@ -204,31 +204,6 @@ func shellQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
-// writeReadyFile writes info as JSON to a temporary file and renames it
-// into place, so a watcher never sees a partial file.
-func writeReadyFile(path string, info readyInfo) error {
-	data, err := json.Marshal(info)
-	if err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("write ready file: %w", err)
-	}
-	tmp := f.Name()
-	_, werr := f.Write(append(data, '\n'))
-	cerr := f.Close()
-	if err := errors.Join(werr, cerr); err != nil {
-		_ = os.Remove(tmp)
-		return fmt.Errorf("write ready file: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		_ = os.Remove(tmp)
-		return fmt.Errorf("write ready file: %w", err)
-	}
-	return nil
-}
-
 func hubConnectionStringCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "connection-string",

@@ -140,6 +140,20 @@ func jsonObjectFlag(c *cli.Context, name string) (json.RawMessage, error) {
 	return raw, nil
 }
 
+// methodArgs reads --payload (default {}) and the two method timeouts.
+func methodArgs(c *cli.Context) (payload json.RawMessage, response, connect time.Duration, err error) {
+	if payload, err = jsonFlag(c, "payload", "{}"); err != nil {
+		return nil, 0, 0, err
+	}
+	if response, err = methodTimeout(c, "response-timeout", service.MinResponseTimeout); err != nil {
+		return nil, 0, 0, err
+	}
+	if connect, err = methodTimeout(c, "connect-timeout", 0); err != nil {
+		return nil, 0, 0, err
+	}
+	return payload, response, connect, nil
+}
+
 // methodTimeout checks a method timeout flag against IoT Hub's limits.
 func methodTimeout(c *cli.Context, name string, minimum time.Duration) (time.Duration, error) {
 	d := c.Duration(name)
@@ -295,15 +309,7 @@ func runServiceReboot(c *cli.Context) error {
 	if id == "" {
 		return usageErrorf("name the device with --device ID, or pick devices with --query CONDITION", "missing --device or --query")
 	}
-	payload, err := jsonFlag(c, "payload", "{}")
-	if err != nil {
-		return err
-	}
-	rt, err := methodTimeout(c, "response-timeout", service.MinResponseTimeout)
-	if err != nil {
-		return err
-	}
-	ct, err := methodTimeout(c, "connect-timeout", 0)
+	payload, rt, ct, err := methodArgs(c)
 	if err != nil {
 		return err
 	}
@@ -425,15 +431,7 @@ func runServiceInvoke(c *cli.Context) error {
 	if method == "" {
 		return usageErrorf("name the method with --method NAME", "missing --method")
 	}
-	payload, err := jsonFlag(c, "payload", "{}")
-	if err != nil {
-		return err
-	}
-	rt, err := methodTimeout(c, "response-timeout", service.MinResponseTimeout)
-	if err != nil {
-		return err
-	}
-	ct, err := methodTimeout(c, "connect-timeout", 0)
+	payload, rt, ct, err := methodArgs(c)
 	if err != nil {
 		return err
 	}

@@ -15,34 +15,34 @@ import (
 
 // Job types (JobRequest.Type, JobResponse.Type).
 const (
-	JobTypeDeviceMethod = "scheduleDeviceMethod"
-	JobTypeUpdateTwin   = "scheduleUpdateTwin"
+	JobTypeDeviceMethod = iothub.JobTypeDeviceMethod
+	JobTypeUpdateTwin   = iothub.JobTypeUpdateTwin
 )
 
 // Job statuses (JobResponse.Status). IoT Hub also documents "unknown" and
 // "enqueued".
 const (
-	JobQueued    = "queued"
-	JobScheduled = "scheduled"
-	JobRunning   = "running"
-	JobCompleted = "completed"
-	JobFailed    = "failed"
-	JobCancelled = "cancelled"
+	JobQueued    = iothub.JobQueued
+	JobScheduled = iothub.JobScheduled
+	JobRunning   = iothub.JobRunning
+	JobCompleted = iothub.JobCompleted
+	JobFailed    = iothub.JobFailed
+	JobCancelled = iothub.JobCancelled
 )
 
 // Device job (row) statuses. Rows are "canceled", jobs "cancelled", as on
 // IoT Hub.
 const (
-	DeviceJobPending   = "pending"
-	DeviceJobScheduled = "scheduled"
-	DeviceJobRunning   = "running"
-	DeviceJobCompleted = "completed"
-	DeviceJobFailed    = "failed"
-	DeviceJobCanceled  = "canceled"
+	DeviceJobPending   = iothub.RowPending
+	DeviceJobScheduled = iothub.RowScheduled
+	DeviceJobRunning   = iothub.RowRunning
+	DeviceJobCompleted = iothub.RowCompleted
+	DeviceJobFailed    = iothub.RowFailed
+	DeviceJobCanceled  = iothub.RowCanceled
 )
 
 // MaxJobIDLength is the longest jobId IoT Hub accepts.
-const MaxJobIDLength = 64
+const MaxJobIDLength = iothub.MaxJobIDLength
 
 var (
 	// ErrJobNotFound matches IoT Hub error 404002.

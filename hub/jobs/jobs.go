@@ -73,7 +73,7 @@ const (
 	// does not set it.
 	DefaultMaxExecutionTime = 3600
 	// MaxJobIDLength is the longest accepted jobId.
-	MaxJobIDLength = 64
+	MaxJobIDLength = iothub.MaxJobIDLength
 	// DefaultFlushInterval bounds how long a finished row may wait in memory
 	// before its batch is written.
 	DefaultFlushInterval = 50 * time.Millisecond

@@ -20,29 +20,29 @@ var (
 
 // Job types (JobResponse.type).
 const (
-	JobTypeDeviceMethod = "scheduleDeviceMethod"
-	JobTypeUpdateTwin   = "scheduleUpdateTwin"
+	JobTypeDeviceMethod = iothub.JobTypeDeviceMethod
+	JobTypeUpdateTwin   = iothub.JobTypeUpdateTwin
 )
 
 // Job statuses (JobResponse.status).
 const (
-	JobQueued    = "queued"
-	JobScheduled = "scheduled"
-	JobRunning   = "running"
-	JobCompleted = "completed"
-	JobFailed    = "failed"
-	JobCancelled = "cancelled"
+	JobQueued    = iothub.JobQueued
+	JobScheduled = iothub.JobScheduled
+	JobRunning   = iothub.JobRunning
+	JobCompleted = iothub.JobCompleted
+	JobFailed    = iothub.JobFailed
+	JobCancelled = iothub.JobCancelled
 )
 
 // Device job (row) statuses. Note the spelling: rows are "canceled", jobs
 // "cancelled", as on IoT Hub.
 const (
-	RowPending   = "pending"
-	RowScheduled = "scheduled"
-	RowRunning   = "running"
-	RowCompleted = "completed"
-	RowFailed    = "failed"
-	RowCanceled  = "canceled"
+	RowPending   = iothub.RowPending
+	RowScheduled = iothub.RowScheduled
+	RowRunning   = iothub.RowRunning
+	RowCompleted = iothub.RowCompleted
+	RowFailed    = iothub.RowFailed
+	RowCanceled  = iothub.RowCanceled
 )
 
 // JobTerminal reports whether a job status is final.
