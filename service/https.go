@@ -43,6 +43,9 @@ const (
 	// MaxResponseBody bounds every response body read.
 	MaxResponseBody = 4 << 20
 
+	// maxIdleConnsPerHost bounds the keep-alive connections kept to the hub.
+	maxIdleConnsPerHost = 100
+
 	tokenTTL         = time.Hour
 	tokenRenewMargin = 5 * time.Minute
 
@@ -153,7 +156,15 @@ func New(cs *sas.ConnectionString, opts ...Option) (*Client, error) {
 	} else {
 		tr := http.DefaultTransport.(*http.Transport).Clone()
 		tr.Proxy = http.ProxyFromEnvironment
-		tr.TLSClientConfig = &tls.Config{RootCAs: o.roots, MinVersion: tls.VersionTLS12}
+		tr.TLSClientConfig = &tls.Config{
+			RootCAs:            o.roots,
+			MinVersion:         tls.VersionTLS12,
+			ClientSessionCache: tls.NewLRUClientSessionCache(0),
+		}
+		// Concurrent callers (fleet queries, benchmarks, scripts invoking many
+		// methods) would otherwise pay a TLS handshake per request beyond Go's
+		// default of two idle connections per host.
+		tr.MaxIdleConnsPerHost = maxIdleConnsPerHost
 		c.own = tr
 		c.hc = &http.Client{Transport: tr}
 	}

@@ -1,0 +1,108 @@
+package main
+
+import (
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// TestSmoke runs every measurement of the benchmark with tiny sizes, so the
+// benchmark cannot rot. It asserts only that each measurement produced
+// numbers and that the report renders, never how fast anything was.
+func TestSmoke(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts hubs, device fleets and Node processes")
+	}
+	cfg := config{
+		NodeScale:   3,
+		ConnectRate: 1000,
+		AliasAddr:   "127.0.0.2:443",
+		DataDir:     t.TempDir(),
+		Command:     "go test ./bench -run TestSmoke",
+		Smoke:       true,
+	}
+	cfg.smoke()
+	if os.Geteuid() != 0 {
+		cfg.AliasAddr = "" // port 443 needs root
+	}
+	cfg.Node, cfg.SkipNodeMsg = findNode()
+	if cfg.Node == "" {
+		t.Logf("Node peers skipped: %s", cfg.SkipNodeMsg)
+	}
+	res, err := run(t.Context(), &cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range res.Notes {
+		t.Log("note:", n)
+	}
+
+	want := []string{"a", "b", "b2", "b3"}
+	if cfg.Node != "" {
+		want = append(want, "c")
+	}
+	for _, k := range want {
+		l, ok := res.latency(k)
+		if !ok {
+			t.Errorf("latency %s: no measurement (%+v)", k, res.Latency)
+			continue
+		}
+		if l.N != cfg.Calls || l.P50 <= 0 || l.P99 < l.P50 || l.Mean <= 0 {
+			t.Errorf("latency %s: implausible summary %+v", k, l.summary)
+		}
+	}
+	if len(res.Throughput) != 2*len(cfg.Concurrency) {
+		t.Errorf("throughput: %d rows, want %d", len(res.Throughput), 2*len(cfg.Concurrency))
+	}
+	for _, r := range res.Throughput {
+		if r.Calls <= 0 || r.PerSec <= 0 {
+			t.Errorf("throughput: no calls in %+v", r)
+		}
+	}
+	impls := map[string]bool{}
+	for _, s := range res.Scale {
+		impls[strings.Fields(s.Impl)[0]] = true
+		if s.Devices <= 0 || s.Connect <= 0 || s.RSS <= 0 || s.HubAfter <= 0 {
+			t.Errorf("scale: missing figures in %+v", s)
+		}
+	}
+	if !impls["dmctl"] || (cfg.Node != "" && !impls["official"]) {
+		t.Errorf("scale: rows for %v", impls)
+	}
+	if len(res.Fleet) != 1 || res.Fleet[0].Confirmed != cfg.Fleet[0] || res.Fleet[0].Wall <= 0 {
+		t.Errorf("fleet: %+v, want %d devices confirmed", res.Fleet, cfg.Fleet[0])
+	}
+	wantCLI := 1
+	if cfg.Node != "" && cfg.AliasAddr != "" {
+		wantCLI = 2
+	}
+	if len(res.CLI) != wantCLI {
+		t.Errorf("cli: %d rows, want %d", len(res.CLI), wantCLI)
+	}
+	for _, c := range res.CLI {
+		if c.Runs != cfg.CLIRuns || c.Median <= 0 {
+			t.Errorf("cli: %+v", c)
+		}
+	}
+
+	md := res.Markdown(&cfg)
+	for _, s := range []string{"# dmctl benchmarks", "## Goals", "## 1. Direct-method round trip", "## 2. Throughput",
+		"## 3. Scale and memory", "## 4. Fleet reboot", "## 5. CLI", "| (a) dmctl service", res.Env.Go} {
+		if !strings.Contains(md, s) {
+			t.Errorf("report lacks %q", s)
+		}
+	}
+	if strings.Contains(md, "SharedAccessKey=") || strings.Contains(md, "sig=") {
+		t.Error("report contains a secret")
+	}
+	if time.Since(res.Started) <= 0 {
+		t.Error("clock")
+	}
+}

@@ -1,0 +1,177 @@
+// Command bench measures dmctl against its goals and against the official
+// Azure IoT Node SDKs, in one run on one machine, and writes the results as a
+// markdown table to docs/benchmarks.md.
+//
+//	go run ./bench            # full run (a few minutes)
+//	go run ./bench -smoke     # tiny sizes, seconds (what TestSmoke runs)
+//
+// What it measures, in order:
+//  1. direct-method round trip on warm connections: dmctl service -> local
+//     hub -> dmctl device; the floor (the least work the hub does for a
+//     device round trip on the same port); dmctl service -> hub -> official
+//     Node device SDK;
+//  2. invocations per second at several concurrencies over many devices;
+//  3. devices connected from one process (dmctl fleet vs Node SDK): time to
+//     connect all, RSS per device, hub RSS per connection;
+//  4. fleet reboot through IoT Hub jobs (dmctl service reboot --query);
+//  5. CLI wall time: dmctl service reboot --no-wait vs a one-shot azure-iothub
+//     script.
+//
+// Sections 1, 2 and 5 run against a hub inside the bench process (so that
+// -profile covers hub, service client and device); sections 3 and 4 run the
+// hub (dmctl hub serve) and the device fleet (dmctl device run
+// --connection-strings-file) as separate processes so their memory can be
+// read from /proc.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// config holds the sizes of one run.
+type config struct {
+	Calls        int           // sequential calls per latency path
+	Warmup       int           // calls before measuring
+	Devices      int           // devices the throughput calls are spread over
+	Concurrency  []int         // throughput concurrency levels
+	ThroughputD  time.Duration // how long each throughput level runs
+	Scale        []int         // dmctl fleet sizes (connected from one process)
+	NodeScale    int           // Node SDK devices in one Node process (0: skip)
+	Fleet        []int         // fleet reboot sizes (must be among Scale)
+	RebootDelay  time.Duration // simulated reboot time for the fleet reboot
+	CLIRuns      int           // runs of each one-shot CLI
+	ConnectRate  int           // fleet connect attempts per second
+	AliasAddr    string        // loopback alias listener on 443 for the Node service peer
+	ProfileDir   string        // write CPU profiles here ("" none)
+	Out          string        // markdown file ("" none)
+	Node         string        // node binary ("" skip Node peers)
+	NodeDir      string        // bench/node
+	ModDir       string        // module root
+	DataDir      string        // parent of the hubs' data dirs ("" temp)
+	Command      string        // command line shown in the report
+	Log          zerolog.Logger
+	Progress     io.Writer
+	SkipNodeMsg  string // why the Node peers are skipped, when they are
+	Smoke        bool
+	DeviceExtras int // unused devices registered on the scale hub (registry size)
+}
+
+func main() {
+	var (
+		cfg         config
+		conc, scale string
+		fleetSizes  string
+		noNode      bool
+	)
+	flag.IntVar(&cfg.Calls, "calls", 5000, "sequential direct-method calls per latency path")
+	flag.IntVar(&cfg.Warmup, "warmup", 500, "calls before measuring each latency path")
+	flag.IntVar(&cfg.Devices, "devices", 100, "devices the throughput calls are spread over")
+	flag.StringVar(&conc, "concurrency", "1,16,64", "throughput concurrency levels")
+	flag.DurationVar(&cfg.ThroughputD, "throughput-time", 5*time.Second, "duration of each throughput level")
+	flag.StringVar(&scale, "scale", "1000,10000", "dmctl fleet sizes connected from one process")
+	flag.IntVar(&cfg.NodeScale, "node-devices", 1000, "official Node SDK devices in one Node process (0 skips)")
+	flag.StringVar(&fleetSizes, "fleet", "1000,10000", "fleet reboot sizes (each must be in -scale)")
+	flag.DurationVar(&cfg.RebootDelay, "reboot-delay", time.Second, "simulated reboot time in the fleet reboot")
+	flag.IntVar(&cfg.CLIRuns, "cli-runs", 7, "runs of each one-shot CLI")
+	flag.IntVar(&cfg.ConnectRate, "connect-rate", 1000, "fleet connect attempts per second (dmctl device run --connect-rate)")
+	flag.StringVar(&cfg.AliasAddr, "alias-addr", "127.0.0.2:443", "extra hub listener for the azure-iothub peer, which always dials port 443 (\"\" skips that peer)")
+	flag.StringVar(&cfg.ProfileDir, "profile", "", "write CPU profiles of the in-process sections to this directory")
+	flag.StringVar(&cfg.Out, "out", "docs/benchmarks.md", "markdown report (\"\" prints only)")
+	flag.StringVar(&cfg.DataDir, "data", "", "directory for the hubs' data (default: a temporary directory)")
+	flag.BoolVar(&noNode, "no-node", false, "skip the official Node SDK peers")
+	flag.BoolVar(&cfg.Smoke, "smoke", false, "tiny sizes: checks that every measurement works, in seconds")
+	flag.Parse()
+
+	var err error
+	if cfg.Concurrency, err = parseInts(conc); err == nil {
+		if cfg.Scale, err = parseInts(scale); err == nil {
+			cfg.Fleet, err = parseInts(fleetSizes)
+		}
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(2)
+	}
+	if cfg.Smoke {
+		cfg.smoke()
+	}
+	cfg.Command = "go run ./bench " + strings.Join(os.Args[1:], " ")
+	cfg.Progress = os.Stderr
+	cfg.Log = zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr}).Level(zerolog.WarnLevel).With().Timestamp().Logger()
+	if !noNode {
+		cfg.Node, cfg.SkipNodeMsg = findNode()
+	} else {
+		cfg.SkipNodeMsg = "-no-node"
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	res, err := run(ctx, &cfg)
+	if res != nil {
+		md := res.Markdown(&cfg)
+		fmt.Print(md)
+		if cfg.Out != "" {
+			werr := os.MkdirAll(filepath.Dir(cfg.Out), 0o755)
+			if werr == nil {
+				werr = os.WriteFile(cfg.Out, []byte(md), 0o644)
+			}
+			if werr != nil {
+				fmt.Fprintln(os.Stderr, "bench:", werr)
+				os.Exit(1)
+			}
+			fmt.Fprintln(os.Stderr, "bench: wrote", cfg.Out)
+		}
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// smoke shrinks every size so that the whole run takes seconds.
+func (c *config) smoke() {
+	c.Calls = 50
+	c.Warmup = 5
+	c.Devices = 4
+	c.Concurrency = []int{1, 4}
+	c.ThroughputD = 300 * time.Millisecond
+	c.Scale = []int{5}
+	c.Fleet = []int{5}
+	c.NodeScale = min(c.NodeScale, 3)
+	c.RebootDelay = 100 * time.Millisecond
+	c.CLIRuns = 1
+}
+
+func parseInts(s string) ([]int, error) {
+	var out []int
+	for f := range strings.SplitSeq(s, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		n, err := strconv.Atoi(f)
+		if err != nil || n < 0 {
+			return nil, fmt.Errorf("invalid size %q", f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+func (c *config) progress(format string, args ...any) {
+	if c.Progress != nil {
+		fmt.Fprintf(c.Progress, "bench: "+format+"\n", args...)
+	}
+}
