@@ -33,9 +33,9 @@ func demoCommand() *cli.Command {
 		Description: `Starts a local IoT Hub on a loopback port in a temporary folder, registers
 a device, runs dmctl's simulated device, reboots it with the rebootDevice
 direct method and waits until the twin reports the new rebootTime. Device and
-service steps are narrated side by side. Nothing is left behind unless --keep
-is given, which leaves the hub and the device running (until Ctrl-C) and
-prints the connection strings needed to go on by hand.`,
+service steps are narrated side by side. Nothing is left behind. --keep leaves
+the hub and the device running until Ctrl-C and prints the connection strings
+needed to go on by hand from another shell.`,
 		Flags: []cli.Flag{
 			&cli.DurationFlag{
 				Name:  "reboot-delay",
@@ -50,6 +50,10 @@ prints the connection strings needed to go on by hand.`,
 			&cli.BoolFlag{
 				Name:  "keep",
 				Usage: "keep the hub and device running afterwards and print how to reach them",
+			},
+			&cli.StringFlag{
+				Name:  "ready-file",
+				Usage: "with --keep: once the demo is done and the hub keeps running, write its addresses and CA path to this `file` (JSON)",
 			},
 			outputFlag,
 		},
@@ -129,9 +133,10 @@ func runDemo(c *cli.Context) error {
 		return err
 	}
 	keep := c.Bool("keep")
-	if !keep {
-		defer os.RemoveAll(dir)
+	if c.IsSet("ready-file") && !keep {
+		return usageErrorf("--ready-file goes with --keep", "--ready-file without --keep")
 	}
+	defer os.RemoveAll(dir)
 
 	h, err := hub.New(hub.Config{DataDir: dir, Listen: []string{"127.0.0.1:0"}, Hostname: "localhost", Log: log})
 	if err != nil {
@@ -246,12 +251,18 @@ func runDemo(c *cli.Context) error {
 // Ctrl-C.
 func keepRunning(c *cli.Context, h *hub.Server, dir, deviceCS string, devDone chan error) error {
 	w := c.App.Writer
-	fmt.Fprintf(w, "\nThe hub and the device keep running until Ctrl-C. Data folder: %s\n", dir)
+	fmt.Fprintf(w, "\nThe hub and the device keep running until Ctrl-C, which also removes %s.\n", dir)
 	fmt.Fprintf(w, "In another shell:\n\n")
 	fmt.Fprintf(w, "  export IOTHUB_CONNECTION_STRING='%s'\n", h.ServiceConnectionString())
 	fmt.Fprintf(w, "  export IOTHUB_DEVICE_CONNECTION_STRING='%s'\n", deviceCS)
 	fmt.Fprintf(w, "  export DMCTL_CA_FILE='%s'\n\n", h.CAFile())
 	fmt.Fprintf(w, "  dmctl service reboot --device %s\n", c.String("device"))
+	if f := c.String("ready-file"); f != "" {
+		if err := writeReadyFile(f, readyInfo{Addrs: h.Addrs(), Hostname: h.Hostname(), CAFile: h.CAFile()}); err != nil {
+			return err
+		}
+		defer os.Remove(f)
+	}
 	select {
 	case <-c.Context.Done():
 		return nil
