@@ -345,4 +345,3 @@ type deviceReadyInfo struct {
 	DeviceIDs []string `json:"deviceIds"`
 	Target    string   `json:"target"`
 }
-
