@@ -36,9 +36,9 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			},
 			&cli.StringFlag{
 				Name:        "log-format",
-				Usage:       "log format: console or json (default: console on a terminal, json otherwise)",
+				Usage:       "log format: console or json",
 				EnvVars:     []string{"DMCTL_LOG_FORMAT"},
-				DefaultText: "auto",
+				DefaultText: "console on a terminal, json otherwise",
 			},
 		},
 		Before: func(c *cli.Context) error {
@@ -54,6 +54,12 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 	app.Metadata = map[string]any{}
 	setUsageErrors(app.Commands)
 	app.OnUsageError = onUsageError
+	app.Action = func(c *cli.Context) error {
+		if c.NArg() > 0 {
+			return usageErrorf("run 'dmctl --help' for the list of commands", "unknown command %q", c.Args().First())
+		}
+		return cli.ShowAppHelp(c)
+	}
 	return app
 }
 
@@ -72,11 +78,21 @@ func onUsageError(c *cli.Context, err error, _ bool) error {
 	return usageErrorf("run '"+c.Command.HelpName+" --help' for usage", "%v", err)
 }
 
-// setUsageErrors makes flag-parsing errors of every command usage errors.
+// setUsageErrors makes flag-parsing errors of every command, and unknown
+// subcommands, usage errors.
 func setUsageErrors(cmds []*cli.Command) {
 	for _, cmd := range cmds {
 		if cmd.OnUsageError == nil {
 			cmd.OnUsageError = onUsageError
+		}
+		if cmd.Action == nil && len(cmd.Subcommands) > 0 {
+			cmd.Action = func(c *cli.Context) error {
+				if c.NArg() > 0 {
+					return usageErrorf("run '"+c.Command.HelpName+" --help' for the list of commands",
+						"unknown command %q", c.Args().First())
+				}
+				return cli.ShowSubcommandHelp(c)
+			}
 		}
 		setUsageErrors(cmd.Subcommands)
 	}

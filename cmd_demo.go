@@ -121,10 +121,10 @@ func runDemo(c *cli.Context) error {
 	if !n.quiet {
 		fmt.Fprintf(n.w, "dmctl demo: reboot a device with a direct method and confirm it through its twin\n\n")
 	}
-	// Library logs below warn would drown the narration; the user's level
-	// still applies when it is stricter.
+	// Library logs below warn would drown the narration, unless the user
+	// asked for a level with --log-level or DMCTL_LOG_LEVEL.
 	log := loggerFrom(c)
-	if log.GetLevel() < zerolog.WarnLevel {
+	if !logLevelChosen(c) && log.GetLevel() < zerolog.WarnLevel {
 		log = log.Level(zerolog.WarnLevel)
 	}
 
@@ -302,4 +302,14 @@ func (l levelWriter) Write(p []byte) (int, error) {
 		l.log.WithLevel(lvl).Fields(fields).Msg(strings.TrimSpace(msg))
 	}
 	return len(p), nil
+}
+
+// logLevelChosen reports whether --log-level was given (flag or env).
+func logLevelChosen(c *cli.Context) bool {
+	for _, ctx := range c.Lineage() {
+		if ctx.IsSet("log-level") {
+			return true
+		}
+	}
+	return false
 }
