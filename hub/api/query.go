@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 
 	"github.com/dmctl/dmctl/hub/query"
@@ -49,8 +50,48 @@ func parseToken(tok, q string) (int, error) {
 	return int(off), nil
 }
 
-// query serves POST /devices/query. Results are computed on every page
-// request; the continuation token carries the offset into them.
+// keyset tokens continue SELECT * FROM devices after a device id:
+// version byte, rows returned so far (for TOP), query digest, device id.
+const keysetVersion = 2
+
+var errForeignToken = errors.New("x-ms-continuation belongs to a different query")
+
+func makeKeysetToken(q string, emitted int, after string) string {
+	b := make([]byte, 0, 1+8+8+len(after))
+	b = append(b, keysetVersion)
+	b = binary.BigEndian.AppendUint64(b, uint64(emitted))
+	sum := sha256.Sum256([]byte(q))
+	b = append(b, sum[:8]...)
+	b = append(b, after...)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// parseKeysetToken reads a keyset token for query q. keyset is false (and
+// err nil) when tok is empty or not of that form, for the offset token
+// parser to judge.
+func parseKeysetToken(tok, q string) (emitted int, after string, keyset bool, err error) {
+	if tok == "" {
+		return 0, "", false, nil
+	}
+	b, derr := base64.RawURLEncoding.DecodeString(tok)
+	if derr != nil || len(b) < 1+8+8+1 || b[0] != keysetVersion {
+		return 0, "", false, nil
+	}
+	sum := sha256.Sum256([]byte(q))
+	if !bytes.Equal(b[9:17], sum[:8]) {
+		return 0, "", false, errForeignToken
+	}
+	n := binary.BigEndian.Uint64(b[1:9])
+	if n > 1<<31 {
+		return 0, "", false, errors.New("x-ms-continuation is out of range")
+	}
+	return int(n), string(b[17:]), true, nil
+}
+
+// query serves POST /devices/query. SELECT * FROM devices pages resume
+// after the last device id of the previous page (keyset token); other
+// queries are computed on every page request and their token carries the
+// offset into the results.
 func (s *server) query(w http.ResponseWriter, r *http.Request) {
 	var req queryRequest
 	if !s.readJSON(w, r, &req) {
@@ -61,8 +102,20 @@ func (s *server) query(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	text := *req.Query
-	pageSize, offset, ok := s.paging(w, r, text)
+	emitted, after, keyset, kerr := parseKeysetToken(r.Header.Get("x-ms-continuation"), text)
+	pr := r
+	if keyset || kerr != nil {
+		// paging only knows offset tokens; a keyset one is judged here,
+		// after the page size (the order the checks have always had).
+		pr = r.Clone(r.Context())
+		pr.Header.Del("x-ms-continuation")
+	}
+	pageSize, offset, ok := s.paging(w, pr, text)
 	if !ok {
+		return
+	}
+	if kerr != nil {
+		s.failCode(w, iothub.CodeArgumentInvalid, kerr.Error())
 		return
 	}
 	q, err := query.Parse(text)
@@ -73,6 +126,14 @@ func (s *server) query(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		s.failCode(w, iothub.CodeArgumentInvalid, "invalid query: "+err.Error())
+		return
+	}
+	if q.IsSelectAll() && q.Collection() == query.CollectionDevices && offset == 0 {
+		s.queryPage(w, q, text, pageSize, emitted, after)
+		return
+	}
+	if keyset {
+		s.failCode(w, iothub.CodeArgumentInvalid, errForeignToken.Error())
 		return
 	}
 	// SELECT * rows are the matching documents themselves, so evaluation
@@ -103,6 +164,36 @@ func (s *server) query(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, page)
 }
 
+// queryPage serves one page of SELECT * FROM devices: the twins after the
+// device id after (the last one of the previous page; "" on the first page),
+// emitted being the number of rows on earlier pages (for TOP). Later pages
+// resume from that id instead of evaluating everything before them.
+func (s *server) queryPage(w http.ResponseWriter, q *query.Query, text string, pageSize, emitted int, after string) {
+	docs, err := s.deviceDocs(q, after, pageSize+1)
+	if err != nil {
+		s.log.Error().Err(err).Msg("query failed")
+		s.failCode(w, iothub.CodeServerError, "the query could not be evaluated")
+		return
+	}
+	if top := q.Top(); top > 0 {
+		left := max(top-emitted, 0)
+		if len(docs) > left {
+			docs = docs[:left]
+		}
+	}
+	n := min(pageSize, len(docs))
+	page := make([]any, n)
+	for i, d := range docs[:n] {
+		page[i] = d
+	}
+	w.Header().Set("x-ms-item-type", q.ItemType())
+	if len(docs) > n {
+		last, _ := docs[n-1]["deviceId"].(string)
+		w.Header().Set("x-ms-continuation", makeKeysetToken(text, emitted+n, last))
+	}
+	writeJSON(w, http.StatusOK, page)
+}
+
 // run evaluates q over the twins or the device job rows. Modules are not
 // kept by the local hub, so that collection is always empty.
 // With limit > 0 it stops after that many matching documents.
@@ -129,36 +220,68 @@ func (s *server) run(q *query.Query, limit int) ([]any, error) {
 			return nil, ferr
 		}
 	case query.CollectionDevices:
-		var ferr error
-		err := s.cfg.Store.ForEachTwin(func(t iothub.Twin) bool {
-			doc, err := twinDoc(t)
-			if err != nil {
-				ferr = err
-				return false
-			}
-			if q.Match(doc) {
-				docs = append(docs, doc)
-			}
-			return limit <= 0 || len(docs) < limit
-		})
-		if err != nil {
+		var err error
+		if docs, err = s.deviceDocs(q, "", limit); err != nil {
 			return nil, err
-		}
-		if ferr != nil {
-			return nil, ferr
 		}
 	}
 	return q.Project(docs)
 }
 
-// twinDoc turns a twin into the JSON object the query language sees: the
-// same document GET /twins/{id} returns.
-func twinDoc(t iothub.Twin) (map[string]any, error) {
-	m, err := jsonDoc(t)
-	if err != nil {
-		return nil, fmt.Errorf("render twin %q: %w", t.DeviceID, err)
+// deviceDocs returns the twin documents matching q's condition whose device
+// id sorts after after ("" for all), in device id order, at most limit of
+// them when limit > 0. When the condition names its devices they are looked
+// up instead of scanned.
+func (s *server) deviceDocs(q *query.Query, after string, limit int) ([]map[string]any, error) {
+	if ids, ok := q.DeviceIDs(); ok {
+		if after != "" {
+			i, found := slices.BinarySearch(ids, after)
+			if found {
+				i++
+			}
+			ids = ids[i:]
+		}
+		return s.lookupTwins(q, ids, limit)
 	}
-	return m, nil
+	return s.scanTwins(q, after, limit)
+}
+
+// scanTwins evaluates q's condition over every twin whose device id sorts
+// after after ("" for all), in deviceId order.
+// The documents come from the store's cache and are shared: nothing here
+// or in Project modifies them.
+func (s *server) scanTwins(q *query.Query, after string, limit int) ([]map[string]any, error) {
+	var docs []map[string]any
+	err := s.cfg.Store.ForEachTwinDocAfter(after, func(doc map[string]any) bool {
+		if q.Match(doc) {
+			docs = append(docs, doc)
+		}
+		return limit <= 0 || len(docs) < limit
+	})
+	if err != nil {
+		return nil, err
+	}
+	return docs, nil
+}
+
+// lookupTwins evaluates q's condition over the twins of ids only (the
+// devices q.DeviceIDs says the condition can hold for). ids is sorted, so
+// the result is in the scan's deviceId order; unknown ids are skipped.
+func (s *server) lookupTwins(q *query.Query, ids []string, limit int) ([]map[string]any, error) {
+	all, err := s.cfg.Store.TwinDocs(ids)
+	if err != nil {
+		return nil, err
+	}
+	var docs []map[string]any
+	for _, doc := range all {
+		if q.Match(doc) {
+			docs = append(docs, doc)
+			if limit > 0 && len(docs) >= limit {
+				break
+			}
+		}
+	}
+	return docs, nil
 }
 
 // jsonDoc renders v as the JSON object a client would receive.

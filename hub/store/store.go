@@ -31,6 +31,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dmctl/dmctl/internal/iothub"
@@ -153,6 +154,10 @@ func (s *Store) DesiredLock() sync.Locker { return &s.dmu }
 type entry struct {
 	rec     *record
 	devTwin []byte // device-side twin document, rendered once per change
+
+	// qdoc caches the query document of rec (see TwinDocs). An entry is
+	// replaced on every write, so the cache never outlives its record.
+	qdoc atomic.Pointer[queryDoc]
 }
 
 // Open opens (creating if needed) the bbolt file at path. now is the clock
