@@ -121,11 +121,39 @@ func jsonFlag(c *cli.Context, name, def string) (json.RawMessage, error) {
 	if v == "" {
 		return nil, nil
 	}
+	text := []byte(v)
+	if file, ok := strings.CutPrefix(v, "@"); ok {
+		var err error
+		if file == "-" {
+			text, err = io.ReadAll(io.LimitReader(c.App.Reader, maxJSONFlagFile+1))
+		} else {
+			text, err = readLimited(file, maxJSONFlagFile)
+		}
+		if err != nil {
+			return nil, usageErrorf(fmt.Sprintf("--%s @FILE reads JSON from FILE (@- from standard input)", name), "--%s: %v", name, err)
+		}
+		if len(text) > maxJSONFlagFile {
+			return nil, usageErrorf("IoT Hub documents are far smaller", "--%s: %s is larger than %d bytes", name, file, maxJSONFlagFile)
+		}
+	}
 	var buf bytes.Buffer
-	if err := json.Compact(&buf, []byte(v)); err != nil {
-		return nil, usageErrorf(fmt.Sprintf(`--%s takes JSON, e.g. --%s '{"delay": 5}'`, name, name), "--%s is not valid JSON: %v", name, err)
+	if err := json.Compact(&buf, text); err != nil {
+		return nil, usageErrorf(fmt.Sprintf(`--%s takes JSON, e.g. --%s '{"delay": 5}', or @FILE`, name, name), "--%s is not valid JSON: %v", name, err)
 	}
 	return buf.Bytes(), nil
+}
+
+// maxJSONFlagFile bounds what a JSON flag reads from a file or stdin.
+const maxJSONFlagFile = 4 << 20
+
+// readLimited reads at most limit+1 bytes of a file.
+func readLimited(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, limit+1))
 }
 
 // jsonObjectFlag is jsonFlag for flags that must hold a JSON object.
@@ -144,6 +172,10 @@ func jsonObjectFlag(c *cli.Context, name string) (json.RawMessage, error) {
 func methodArgs(c *cli.Context) (payload json.RawMessage, response, connect time.Duration, err error) {
 	if payload, err = jsonFlag(c, "payload", "{}"); err != nil {
 		return nil, 0, 0, err
+	}
+	if len(payload) > service.MaxMethodPayload {
+		return nil, 0, 0, usageErrorf("IoT Hub accepts method payloads up to 128 KB",
+			"--payload is %d bytes, larger than %d", len(payload), service.MaxMethodPayload)
 	}
 	if response, err = methodTimeout(c, "response-timeout", service.MinResponseTimeout); err != nil {
 		return nil, 0, 0, err
@@ -272,7 +304,7 @@ within --wait-timeout. For a fleet the worst outcome decides, in this order:
 			&cli.StringFlag{Name: "abort-failure-rate", Usage: "with --query: stop the rollout after a wave whose share of failed, offline or unconfirmed devices exceeds this", Value: "0%"},
 			&cli.StringFlag{Name: "job-prefix", Usage: "with --query: job id prefix (jobs are PREFIX-w1, PREFIX-w2, ...)", DefaultText: "dmctl-reboot-<UTC time>"},
 			&cli.DurationFlag{Name: "job-timeout", Usage: "with --query: each job's maxExecutionTimeInSeconds (devices not called by then are not called)", Value: service.DefaultJobTimeout},
-			&cli.StringFlag{Name: "payload", Usage: "method payload (JSON)", Value: "{}"},
+			&cli.StringFlag{Name: "payload", Usage: "method payload: JSON, or @FILE (@- for stdin)", Value: "{}"},
 			&cli.DurationFlag{Name: "response-timeout", Usage: "how long the hub waits for the device's answer (5s-5m, whole seconds)", Value: service.DefaultResponseTimeout},
 			&cli.DurationFlag{Name: "connect-timeout", Usage: "how long the hub waits for the device to connect (0-5m)", Value: 0},
 			&cli.BoolFlag{Name: "wait", Usage: "wait for the twin to show the new rebootTime", Value: true},
@@ -414,7 +446,7 @@ payload. Exits 7 when the device answers with a status of 400 or more.`,
 		Flags: serviceFlags(
 			deviceFlag(),
 			&cli.StringFlag{Name: "method", Aliases: []string{"m"}, Usage: "method name"},
-			&cli.StringFlag{Name: "payload", Usage: "method payload (JSON)", Value: "{}"},
+			&cli.StringFlag{Name: "payload", Usage: "method payload: JSON, or @FILE (@- for stdin)", Value: "{}"},
 			&cli.DurationFlag{Name: "response-timeout", Usage: "how long the hub waits for the device's answer (5s-5m, whole seconds)", Value: service.DefaultResponseTimeout},
 			&cli.DurationFlag{Name: "connect-timeout", Usage: "how long the hub waits for the device to connect (0-5m)", Value: 0},
 		),

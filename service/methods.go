@@ -13,6 +13,8 @@ const (
 	DefaultResponseTimeout = 30 * time.Second
 	MinResponseTimeout     = 5 * time.Second
 	MaxMethodTimeout       = 300 * time.Second
+	// MaxMethodPayload is the largest payload IoT Hub forwards (128 KB).
+	MaxMethodPayload = iothub.MaxMethodPayload
 )
 
 // InvokeMethod calls a direct method on a device and returns the device's

@@ -62,7 +62,7 @@ const (
 	// MaxBodySize bounds every request body.
 	MaxBodySize = 256 * 1024
 	// MaxPayloadSize bounds a direct method payload.
-	MaxPayloadSize = 128 * 1024
+	MaxPayloadSize = iothub.MaxMethodPayload
 	// DefaultResponseTimeout, MinResponseTimeout and MaxResponseTimeout are
 	// the bounds of responseTimeoutInSeconds.
 	DefaultResponseTimeout = 30

@@ -17,6 +17,10 @@ type MethodRequest struct {
 	ConnectTimeoutInSeconds  *int            `json:"connectTimeoutInSeconds,omitempty"`
 }
 
+// MaxMethodPayload is the largest direct-method payload IoT Hub accepts, in
+// either direction (128 KB).
+const MaxMethodPayload = 128 * 1024
+
 // MethodResult is the hub's answer to a direct method call: the device's
 // status and JSON payload. The HTTP status is 200 whatever the device said.
 type MethodResult struct {
