@@ -425,6 +425,14 @@ func (b *broker) revoked(cl *mqtt.Client) bool {
 
 var errRevoked = errors.New("hub: device disabled or deleted")
 
+// Revoke disconnects the device if it is connected although the registry no
+// longer allows it (api.Devices).
+func (b *broker) Revoke(id string) {
+	if cl, ok := b.current(id); ok {
+		b.revoked(cl)
+	}
+}
+
 func isTelemetry(id, topic string) bool {
 	rest := strings.TrimPrefix(topic, "devices/"+id+"/")
 	if strings.HasPrefix(rest, "messages/events/") || rest == "messages/events" {

@@ -665,3 +665,45 @@ func TestJobThroughREST(t *testing.T) {
 		t.Fatalf("statistics %v", stats)
 	}
 }
+
+// A device disabled or deleted through the REST API is disconnected at
+// once, with no activity of its own, as on IoT Hub.
+func TestRegistryChangeDisconnectsDevice(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		method string
+		body   string
+	}{
+		{"disable", http.MethodPut, `{"deviceId":"d1","status":"disabled"}`},
+		{"delete", http.MethodDelete, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := testCtx(t)
+			hs := hubtest.NewServer(t)
+			d := connectDevice(t, hs, hs.CreateDevice(t, "d1"), "tls")
+			client := &http.Client{Transport: &http.Transport{TLSClientConfig: tlsConfig(hs)}}
+			defer client.CloseIdleConnections()
+			req, err := http.NewRequestWithContext(ctx, tc.method,
+				"https://"+hs.Addr()+"/devices/d1?api-version="+iothub.APIVersion, strings.NewReader(tc.body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header.Set("Authorization", policyToken(t, hs))
+			req.Header.Set("If-Match", `"*"`)
+			req.Header.Set("Content-Type", "application/json")
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode >= 300 {
+				t.Fatalf("%s /devices/d1: %s", tc.method, resp.Status)
+			}
+			select {
+			case <-d.lost:
+			case <-ctx.Done():
+				t.Fatal("the device stayed connected")
+			}
+		})
+	}
+}

@@ -34,6 +34,10 @@ type Devices interface {
 	Invoke(ctx context.Context, deviceID, method string, payload []byte, connectTimeout, responseTimeout time.Duration) (status int, body []byte, err error)
 	// NotifyDesired pushes a desired patch to the device if it is connected and subscribed.
 	NotifyDesired(deviceID string, version int64, patch []byte)
+	// Revoke disconnects the device now if it is connected but no longer
+	// allowed to be (deleted or disabled in the registry); otherwise it
+	// does nothing.
+	Revoke(deviceID string)
 }
 
 // Errors a Devices implementation returns from Invoke.

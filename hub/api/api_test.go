@@ -48,6 +48,8 @@ func (f *fakeDevices) Invoke(ctx context.Context, id, method string, payload []b
 	return f.InvokeFunc(ctx, id, method, payload, connect, response)
 }
 
+func (f *fakeDevices) Revoke(string) {}
+
 func (f *fakeDevices) NotifyDesired(id string, version int64, patch []byte) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -36,6 +36,9 @@ func (s *server) putDevice(w http.ResponseWriter, r *http.Request) {
 		s.storeError(w, r, id, err)
 		return
 	}
+	// A device disabled by this update loses its connection at once, as
+	// on IoT Hub.
+	s.cfg.Devices.Revoke(id)
 	setETag(w, out.ETag)
 	writeJSON(w, http.StatusOK, out)
 }
@@ -59,6 +62,7 @@ func (s *server) deleteDevice(w http.ResponseWriter, r *http.Request) {
 		s.storeError(w, r, id, err)
 		return
 	}
+	s.cfg.Devices.Revoke(id)
 	w.WriteHeader(http.StatusNoContent)
 }
 
