@@ -1,0 +1,50 @@
+package device
+
+import "time"
+
+// EventKind names what happened to a device or its connection. The values
+// are stable; the same words appear as the "event" field of the logs.
+type EventKind string
+
+// Connection events, emitted by the transport (device/mqtt).
+const (
+	EventConnected     EventKind = "connected"      // a connection is up (Target, TokenExpires)
+	EventSubscribed    EventKind = "subscribed"     // methods, twin responses and desired patches subscribed (Filters)
+	EventDisconnected  EventKind = "disconnected"   // the connection ended (Reason, Err for a lost one)
+	EventConnectFailed EventKind = "connect_failed" // one connect attempt failed (Err)
+	EventRetrying      EventKind = "retrying"       // waiting before the next attempt (Attempt, Delay)
+	EventTokenRenewed  EventKind = "token_renewed"  // reconnected with a fresh SAS token (TokenExpires)
+	EventSuspended     EventKind = "suspended"      // staying offline until resumed
+	EventReported      EventKind = "reported"       // a reported-properties patch was acknowledged (Version)
+)
+
+// Device events, emitted by Device.
+const (
+	EventMethodReceived EventKind = "method_received" // a direct method arrived (Method)
+	EventMethodAnswered EventKind = "method"          // a direct method was answered (Method, Status)
+	EventRebootStarted  EventKind = "reboot_started"  // going offline for the reboot (Delay)
+	EventRebooted       EventKind = "rebooted"        // back online, rebootTime reported (RebootTime)
+	EventRebootFailed   EventKind = "reboot_failed"   // the reboot could not finish (Err)
+	EventTwin           EventKind = "twin"            // the twin was read after a connect (Version: desired $version)
+	EventDesired        EventKind = "desired"         // a desired-properties patch was applied (Version)
+)
+
+// Event is one thing that happened, delivered to an OnEvent callback. Only
+// the fields its Kind documents are set. Events carry no secrets.
+type Event struct {
+	Kind     EventKind
+	Time     time.Time
+	DeviceID string
+
+	Reason       string        // disconnected: "shutdown", "token renewal", "suspended", or why it was lost
+	Err          error         // connect_failed, disconnected (lost), reboot_failed
+	Attempt      int           // retrying: the attempt about to be made (1 is the first retry)
+	Delay        time.Duration // retrying: the wait; reboot_started: the time offline
+	Target       string        // connected: host:port dialled
+	Filters      []string      // subscribed
+	TokenExpires time.Time     // connected, token_renewed
+	Method       string        // method_received, method
+	Status       int           // method: the status answered
+	Version      int64         // reported: the reported $version; twin, desired: the desired $version
+	RebootTime   string        // rebooted
+}
