@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -8,9 +8,11 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -24,10 +26,19 @@ import (
 
 var update = flag.Bool("update", false, "rewrite testscript golden sections")
 
+// repoRoot is the module root, seen from this package's folder (where go test
+// runs its tests); readmePath is the README the tests keep honest.
+const repoRoot = "../.."
+
+var readmePath = filepath.Join(repoRoot, "README.md")
+
 func TestMain(m *testing.M) {
 	testscript.Main(m, map[string]func(){
 		"dmctl": func() {
-			os.Exit(run())
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			code := Main(ctx, os.Args, os.Stdin, os.Stdout, os.Stderr)
+			stop()
+			os.Exit(code)
 		},
 	})
 }
@@ -113,7 +124,7 @@ func setupScript(t *testing.T, env *testscript.Env) error {
 	env.Defer(func() { _ = h.Close() })
 	env.Values[hubKey{}] = h
 	env.Setenv("HUB_CS", h.ServiceConnectionString())
-	repo, err := os.Getwd()
+	repo, err := filepath.Abs(repoRoot)
 	if err != nil {
 		return err
 	}
@@ -222,7 +233,7 @@ func readmeBlock(path, name string) (string, error) {
 // two commands for a fresh machine, and the CI recipe it prints is the
 // script the test suite runs.
 func TestReadme(t *testing.T) {
-	data, err := os.ReadFile("README.md")
+	data, err := os.ReadFile(readmePath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -230,11 +241,11 @@ func TestReadme(t *testing.T) {
 	if len(lines) < 6 || lines[2] != "```sh" || !strings.HasPrefix(lines[3], "go run . demo ") || !strings.HasPrefix(lines[4], "go test -race ./... ") || lines[5] != "```" {
 		t.Fatalf("README must open with the two commands (go run . demo, go test -race ./...); got:\n%s", strings.Join(lines[:min(len(lines), 6)], "\n"))
 	}
-	block, err := readmeBlock("README.md", "ci-smoke")
+	block, err := readmeBlock(readmePath, "ci-smoke")
 	if err != nil {
 		t.Fatal(err)
 	}
-	script, err := os.ReadFile(filepath.Join("scripts", "ci-smoke.sh"))
+	script, err := os.ReadFile(filepath.Join(repoRoot, "scripts", "ci-smoke.sh"))
 	if err != nil {
 		t.Fatal(err)
 	}

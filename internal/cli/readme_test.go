@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"os"
@@ -69,13 +69,13 @@ func isLetter(b byte) bool { return b >= 'a' && b <= 'z' || b >= 'A' && b <= 'Z'
 // is run, with at least the same flags, by an end-to-end script (or sits in
 // a README block that a script runs as is).
 func TestReadmeExamplesAreRun(t *testing.T) {
-	readme, err := os.ReadFile("README.md")
+	readme, err := os.ReadFile(readmePath)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var tested []invocation
 	files, _ := filepath.Glob(filepath.Join("testdata", "script", "*.txtar"))
-	files = append(files, filepath.Join("scripts", "ci-smoke.sh"))
+	files = append(files, filepath.Join(repoRoot, "scripts", "ci-smoke.sh"))
 	for _, f := range files {
 		b, err := os.ReadFile(f)
 		if err != nil {
@@ -83,7 +83,7 @@ func TestReadmeExamplesAreRun(t *testing.T) {
 		}
 		tested = append(tested, invocations(string(b))...)
 		for _, m := range regexp.MustCompile(`readmeblock ([a-z-]+)`).FindAllStringSubmatch(string(b), -1) {
-			block, err := readmeBlock("README.md", m[1])
+			block, err := readmeBlock(readmePath, m[1])
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -1,8 +1,9 @@
-package main
+package cli
 
 import "runtime/debug"
 
-// version is set at release time with -ldflags "-X main.version=...".
+// version is set at release time with
+// -ldflags "-X github.com/dmctl/dmctl/internal/cli.version=...".
 var version = ""
 
 // resolveVersion returns the release version, else the module version that

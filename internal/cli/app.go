@@ -1,6 +1,7 @@
-package main
+package cli
 
 import (
+	"context"
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
@@ -15,6 +16,21 @@ import (
 )
 
 const loggerKey = "logger"
+
+// Main runs the dmctl command line args (args[0] is the program name) with
+// the given standard streams and returns the process exit code. Errors are
+// printed to stderr as "dmctl: error: ..." with a hint where a fix is known.
+// Nothing in it calls os.Exit; ctx ending (SIGINT, SIGTERM) interrupts the
+// command.
+func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	app := newApp(stdout, stderr)
+	app.Reader = stdin
+	err := app.RunContext(ctx, args)
+	if err != nil {
+		printError(stderr, err)
+	}
+	return exitCode(err)
+}
 
 // newApp builds the dmctl command tree. Results go to stdout, logs and errors
 // to stderr; nothing in it calls os.Exit, so tests can run it in-process.
