@@ -486,19 +486,6 @@ func TestNonIdempotentNotRetried(t *testing.T) {
 	}
 }
 
-func TestFullJitter(t *testing.T) {
-	b := FullJitter(100*time.Millisecond, time.Second)
-	for attempt := 1; attempt <= 40; attempt++ {
-		limit := min(100*time.Millisecond<<(min(attempt, 20)-1), time.Second)
-		for range 50 {
-			d := b(attempt)
-			if d < 0 || d >= limit {
-				t.Fatalf("attempt %d: %v outside [0,%v)", attempt, d, limit)
-			}
-		}
-	}
-}
-
 func TestRetryAfterDate(t *testing.T) {
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	ae := &APIError{Status: 429, retryAfter: now.Add(90 * time.Second).Format(http.TimeFormat)}
