@@ -1,8 +1,8 @@
 // Package service is an HTTPS client for IoT Hub's service REST API: direct
 // methods, twins, the identity registry, twin queries and jobs (v2), plus the
 // reboot flow (invoke rebootDevice, then confirm it through the twin's
-// reported rebootTime) for one device (Reboot) and for a fleet picked by a
-// query, through jobs and in staged waves (FleetReboot).
+// reported rebootTime) for one device (Reboot). The fleet reboot, through
+// jobs and in staged waves, is package service/rollout.
 //
 // It signs every request with a SAS minted from a service (policy)
 // connection string, sends api-version 2021-04-12, and turns IoT Hub's error
@@ -179,6 +179,12 @@ func (c *Client) Close() error {
 	}
 	return nil
 }
+
+// Now reads the client's clock: time.Now unless WithClock set another.
+func (c *Client) Now() time.Time { return c.now() }
+
+// Logger is the client's logger (WithLogger), for the flows built on it.
+func (c *Client) Logger() zerolog.Logger { return c.log }
 
 // HostName is the hub's HostName from the connection string, as given.
 func (c *Client) HostName() string { return c.cs.HostName }

@@ -20,24 +20,8 @@ import (
 	"github.com/dmctl/dmctl/internal/iothub"
 	"github.com/dmctl/dmctl/sas"
 	"github.com/dmctl/dmctl/service"
+	"github.com/dmctl/dmctl/service/internal/servicetest"
 )
-
-// hubClient starts a local hub and returns it with a service client.
-func hubClient(t *testing.T) (*hubtest.Server, *service.Client) {
-	t.Helper()
-	h := hubtest.NewServer(t)
-	cs, err := sas.ParseService(h.ServiceConnectionString())
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := service.New(cs, service.WithRootCAs(h.CAPool()),
-		service.WithLogger(zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.DebugLevel)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return h, c
-}
 
 // runDevice runs dmctl's simulated device until the test ends.
 func runDevice(t *testing.T, h *hubtest.Server, devCS string, delay time.Duration) {
@@ -65,20 +49,11 @@ func runDevice(t *testing.T, h *hubtest.Server, devCS string, delay time.Duratio
 			t.Errorf("device: %v", err)
 		}
 	})
-	waitMethods(t, h, cs.DeviceID)
-}
-
-func waitMethods(t *testing.T, h *hubtest.Server, id string) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
-	if err := h.WaitSubscribed(ctx, id, iothub.MethodRequestTopic(service.RebootMethod, "1")); err != nil {
-		t.Fatalf("device %s never subscribed to methods: %v", id, err)
-	}
+	servicetest.WaitMethods(t, h, cs.DeviceID)
 }
 
 func TestHubRebootWithDevice(t *testing.T) {
-	h, c := hubClient(t)
+	h, c := servicetest.HubClient(t)
 	runDevice(t, h, h.CreateDevice(t, "dev-1"), 300*time.Millisecond)
 	ctx := t.Context()
 
@@ -105,7 +80,7 @@ func TestHubRebootWithDevice(t *testing.T) {
 	}
 
 	// A second reboot has the first one's time as its baseline.
-	waitMethods(t, h, "dev-1")
+	servicetest.WaitMethods(t, h, "dev-1")
 	res2, err := c.Reboot(ctx, "dev-1", service.RebootOptions{PollInterval: 50 * time.Millisecond, WaitTimeout: 30 * time.Second})
 	if err != nil {
 		t.Fatal(err)
@@ -115,7 +90,7 @@ func TestHubRebootWithDevice(t *testing.T) {
 	}
 
 	// The device answers an unknown method with an error status.
-	waitMethods(t, h, "dev-1")
+	servicetest.WaitMethods(t, h, "dev-1")
 	mr, err := c.InvokeMethod(ctx, "dev-1", iothub.MethodRequest{MethodName: "noSuchMethod", Payload: json.RawMessage(`{}`)})
 	if err != nil {
 		t.Fatal(err)
@@ -133,7 +108,7 @@ func TestHubRebootWithDevice(t *testing.T) {
 }
 
 func TestHubRebootNotConfirmed(t *testing.T) {
-	h, c := hubClient(t)
+	h, c := servicetest.HubClient(t)
 	runDevice(t, h, h.CreateDevice(t, "slow"), 0)
 	// The device stays offline for an hour; the wait gives up first.
 	res, err := c.Reboot(t.Context(), "slow", service.RebootOptions{
@@ -185,7 +160,7 @@ func subscribe(t *testing.T, cl paho.Client, filter string, cb paho.MessageHandl
 // the seed's Python app does) has reported the new rebootTime by the time
 // the method returns; the first poll confirms it.
 func TestHubRebootSeedStyleDevice(t *testing.T) {
-	h, c := hubClient(t)
+	h, c := servicetest.HubClient(t)
 	cl := rawDevice(t, h, "seed", h.CreateDevice(t, "seed"))
 	twinRes := make(chan int, 4)
 	subscribe(t, cl, iothub.TwinResFilter, func(_ paho.Client, m paho.Message) {
@@ -218,7 +193,7 @@ func TestHubRebootSeedStyleDevice(t *testing.T) {
 			cl.Publish(iothub.MethodResponseTopic(200, rid), 0, false, []byte(`{"result":"rebooted"}`)).Wait()
 		}()
 	})
-	waitMethods(t, h, "seed")
+	servicetest.WaitMethods(t, h, "seed")
 
 	res, err := c.Reboot(t.Context(), "seed", service.RebootOptions{PollInterval: time.Hour, WaitTimeout: 30 * time.Second})
 	if err != nil {
@@ -235,12 +210,12 @@ func TestHubRebootSeedStyleDevice(t *testing.T) {
 }
 
 func TestHubMethodErrors(t *testing.T) {
-	h, c := hubClient(t)
+	h, c := servicetest.HubClient(t)
 	ctx := t.Context()
 	h.CreateDevice(t, "offline")
 	cl := rawDevice(t, h, "mute", h.CreateDevice(t, "mute"))
 	subscribe(t, cl, iothub.MethodsFilter, func(paho.Client, paho.Message) {}) // never answers
-	waitMethods(t, h, "mute")
+	servicetest.WaitMethods(t, h, "mute")
 
 	five := 5 // the shortest response timeout IoT Hub accepts
 	_, err := c.InvokeMethod(ctx, "mute", iothub.MethodRequest{MethodName: "m", ResponseTimeoutInSeconds: &five})
@@ -279,7 +254,7 @@ func TestHubMethodErrors(t *testing.T) {
 }
 
 func TestHubRegistryTwinQuery(t *testing.T) {
-	h, c := hubClient(t)
+	h, c := servicetest.HubClient(t)
 	ctx := t.Context()
 	for _, id := range []string{"q1", "q2", "q3"} {
 		d, err := c.CreateDevice(ctx, id)
@@ -360,7 +335,7 @@ func TestHubRegistryTwinQuery(t *testing.T) {
 // answered, so the client's connections to the old hub are gone and the
 // device reconnects to the new one; its report still confirms the reboot.
 func TestHubRestartDuringWait(t *testing.T) {
-	h, c := hubClient(t)
+	h, c := servicetest.HubClient(t)
 	runDevice(t, h, h.CreateDevice(t, "rs"), 500*time.Millisecond)
 	var pollErrs int
 	res, err := c.Reboot(t.Context(), "rs", service.RebootOptions{

@@ -1,4 +1,4 @@
-package service_test
+package rollout_test
 
 import (
 	"context"
@@ -22,6 +22,8 @@ import (
 	"github.com/dmctl/dmctl/internal/iothub"
 	"github.com/dmctl/dmctl/sas"
 	"github.com/dmctl/dmctl/service"
+	"github.com/dmctl/dmctl/service/internal/servicetest"
+	"github.com/dmctl/dmctl/service/rollout"
 )
 
 // fleetDevice describes one simulated device of a fleet test.
@@ -78,7 +80,7 @@ func runFleet(t *testing.T, h *hubtest.Server, devs []fleetDevice) {
 		}
 	})
 	for _, fd := range devs {
-		waitMethods(t, h, fd.id)
+		servicetest.WaitMethods(t, h, fd.id)
 	}
 }
 
@@ -93,7 +95,7 @@ func tagAll(t *testing.T, c *service.Client, site string, ids ...string) {
 }
 
 func TestHubFleetReboot100(t *testing.T) {
-	h, c := hubClient(t)
+	h, c := servicetest.HubClient(t)
 	const n = 100
 	devs := make([]fleetDevice, n)
 	ids := make([]string, n)
@@ -106,13 +108,13 @@ func TestHubFleetReboot100(t *testing.T) {
 	h.CreateDevice(t, "elsewhere") // not tagged: not in the query
 
 	var mu sync.Mutex
-	var stages []service.FleetStage
+	var stages []rollout.Stage
 	start := time.Now()
-	res, err := c.FleetReboot(t.Context(), service.FleetRebootOptions{
+	res, err := rollout.Run(t.Context(), c, rollout.Options{
 		Condition:    "tags.site = 'lab'",
 		PollInterval: 100 * time.Millisecond,
 		WaitTimeout:  time.Minute,
-		Progress: func(p service.FleetProgress) {
+		Progress: func(p rollout.Progress) {
 			mu.Lock()
 			defer mu.Unlock()
 			if len(stages) == 0 || stages[len(stages)-1] != p.Stage {
@@ -124,7 +126,7 @@ func TestHubFleetReboot100(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("rebooted and confirmed %d devices in %v", n, time.Since(start))
-	if res.Counts != (service.FleetCounts{Total: n, Succeeded: n}) {
+	if res.Counts != (rollout.Counts{Total: n, Succeeded: n}) {
 		t.Fatalf("counts %+v", res.Counts)
 	}
 	if len(res.Waves) != 1 || res.Waves[0].JobStatus != service.JobCompleted || res.Stopped {
@@ -133,7 +135,7 @@ func TestHubFleetReboot100(t *testing.T) {
 	got := make([]string, 0, n)
 	for _, d := range res.Devices {
 		got = append(got, d.DeviceID)
-		if d.Outcome != service.OutcomeSucceeded || d.Status != 200 || !d.HasRebootTime || d.HasPreviousTime {
+		if d.Outcome != rollout.OutcomeSucceeded || d.Status != 200 || !d.HasRebootTime || d.HasPreviousTime {
 			t.Errorf("device %+v", d)
 		}
 	}
@@ -142,7 +144,7 @@ func TestHubFleetReboot100(t *testing.T) {
 		t.Errorf("devices %v", got)
 	}
 	mu.Lock()
-	if stages[0] != service.FleetBaseline || stages[len(stages)-1] != service.FleetWaveDone {
+	if stages[0] != rollout.StageBaseline || stages[len(stages)-1] != rollout.StageWaveDone {
 		t.Errorf("stages %v", stages)
 	}
 	mu.Unlock()
@@ -169,9 +171,9 @@ func TestHubFleetReboot100(t *testing.T) {
 
 	// A second fleet reboot has the first one's times as baselines.
 	waitAll(t, h, ids)
-	res2, err := c.FleetReboot(t.Context(), service.FleetRebootOptions{
+	res2, err := rollout.Run(t.Context(), c, rollout.Options{
 		Condition: "tags.site = 'lab'", PollInterval: 100 * time.Millisecond, WaitTimeout: time.Minute,
-		Waves: []service.Wave{{Count: 10}, {Percent: 100}},
+		Waves: []rollout.Step{{Count: 10}, {Percent: 100}},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -193,7 +195,7 @@ func TestHubFleetReboot100(t *testing.T) {
 func waitAll(t *testing.T, h *hubtest.Server, ids []string) {
 	t.Helper()
 	for _, id := range ids {
-		waitMethods(t, h, id)
+		servicetest.WaitMethods(t, h, id)
 	}
 }
 
@@ -203,7 +205,7 @@ func refuse(context.Context, json.RawMessage) (int, any) {
 }
 
 func TestHubFleetStagedRolloutAborts(t *testing.T) {
-	h, c := hubClient(t)
+	h, c := servicetest.HubClient(t)
 	// 20 devices; in query (deviceId) order the first wave of 2 holds one
 	// device that refuses the reboot.
 	var devs []fleetDevice
@@ -221,9 +223,9 @@ func TestHubFleetStagedRolloutAborts(t *testing.T) {
 	ids = append(ids, "st-99")
 	tagAll(t, c, "staged", ids...)
 
-	res, err := c.FleetReboot(t.Context(), service.FleetRebootOptions{
+	res, err := rollout.Run(t.Context(), c, rollout.Options{
 		Condition:        "tags.site = 'staged'",
-		Waves:            []service.Wave{{Count: 2}, {Percent: 50}, {Percent: 100}},
+		Waves:            []rollout.Step{{Count: 2}, {Percent: 50}, {Percent: 100}},
 		AbortFailureRate: 0.05,
 		JobIDPrefix:      "staged",
 		PollInterval:     50 * time.Millisecond,
@@ -240,16 +242,16 @@ func TestHubFleetStagedRolloutAborts(t *testing.T) {
 	if !slices.Equal(w.JobIDs, []string{"staged-w1"}) || w.Size != 2 || w.Counts.Succeeded != 1 || w.Counts.Failed != 1 || w.FailureRate != 0.5 {
 		t.Errorf("wave %+v", w)
 	}
-	if res.Counts != (service.FleetCounts{Total: 21, Succeeded: 1, Failed: 1, Skipped: 19}) {
+	if res.Counts != (rollout.Counts{Total: 21, Succeeded: 1, Failed: 1, Skipped: 19}) {
 		t.Errorf("counts %+v", res.Counts)
 	}
 	d := res.Devices[1]
-	if d.DeviceID != "st-01" || d.Outcome != service.OutcomeFailed || d.Failure != service.FailureDeviceStatus ||
+	if d.DeviceID != "st-01" || d.Outcome != rollout.OutcomeFailed || d.Failure != rollout.FailureDeviceStatus ||
 		d.Status != 500 || !strings.Contains(d.Reason, "flash write failed") {
 		t.Errorf("refusing device %+v", d)
 	}
 	for _, d := range res.Devices[2:] {
-		if d.Outcome != service.OutcomeSkipped || d.JobID != "" {
+		if d.Outcome != rollout.OutcomeSkipped || d.JobID != "" {
 			t.Errorf("device after the stop %+v", d)
 		}
 	}
@@ -260,9 +262,9 @@ func TestHubFleetStagedRolloutAborts(t *testing.T) {
 	// Without an abort threshold every wave runs; the worst outcome is the
 	// device status error, and the offline device is reported as such.
 	waitAll(t, h, ids[:20])
-	res, err = c.FleetReboot(t.Context(), service.FleetRebootOptions{
+	res, err = rollout.Run(t.Context(), c, rollout.Options{
 		Condition:        "tags.site = 'staged'",
-		Waves:            []service.Wave{{Count: 2}, {Percent: 50}, {Percent: 100}},
+		Waves:            []rollout.Step{{Count: 2}, {Percent: 50}, {Percent: 100}},
 		AbortFailureRate: -1,
 		PollInterval:     50 * time.Millisecond,
 		WaitTimeout:      30 * time.Second,
@@ -270,171 +272,65 @@ func TestHubFleetStagedRolloutAborts(t *testing.T) {
 	if !errors.As(err, &dse) {
 		t.Fatalf("err = %v, want a DeviceStatusError", err)
 	}
-	if len(res.Waves) != 3 || res.Stopped || res.Counts != (service.FleetCounts{Total: 21, Succeeded: 18, Failed: 2, Offline: 1}) {
+	if len(res.Waves) != 3 || res.Stopped || res.Counts != (rollout.Counts{Total: 21, Succeeded: 18, Failed: 2, Offline: 1}) {
 		t.Errorf("waves %d stopped %v counts %+v", len(res.Waves), res.Stopped, res.Counts)
 	}
 	off := res.Devices[20]
-	if off.DeviceID != "st-99" || off.Outcome != service.OutcomeOffline || off.ErrorCode != iothub.CodeDeviceNotOnline {
+	if off.DeviceID != "st-99" || off.Outcome != rollout.OutcomeOffline || off.ErrorCode != iothub.CodeDeviceNotOnline {
 		t.Errorf("offline device %+v", off)
 	}
 }
 
 func TestHubFleetOfflineAndUnconfirmed(t *testing.T) {
-	h, c := hubClient(t)
+	h, c := servicetest.HubClient(t)
 	runFleet(t, h, []fleetDevice{
 		{id: "u-ok"},
 		{id: "u-slow", delay: time.Hour}, // accepts, never comes back in time
 		{id: "u-slow2", delay: time.Hour},
 	})
 	h.CreateDevice(t, "u-off")
-	res, err := c.FleetReboot(t.Context(), service.FleetRebootOptions{
+	res, err := rollout.Run(t.Context(), c, rollout.Options{
 		Condition: "deviceId IN ['u-ok', 'u-slow', 'u-off']", PollInterval: 20 * time.Millisecond, WaitTimeout: 300 * time.Millisecond,
 	})
 	// Offline outranks not confirmed.
 	if !errors.Is(err, service.ErrDeviceNotOnline) || errors.Is(err, service.ErrRebootNotConfirmed) {
 		t.Fatalf("err = %v, want ErrDeviceNotOnline", err)
 	}
-	if res.Counts != (service.FleetCounts{Total: 3, Succeeded: 1, Offline: 1, Unconfirmed: 1}) {
+	if res.Counts != (rollout.Counts{Total: 3, Succeeded: 1, Offline: 1, Unconfirmed: 1}) {
 		t.Errorf("counts %+v", res.Counts)
 	}
-	byID := map[string]service.DeviceReboot{}
+	byID := map[string]rollout.Device{}
 	for _, d := range res.Devices {
 		byID[d.DeviceID] = d
 	}
-	if d := byID["u-slow"]; d.Outcome != service.OutcomeUnconfirmed || d.Status != 200 || !strings.Contains(d.Reason, "no rebootTime") {
+	if d := byID["u-slow"]; d.Outcome != rollout.OutcomeUnconfirmed || d.Status != 200 || !strings.Contains(d.Reason, "no rebootTime") {
 		t.Errorf("slow device %+v", d)
 	}
 
 	// Only a slow device: not confirmed is the worst outcome.
-	res, err = c.FleetReboot(t.Context(), service.FleetRebootOptions{
+	res, err = rollout.Run(t.Context(), c, rollout.Options{
 		Condition: "deviceId = 'u-slow2'", PollInterval: 20 * time.Millisecond, WaitTimeout: 200 * time.Millisecond,
 	})
 	if !errors.Is(err, service.ErrRebootNotConfirmed) || res.Counts.Unconfirmed != 1 {
 		t.Errorf("slow device alone: %v, %+v", err, res.Counts)
 	}
-	_, err = c.FleetReboot(t.Context(), service.FleetRebootOptions{Condition: "deviceId = 'nobody'"})
-	if !errors.Is(err, service.ErrNoDevices) {
+	_, err = rollout.Run(t.Context(), c, rollout.Options{Condition: "deviceId = 'nobody'"})
+	if !errors.Is(err, rollout.ErrNoDevices) {
 		t.Errorf("no match: %v", err)
-	}
-}
-
-func TestHubJobsAPI(t *testing.T) {
-	h, c := hubClient(t)
-	ctx := t.Context()
-	h.CreateDevice(t, "j1")
-	h.CreateDevice(t, "j2")
-
-	// A job scheduled an hour ahead can be listed and cancelled.
-	later, err := c.CreateJob(ctx, service.JobRequest{
-		JobID:          "later",
-		Type:           service.JobTypeUpdateTwin,
-		QueryCondition: "deviceId IN ['j1', 'j2']",
-		UpdateTwin:     &service.TwinPatch{Tags: json.RawMessage(`{"wave":1}`)},
-		StartTime:      time.Now().Add(time.Hour),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if later.Status != service.JobScheduled || later.Type != service.JobTypeUpdateTwin {
-		t.Errorf("created %+v", later)
-	}
-	if _, err := c.CreateJob(ctx, service.JobRequest{JobID: "later", Type: service.JobTypeUpdateTwin, QueryCondition: "deviceId = 'j1'",
-		UpdateTwin: &service.TwinPatch{Tags: json.RawMessage(`{"x":1}`)}}); !errors.Is(err, service.ErrJobAlreadyExists) {
-		t.Errorf("duplicate: %v", err)
-	}
-
-	// A twin job that runs now completes on both devices.
-	now, err := c.CreateJob(ctx, service.JobRequest{
-		JobID: "now", Type: service.JobTypeUpdateTwin, QueryCondition: "deviceId IN ['j1', 'j2']",
-		UpdateTwin: &service.TwinPatch{Desired: json.RawMessage(`{"interval":7}`)},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for !service.JobTerminal(now.Status) {
-		select {
-		case <-ctx.Done():
-			t.Fatal(ctx.Err())
-		case <-time.After(20 * time.Millisecond):
-		}
-		if now, err = c.Job(ctx, "now"); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if now.Status != service.JobCompleted || now.Stats() != (service.DeviceJobStatistics{DeviceCount: 2, SucceededCount: 2}) {
-		t.Errorf("finished job %+v %+v", now, now.Stats())
-	}
-	if tw, err := c.Twin(ctx, "j2"); err != nil || fmt.Sprint(tw.Properties.Desired["interval"]) != "7" {
-		t.Errorf("twin after job: %v %v", tw, err)
-	}
-
-	all, err := c.Jobs(ctx, service.JobFilter{})
-	if err != nil || len(all) != 2 {
-		t.Fatalf("list: %v %v", all, err)
-	}
-	sched, err := c.Jobs(ctx, service.JobFilter{Type: service.JobTypeUpdateTwin, Status: service.JobScheduled})
-	if err != nil || len(sched) != 1 || sched[0].JobID != "later" {
-		t.Errorf("list scheduled: %+v %v", sched, err)
-	}
-	cancelled, err := c.CancelJob(ctx, "later")
-	if err != nil || cancelled.Status != service.JobCancelled {
-		t.Fatalf("cancel: %+v %v", cancelled, err)
-	}
-	if none, err := c.Jobs(ctx, service.JobFilter{Status: service.JobScheduled}); err != nil || len(none) != 0 {
-		t.Errorf("scheduled after cancel: %+v %v", none, err)
-	}
-	if _, err := c.Job(ctx, "nope"); !errors.Is(err, service.ErrJobNotFound) {
-		t.Errorf("unknown job: %v", err)
-	}
-	if _, err := c.CancelJob(ctx, "nope"); !errors.Is(err, service.ErrJobNotFound) {
-		t.Errorf("cancel unknown job: %v", err)
-	}
-}
-
-func TestHubCreateDevices(t *testing.T) {
-	_, c := hubClient(t)
-	ctx := t.Context()
-	if _, err := c.CreateDevice(ctx, "bulk-0003"); err != nil {
-		t.Fatal(err)
-	}
-	ids := service.SequentialIDs("bulk", 1, 12)
-	res := c.CreateDevices(ctx, ids, 4)
-	var failed []string
-	for i, r := range res {
-		if r.DeviceID != ids[i] {
-			t.Errorf("result %d is %s, want %s", i, r.DeviceID, ids[i])
-		}
-		if r.Err != nil {
-			failed = append(failed, r.DeviceID)
-			if !errors.Is(r.Err, service.ErrDeviceAlreadyExists) {
-				t.Errorf("%s: %v", r.DeviceID, r.Err)
-			}
-			continue
-		}
-		if _, err := c.DeviceConnectionString(r.Device, service.PrimaryKey); err != nil {
-			t.Errorf("%s: %v", r.DeviceID, err)
-		}
-	}
-	if !slices.Equal(failed, []string{"bulk-0003"}) {
-		t.Errorf("failed %v", failed)
-	}
-	ds, err := c.Devices(ctx, 0)
-	if err != nil || len(ds) != 12 {
-		t.Errorf("registry holds %d devices, %v", len(ds), err)
 	}
 }
 
 // TestHubFleetSplitWave: a wave whose id list does not fit one job
 // condition runs as several jobs.
 func TestHubFleetSplitWave(t *testing.T) {
-	h, c := hubClient(t)
+	h, c := servicetest.HubClient(t)
 	var ids []string
 	for i := range 90 {
 		id := fmt.Sprintf("%s-%03d", strings.Repeat("long", 25), i) // 104 characters
 		h.CreateDevice(t, id)
 		ids = append(ids, id)
 	}
-	res, err := c.FleetReboot(t.Context(), service.FleetRebootOptions{
+	res, err := rollout.Run(t.Context(), c, rollout.Options{
 		Condition: "status = 'enabled'", JobIDPrefix: "split", PollInterval: 20 * time.Millisecond, WaitTimeout: time.Second,
 	})
 	if !errors.Is(err, service.ErrDeviceNotOnline) {
@@ -443,7 +339,7 @@ func TestHubFleetSplitWave(t *testing.T) {
 	if len(res.Waves) != 1 || !slices.Equal(res.Waves[0].JobIDs, []string{"split-w1-1", "split-w1-2"}) {
 		t.Fatalf("waves %+v", res.Waves)
 	}
-	if res.Counts != (service.FleetCounts{Total: 90, Offline: 90}) {
+	if res.Counts != (rollout.Counts{Total: 90, Offline: 90}) {
 		t.Errorf("counts %+v", res.Counts)
 	}
 	perJob := map[string]int{}
@@ -458,7 +354,7 @@ func TestHubFleetSplitWave(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(j.QueryCondition) > service.MaxConditionLength || j.Stats().DeviceCount != perJob[id] || j.Stats().FailedCount != perJob[id] {
+		if len(j.QueryCondition) > rollout.MaxConditionLength || j.Stats().DeviceCount != perJob[id] || j.Stats().FailedCount != perJob[id] {
 			t.Errorf("job %s: condition of %d characters, stats %+v, devices %d", id, len(j.QueryCondition), j.Stats(), perJob[id])
 		}
 	}
@@ -489,7 +385,7 @@ func TestHubFleetScale(t *testing.T) {
 	}
 	runFleet(t, h, devs)
 	start := time.Now()
-	res, err := c.FleetReboot(t.Context(), service.FleetRebootOptions{
+	res, err := rollout.Run(t.Context(), c, rollout.Options{
 		Condition: "status = 'enabled'", PollInterval: 250 * time.Millisecond, WaitTimeout: time.Minute,
 	})
 	if err != nil {
