@@ -14,7 +14,7 @@ import (
 
 func TestHubJobsAPI(t *testing.T) {
 	h, c := servicetest.HubClient(t)
-	ctx := t.Context()
+	ctx := servicetest.Context(t)
 	h.CreateDevice(t, "j1")
 	h.CreateDevice(t, "j2")
 
@@ -48,7 +48,7 @@ func TestHubJobsAPI(t *testing.T) {
 	for !service.JobTerminal(now.Status) {
 		select {
 		case <-ctx.Done():
-			t.Fatal(ctx.Err())
+			t.Fatalf("job %q still %s at the test's deadline: %v", now.JobID, now.Status, ctx.Err())
 		case <-time.After(20 * time.Millisecond):
 		}
 		if now, err = c.Job(ctx, "now"); err != nil {
@@ -87,7 +87,7 @@ func TestHubJobsAPI(t *testing.T) {
 
 func TestHubCreateDevices(t *testing.T) {
 	_, c := servicetest.HubClient(t)
-	ctx := t.Context()
+	ctx := servicetest.Context(t)
 	if _, err := c.CreateDevice(ctx, "bulk-0003"); err != nil {
 		t.Fatal(err)
 	}

@@ -45,8 +45,13 @@ func runDevice(t *testing.T, h *hubtest.Server, devCS string, delay time.Duratio
 	go func() { done <- dev.Run(ctx) }()
 	t.Cleanup(func() {
 		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("device: %v", err)
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("device: %v", err)
+			}
+		case <-time.After(servicetest.WaitTimeout):
+			t.Errorf("device %s did not stop within %v of its context ending", cs.DeviceID, servicetest.WaitTimeout)
 		}
 	})
 	servicetest.WaitMethods(t, h, cs.DeviceID)
@@ -55,7 +60,7 @@ func runDevice(t *testing.T, h *hubtest.Server, devCS string, delay time.Duratio
 func TestHubRebootWithDevice(t *testing.T) {
 	h, c := servicetest.HubClient(t)
 	runDevice(t, h, h.CreateDevice(t, "dev-1"), 300*time.Millisecond)
-	ctx := t.Context()
+	ctx := servicetest.Context(t)
 
 	var stages []service.RebootStage
 	res, err := c.Reboot(ctx, "dev-1", service.RebootOptions{
@@ -111,7 +116,7 @@ func TestHubRebootNotConfirmed(t *testing.T) {
 	h, c := servicetest.HubClient(t)
 	runDevice(t, h, h.CreateDevice(t, "slow"), 0)
 	// The device stays offline for an hour; the wait gives up first.
-	res, err := c.Reboot(t.Context(), "slow", service.RebootOptions{
+	res, err := c.Reboot(servicetest.Context(t), "slow", service.RebootOptions{
 		Payload: json.RawMessage(`{"delaySeconds":3600}`), PollInterval: 20 * time.Millisecond, WaitTimeout: 300 * time.Millisecond,
 	})
 	if !errors.Is(err, service.ErrRebootNotConfirmed) {
@@ -170,32 +175,41 @@ func TestHubRebootSeedStyleDevice(t *testing.T) {
 	})
 	var mu sync.Mutex
 	var reported string
+	var answering sync.WaitGroup // the method answers; each wait in one is bounded
+	t.Cleanup(answering.Wait)
+	publish := func(topic string, payload []byte) {
+		if tk := cl.Publish(topic, 0, false, payload); !tk.WaitTimeout(servicetest.WaitTimeout) || tk.Error() != nil {
+			t.Errorf("publish %s: not sent within %v: %v", topic, servicetest.WaitTimeout, tk.Error())
+		}
+	}
 	subscribe(t, cl, iothub.MethodsFilter, func(cl paho.Client, m paho.Message) {
 		name, rid, ok := iothub.ParseMethodRequestTopic(m.Topic())
 		if !ok || name != service.RebootMethod {
 			return
 		}
+		answering.Add(1)
 		go func() {
+			defer answering.Done()
 			now := time.Now().UTC().Format(time.RFC3339Nano)
 			patch, _ := json.Marshal(map[string]string{"rebootTime": now})
-			cl.Publish(iothub.TwinPatchReportedTopic("r1"), 0, false, patch).Wait()
+			publish(iothub.TwinPatchReportedTopic("r1"), patch)
 			select {
 			case st := <-twinRes:
 				if st >= 300 {
 					t.Errorf("reported patch answered %d", st)
 				}
-			case <-time.After(30 * time.Second):
-				t.Error("no answer to the reported patch")
+			case <-time.After(servicetest.WaitTimeout):
+				t.Errorf("no answer to the reported patch within %v", servicetest.WaitTimeout)
 			}
 			mu.Lock()
 			reported = now
 			mu.Unlock()
-			cl.Publish(iothub.MethodResponseTopic(200, rid), 0, false, []byte(`{"result":"rebooted"}`)).Wait()
+			publish(iothub.MethodResponseTopic(200, rid), []byte(`{"result":"rebooted"}`))
 		}()
 	})
 	servicetest.WaitMethods(t, h, "seed")
 
-	res, err := c.Reboot(t.Context(), "seed", service.RebootOptions{PollInterval: time.Hour, WaitTimeout: 30 * time.Second})
+	res, err := c.Reboot(servicetest.Context(t), "seed", service.RebootOptions{PollInterval: time.Hour, WaitTimeout: 30 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -211,7 +225,7 @@ func TestHubRebootSeedStyleDevice(t *testing.T) {
 
 func TestHubMethodErrors(t *testing.T) {
 	h, c := servicetest.HubClient(t)
-	ctx := t.Context()
+	ctx := servicetest.Context(t)
 	h.CreateDevice(t, "offline")
 	cl := rawDevice(t, h, "mute", h.CreateDevice(t, "mute"))
 	subscribe(t, cl, iothub.MethodsFilter, func(paho.Client, paho.Message) {}) // never answers
@@ -255,7 +269,7 @@ func TestHubMethodErrors(t *testing.T) {
 
 func TestHubRegistryTwinQuery(t *testing.T) {
 	h, c := servicetest.HubClient(t)
-	ctx := t.Context()
+	ctx := servicetest.Context(t)
 	for _, id := range []string{"q1", "q2", "q3"} {
 		d, err := c.CreateDevice(ctx, id)
 		if err != nil {
@@ -338,7 +352,7 @@ func TestHubRestartDuringWait(t *testing.T) {
 	h, c := servicetest.HubClient(t)
 	runDevice(t, h, h.CreateDevice(t, "rs"), 500*time.Millisecond)
 	var pollErrs int
-	res, err := c.Reboot(t.Context(), "rs", service.RebootOptions{
+	res, err := c.Reboot(servicetest.Context(t), "rs", service.RebootOptions{
 		PollInterval: 50 * time.Millisecond, WaitTimeout: 60 * time.Second,
 		Progress: func(p service.RebootProgress) {
 			switch {

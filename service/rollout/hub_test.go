@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
+
 	"github.com/dmctl/dmctl/device"
 	"github.com/dmctl/dmctl/device/mqtt"
 	"github.com/dmctl/dmctl/hub/hubtest"
@@ -36,11 +38,25 @@ type fleetDevice struct {
 
 // runFleet registers and runs the devices in-process (one MQTT connection
 // each) until the test ends, and waits until each listens for methods.
-func runFleet(t *testing.T, h *hubtest.Server, devs []fleetDevice) {
+func runFleet(t testing.TB, h *hubtest.Server, devs []fleetDevice) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	errs := make(chan error, len(devs))
+	stopped := make(chan error, len(devs)) // one value per device, once it has stopped
+	t.Cleanup(func() {
+		cancel()
+		deadline := time.After(servicetest.WaitTimeout)
+		for range devs {
+			select {
+			case err := <-stopped:
+				if err != nil {
+					t.Error(err)
+				}
+			case <-deadline:
+				t.Errorf("devices still running %v after their context ended", servicetest.WaitTimeout)
+				return
+			}
+		}
+	})
 	tlsConf := &tls.Config{RootCAs: h.CAPool(), ClientSessionCache: tls.NewLRUClientSessionCache(len(devs))}
 	for _, fd := range devs {
 		cs, err := sas.ParseDevice(h.CreateDevice(t, fd.id))
@@ -63,32 +79,30 @@ func runFleet(t *testing.T, h *hubtest.Server, devs []fleetDevice) {
 		if fd.reboot != nil {
 			dev.Handle(device.RebootMethod, fd.reboot)
 		}
-		wg.Add(1)
 		go func() {
-			defer wg.Done()
 			if err := dev.Run(ctx); err != nil {
-				errs <- fmt.Errorf("device %s: %w", fd.id, err)
+				stopped <- fmt.Errorf("device %s: %w", fd.id, err)
+				return
 			}
+			stopped <- nil
 		}()
 	}
-	t.Cleanup(func() {
-		cancel()
-		wg.Wait()
-		close(errs)
-		for err := range errs {
-			t.Error(err)
-		}
-	})
-	for _, fd := range devs {
-		servicetest.WaitMethods(t, h, fd.id)
+	waitAll(t, h, ids(devs))
+}
+
+func ids(devs []fleetDevice) []string {
+	out := make([]string, len(devs))
+	for i, d := range devs {
+		out[i] = d.id
 	}
+	return out
 }
 
 // tagAll sets tags.site on every device.
 func tagAll(t *testing.T, c *service.Client, site string, ids ...string) {
 	t.Helper()
 	for _, id := range ids {
-		if _, err := c.UpdateTwin(t.Context(), id, service.TwinPatch{Tags: json.RawMessage(`{"site":"` + site + `"}`)}, ""); err != nil {
+		if _, err := c.UpdateTwin(servicetest.Context(t), id, service.TwinPatch{Tags: json.RawMessage(`{"site":"` + site + `"}`)}, ""); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -110,10 +124,10 @@ func TestHubFleetReboot100(t *testing.T) {
 	var mu sync.Mutex
 	var stages []rollout.Stage
 	start := time.Now()
-	res, err := rollout.Run(t.Context(), c, rollout.Options{
+	res, err := rollout.Run(servicetest.Context(t), c, rollout.Options{
 		Condition:    "tags.site = 'lab'",
 		PollInterval: 100 * time.Millisecond,
-		WaitTimeout:  time.Minute,
+		WaitTimeout:  30 * time.Second,
 		Progress: func(p rollout.Progress) {
 			mu.Lock()
 			defer mu.Unlock()
@@ -150,7 +164,7 @@ func TestHubFleetReboot100(t *testing.T) {
 	mu.Unlock()
 
 	// The job and its rows are readable through the jobs API.
-	job, err := c.Job(t.Context(), res.Waves[0].JobIDs[0])
+	job, err := c.Job(servicetest.Context(t), res.Waves[0].JobIDs[0])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,7 +172,7 @@ func TestHubFleetReboot100(t *testing.T) {
 		t.Errorf("job %+v stats %+v", job, st)
 	}
 	rows := 0
-	err = c.DeviceJobs(t.Context(), job.JobID, func(r service.DeviceJob) error {
+	err = c.DeviceJobs(servicetest.Context(t), job.JobID, func(r service.DeviceJob) error {
 		rows++
 		if r.Status != service.DeviceJobCompleted || r.MethodResponse() == nil || r.MethodResponse().Status != 200 {
 			t.Errorf("row %+v", r)
@@ -171,8 +185,8 @@ func TestHubFleetReboot100(t *testing.T) {
 
 	// A second fleet reboot has the first one's times as baselines.
 	waitAll(t, h, ids)
-	res2, err := rollout.Run(t.Context(), c, rollout.Options{
-		Condition: "tags.site = 'lab'", PollInterval: 100 * time.Millisecond, WaitTimeout: time.Minute,
+	res2, err := rollout.Run(servicetest.Context(t), c, rollout.Options{
+		Condition: "tags.site = 'lab'", PollInterval: 100 * time.Millisecond, WaitTimeout: 30 * time.Second,
 		Waves: []rollout.Step{{Count: 10}, {Percent: 100}},
 	})
 	if err != nil {
@@ -192,7 +206,7 @@ func TestHubFleetReboot100(t *testing.T) {
 	}
 }
 
-func waitAll(t *testing.T, h *hubtest.Server, ids []string) {
+func waitAll(t testing.TB, h *hubtest.Server, ids []string) {
 	t.Helper()
 	for _, id := range ids {
 		servicetest.WaitMethods(t, h, id)
@@ -223,7 +237,7 @@ func TestHubFleetStagedRolloutAborts(t *testing.T) {
 	ids = append(ids, "st-99")
 	tagAll(t, c, "staged", ids...)
 
-	res, err := rollout.Run(t.Context(), c, rollout.Options{
+	res, err := rollout.Run(servicetest.Context(t), c, rollout.Options{
 		Condition:        "tags.site = 'staged'",
 		Waves:            []rollout.Step{{Count: 2}, {Percent: 50}, {Percent: 100}},
 		AbortFailureRate: 0.05,
@@ -255,14 +269,14 @@ func TestHubFleetStagedRolloutAborts(t *testing.T) {
 			t.Errorf("device after the stop %+v", d)
 		}
 	}
-	if _, err := c.Job(t.Context(), "staged-w2"); !errors.Is(err, service.ErrJobNotFound) {
+	if _, err := c.Job(servicetest.Context(t), "staged-w2"); !errors.Is(err, service.ErrJobNotFound) {
 		t.Errorf("second wave job: %v, want ErrJobNotFound", err)
 	}
 
 	// Without an abort threshold every wave runs; the worst outcome is the
 	// device status error, and the offline device is reported as such.
 	waitAll(t, h, ids[:20])
-	res, err = rollout.Run(t.Context(), c, rollout.Options{
+	res, err = rollout.Run(servicetest.Context(t), c, rollout.Options{
 		Condition:        "tags.site = 'staged'",
 		Waves:            []rollout.Step{{Count: 2}, {Percent: 50}, {Percent: 100}},
 		AbortFailureRate: -1,
@@ -289,7 +303,7 @@ func TestHubFleetOfflineAndUnconfirmed(t *testing.T) {
 		{id: "u-slow2", delay: time.Hour},
 	})
 	h.CreateDevice(t, "u-off")
-	res, err := rollout.Run(t.Context(), c, rollout.Options{
+	res, err := rollout.Run(servicetest.Context(t), c, rollout.Options{
 		Condition: "deviceId IN ['u-ok', 'u-slow', 'u-off']", PollInterval: 20 * time.Millisecond, WaitTimeout: 300 * time.Millisecond,
 	})
 	// Offline outranks not confirmed.
@@ -308,13 +322,13 @@ func TestHubFleetOfflineAndUnconfirmed(t *testing.T) {
 	}
 
 	// Only a slow device: not confirmed is the worst outcome.
-	res, err = rollout.Run(t.Context(), c, rollout.Options{
+	res, err = rollout.Run(servicetest.Context(t), c, rollout.Options{
 		Condition: "deviceId = 'u-slow2'", PollInterval: 20 * time.Millisecond, WaitTimeout: 200 * time.Millisecond,
 	})
 	if !errors.Is(err, service.ErrRebootNotConfirmed) || res.Counts.Unconfirmed != 1 {
 		t.Errorf("slow device alone: %v, %+v", err, res.Counts)
 	}
-	_, err = rollout.Run(t.Context(), c, rollout.Options{Condition: "deviceId = 'nobody'"})
+	_, err = rollout.Run(servicetest.Context(t), c, rollout.Options{Condition: "deviceId = 'nobody'"})
 	if !errors.Is(err, rollout.ErrNoDevices) {
 		t.Errorf("no match: %v", err)
 	}
@@ -330,7 +344,7 @@ func TestHubFleetSplitWave(t *testing.T) {
 		h.CreateDevice(t, id)
 		ids = append(ids, id)
 	}
-	res, err := rollout.Run(t.Context(), c, rollout.Options{
+	res, err := rollout.Run(servicetest.Context(t), c, rollout.Options{
 		Condition: "status = 'enabled'", JobIDPrefix: "split", PollInterval: 20 * time.Millisecond, WaitTimeout: time.Second,
 	})
 	if !errors.Is(err, service.ErrDeviceNotOnline) {
@@ -350,7 +364,7 @@ func TestHubFleetSplitWave(t *testing.T) {
 		}
 	}
 	for _, id := range res.Waves[0].JobIDs {
-		j, err := c.Job(t.Context(), id)
+		j, err := c.Job(servicetest.Context(t), id)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -360,39 +374,50 @@ func TestHubFleetSplitWave(t *testing.T) {
 	}
 }
 
-// TestHubFleetScale measures a fleet reboot of many in-process devices
-// with a one second reboot delay. It runs only when DMCTL_FLEET_SCALE names
-// the device count (e.g. DMCTL_FLEET_SCALE=1000 go test -run
-// TestHubFleetScale -v ./service/).
-func TestHubFleetScale(t *testing.T) {
-	n, _ := strconv.Atoi(os.Getenv("DMCTL_FLEET_SCALE"))
-	if n <= 0 {
-		t.Skip("set DMCTL_FLEET_SCALE=N to run")
+// BenchmarkHubFleetReboot reboots a fleet of in-process devices, each with
+// a one second reboot delay, through the local hub, and fails unless every
+// device is confirmed. DMCTL_FLEET_SCALE sets the device count (default
+// 100), e.g. DMCTL_FLEET_SCALE=1000 go test -run '^$' -bench HubFleetReboot
+// -benchtime 1x ./service/rollout/.
+func BenchmarkHubFleetReboot(b *testing.B) {
+	n := 100
+	if v, err := strconv.Atoi(os.Getenv("DMCTL_FLEET_SCALE")); err == nil && v > 0 {
+		n = v
 	}
-	h := hubtest.NewServer(t)
+	h := hubtest.NewServer(b, hubtest.WithLogger(zerolog.Nop())) // a benchmark prints every log line
 	cs, err := sas.ParseService(h.ServiceConnectionString())
 	if err != nil {
-		t.Fatal(err)
+		b.Fatal(err)
 	}
 	c, err := service.New(cs, service.WithRootCAs(h.CAPool()))
 	if err != nil {
-		t.Fatal(err)
+		b.Fatal(err)
 	}
 	defer c.Close()
 	devs := make([]fleetDevice, n)
 	for i := range devs {
 		devs[i] = fleetDevice{id: fmt.Sprintf("scale-%05d", i), delay: time.Second}
 	}
-	runFleet(t, h, devs)
-	start := time.Now()
-	res, err := rollout.Run(t.Context(), c, rollout.Options{
-		Condition: "status = 'enabled'", PollInterval: 250 * time.Millisecond, WaitTimeout: time.Minute,
-	})
-	if err != nil {
-		t.Fatal(err)
+	runFleet(b, h, devs)
+	jobs := 0
+	b.ResetTimer()
+	for range b.N {
+		b.StopTimer()
+		waitAll(b, h, ids(devs)) // back from the last iteration's reboot
+		ctx, cancel := context.WithTimeout(b.Context(), 5*time.Minute)
+		b.StartTimer()
+		res, err := rollout.Run(ctx, c, rollout.Options{
+			Condition: "status = 'enabled'", PollInterval: 250 * time.Millisecond, WaitTimeout: time.Minute,
+		})
+		cancel()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if res.Counts != (rollout.Counts{Total: n, Succeeded: n}) {
+			b.Fatalf("not every device confirmed: counts %+v", res.Counts)
+		}
+		jobs = len(res.Waves[0].JobIDs)
 	}
-	if res.Counts.Succeeded != n {
-		t.Fatalf("counts %+v", res.Counts)
-	}
-	t.Logf("%d devices rebooted and confirmed in %v (%d jobs)", n, time.Since(start), len(res.Waves[0].JobIDs))
+	b.ReportMetric(float64(n*b.N)/b.Elapsed().Seconds(), "devices/s")
+	b.ReportMetric(float64(jobs), "jobs")
 }

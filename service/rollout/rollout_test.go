@@ -15,6 +15,7 @@ import (
 
 	"github.com/dmctl/dmctl/internal/iothub"
 	"github.com/dmctl/dmctl/service"
+	"github.com/dmctl/dmctl/service/internal/servicetest"
 )
 
 func TestSplitByCondition(t *testing.T) {
@@ -297,7 +298,7 @@ func TestRunOutcomes(t *testing.T) {
 	}
 	c := fakeHubClient(t, f.handler(t))
 	var stages []Stage
-	res, err := Run(t.Context(), c, Options{
+	res, err := Run(servicetest.Context(t), c, Options{
 		Condition: "tags.x = 1", JobIDPrefix: "t", PollInterval: time.Millisecond, WaitTimeout: 50 * time.Millisecond,
 		Progress: func(p Progress) { stages = append(stages, p.Stage) },
 	})
@@ -382,7 +383,7 @@ func TestRunInterruptCancelsJob(t *testing.T) {
 		holdJobs: true,
 	}
 	c := fakeHubClient(t, f.handler(t))
-	ctx, cancel := context.WithCancel(t.Context())
+	ctx, cancel := context.WithCancel(servicetest.Context(t))
 	defer cancel()
 	polls := 0
 	res, err := Run(ctx, c, Options{
@@ -418,10 +419,10 @@ func TestOptionsRefused(t *testing.T) {
 		requests.Add(1)
 		http.Error(w, "no", 500)
 	})
-	if _, err := Run(t.Context(), c, Options{Condition: " "}); err == nil {
+	if _, err := Run(servicetest.Context(t), c, Options{Condition: " "}); err == nil {
 		t.Error("empty condition accepted")
 	}
-	if _, err := Run(t.Context(), c, Options{Condition: "x = 1", JobIDPrefix: "bad prefix"}); err == nil {
+	if _, err := Run(servicetest.Context(t), c, Options{Condition: "x = 1", JobIDPrefix: "bad prefix"}); err == nil {
 		t.Error("bad prefix accepted")
 	}
 	if n := requests.Load(); n != 0 {

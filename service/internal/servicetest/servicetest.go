@@ -1,6 +1,7 @@
 // Package servicetest holds the test helpers that the service client's
-// tests and the rollout's tests share: a local hub with a service client,
-// and a deadline-bound wait for a device to listen for direct methods.
+// tests and the rollout's tests share: a test context with a deadline, a
+// local hub with a service client, and a bounded wait for a device to
+// listen for direct methods.
 package servicetest
 
 import (
@@ -16,8 +17,21 @@ import (
 	"github.com/dmctl/dmctl/service"
 )
 
-// WaitTimeout bounds every wait of these helpers.
-const WaitTimeout = 30 * time.Second
+const (
+	// WaitTimeout bounds every wait of these helpers, and the tests' waits
+	// for one thing (a device to stop, a message).
+	WaitTimeout = 30 * time.Second
+	// Timeout bounds a whole test's calls through Context.
+	Timeout = 60 * time.Second
+)
+
+// Context is t.Context() with a deadline Timeout from now: the calls of a
+// test that blocks fail with context.DeadlineExceeded instead of hanging.
+func Context(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(t.Context(), Timeout)
+	t.Cleanup(cancel)
+	return ctx
+}
 
 // HubClient starts a local hub and returns it with a service client that
 // logs to the test; both stop when the test ends.
@@ -45,22 +59,5 @@ func WaitMethods(t testing.TB, h *hubtest.Server, id string) {
 	defer cancel()
 	if err := h.WaitSubscribed(ctx, id, iothub.MethodRequestTopic(service.RebootMethod, "1")); err != nil {
 		t.Fatalf("device %s did not subscribe to methods within %v: %v", id, WaitTimeout, err)
-	}
-}
-
-// Within runs wait and fails the test, naming what, when it has not
-// returned after d. A wait that never returns is left behind: the test has
-// failed by then.
-func Within(t testing.TB, d time.Duration, what string, wait func()) {
-	t.Helper()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		wait()
-	}()
-	select {
-	case <-done:
-	case <-time.After(d):
-		t.Fatalf("%s: not done within %v", what, d)
 	}
 }
