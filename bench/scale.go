@@ -16,6 +16,7 @@ import (
 	"github.com/dmctl/dmctl/hub"
 	"github.com/dmctl/dmctl/sas"
 	"github.com/dmctl/dmctl/service"
+	"github.com/dmctl/dmctl/service/rollout"
 )
 
 // hubProc is `dmctl hub serve` as a separate process.
@@ -202,7 +203,7 @@ func dmctlFleet(ctx context.Context, cfg *config, res *results, bin, dir string,
 	out, err := cmd.Output()
 	wall := time.Since(t1)
 	var fo struct {
-		Counts service.FleetCounts `json:"counts"`
+		Counts rollout.Counts `json:"counts"`
 		Waves  []struct {
 			JobIDs []string `json:"jobIds"`
 		} `json:"waves"`

@@ -39,7 +39,7 @@ func TestQueryPaging(t *testing.T) {
 		writeJSON(w, 200, p.items)
 	})
 	var got []string
-	err := c.Query(t.Context(), "SELECT * FROM devices", 2, func(raw json.RawMessage) error {
+	err := c.Query(testContext(t), "SELECT * FROM devices", 2, func(raw json.RawMessage) error {
 		var d struct{ DeviceID string }
 		if err := json.Unmarshal(raw, &d); err != nil {
 			return err
@@ -72,7 +72,7 @@ func TestQueryPaging(t *testing.T) {
 	// Stopping early asks for no further page.
 	before := rec.count()
 	n := 0
-	err = c.Query(t.Context(), "SELECT * FROM devices", 0, func(json.RawMessage) error {
+	err = c.Query(testContext(t), "SELECT * FROM devices", 0, func(json.RawMessage) error {
 		n++
 		if n == 3 {
 			return ErrStopQuery
@@ -84,7 +84,7 @@ func TestQueryPaging(t *testing.T) {
 	}
 	// A callback error ends the query and comes back as is.
 	boom := errors.New("boom")
-	if err := c.Query(t.Context(), "q", 0, func(json.RawMessage) error { return boom }); err != boom {
+	if err := c.Query(testContext(t), "q", 0, func(json.RawMessage) error { return boom }); err != boom {
 		t.Errorf("callback error: %v", err)
 	}
 }
@@ -94,7 +94,7 @@ func TestQueryRepeatedTokenEnds(t *testing.T) {
 		w.Header().Set("x-ms-continuation", "same")
 		writeJSON(w, 200, `[]`)
 	})
-	err := c.Query(t.Context(), "SELECT * FROM devices", 0, func(json.RawMessage) error { return nil })
+	err := c.Query(testContext(t), "SELECT * FROM devices", 0, func(json.RawMessage) error { return nil })
 	if err == nil || !strings.Contains(err.Error(), "repeated continuation") {
 		t.Fatalf("err = %v", err)
 	}
@@ -121,7 +121,7 @@ func TestQueryPageRetried(t *testing.T) {
 		writeJSON(w, 200, fmt.Sprintf(`[{"n":%d}]`, k))
 	})
 	var got []string
-	err := c.Query(t.Context(), "SELECT * FROM devices", 0, func(raw json.RawMessage) error {
+	err := c.Query(testContext(t), "SELECT * FROM devices", 0, func(raw json.RawMessage) error {
 		got = append(got, string(raw))
 		return nil
 	})
@@ -156,7 +156,7 @@ func TestRegistry(t *testing.T) {
 			writeJSON(w, 404, iothub.ErrorBodyA(iothub.CodeDeviceNotFound, r.URL.Path, time.Now()))
 		}
 	})
-	ctx := t.Context()
+	ctx := testContext(t)
 	d, err := c.CreateDevice(ctx, "d1")
 	if err != nil {
 		t.Fatal(err)
@@ -222,7 +222,7 @@ func TestInvokeMethodBody(t *testing.T) {
 		writeJSON(w, 200, `{"status":201,"payload":{"ok":true}}`)
 	})
 	rt, ct := 12, 3
-	res, err := c.InvokeMethod(t.Context(), "d#1", iothub.MethodRequest{
+	res, err := c.InvokeMethod(testContext(t), "d#1", iothub.MethodRequest{
 		MethodName: "doIt", Payload: json.RawMessage(`{"x":[1,2]}`),
 		ResponseTimeoutInSeconds: &rt, ConnectTimeoutInSeconds: &ct,
 	})

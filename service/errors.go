@@ -128,7 +128,7 @@ func (e *DeviceStatusError) Error() string {
 	if p == "" {
 		return fmt.Sprintf("service: device answered with status %d", e.Status)
 	}
-	return fmt.Sprintf("service: device answered with status %d: %s", e.Status, truncate(p, maxMessageLen))
+	return fmt.Sprintf("service: device answered with status %d: %s", e.Status, Excerpt(p))
 }
 
 const (
@@ -155,16 +155,18 @@ func newAPIError(status int, body []byte, headerName string) *APIError {
 	if e.Name == "" && e.Code != 0 {
 		e.Name = iothub.ErrorName(e.Code)
 	}
-	e.Message = truncate(strings.TrimSpace(strings.ToValidUTF8(e.Message, "\uFFFD")), maxMessageLen)
+	e.Message = Excerpt(strings.TrimSpace(strings.ToValidUTF8(e.Message, "\uFFFD")))
 	return e
 }
 
-// truncate bounds s to n bytes on a rune boundary, marking the cut.
-func truncate(s string, n int) string {
-	if len(s) <= n {
+// Excerpt bounds text quoted from the hub or a device (an error message, a
+// device's answer) to the length an APIError keeps, cutting on a rune
+// boundary and marking the cut with "…".
+func Excerpt(s string) string {
+	if len(s) <= maxMessageLen {
 		return s
 	}
-	cut := n
+	cut := maxMessageLen
 	for cut > 0 && !utf8.RuneStart(s[cut]) {
 		cut--
 	}

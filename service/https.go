@@ -1,8 +1,8 @@
 // Package service is an HTTPS client for IoT Hub's service REST API: direct
 // methods, twins, the identity registry, twin queries and jobs (v2), plus the
 // reboot flow (invoke rebootDevice, then confirm it through the twin's
-// reported rebootTime) for one device (Reboot) and for a fleet picked by a
-// query, through jobs and in staged waves (FleetReboot).
+// reported rebootTime) for one device (Reboot). The fleet reboot, through
+// jobs and in staged waves, is package service/rollout.
 //
 // It signs every request with a SAS minted from a service (policy)
 // connection string, sends api-version 2021-04-12, and turns IoT Hub's error
@@ -22,7 +22,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -34,6 +33,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/dmctl/dmctl/internal/iothub"
+	"github.com/dmctl/dmctl/internal/retry"
 	"github.com/dmctl/dmctl/sas"
 )
 
@@ -70,8 +70,9 @@ type Client struct {
 	now     func() time.Time
 	agent   string
 	tries   int
-	backoff func(attempt int) time.Duration
-	sleep   func(ctx context.Context, d time.Duration) error
+	backoff retry.Backoff
+	// sleep waits between retries and polls: retry.Sleep, replaced by tests.
+	sleep func(ctx context.Context, d time.Duration) error
 
 	mu       sync.Mutex
 	token    string
@@ -88,7 +89,7 @@ type options struct {
 	now     func() time.Time
 	agent   string
 	tries   int
-	backoff func(attempt int) time.Duration
+	backoff retry.Backoff
 }
 
 // WithHTTPClient makes the client send through hc as is (its transport
@@ -111,8 +112,8 @@ func WithUserAgent(ua string) Option { return func(o *options) { o.agent = ua } 
 // WithRetry sets how idempotent requests are retried on 429, 500 and 503:
 // at most attempts tries in all, waiting backoff(n) before try n+1 (n from 1),
 // or the hub's Retry-After when that is longer. attempts < 1 means 1.
-// backoff nil keeps the default (full jitter, 500 ms doubling, 10 s cap).
-func WithRetry(attempts int, backoff func(attempt int) time.Duration) Option {
+// backoff nil keeps the default, retry.Exponential(500 ms, 10 s).
+func WithRetry(attempts int, backoff retry.Backoff) Option {
 	return func(o *options) {
 		o.tries = max(attempts, 1)
 		if backoff != nil {
@@ -136,7 +137,7 @@ func New(cs *sas.ConnectionString, opts ...Option) (*Client, error) {
 		now:     time.Now,
 		agent:   "dmctl",
 		tries:   defaultAttempts,
-		backoff: FullJitter(defaultBackoffBase, defaultBackoffCap),
+		backoff: retry.Exponential(defaultBackoffBase, defaultBackoffCap),
 	}
 	for _, opt := range opts {
 		opt(&o)
@@ -149,7 +150,7 @@ func New(cs *sas.ConnectionString, opts ...Option) (*Client, error) {
 		agent:   o.agent,
 		tries:   o.tries,
 		backoff: o.backoff,
-		sleep:   sleepCtx,
+		sleep:   retry.Sleep,
 	}
 	if o.hc != nil {
 		c.hc = o.hc
@@ -179,6 +180,12 @@ func (c *Client) Close() error {
 	return nil
 }
 
+// Now reads the client's clock: time.Now unless WithClock set another.
+func (c *Client) Now() time.Time { return c.now() }
+
+// Logger is the client's logger (WithLogger), for the flows built on it.
+func (c *Client) Logger() zerolog.Logger { return c.log }
+
 // HostName is the hub's HostName from the connection string, as given.
 func (c *Client) HostName() string { return c.cs.HostName }
 
@@ -192,37 +199,6 @@ func hostPort(cs *sas.ConnectionString) string {
 		return host
 	}
 	return net.JoinHostPort(host, strconv.Itoa(port))
-}
-
-// FullJitter is exponential backoff with full jitter: a uniform random
-// duration in [0, min(limit, base·2^(attempt-1))).
-func FullJitter(base, limit time.Duration) func(attempt int) time.Duration {
-	return func(attempt int) time.Duration {
-		d := limit
-		if attempt < 31 {
-			if e := base << (attempt - 1); e > 0 && e < limit {
-				d = e
-			}
-		}
-		if d <= 0 {
-			return 0
-		}
-		return time.Duration(mrand.Int64N(int64(d)))
-	}
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }
 
 // authorization returns a SAS for the hub, reusing the cached one until five

@@ -20,24 +20,8 @@ import (
 	"github.com/dmctl/dmctl/internal/iothub"
 	"github.com/dmctl/dmctl/sas"
 	"github.com/dmctl/dmctl/service"
+	"github.com/dmctl/dmctl/service/internal/servicetest"
 )
-
-// hubClient starts a local hub and returns it with a service client.
-func hubClient(t *testing.T) (*hubtest.Server, *service.Client) {
-	t.Helper()
-	h := hubtest.NewServer(t)
-	cs, err := sas.ParseService(h.ServiceConnectionString())
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := service.New(cs, service.WithRootCAs(h.CAPool()),
-		service.WithLogger(zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.DebugLevel)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return h, c
-}
 
 // runDevice runs dmctl's simulated device until the test ends.
 func runDevice(t *testing.T, h *hubtest.Server, devCS string, delay time.Duration) {
@@ -61,26 +45,22 @@ func runDevice(t *testing.T, h *hubtest.Server, devCS string, delay time.Duratio
 	go func() { done <- dev.Run(ctx) }()
 	t.Cleanup(func() {
 		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("device: %v", err)
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("device: %v", err)
+			}
+		case <-time.After(servicetest.WaitTimeout):
+			t.Errorf("device %s did not stop within %v of its context ending", cs.DeviceID, servicetest.WaitTimeout)
 		}
 	})
-	waitMethods(t, h, cs.DeviceID)
-}
-
-func waitMethods(t *testing.T, h *hubtest.Server, id string) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
-	if err := h.WaitSubscribed(ctx, id, iothub.MethodRequestTopic(service.RebootMethod, "1")); err != nil {
-		t.Fatalf("device %s never subscribed to methods: %v", id, err)
-	}
+	servicetest.WaitMethods(t, h, cs.DeviceID)
 }
 
 func TestHubRebootWithDevice(t *testing.T) {
-	h, c := hubClient(t)
+	h, c := servicetest.HubClient(t)
 	runDevice(t, h, h.CreateDevice(t, "dev-1"), 300*time.Millisecond)
-	ctx := t.Context()
+	ctx := servicetest.Context(t)
 
 	var stages []service.RebootStage
 	res, err := c.Reboot(ctx, "dev-1", service.RebootOptions{
@@ -105,7 +85,7 @@ func TestHubRebootWithDevice(t *testing.T) {
 	}
 
 	// A second reboot has the first one's time as its baseline.
-	waitMethods(t, h, "dev-1")
+	servicetest.WaitMethods(t, h, "dev-1")
 	res2, err := c.Reboot(ctx, "dev-1", service.RebootOptions{PollInterval: 50 * time.Millisecond, WaitTimeout: 30 * time.Second})
 	if err != nil {
 		t.Fatal(err)
@@ -115,7 +95,7 @@ func TestHubRebootWithDevice(t *testing.T) {
 	}
 
 	// The device answers an unknown method with an error status.
-	waitMethods(t, h, "dev-1")
+	servicetest.WaitMethods(t, h, "dev-1")
 	mr, err := c.InvokeMethod(ctx, "dev-1", iothub.MethodRequest{MethodName: "noSuchMethod", Payload: json.RawMessage(`{}`)})
 	if err != nil {
 		t.Fatal(err)
@@ -133,10 +113,10 @@ func TestHubRebootWithDevice(t *testing.T) {
 }
 
 func TestHubRebootNotConfirmed(t *testing.T) {
-	h, c := hubClient(t)
+	h, c := servicetest.HubClient(t)
 	runDevice(t, h, h.CreateDevice(t, "slow"), 0)
 	// The device stays offline for an hour; the wait gives up first.
-	res, err := c.Reboot(t.Context(), "slow", service.RebootOptions{
+	res, err := c.Reboot(servicetest.Context(t), "slow", service.RebootOptions{
 		Payload: json.RawMessage(`{"delaySeconds":3600}`), PollInterval: 20 * time.Millisecond, WaitTimeout: 300 * time.Millisecond,
 	})
 	if !errors.Is(err, service.ErrRebootNotConfirmed) {
@@ -185,7 +165,7 @@ func subscribe(t *testing.T, cl paho.Client, filter string, cb paho.MessageHandl
 // the seed's Python app does) has reported the new rebootTime by the time
 // the method returns; the first poll confirms it.
 func TestHubRebootSeedStyleDevice(t *testing.T) {
-	h, c := hubClient(t)
+	h, c := servicetest.HubClient(t)
 	cl := rawDevice(t, h, "seed", h.CreateDevice(t, "seed"))
 	twinRes := make(chan int, 4)
 	subscribe(t, cl, iothub.TwinResFilter, func(_ paho.Client, m paho.Message) {
@@ -195,32 +175,41 @@ func TestHubRebootSeedStyleDevice(t *testing.T) {
 	})
 	var mu sync.Mutex
 	var reported string
+	var answering sync.WaitGroup // the method answers; each wait in one is bounded
+	t.Cleanup(answering.Wait)
+	publish := func(topic string, payload []byte) {
+		if tk := cl.Publish(topic, 0, false, payload); !tk.WaitTimeout(servicetest.WaitTimeout) || tk.Error() != nil {
+			t.Errorf("publish %s: not sent within %v: %v", topic, servicetest.WaitTimeout, tk.Error())
+		}
+	}
 	subscribe(t, cl, iothub.MethodsFilter, func(cl paho.Client, m paho.Message) {
 		name, rid, ok := iothub.ParseMethodRequestTopic(m.Topic())
 		if !ok || name != service.RebootMethod {
 			return
 		}
+		answering.Add(1)
 		go func() {
+			defer answering.Done()
 			now := time.Now().UTC().Format(time.RFC3339Nano)
 			patch, _ := json.Marshal(map[string]string{"rebootTime": now})
-			cl.Publish(iothub.TwinPatchReportedTopic("r1"), 0, false, patch).Wait()
+			publish(iothub.TwinPatchReportedTopic("r1"), patch)
 			select {
 			case st := <-twinRes:
 				if st >= 300 {
 					t.Errorf("reported patch answered %d", st)
 				}
-			case <-time.After(30 * time.Second):
-				t.Error("no answer to the reported patch")
+			case <-time.After(servicetest.WaitTimeout):
+				t.Errorf("no answer to the reported patch within %v", servicetest.WaitTimeout)
 			}
 			mu.Lock()
 			reported = now
 			mu.Unlock()
-			cl.Publish(iothub.MethodResponseTopic(200, rid), 0, false, []byte(`{"result":"rebooted"}`)).Wait()
+			publish(iothub.MethodResponseTopic(200, rid), []byte(`{"result":"rebooted"}`))
 		}()
 	})
-	waitMethods(t, h, "seed")
+	servicetest.WaitMethods(t, h, "seed")
 
-	res, err := c.Reboot(t.Context(), "seed", service.RebootOptions{PollInterval: time.Hour, WaitTimeout: 30 * time.Second})
+	res, err := c.Reboot(servicetest.Context(t), "seed", service.RebootOptions{PollInterval: time.Hour, WaitTimeout: 30 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -235,12 +224,12 @@ func TestHubRebootSeedStyleDevice(t *testing.T) {
 }
 
 func TestHubMethodErrors(t *testing.T) {
-	h, c := hubClient(t)
-	ctx := t.Context()
+	h, c := servicetest.HubClient(t)
+	ctx := servicetest.Context(t)
 	h.CreateDevice(t, "offline")
 	cl := rawDevice(t, h, "mute", h.CreateDevice(t, "mute"))
 	subscribe(t, cl, iothub.MethodsFilter, func(paho.Client, paho.Message) {}) // never answers
-	waitMethods(t, h, "mute")
+	servicetest.WaitMethods(t, h, "mute")
 
 	five := 5 // the shortest response timeout IoT Hub accepts
 	_, err := c.InvokeMethod(ctx, "mute", iothub.MethodRequest{MethodName: "m", ResponseTimeoutInSeconds: &five})
@@ -279,8 +268,8 @@ func TestHubMethodErrors(t *testing.T) {
 }
 
 func TestHubRegistryTwinQuery(t *testing.T) {
-	h, c := hubClient(t)
-	ctx := t.Context()
+	h, c := servicetest.HubClient(t)
+	ctx := servicetest.Context(t)
 	for _, id := range []string{"q1", "q2", "q3"} {
 		d, err := c.CreateDevice(ctx, id)
 		if err != nil {
@@ -360,10 +349,10 @@ func TestHubRegistryTwinQuery(t *testing.T) {
 // answered, so the client's connections to the old hub are gone and the
 // device reconnects to the new one; its report still confirms the reboot.
 func TestHubRestartDuringWait(t *testing.T) {
-	h, c := hubClient(t)
+	h, c := servicetest.HubClient(t)
 	runDevice(t, h, h.CreateDevice(t, "rs"), 500*time.Millisecond)
 	var pollErrs int
-	res, err := c.Reboot(t.Context(), "rs", service.RebootOptions{
+	res, err := c.Reboot(servicetest.Context(t), "rs", service.RebootOptions{
 		PollInterval: 50 * time.Millisecond, WaitTimeout: 60 * time.Second,
 		Progress: func(p service.RebootProgress) {
 			switch {

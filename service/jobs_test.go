@@ -66,7 +66,7 @@ func TestJobsClient(t *testing.T) {
 			http.Error(w, "unexpected", 400)
 		}
 	})
-	ctx := t.Context()
+	ctx := testContext(t)
 	jobs, err := c.Jobs(ctx, JobFilter{Type: JobTypeDeviceMethod, Status: JobRunning})
 	if err != nil || len(jobs) != 2 || jobs[0].JobID != "a" || jobs[1].Stats().Finished() != 2 {
 		t.Fatalf("jobs %+v %v", jobs, err)

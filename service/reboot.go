@@ -18,8 +18,13 @@ const (
 	RebootTimeProperty  = "rebootTime"
 	DefaultWaitTimeout  = 2 * time.Minute
 	DefaultPollInterval = time.Second
-	// maxPollInterval caps the poll interval when the hub throttles.
-	maxPollInterval = 30 * time.Second
+	// DefaultJobTimeout is a fleet reboot job's maxExecutionTimeInSeconds
+	// unless the caller says otherwise (the service SDKs' default too); see
+	// package service/rollout.
+	DefaultJobTimeout = time.Hour
+	// MaxPollInterval caps a poll interval that doubles while the hub
+	// throttles (unless the caller's own interval is longer).
+	MaxPollInterval = 30 * time.Second
 )
 
 // RebootOptions configures Reboot. The zero value invokes rebootDevice with
@@ -167,7 +172,7 @@ func (c *Client) waitReboot(ctx context.Context, deviceID string, opts RebootOpt
 			return fmt.Errorf("reboot device %q: wait for new rebootTime: %w", deviceID, err)
 		case errors.Is(err, ErrThrottled):
 			lastErr = err
-			interval = min(interval*2, max(maxPollInterval, opts.PollInterval))
+			interval = min(interval*2, max(MaxPollInterval, opts.PollInterval))
 		default:
 			// The hub or the network failed this poll; keep polling until
 			// the deadline, the reboot may still be confirmed.

@@ -90,7 +90,7 @@ func TestRebootBaselineAbsentConfirmedOnFirstPoll(t *testing.T) {
 	}
 	c, sr, rec := newRebootClient(t, f)
 	var stages []RebootStage
-	res, err := c.Reboot(t.Context(), "d1", RebootOptions{Progress: func(p RebootProgress) { stages = append(stages, p.Stage) }})
+	res, err := c.Reboot(testContext(t), "d1", RebootOptions{Progress: func(p RebootProgress) { stages = append(stages, p.Stage) }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,7 +132,7 @@ func TestRebootBaselinePresentPollsUntilChange(t *testing.T) {
 	}
 	c, sr, _ := newRebootClient(t, f)
 	var polls []int
-	res, err := c.Reboot(t.Context(), "d1", RebootOptions{
+	res, err := c.Reboot(testContext(t), "d1", RebootOptions{
 		Payload: json.RawMessage(`{"delay":2}`), PollInterval: 250 * time.Millisecond,
 		ResponseTimeout: 1500 * time.Millisecond, ConnectTimeout: 5 * time.Second,
 		Progress: func(p RebootProgress) {
@@ -158,7 +158,7 @@ func TestRebootBaselinePresentPollsUntilChange(t *testing.T) {
 func TestRebootRequestTimeouts(t *testing.T) {
 	f := &fakeRebootHub{twins: []func(http.ResponseWriter){twinWith(nil)}, method: answer(200, `{}`)}
 	c, _, rec := newRebootClient(t, f)
-	_, err := c.Reboot(t.Context(), "d1", RebootOptions{
+	_, err := c.Reboot(testContext(t), "d1", RebootOptions{
 		Payload: json.RawMessage(`{"delay":2}`), ResponseTimeout: 1500 * time.Millisecond,
 		ConnectTimeout: 5 * time.Second, NoWait: true,
 	})
@@ -184,7 +184,7 @@ func TestRebootDeviceErrorStatus(t *testing.T) {
 		method: answer(500, `{"error":"disk on fire"}`),
 	}
 	c, _, _ := newRebootClient(t, f)
-	res, err := c.Reboot(t.Context(), "d1", RebootOptions{})
+	res, err := c.Reboot(testContext(t), "d1", RebootOptions{})
 	var dse *DeviceStatusError
 	if !errors.As(err, &dse) || dse.Status != 500 || string(dse.Payload) != `{"error":"disk on fire"}` {
 		t.Fatalf("err = %v, want DeviceStatusError 500", err)
@@ -197,17 +197,22 @@ func TestRebootDeviceErrorStatus(t *testing.T) {
 	}
 }
 
-// blockingSleep waits for the context only: the wait deadline ends it.
+// blockingSleep waits for the context only: the wait deadline ends it. A
+// context that has not ended within testTimeout fails the sleep.
 func blockingSleep(ctx context.Context, _ time.Duration) error {
-	<-ctx.Done()
-	return ctx.Err()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(testTimeout):
+		return fmt.Errorf("blockingSleep: the context did not end within %v", testTimeout)
+	}
 }
 
 func TestRebootNotConfirmed(t *testing.T) {
 	f := &fakeRebootHub{twins: []func(http.ResponseWriter){twinWith("t0")}, method: answer(200, `{}`)}
 	c, _, _ := newRebootClient(t, f)
 	c.sleep = blockingSleep
-	res, err := c.Reboot(t.Context(), "d1", RebootOptions{WaitTimeout: 50 * time.Millisecond})
+	res, err := c.Reboot(testContext(t), "d1", RebootOptions{WaitTimeout: 50 * time.Millisecond})
 	if !errors.Is(err, ErrRebootNotConfirmed) {
 		t.Fatalf("err = %v, want ErrRebootNotConfirmed", err)
 	}
@@ -223,7 +228,7 @@ func TestRebootNotConfirmedNothingReported(t *testing.T) {
 	f := &fakeRebootHub{twins: []func(http.ResponseWriter){twinWith(nil)}, method: answer(200, `{}`)}
 	c, _, _ := newRebootClient(t, f)
 	c.sleep = blockingSleep
-	_, err := c.Reboot(t.Context(), "d1", RebootOptions{WaitTimeout: 50 * time.Millisecond})
+	_, err := c.Reboot(testContext(t), "d1", RebootOptions{WaitTimeout: 50 * time.Millisecond})
 	if !errors.Is(err, ErrRebootNotConfirmed) || !strings.Contains(err.Error(), "no rebootTime reported") {
 		t.Fatalf("err = %v", err)
 	}
@@ -241,7 +246,7 @@ func TestRebootThrottledPollBacksOff(t *testing.T) {
 	}
 	c, sr, _ := newRebootClient(t, f, WithRetry(1, nil))
 	var errs []error
-	res, err := c.Reboot(t.Context(), "d1", RebootOptions{Progress: func(p RebootProgress) {
+	res, err := c.Reboot(testContext(t), "d1", RebootOptions{Progress: func(p RebootProgress) {
 		if p.Stage == StagePolled {
 			errs = append(errs, p.Err)
 		}
@@ -267,7 +272,7 @@ func TestRebootTransientPollErrorKeepsWaiting(t *testing.T) {
 		method: answer(200, `{}`),
 	}
 	c, _, _ := newRebootClient(t, f, WithRetry(1, nil))
-	res, err := c.Reboot(t.Context(), "d1", RebootOptions{})
+	res, err := c.Reboot(testContext(t), "d1", RebootOptions{})
 	if err != nil || !res.Confirmed || res.Polls != 2 {
 		t.Fatalf("res %+v, err %v", res, err)
 	}
@@ -290,7 +295,7 @@ func TestRebootInvokeErrors(t *testing.T) {
 			},
 		}
 		c, _, _ := newRebootClient(t, f)
-		res, err := c.Reboot(t.Context(), "d1", RebootOptions{})
+		res, err := c.Reboot(testContext(t), "d1", RebootOptions{})
 		if err == nil || res != nil {
 			t.Errorf("%d: res %+v err %v", tc.code, res, err)
 			continue
@@ -307,7 +312,7 @@ func TestRebootInvokeErrors(t *testing.T) {
 func TestRebootUnknownDevice(t *testing.T) {
 	f := &fakeRebootHub{twins: []func(http.ResponseWriter){twinStatus(404, iothub.CodeDeviceNotFound)}, method: answer(200, `{}`)}
 	c, _, _ := newRebootClient(t, f)
-	_, err := c.Reboot(t.Context(), "d1", RebootOptions{})
+	_, err := c.Reboot(testContext(t), "d1", RebootOptions{})
 	if !errors.Is(err, ErrDeviceNotFound) {
 		t.Fatalf("err = %v", err)
 	}
@@ -319,7 +324,7 @@ func TestRebootUnknownDevice(t *testing.T) {
 func TestRebootCancelWhileWaiting(t *testing.T) {
 	f := &fakeRebootHub{twins: []func(http.ResponseWriter){twinWith("t0")}, method: answer(200, `{}`)}
 	c, _, _ := newRebootClient(t, f)
-	ctx, cancel := context.WithCancel(t.Context())
+	ctx, cancel := context.WithCancel(testContext(t))
 	c.sleep = func(ctx context.Context, d time.Duration) error { cancel(); return blockingSleep(ctx, d) }
 	_, err := c.Reboot(ctx, "d1", RebootOptions{})
 	if !errors.Is(err, context.Canceled) || errors.Is(err, ErrRebootNotConfirmed) {

@@ -16,6 +16,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/dmctl/dmctl/service"
+	"github.com/dmctl/dmctl/service/rollout"
 )
 
 // The fleet half of service reboot: --query reboots every device a twin query
@@ -35,7 +36,7 @@ func runFleetReboot(c *cli.Context) error {
 	if c.IsSet("no-wait") || (c.IsSet("wait") && !c.Bool("wait")) {
 		return usageErrorf("a fleet reboot always confirms through the twins; bound it with --wait-timeout", "--no-wait does not go with --query")
 	}
-	opts := service.FleetRebootOptions{
+	opts := rollout.Options{
 		Condition:        cond,
 		WaitTimeout:      c.Duration("wait-timeout"),
 		PollInterval:     c.Duration("poll-interval"),
@@ -56,11 +57,11 @@ func runFleetReboot(c *cli.Context) error {
 		return usageErrorf("--wait-timeout, --poll-interval and --job-timeout must be positive durations, e.g. 2m, 1s and 1h", "invalid --wait-timeout, --poll-interval or --job-timeout")
 	}
 	if c.IsSet("waves") {
-		if opts.Waves, err = service.ParseWaves(c.String("waves")); err != nil {
+		if opts.Waves, err = rollout.ParseWaves(c.String("waves")); err != nil {
 			return usageErrorf("use cumulative percentages or counts, e.g. --waves 1%,10%,100% or --waves 1,10,100", "invalid --waves: %v", err)
 		}
 	}
-	if opts.AbortFailureRate, err = service.ParseRate(c.String("abort-failure-rate")); err != nil {
+	if opts.AbortFailureRate, err = rollout.ParseRate(c.String("abort-failure-rate")); err != nil {
 		return usageErrorf("write the threshold as a percentage, e.g. --abort-failure-rate 5% (100% never stops)", "invalid --abort-failure-rate: %v", err)
 	}
 	if p := opts.JobIDPrefix; p != "" {
@@ -76,9 +77,9 @@ func runFleetReboot(c *cli.Context) error {
 
 	pr := newFleetProgress(c.App.ErrWriter, loggerFrom(c))
 	opts.Progress = pr.update
-	res, err := client.FleetReboot(c.Context, opts)
+	res, err := rollout.Run(c.Context, client, opts)
 	pr.finish()
-	if res != nil && !errors.Is(err, service.ErrNoDevices) {
+	if res != nil && !errors.Is(err, rollout.ErrNoDevices) {
 		w := c.App.Writer
 		var perr error
 		if jsonOutput(c) {
@@ -99,7 +100,7 @@ func fleetError(err error) error {
 	switch {
 	case err == nil:
 		return nil
-	case errors.Is(err, service.ErrNoDevices):
+	case errors.Is(err, rollout.ErrNoDevices):
 		return withHint(err, `check the condition, e.g. with: dmctl service query "SELECT deviceId FROM devices WHERE <condition>"`)
 	case errors.Is(err, context.Canceled):
 		return err
@@ -134,47 +135,47 @@ func newFleetProgress(w io.Writer, log zerolog.Logger) *fleetProgress {
 	return &fleetProgress{w: w, tty: ok && (isatty.IsTerminal(f.Fd()) || isatty.IsCygwinTerminal(f.Fd())), log: log, every: 5 * time.Second}
 }
 
-func (p *fleetProgress) update(fp service.FleetProgress) {
+func (p *fleetProgress) update(fp rollout.Progress) {
 	switch fp.Stage {
-	case service.FleetBaseline:
+	case rollout.StageBaseline:
 		p.line()
 		p.log.Info().Int("devices", fp.Devices).Int("waves", fp.Waves).Msg("read the devices' rebootTime; starting the reboot jobs")
-	case service.FleetWaveStarted:
+	case rollout.StageWaveStarted:
 		p.line()
 		p.log.Info().Int("wave", fp.Wave).Int("waves", fp.Waves).Int("devices", fp.WaveSize).Strs("jobs", fp.JobIDs).Msg("reboot job created")
 		p.last = time.Time{}
 		p.show(fp)
-	case service.FleetWavePolled:
+	case rollout.StageWavePolled:
 		if fp.Err != nil {
 			p.line()
 			p.log.Warn().Err(fp.Err).Strs("jobs", fp.JobIDs).Msg("poll failed; still waiting")
 		}
 		p.show(fp)
-	case service.FleetWaveDone:
+	case rollout.StageWaveDone:
 		p.show(fp)
 		p.line()
 		cnt := fp.Counts
 		p.log.Info().Int("wave", fp.Wave).Int("waves", fp.Waves).Strs("jobs", fp.JobIDs).Str("jobStatus", fp.JobStatus).
 			Int("succeeded", cnt.Succeeded).Int("failed", cnt.Failed).Int("offline", cnt.Offline).
 			Int("unconfirmed", cnt.Unconfirmed).Dur("took", fp.Elapsed).Msg("wave done")
-	case service.FleetStoppedEarly:
+	case rollout.StageStoppedEarly:
 		p.line()
 		p.log.Warn().Str("reason", fp.Reason).Msg("rollout stopped")
 	}
 }
 
 // show renders the live line, or a log line at most every p.every.
-func (p *fleetProgress) show(fp service.FleetProgress) {
+func (p *fleetProgress) show(fp rollout.Progress) {
 	cnt := fp.Counts
 	done := cnt.Succeeded + cnt.Failed + cnt.Offline + cnt.Unconfirmed
 	answered, status := fp.Stats.Finished(), fp.JobStatus
 	if !p.tty {
 		msg := fmt.Sprintf("%d/%d/%d/%d/%s", answered, cnt.Succeeded, cnt.Failed+cnt.Offline, cnt.Unconfirmed, status)
-		if fp.Stage != service.FleetWaveDone && (msg == p.lastMsg || time.Since(p.last) < p.every) {
+		if fp.Stage != rollout.StageWaveDone && (msg == p.lastMsg || time.Since(p.last) < p.every) {
 			return
 		}
 		p.last, p.lastMsg = time.Now(), msg
-		if fp.Stage == service.FleetWaveDone {
+		if fp.Stage == rollout.StageWaveDone {
 			return // the wave-done log line follows
 		}
 		p.log.Info().Int("wave", fp.Wave).Strs("jobs", fp.JobIDs).Str("jobStatus", status).Int("devices", fp.WaveSize).
@@ -208,7 +209,7 @@ func (p *fleetProgress) finish() { p.line() }
 // fleetOutput is the JSON summary of a fleet reboot.
 type fleetOutput struct {
 	Query       string              `json:"query"`
-	Counts      service.FleetCounts `json:"counts"`
+	Counts      rollout.Counts      `json:"counts"`
 	Stopped     bool                `json:"stopped"`
 	StopReason  string              `json:"stopReason,omitempty"`
 	Interrupted bool                `json:"interrupted,omitempty"`
@@ -219,14 +220,14 @@ type fleetOutput struct {
 }
 
 type fleetWaveOutput struct {
-	Wave          int                 `json:"wave"`
-	JobIDs        []string            `json:"jobIds"`
-	Size          int                 `json:"size"`
-	JobStatus     string              `json:"jobStatus"`
-	FailureReason string              `json:"failureReason,omitempty"`
-	Counts        service.FleetCounts `json:"counts"`
-	FailureRate   float64             `json:"failureRate"`
-	DurationMs    int64               `json:"durationMs"`
+	Wave          int            `json:"wave"`
+	JobIDs        []string       `json:"jobIds"`
+	Size          int            `json:"size"`
+	JobStatus     string         `json:"jobStatus"`
+	FailureReason string         `json:"failureReason,omitempty"`
+	Counts        rollout.Counts `json:"counts"`
+	FailureRate   float64        `json:"failureRate"`
+	DurationMs    int64          `json:"durationMs"`
 }
 
 type fleetDeviceOutput struct {
@@ -243,7 +244,7 @@ type fleetDeviceOutput struct {
 	RebootTime         *string         `json:"rebootTime"`
 }
 
-func fleetJSON(r *service.FleetResult) fleetOutput {
+func fleetJSON(r *rollout.Result) fleetOutput {
 	out := fleetOutput{
 		Query: r.Condition, Counts: r.Counts, Stopped: r.Stopped, StopReason: r.StopReason,
 		Interrupted: r.Interrupted, WavesPlan: r.Planned, DurationMs: r.Duration.Milliseconds(),
@@ -295,7 +296,7 @@ const maxListed = 50
 
 // printFleetSummary prints the counts, the waves, and the devices that did
 // not succeed (the first maxListed of them).
-func printFleetSummary(w io.Writer, r *service.FleetResult) error {
+func printFleetSummary(w io.Writer, r *rollout.Result) error {
 	c := r.Counts
 	waves := "1 wave"
 	if r.Planned != 1 {
@@ -324,12 +325,12 @@ func printFleetSummary(w io.Writer, r *service.FleetResult) error {
 			return err
 		}
 	}
-	var bad []service.DeviceReboot
+	var bad []rollout.Device
 	skipped := 0
 	for _, d := range r.Devices {
 		switch d.Outcome {
-		case service.OutcomeSucceeded:
-		case service.OutcomeSkipped:
+		case rollout.OutcomeSucceeded:
+		case rollout.OutcomeSkipped:
 			skipped++
 		default:
 			bad = append(bad, d)

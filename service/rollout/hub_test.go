@@ -1,4 +1,4 @@
-package service_test
+package rollout_test
 
 import (
 	"context"
@@ -16,12 +16,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
+
 	"github.com/dmctl/dmctl/device"
 	"github.com/dmctl/dmctl/device/mqtt"
 	"github.com/dmctl/dmctl/hub/hubtest"
 	"github.com/dmctl/dmctl/internal/iothub"
 	"github.com/dmctl/dmctl/sas"
 	"github.com/dmctl/dmctl/service"
+	"github.com/dmctl/dmctl/service/internal/servicetest"
+	"github.com/dmctl/dmctl/service/rollout"
 )
 
 // fleetDevice describes one simulated device of a fleet test.
@@ -34,11 +38,25 @@ type fleetDevice struct {
 
 // runFleet registers and runs the devices in-process (one MQTT connection
 // each) until the test ends, and waits until each listens for methods.
-func runFleet(t *testing.T, h *hubtest.Server, devs []fleetDevice) {
+func runFleet(t testing.TB, h *hubtest.Server, devs []fleetDevice) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	errs := make(chan error, len(devs))
+	stopped := make(chan error, len(devs)) // one value per device, once it has stopped
+	t.Cleanup(func() {
+		cancel()
+		deadline := time.After(servicetest.WaitTimeout)
+		for range devs {
+			select {
+			case err := <-stopped:
+				if err != nil {
+					t.Error(err)
+				}
+			case <-deadline:
+				t.Errorf("devices still running %v after their context ended", servicetest.WaitTimeout)
+				return
+			}
+		}
+	})
 	tlsConf := &tls.Config{RootCAs: h.CAPool(), ClientSessionCache: tls.NewLRUClientSessionCache(len(devs))}
 	for _, fd := range devs {
 		cs, err := sas.ParseDevice(h.CreateDevice(t, fd.id))
@@ -61,39 +79,37 @@ func runFleet(t *testing.T, h *hubtest.Server, devs []fleetDevice) {
 		if fd.reboot != nil {
 			dev.Handle(device.RebootMethod, fd.reboot)
 		}
-		wg.Add(1)
 		go func() {
-			defer wg.Done()
 			if err := dev.Run(ctx); err != nil {
-				errs <- fmt.Errorf("device %s: %w", fd.id, err)
+				stopped <- fmt.Errorf("device %s: %w", fd.id, err)
+				return
 			}
+			stopped <- nil
 		}()
 	}
-	t.Cleanup(func() {
-		cancel()
-		wg.Wait()
-		close(errs)
-		for err := range errs {
-			t.Error(err)
-		}
-	})
-	for _, fd := range devs {
-		waitMethods(t, h, fd.id)
+	waitAll(t, h, ids(devs))
+}
+
+func ids(devs []fleetDevice) []string {
+	out := make([]string, len(devs))
+	for i, d := range devs {
+		out[i] = d.id
 	}
+	return out
 }
 
 // tagAll sets tags.site on every device.
 func tagAll(t *testing.T, c *service.Client, site string, ids ...string) {
 	t.Helper()
 	for _, id := range ids {
-		if _, err := c.UpdateTwin(t.Context(), id, service.TwinPatch{Tags: json.RawMessage(`{"site":"` + site + `"}`)}, ""); err != nil {
+		if _, err := c.UpdateTwin(servicetest.Context(t), id, service.TwinPatch{Tags: json.RawMessage(`{"site":"` + site + `"}`)}, ""); err != nil {
 			t.Fatal(err)
 		}
 	}
 }
 
 func TestHubFleetReboot100(t *testing.T) {
-	h, c := hubClient(t)
+	h, c := servicetest.HubClient(t)
 	const n = 100
 	devs := make([]fleetDevice, n)
 	ids := make([]string, n)
@@ -106,13 +122,13 @@ func TestHubFleetReboot100(t *testing.T) {
 	h.CreateDevice(t, "elsewhere") // not tagged: not in the query
 
 	var mu sync.Mutex
-	var stages []service.FleetStage
+	var stages []rollout.Stage
 	start := time.Now()
-	res, err := c.FleetReboot(t.Context(), service.FleetRebootOptions{
+	res, err := rollout.Run(servicetest.Context(t), c, rollout.Options{
 		Condition:    "tags.site = 'lab'",
 		PollInterval: 100 * time.Millisecond,
-		WaitTimeout:  time.Minute,
-		Progress: func(p service.FleetProgress) {
+		WaitTimeout:  30 * time.Second,
+		Progress: func(p rollout.Progress) {
 			mu.Lock()
 			defer mu.Unlock()
 			if len(stages) == 0 || stages[len(stages)-1] != p.Stage {
@@ -124,7 +140,7 @@ func TestHubFleetReboot100(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("rebooted and confirmed %d devices in %v", n, time.Since(start))
-	if res.Counts != (service.FleetCounts{Total: n, Succeeded: n}) {
+	if res.Counts != (rollout.Counts{Total: n, Succeeded: n}) {
 		t.Fatalf("counts %+v", res.Counts)
 	}
 	if len(res.Waves) != 1 || res.Waves[0].JobStatus != service.JobCompleted || res.Stopped {
@@ -133,7 +149,7 @@ func TestHubFleetReboot100(t *testing.T) {
 	got := make([]string, 0, n)
 	for _, d := range res.Devices {
 		got = append(got, d.DeviceID)
-		if d.Outcome != service.OutcomeSucceeded || d.Status != 200 || !d.HasRebootTime || d.HasPreviousTime {
+		if d.Outcome != rollout.OutcomeSucceeded || d.Status != 200 || !d.HasRebootTime || d.HasPreviousTime {
 			t.Errorf("device %+v", d)
 		}
 	}
@@ -142,13 +158,13 @@ func TestHubFleetReboot100(t *testing.T) {
 		t.Errorf("devices %v", got)
 	}
 	mu.Lock()
-	if stages[0] != service.FleetBaseline || stages[len(stages)-1] != service.FleetWaveDone {
+	if stages[0] != rollout.StageBaseline || stages[len(stages)-1] != rollout.StageWaveDone {
 		t.Errorf("stages %v", stages)
 	}
 	mu.Unlock()
 
 	// The job and its rows are readable through the jobs API.
-	job, err := c.Job(t.Context(), res.Waves[0].JobIDs[0])
+	job, err := c.Job(servicetest.Context(t), res.Waves[0].JobIDs[0])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,7 +172,7 @@ func TestHubFleetReboot100(t *testing.T) {
 		t.Errorf("job %+v stats %+v", job, st)
 	}
 	rows := 0
-	err = c.DeviceJobs(t.Context(), job.JobID, func(r service.DeviceJob) error {
+	err = c.DeviceJobs(servicetest.Context(t), job.JobID, func(r service.DeviceJob) error {
 		rows++
 		if r.Status != service.DeviceJobCompleted || r.MethodResponse() == nil || r.MethodResponse().Status != 200 {
 			t.Errorf("row %+v", r)
@@ -169,9 +185,9 @@ func TestHubFleetReboot100(t *testing.T) {
 
 	// A second fleet reboot has the first one's times as baselines.
 	waitAll(t, h, ids)
-	res2, err := c.FleetReboot(t.Context(), service.FleetRebootOptions{
-		Condition: "tags.site = 'lab'", PollInterval: 100 * time.Millisecond, WaitTimeout: time.Minute,
-		Waves: []service.Wave{{Count: 10}, {Percent: 100}},
+	res2, err := rollout.Run(servicetest.Context(t), c, rollout.Options{
+		Condition: "tags.site = 'lab'", PollInterval: 100 * time.Millisecond, WaitTimeout: 30 * time.Second,
+		Waves: []rollout.Step{{Count: 10}, {Percent: 100}},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -190,10 +206,10 @@ func TestHubFleetReboot100(t *testing.T) {
 	}
 }
 
-func waitAll(t *testing.T, h *hubtest.Server, ids []string) {
+func waitAll(t testing.TB, h *hubtest.Server, ids []string) {
 	t.Helper()
 	for _, id := range ids {
-		waitMethods(t, h, id)
+		servicetest.WaitMethods(t, h, id)
 	}
 }
 
@@ -203,7 +219,7 @@ func refuse(context.Context, json.RawMessage) (int, any) {
 }
 
 func TestHubFleetStagedRolloutAborts(t *testing.T) {
-	h, c := hubClient(t)
+	h, c := servicetest.HubClient(t)
 	// 20 devices; in query (deviceId) order the first wave of 2 holds one
 	// device that refuses the reboot.
 	var devs []fleetDevice
@@ -221,9 +237,9 @@ func TestHubFleetStagedRolloutAborts(t *testing.T) {
 	ids = append(ids, "st-99")
 	tagAll(t, c, "staged", ids...)
 
-	res, err := c.FleetReboot(t.Context(), service.FleetRebootOptions{
+	res, err := rollout.Run(servicetest.Context(t), c, rollout.Options{
 		Condition:        "tags.site = 'staged'",
-		Waves:            []service.Wave{{Count: 2}, {Percent: 50}, {Percent: 100}},
+		Waves:            []rollout.Step{{Count: 2}, {Percent: 50}, {Percent: 100}},
 		AbortFailureRate: 0.05,
 		JobIDPrefix:      "staged",
 		PollInterval:     50 * time.Millisecond,
@@ -240,29 +256,29 @@ func TestHubFleetStagedRolloutAborts(t *testing.T) {
 	if !slices.Equal(w.JobIDs, []string{"staged-w1"}) || w.Size != 2 || w.Counts.Succeeded != 1 || w.Counts.Failed != 1 || w.FailureRate != 0.5 {
 		t.Errorf("wave %+v", w)
 	}
-	if res.Counts != (service.FleetCounts{Total: 21, Succeeded: 1, Failed: 1, Skipped: 19}) {
+	if res.Counts != (rollout.Counts{Total: 21, Succeeded: 1, Failed: 1, Skipped: 19}) {
 		t.Errorf("counts %+v", res.Counts)
 	}
 	d := res.Devices[1]
-	if d.DeviceID != "st-01" || d.Outcome != service.OutcomeFailed || d.Failure != service.FailureDeviceStatus ||
+	if d.DeviceID != "st-01" || d.Outcome != rollout.OutcomeFailed || d.Failure != rollout.FailureDeviceStatus ||
 		d.Status != 500 || !strings.Contains(d.Reason, "flash write failed") {
 		t.Errorf("refusing device %+v", d)
 	}
 	for _, d := range res.Devices[2:] {
-		if d.Outcome != service.OutcomeSkipped || d.JobID != "" {
+		if d.Outcome != rollout.OutcomeSkipped || d.JobID != "" {
 			t.Errorf("device after the stop %+v", d)
 		}
 	}
-	if _, err := c.Job(t.Context(), "staged-w2"); !errors.Is(err, service.ErrJobNotFound) {
+	if _, err := c.Job(servicetest.Context(t), "staged-w2"); !errors.Is(err, service.ErrJobNotFound) {
 		t.Errorf("second wave job: %v, want ErrJobNotFound", err)
 	}
 
 	// Without an abort threshold every wave runs; the worst outcome is the
 	// device status error, and the offline device is reported as such.
 	waitAll(t, h, ids[:20])
-	res, err = c.FleetReboot(t.Context(), service.FleetRebootOptions{
+	res, err = rollout.Run(servicetest.Context(t), c, rollout.Options{
 		Condition:        "tags.site = 'staged'",
-		Waves:            []service.Wave{{Count: 2}, {Percent: 50}, {Percent: 100}},
+		Waves:            []rollout.Step{{Count: 2}, {Percent: 50}, {Percent: 100}},
 		AbortFailureRate: -1,
 		PollInterval:     50 * time.Millisecond,
 		WaitTimeout:      30 * time.Second,
@@ -270,171 +286,65 @@ func TestHubFleetStagedRolloutAborts(t *testing.T) {
 	if !errors.As(err, &dse) {
 		t.Fatalf("err = %v, want a DeviceStatusError", err)
 	}
-	if len(res.Waves) != 3 || res.Stopped || res.Counts != (service.FleetCounts{Total: 21, Succeeded: 18, Failed: 2, Offline: 1}) {
+	if len(res.Waves) != 3 || res.Stopped || res.Counts != (rollout.Counts{Total: 21, Succeeded: 18, Failed: 2, Offline: 1}) {
 		t.Errorf("waves %d stopped %v counts %+v", len(res.Waves), res.Stopped, res.Counts)
 	}
 	off := res.Devices[20]
-	if off.DeviceID != "st-99" || off.Outcome != service.OutcomeOffline || off.ErrorCode != iothub.CodeDeviceNotOnline {
+	if off.DeviceID != "st-99" || off.Outcome != rollout.OutcomeOffline || off.ErrorCode != iothub.CodeDeviceNotOnline {
 		t.Errorf("offline device %+v", off)
 	}
 }
 
 func TestHubFleetOfflineAndUnconfirmed(t *testing.T) {
-	h, c := hubClient(t)
+	h, c := servicetest.HubClient(t)
 	runFleet(t, h, []fleetDevice{
 		{id: "u-ok"},
 		{id: "u-slow", delay: time.Hour}, // accepts, never comes back in time
 		{id: "u-slow2", delay: time.Hour},
 	})
 	h.CreateDevice(t, "u-off")
-	res, err := c.FleetReboot(t.Context(), service.FleetRebootOptions{
+	res, err := rollout.Run(servicetest.Context(t), c, rollout.Options{
 		Condition: "deviceId IN ['u-ok', 'u-slow', 'u-off']", PollInterval: 20 * time.Millisecond, WaitTimeout: 300 * time.Millisecond,
 	})
 	// Offline outranks not confirmed.
 	if !errors.Is(err, service.ErrDeviceNotOnline) || errors.Is(err, service.ErrRebootNotConfirmed) {
 		t.Fatalf("err = %v, want ErrDeviceNotOnline", err)
 	}
-	if res.Counts != (service.FleetCounts{Total: 3, Succeeded: 1, Offline: 1, Unconfirmed: 1}) {
+	if res.Counts != (rollout.Counts{Total: 3, Succeeded: 1, Offline: 1, Unconfirmed: 1}) {
 		t.Errorf("counts %+v", res.Counts)
 	}
-	byID := map[string]service.DeviceReboot{}
+	byID := map[string]rollout.Device{}
 	for _, d := range res.Devices {
 		byID[d.DeviceID] = d
 	}
-	if d := byID["u-slow"]; d.Outcome != service.OutcomeUnconfirmed || d.Status != 200 || !strings.Contains(d.Reason, "no rebootTime") {
+	if d := byID["u-slow"]; d.Outcome != rollout.OutcomeUnconfirmed || d.Status != 200 || !strings.Contains(d.Reason, "no rebootTime") {
 		t.Errorf("slow device %+v", d)
 	}
 
 	// Only a slow device: not confirmed is the worst outcome.
-	res, err = c.FleetReboot(t.Context(), service.FleetRebootOptions{
+	res, err = rollout.Run(servicetest.Context(t), c, rollout.Options{
 		Condition: "deviceId = 'u-slow2'", PollInterval: 20 * time.Millisecond, WaitTimeout: 200 * time.Millisecond,
 	})
 	if !errors.Is(err, service.ErrRebootNotConfirmed) || res.Counts.Unconfirmed != 1 {
 		t.Errorf("slow device alone: %v, %+v", err, res.Counts)
 	}
-	_, err = c.FleetReboot(t.Context(), service.FleetRebootOptions{Condition: "deviceId = 'nobody'"})
-	if !errors.Is(err, service.ErrNoDevices) {
+	_, err = rollout.Run(servicetest.Context(t), c, rollout.Options{Condition: "deviceId = 'nobody'"})
+	if !errors.Is(err, rollout.ErrNoDevices) {
 		t.Errorf("no match: %v", err)
-	}
-}
-
-func TestHubJobsAPI(t *testing.T) {
-	h, c := hubClient(t)
-	ctx := t.Context()
-	h.CreateDevice(t, "j1")
-	h.CreateDevice(t, "j2")
-
-	// A job scheduled an hour ahead can be listed and cancelled.
-	later, err := c.CreateJob(ctx, service.JobRequest{
-		JobID:          "later",
-		Type:           service.JobTypeUpdateTwin,
-		QueryCondition: "deviceId IN ['j1', 'j2']",
-		UpdateTwin:     &service.TwinPatch{Tags: json.RawMessage(`{"wave":1}`)},
-		StartTime:      time.Now().Add(time.Hour),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if later.Status != service.JobScheduled || later.Type != service.JobTypeUpdateTwin {
-		t.Errorf("created %+v", later)
-	}
-	if _, err := c.CreateJob(ctx, service.JobRequest{JobID: "later", Type: service.JobTypeUpdateTwin, QueryCondition: "deviceId = 'j1'",
-		UpdateTwin: &service.TwinPatch{Tags: json.RawMessage(`{"x":1}`)}}); !errors.Is(err, service.ErrJobAlreadyExists) {
-		t.Errorf("duplicate: %v", err)
-	}
-
-	// A twin job that runs now completes on both devices.
-	now, err := c.CreateJob(ctx, service.JobRequest{
-		JobID: "now", Type: service.JobTypeUpdateTwin, QueryCondition: "deviceId IN ['j1', 'j2']",
-		UpdateTwin: &service.TwinPatch{Desired: json.RawMessage(`{"interval":7}`)},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for !service.JobTerminal(now.Status) {
-		select {
-		case <-ctx.Done():
-			t.Fatal(ctx.Err())
-		case <-time.After(20 * time.Millisecond):
-		}
-		if now, err = c.Job(ctx, "now"); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if now.Status != service.JobCompleted || now.Stats() != (service.DeviceJobStatistics{DeviceCount: 2, SucceededCount: 2}) {
-		t.Errorf("finished job %+v %+v", now, now.Stats())
-	}
-	if tw, err := c.Twin(ctx, "j2"); err != nil || fmt.Sprint(tw.Properties.Desired["interval"]) != "7" {
-		t.Errorf("twin after job: %v %v", tw, err)
-	}
-
-	all, err := c.Jobs(ctx, service.JobFilter{})
-	if err != nil || len(all) != 2 {
-		t.Fatalf("list: %v %v", all, err)
-	}
-	sched, err := c.Jobs(ctx, service.JobFilter{Type: service.JobTypeUpdateTwin, Status: service.JobScheduled})
-	if err != nil || len(sched) != 1 || sched[0].JobID != "later" {
-		t.Errorf("list scheduled: %+v %v", sched, err)
-	}
-	cancelled, err := c.CancelJob(ctx, "later")
-	if err != nil || cancelled.Status != service.JobCancelled {
-		t.Fatalf("cancel: %+v %v", cancelled, err)
-	}
-	if none, err := c.Jobs(ctx, service.JobFilter{Status: service.JobScheduled}); err != nil || len(none) != 0 {
-		t.Errorf("scheduled after cancel: %+v %v", none, err)
-	}
-	if _, err := c.Job(ctx, "nope"); !errors.Is(err, service.ErrJobNotFound) {
-		t.Errorf("unknown job: %v", err)
-	}
-	if _, err := c.CancelJob(ctx, "nope"); !errors.Is(err, service.ErrJobNotFound) {
-		t.Errorf("cancel unknown job: %v", err)
-	}
-}
-
-func TestHubCreateDevices(t *testing.T) {
-	_, c := hubClient(t)
-	ctx := t.Context()
-	if _, err := c.CreateDevice(ctx, "bulk-0003"); err != nil {
-		t.Fatal(err)
-	}
-	ids := service.SequentialIDs("bulk", 1, 12)
-	res := c.CreateDevices(ctx, ids, 4)
-	var failed []string
-	for i, r := range res {
-		if r.DeviceID != ids[i] {
-			t.Errorf("result %d is %s, want %s", i, r.DeviceID, ids[i])
-		}
-		if r.Err != nil {
-			failed = append(failed, r.DeviceID)
-			if !errors.Is(r.Err, service.ErrDeviceAlreadyExists) {
-				t.Errorf("%s: %v", r.DeviceID, r.Err)
-			}
-			continue
-		}
-		if _, err := c.DeviceConnectionString(r.Device, service.PrimaryKey); err != nil {
-			t.Errorf("%s: %v", r.DeviceID, err)
-		}
-	}
-	if !slices.Equal(failed, []string{"bulk-0003"}) {
-		t.Errorf("failed %v", failed)
-	}
-	ds, err := c.Devices(ctx, 0)
-	if err != nil || len(ds) != 12 {
-		t.Errorf("registry holds %d devices, %v", len(ds), err)
 	}
 }
 
 // TestHubFleetSplitWave: a wave whose id list does not fit one job
 // condition runs as several jobs.
 func TestHubFleetSplitWave(t *testing.T) {
-	h, c := hubClient(t)
+	h, c := servicetest.HubClient(t)
 	var ids []string
 	for i := range 90 {
 		id := fmt.Sprintf("%s-%03d", strings.Repeat("long", 25), i) // 104 characters
 		h.CreateDevice(t, id)
 		ids = append(ids, id)
 	}
-	res, err := c.FleetReboot(t.Context(), service.FleetRebootOptions{
+	res, err := rollout.Run(servicetest.Context(t), c, rollout.Options{
 		Condition: "status = 'enabled'", JobIDPrefix: "split", PollInterval: 20 * time.Millisecond, WaitTimeout: time.Second,
 	})
 	if !errors.Is(err, service.ErrDeviceNotOnline) {
@@ -443,7 +353,7 @@ func TestHubFleetSplitWave(t *testing.T) {
 	if len(res.Waves) != 1 || !slices.Equal(res.Waves[0].JobIDs, []string{"split-w1-1", "split-w1-2"}) {
 		t.Fatalf("waves %+v", res.Waves)
 	}
-	if res.Counts != (service.FleetCounts{Total: 90, Offline: 90}) {
+	if res.Counts != (rollout.Counts{Total: 90, Offline: 90}) {
 		t.Errorf("counts %+v", res.Counts)
 	}
 	perJob := map[string]int{}
@@ -454,49 +364,60 @@ func TestHubFleetSplitWave(t *testing.T) {
 		}
 	}
 	for _, id := range res.Waves[0].JobIDs {
-		j, err := c.Job(t.Context(), id)
+		j, err := c.Job(servicetest.Context(t), id)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(j.QueryCondition) > service.MaxConditionLength || j.Stats().DeviceCount != perJob[id] || j.Stats().FailedCount != perJob[id] {
+		if len(j.QueryCondition) > rollout.MaxConditionLength || j.Stats().DeviceCount != perJob[id] || j.Stats().FailedCount != perJob[id] {
 			t.Errorf("job %s: condition of %d characters, stats %+v, devices %d", id, len(j.QueryCondition), j.Stats(), perJob[id])
 		}
 	}
 }
 
-// TestHubFleetScale measures a fleet reboot of many in-process devices
-// with a one second reboot delay. It runs only when DMCTL_FLEET_SCALE names
-// the device count (e.g. DMCTL_FLEET_SCALE=1000 go test -run
-// TestHubFleetScale -v ./service/).
-func TestHubFleetScale(t *testing.T) {
-	n, _ := strconv.Atoi(os.Getenv("DMCTL_FLEET_SCALE"))
-	if n <= 0 {
-		t.Skip("set DMCTL_FLEET_SCALE=N to run")
+// BenchmarkHubFleetReboot reboots a fleet of in-process devices, each with
+// a one second reboot delay, through the local hub, and fails unless every
+// device is confirmed. DMCTL_FLEET_SCALE sets the device count (default
+// 100), e.g. DMCTL_FLEET_SCALE=1000 go test -run '^$' -bench HubFleetReboot
+// -benchtime 1x ./service/rollout/.
+func BenchmarkHubFleetReboot(b *testing.B) {
+	n := 100
+	if v, err := strconv.Atoi(os.Getenv("DMCTL_FLEET_SCALE")); err == nil && v > 0 {
+		n = v
 	}
-	h := hubtest.NewServer(t)
+	h := hubtest.NewServer(b, hubtest.WithLogger(zerolog.Nop())) // a benchmark prints every log line
 	cs, err := sas.ParseService(h.ServiceConnectionString())
 	if err != nil {
-		t.Fatal(err)
+		b.Fatal(err)
 	}
 	c, err := service.New(cs, service.WithRootCAs(h.CAPool()))
 	if err != nil {
-		t.Fatal(err)
+		b.Fatal(err)
 	}
 	defer c.Close()
 	devs := make([]fleetDevice, n)
 	for i := range devs {
 		devs[i] = fleetDevice{id: fmt.Sprintf("scale-%05d", i), delay: time.Second}
 	}
-	runFleet(t, h, devs)
-	start := time.Now()
-	res, err := c.FleetReboot(t.Context(), service.FleetRebootOptions{
-		Condition: "status = 'enabled'", PollInterval: 250 * time.Millisecond, WaitTimeout: time.Minute,
-	})
-	if err != nil {
-		t.Fatal(err)
+	runFleet(b, h, devs)
+	jobs := 0
+	b.ResetTimer()
+	for range b.N {
+		b.StopTimer()
+		waitAll(b, h, ids(devs)) // back from the last iteration's reboot
+		ctx, cancel := context.WithTimeout(b.Context(), 5*time.Minute)
+		b.StartTimer()
+		res, err := rollout.Run(ctx, c, rollout.Options{
+			Condition: "status = 'enabled'", PollInterval: 250 * time.Millisecond, WaitTimeout: time.Minute,
+		})
+		cancel()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if res.Counts != (rollout.Counts{Total: n, Succeeded: n}) {
+			b.Fatalf("not every device confirmed: counts %+v", res.Counts)
+		}
+		jobs = len(res.Waves[0].JobIDs)
 	}
-	if res.Counts.Succeeded != n {
-		t.Fatalf("counts %+v", res.Counts)
-	}
-	t.Logf("%d devices rebooted and confirmed in %v (%d jobs)", n, time.Since(start), len(res.Waves[0].JobIDs))
+	b.ReportMetric(float64(n*b.N)/b.Elapsed().Seconds(), "devices/s")
+	b.ReportMetric(float64(jobs), "jobs")
 }

@@ -1,4 +1,4 @@
-package service
+package rollout
 
 import (
 	"errors"
@@ -8,15 +8,15 @@ import (
 	"strings"
 )
 
-// Wave is one step of a staged rollout: the cumulative share of the
-// devices rebooted once the wave is done, as a percentage of the device set
+// Step is one step of a staged-rollout plan: the cumulative share of the
+// devices rebooted once its wave is done, as a percentage of the device set
 // (Percent > 0) or as an absolute device count (Count > 0).
-type Wave struct {
+type Step struct {
 	Percent float64 // 0 < Percent <= 100
 	Count   int
 }
 
-func (w Wave) String() string {
+func (w Step) String() string {
 	if w.Percent > 0 {
 		return strconv.FormatFloat(w.Percent, 'f', -1, 64) + "%"
 	}
@@ -27,12 +27,12 @@ func (w Wave) String() string {
 // each a percentage of the device set ("1%,10%,100%") or an absolute device
 // count ("1,10,100"); the two may be mixed ("1,10%,100%"). Steps of the same
 // kind must increase. See WaveSizes for how they apply to a device set.
-func ParseWaves(s string) ([]Wave, error) {
+func ParseWaves(s string) ([]Step, error) {
 	s = strings.TrimSpace(s)
 	if s == "" {
 		return nil, errors.New("no waves given")
 	}
-	var out []Wave
+	var out []Step
 	var lastPct float64
 	var lastCount int
 	for i, f := range strings.Split(s, ",") {
@@ -49,7 +49,7 @@ func ParseWaves(s string) ([]Wave, error) {
 				return nil, fmt.Errorf("wave %d (%q): waves are cumulative, so each percentage must be larger than the one before", i+1, f)
 			}
 			lastPct = v
-			out = append(out, Wave{Percent: v})
+			out = append(out, Step{Percent: v})
 			continue
 		}
 		n, err := strconv.Atoi(f)
@@ -60,7 +60,7 @@ func ParseWaves(s string) ([]Wave, error) {
 			return nil, fmt.Errorf("wave %d (%q): waves are cumulative, so each count must be larger than the one before", i+1, f)
 		}
 		lastCount = n
-		out = append(out, Wave{Count: n})
+		out = append(out, Step{Count: n})
 	}
 	return out, nil
 }
@@ -71,7 +71,7 @@ func ParseWaves(s string) ([]Wave, error) {
 // steps that cover no more devices than the steps before them are dropped,
 // and when the last step covers fewer than n devices a final wave takes the
 // rest. No plan means one wave of all n devices.
-func WaveSizes(plan []Wave, n int) []int {
+func WaveSizes(plan []Step, n int) []int {
 	if n <= 0 {
 		return nil
 	}

@@ -1,4 +1,4 @@
-package service
+package rollout
 
 import (
 	"context"
@@ -9,120 +9,24 @@ import (
 	"reflect"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/dmctl/dmctl/internal/iothub"
+	"github.com/dmctl/dmctl/service"
+	"github.com/dmctl/dmctl/service/internal/servicetest"
 )
 
-func TestParseWaves(t *testing.T) {
-	for _, tc := range []struct {
-		in   string
-		want []Wave
-		err  string
-	}{
-		{"1%,10%,100%", []Wave{{Percent: 1}, {Percent: 10}, {Percent: 100}}, ""},
-		{" 1 , 10 ,100 ", []Wave{{Count: 1}, {Count: 10}, {Count: 100}}, ""},
-		{"1,10%,100%", []Wave{{Count: 1}, {Percent: 10}, {Percent: 100}}, ""},
-		{"0.5%", []Wave{{Percent: 0.5}}, ""},
-		{"", nil, "no waves"},
-		{"1,,2", nil, "wave 2 is empty"},
-		{"10%,5%", nil, "larger than the one before"},
-		{"5,5", nil, "larger than the one before"},
-		{"0%", nil, "above 0"},
-		{"101%", nil, "at most 100"},
-		{"0", nil, "above 0"},
-		{"-3", nil, "above 0"},
-		{"x%", nil, "above 0"},
-		{"ten", nil, "device count"},
-		{"NaN%", nil, "above 0"},
-	} {
-		got, err := ParseWaves(tc.in)
-		if tc.err != "" {
-			if err == nil || !strings.Contains(err.Error(), tc.err) {
-				t.Errorf("ParseWaves(%q) = %v, %v; want error with %q", tc.in, got, err, tc.err)
-			}
-			continue
-		}
-		if err != nil || !reflect.DeepEqual(got, tc.want) {
-			t.Errorf("ParseWaves(%q) = %v, %v; want %v", tc.in, got, err, tc.want)
-		}
-	}
-	if s := fmt.Sprint([]Wave{{Percent: 12.5}, {Count: 3}}); s != "[12.5% 3]" {
-		t.Errorf("String: %s", s)
-	}
-}
-
-func TestWaveSizes(t *testing.T) {
-	p := func(s string) []Wave {
-		w, err := ParseWaves(s)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return w
-	}
-	for _, tc := range []struct {
-		plan []Wave
-		n    int
-		want []int
-	}{
-		{nil, 7, []int{7}},
-		{nil, 0, nil},
-		{p("1%,10%,100%"), 1000, []int{10, 90, 900}},
-		{p("1%,10%,100%"), 100, []int{1, 9, 90}},
-		{p("1%,10%,100%"), 5, []int{1, 4}},          // 1% and 10% of 5 both round up to 1
-		{p("1%,10%,100%"), 1, []int{1}},             // one device: one wave
-		{p("1,10,100"), 1000, []int{1, 9, 90, 900}}, // the rest as a final wave
-		{p("1,10,100"), 50, []int{1, 9, 40}},        // counts capped at n
-		{p("50%"), 3, []int{2, 1}},                  // ceil(1.5) = 2
-		{p("1,50%,100%"), 21, []int{1, 10, 10}},
-		{p("33.3%,66.6%,100%"), 1000, []int{333, 333, 334}},
-	} {
-		got := WaveSizes(tc.plan, tc.n)
-		if !reflect.DeepEqual(got, tc.want) {
-			t.Errorf("WaveSizes(%v, %d) = %v, want %v", tc.plan, tc.n, got, tc.want)
-		}
-		sum := 0
-		for _, s := range got {
-			sum += s
-		}
-		if sum != tc.n {
-			t.Errorf("WaveSizes(%v, %d) sums to %d", tc.plan, tc.n, sum)
-		}
-	}
-}
-
-func TestParseRate(t *testing.T) {
-	for in, want := range map[string]float64{"5%": 0.05, "0%": 0, "100%": 1, " 2.5 %": 0.025} {
-		if got, err := ParseRate(in); err != nil || got != want {
-			t.Errorf("ParseRate(%q) = %v, %v; want %v", in, got, err, want)
-		}
-	}
-	for _, in := range []string{"5", "0.05", "-1%", "101%", "%", "abc%", ""} {
-		if got, err := ParseRate(in); err == nil {
-			t.Errorf("ParseRate(%q) = %v, want an error", in, got)
-		}
-	}
-}
-
-func TestQuoteAndIDList(t *testing.T) {
-	if got := QuoteString(`it's a \ test`); got != `'it\'s a \\ test'` {
-		t.Errorf("QuoteString: %s", got)
-	}
-	if got := IDListCondition([]string{"a", "b'c"}); got != `deviceId IN ['a', 'b\'c']` {
-		t.Errorf("IDListCondition: %s", got)
-	}
-}
-
 func TestSplitByCondition(t *testing.T) {
-	ids := SequentialIDs("device", 1, 2000)
+	ids := service.SequentialIDs("device", 1, 2000)
 	parts := splitByCondition(ids, MaxConditionLength)
 	if len(parts) < 2 {
 		t.Fatalf("%d parts", len(parts))
 	}
 	var joined []string
 	for _, p := range parts {
-		if n := len(IDListCondition(p)); n > MaxConditionLength {
+		if n := len(service.IDListCondition(p)); n > MaxConditionLength {
 			t.Errorf("part of %d ids renders %d characters", len(p), n)
 		}
 		joined = append(joined, p...)
@@ -140,37 +44,16 @@ func TestSplitByCondition(t *testing.T) {
 	}
 }
 
-func TestSequentialIDs(t *testing.T) {
-	for _, tc := range []struct {
-		start, count int
-		first, last  string
-	}{
-		{1, 100, "p-0001", "p-0100"},
-		{1, 9999, "p-0001", "p-9999"},
-		{1, 10000, "p-00001", "p-10000"},
-		{9999, 2, "p-09999", "p-10000"},
-		{0, 1, "p-0000", "p-0000"},
-	} {
-		ids := SequentialIDs("p", tc.start, tc.count)
-		if len(ids) != tc.count || ids[0] != tc.first || ids[len(ids)-1] != tc.last {
-			t.Errorf("SequentialIDs(p, %d, %d): %d ids %s..%s", tc.start, tc.count, len(ids), ids[0], ids[len(ids)-1])
-		}
-	}
-	if SequentialIDs("p", 1, 0) != nil {
-		t.Error("count 0")
-	}
-}
-
-func TestFleetResultErr(t *testing.T) {
-	dev := func(id string, o FleetOutcome, f FailureKind) DeviceReboot {
-		d := DeviceReboot{DeviceID: id, Outcome: o, Failure: f, Reason: "why " + id}
+func TestResultErr(t *testing.T) {
+	dev := func(id string, o Outcome, f FailureKind) Device {
+		d := Device{DeviceID: id, Outcome: o, Failure: f, Reason: "why " + id}
 		if f == FailureDeviceStatus {
 			d.Status, d.Payload = 500, json.RawMessage(`{"e":1}`)
 		}
 		return d
 	}
-	mk := func(ds ...DeviceReboot) *FleetResult {
-		r := &FleetResult{Devices: ds}
+	mk := func(ds ...Device) *Result {
+		r := &Result{Devices: ds}
 		for _, d := range ds {
 			r.Counts.add(d.Outcome)
 		}
@@ -203,15 +86,15 @@ func TestFleetResultErr(t *testing.T) {
 			}
 		}
 	}
-	check("unconfirmed", mk(ok, unconf).Err(), ErrRebootNotConfirmed)
-	check("offline beats unconfirmed", mk(unconf, off).Err(), ErrDeviceNotOnline, ErrRebootNotConfirmed)
-	check("timeout beats offline", mk(off, tout, unconf).Err(), ErrMethodTimeout, ErrDeviceNotOnline)
-	check("not found", mk(gone, unconf).Err(), ErrDeviceNotFound, ErrRebootNotConfirmed)
-	check("other beats unconfirmed", mk(other, unconf).Err(), nil, ErrRebootNotConfirmed)
-	check("skipped only", mk(ok, skipped).Err(), nil, ErrRebootNotConfirmed)
+	check("unconfirmed", mk(ok, unconf).Err(), service.ErrRebootNotConfirmed)
+	check("offline beats unconfirmed", mk(unconf, off).Err(), service.ErrDeviceNotOnline, service.ErrRebootNotConfirmed)
+	check("timeout beats offline", mk(off, tout, unconf).Err(), service.ErrMethodTimeout, service.ErrDeviceNotOnline)
+	check("not found", mk(gone, unconf).Err(), service.ErrDeviceNotFound, service.ErrRebootNotConfirmed)
+	check("other beats unconfirmed", mk(other, unconf).Err(), nil, service.ErrRebootNotConfirmed)
+	check("skipped only", mk(ok, skipped).Err(), nil, service.ErrRebootNotConfirmed)
 
 	err := mk(unconf, off, tout, refused, gone, other, ok).Err()
-	var dse *DeviceStatusError
+	var dse *service.DeviceStatusError
 	if !errors.As(err, &dse) || dse.Status != 500 || string(dse.Payload) != `{"e":1}` {
 		t.Errorf("device status beats all: %v", err)
 	}
@@ -232,8 +115,8 @@ func TestFleetResultErr(t *testing.T) {
 type fakeJobsHub struct {
 	mu        sync.Mutex
 	rebootAt  map[string]any // current reported.rebootTime per device (nil: absent)
-	rows      func(jobID string, ids []string) []DeviceJob
-	jobs      map[string]*JobResponse
+	rows      func(jobID string, ids []string) []service.DeviceJob
+	jobs      map[string]*service.JobResponse
 	conds     map[string]string
 	cancelled []string
 	queries   []string
@@ -290,24 +173,24 @@ func (f *fakeJobsHub) handler(t *testing.T) http.HandlerFunc {
 				Type                string
 				QueryCondition      string
 				StartTime           string
-				CloudToDeviceMethod *JobMethod
+				CloudToDeviceMethod *service.JobMethod
 			}
 			json.NewDecoder(r.Body).Decode(&req)
 			id := strings.TrimPrefix(r.URL.Path, "/jobs/v2/")
-			if req.JobID != id || req.Type != JobTypeDeviceMethod || req.CloudToDeviceMethod == nil ||
-				req.CloudToDeviceMethod.MethodName != RebootMethod || req.StartTime == "" {
+			if req.JobID != id || req.Type != service.JobTypeDeviceMethod || req.CloudToDeviceMethod == nil ||
+				req.CloudToDeviceMethod.MethodName != service.RebootMethod || req.StartTime == "" {
 				f.mu.Unlock()
 				t.Errorf("job request %+v", req)
 				writeJSON(w, 400, iothub.ErrorBodyA(iothub.CodeArgumentInvalid, "bad job", time.Now()))
 				return
 			}
-			status := JobCompleted
+			status := service.JobCompleted
 			if f.holdJobs {
-				status = JobRunning
+				status = service.JobRunning
 			}
 			ids := idsOf(req.QueryCondition)
-			j := &JobResponse{JobID: id, Type: req.Type, Status: status, QueryCondition: req.QueryCondition,
-				MaxExecutionTimeInSeconds: 3600, DeviceJobStatistics: &DeviceJobStatistics{DeviceCount: len(ids), SucceededCount: len(ids)}}
+			j := &service.JobResponse{JobID: id, Type: req.Type, Status: status, QueryCondition: req.QueryCondition,
+				MaxExecutionTimeInSeconds: 3600, DeviceJobStatistics: &service.DeviceJobStatistics{DeviceCount: len(ids), SucceededCount: len(ids)}}
 			f.jobs[id], f.conds[id] = j, req.QueryCondition
 			after := f.afterCreate
 			f.mu.Unlock()
@@ -327,7 +210,7 @@ func (f *fakeJobsHub) handler(t *testing.T) http.HandlerFunc {
 			id := strings.TrimSuffix(strings.TrimPrefix(r.URL.Path, "/jobs/v2/"), "/cancel")
 			f.cancelled = append(f.cancelled, id)
 			j := f.jobs[id]
-			j.Status = JobCancelled
+			j.Status = service.JobCancelled
 			f.mu.Unlock()
 			writeJSON(w, 200, j)
 		default:
@@ -358,19 +241,19 @@ func slicesSortDesc(s []string) {
 	}
 }
 
-func completedRow(jobID, id string, status int, payload string) DeviceJob {
-	return DeviceJob{DeviceID: id, JobID: jobID, JobType: JobTypeDeviceMethod, Status: DeviceJobCompleted,
-		Outcome: &DeviceJobOutcome{DeviceMethodResponse: &DeviceMethodResponse{Status: status, Payload: json.RawMessage(payload)}}}
+func completedRow(jobID, id string, status int, payload string) service.DeviceJob {
+	return service.DeviceJob{DeviceID: id, JobID: jobID, JobType: service.JobTypeDeviceMethod, Status: service.DeviceJobCompleted,
+		Outcome: &service.DeviceJobOutcome{DeviceMethodResponse: &service.DeviceMethodResponse{Status: status, Payload: json.RawMessage(payload)}}}
 }
 
-func failedRow(jobID, id string, code int, status string) DeviceJob {
-	return DeviceJob{DeviceID: id, JobID: jobID, JobType: JobTypeDeviceMethod, Status: status,
-		Error: &DeviceJobError{Code: fmt.Sprint(code), Description: "row says " + iothub.ErrorName(code)}}
+func failedRow(jobID, id string, code int, status string) service.DeviceJob {
+	return service.DeviceJob{DeviceID: id, JobID: jobID, JobType: service.JobTypeDeviceMethod, Status: status,
+		Error: &service.DeviceJobError{Code: fmt.Sprint(code), Description: "row says " + iothub.ErrorName(code)}}
 }
 
-// TestFleetRebootOutcomes drives one wave over a scripted hub and checks
+// TestRunOutcomes drives one wave over a scripted hub and checks
 // how each kind of job row and rebootTime settles a device.
-func TestFleetRebootOutcomes(t *testing.T) {
+func TestRunOutcomes(t *testing.T) {
 	f := &fakeJobsHub{
 		rebootAt: map[string]any{
 			"ok":        "2026-01-01T00:00:00Z",
@@ -387,22 +270,22 @@ func TestFleetRebootOutcomes(t *testing.T) {
 			"canceled":  "2026-01-01T00:00:00Z",
 			"restarted": "2026-01-01T00:00:00Z",
 		},
-		jobs: map[string]*JobResponse{}, conds: map[string]string{},
+		jobs: map[string]*service.JobResponse{}, conds: map[string]string{},
 	}
-	f.rows = func(jobID string, ids []string) []DeviceJob {
-		return []DeviceJob{
+	f.rows = func(jobID string, ids []string) []service.DeviceJob {
+		return []service.DeviceJob{
 			completedRow(jobID, "ok", 200, `{}`),
 			completedRow(jobID, "fresh", 200, `{}`),
 			completedRow(jobID, "numeric", 200, `null`),
 			completedRow(jobID, "refused", 500, `{"error":"disk"}`),
 			completedRow(jobID, "refused2", 409, `{"error":"busy"}`),
-			failedRow(jobID, "off", iothub.CodeDeviceNotOnline, DeviceJobFailed),
+			failedRow(jobID, "off", iothub.CodeDeviceNotOnline, service.DeviceJobFailed),
 			completedRow(jobID, "slow", 200, `{}`),
-			failedRow(jobID, "late", iothub.CodeGatewayTimeout, DeviceJobFailed),
-			failedRow(jobID, "timeout", iothub.CodeGatewayTimeout, DeviceJobFailed),
-			failedRow(jobID, "gone", iothub.CodeDeviceNotFound, DeviceJobFailed),
-			failedRow(jobID, "canceled", iothub.CodeServerError, DeviceJobCanceled),
-			failedRow(jobID, "restarted", iothub.CodeServiceUnavailable, DeviceJobFailed),
+			failedRow(jobID, "late", iothub.CodeGatewayTimeout, service.DeviceJobFailed),
+			failedRow(jobID, "timeout", iothub.CodeGatewayTimeout, service.DeviceJobFailed),
+			failedRow(jobID, "gone", iothub.CodeDeviceNotFound, service.DeviceJobFailed),
+			failedRow(jobID, "canceled", iothub.CodeServerError, service.DeviceJobCanceled),
+			failedRow(jobID, "restarted", iothub.CodeServiceUnavailable, service.DeviceJobFailed),
 		}
 	}
 	f.afterCreate = func(string, []string) {
@@ -413,18 +296,18 @@ func TestFleetRebootOutcomes(t *testing.T) {
 		}
 		f.rebootAt["numeric"] = float64(2)
 	}
-	c, _, _ := newTestClient(t, f.handler(t))
-	var stages []FleetStage
-	res, err := c.FleetReboot(t.Context(), FleetRebootOptions{
+	c := fakeHubClient(t, f.handler(t))
+	var stages []Stage
+	res, err := Run(servicetest.Context(t), c, Options{
 		Condition: "tags.x = 1", JobIDPrefix: "t", PollInterval: time.Millisecond, WaitTimeout: 50 * time.Millisecond,
-		Progress: func(p FleetProgress) { stages = append(stages, p.Stage) },
+		Progress: func(p Progress) { stages = append(stages, p.Stage) },
 	})
-	var dse *DeviceStatusError
+	var dse *service.DeviceStatusError
 	if !errors.As(err, &dse) || dse.Status != 409 && dse.Status != 500 {
 		t.Fatalf("err = %v", err)
 	}
 	want := map[string]struct {
-		o FleetOutcome
+		o Outcome
 		f FailureKind
 	}{
 		"ok": {OutcomeSucceeded, ""}, "fresh": {OutcomeSucceeded, ""}, "numeric": {OutcomeSucceeded, ""},
@@ -448,7 +331,7 @@ func TestFleetRebootOutcomes(t *testing.T) {
 			t.Errorf("%s: wave %d job %q", d.DeviceID, d.Wave, d.JobID)
 		}
 	}
-	byID := map[string]DeviceReboot{}
+	byID := map[string]Device{}
 	for _, d := range res.Devices {
 		byID[d.DeviceID] = d
 	}
@@ -467,13 +350,13 @@ func TestFleetRebootOutcomes(t *testing.T) {
 	if d := byID["slow"]; !strings.Contains(d.Reason, "no new rebootTime") {
 		t.Errorf("slow %+v", d)
 	}
-	if res.Counts != (FleetCounts{Total: 13, Succeeded: 4, Failed: 7, Offline: 1, Unconfirmed: 1}) {
+	if res.Counts != (Counts{Total: 13, Succeeded: 4, Failed: 7, Offline: 1, Unconfirmed: 1}) {
 		t.Errorf("counts %+v", res.Counts)
 	}
-	if w := res.Waves[0]; w.JobStatus != JobCompleted || w.FailureRate != 9.0/13 || w.Size != 13 {
+	if w := res.Waves[0]; w.JobStatus != service.JobCompleted || w.FailureRate != 9.0/13 || w.Size != 13 {
 		t.Errorf("wave %+v", w)
 	}
-	if stages[0] != FleetBaseline || stages[1] != FleetWaveStarted || stages[len(stages)-1] != FleetWaveDone {
+	if stages[0] != StageBaseline || stages[1] != StageWaveStarted || stages[len(stages)-1] != StageWaveDone {
 		t.Errorf("stages %v", stages)
 	}
 	// Confirmation queries name at most ConfirmBatch devices; once the rows
@@ -492,22 +375,22 @@ func TestFleetRebootOutcomes(t *testing.T) {
 	}
 }
 
-func TestFleetRebootInterruptCancelsJob(t *testing.T) {
+func TestRunInterruptCancelsJob(t *testing.T) {
 	f := &fakeJobsHub{
 		rebootAt: map[string]any{"a": nil, "b": nil},
-		jobs:     map[string]*JobResponse{}, conds: map[string]string{},
-		rows:     func(string, []string) []DeviceJob { return nil },
+		jobs:     map[string]*service.JobResponse{}, conds: map[string]string{},
+		rows:     func(string, []string) []service.DeviceJob { return nil },
 		holdJobs: true,
 	}
-	c, _, _ := newTestClient(t, f.handler(t))
-	ctx, cancel := context.WithCancel(t.Context())
+	c := fakeHubClient(t, f.handler(t))
+	ctx, cancel := context.WithCancel(servicetest.Context(t))
 	defer cancel()
 	polls := 0
-	res, err := c.FleetReboot(ctx, FleetRebootOptions{
+	res, err := Run(ctx, c, Options{
 		Condition: "tags.x = 1", JobIDPrefix: "int", PollInterval: time.Millisecond,
-		Waves: []Wave{{Count: 1}, {Percent: 100}},
-		Progress: func(p FleetProgress) {
-			if p.Stage == FleetWavePolled {
+		Waves: []Step{{Count: 1}, {Percent: 100}},
+		Progress: func(p Progress) {
+			if p.Stage == StageWavePolled {
 				if polls++; polls == 3 {
 					cancel()
 				}
@@ -522,24 +405,28 @@ func TestFleetRebootInterruptCancelsJob(t *testing.T) {
 	if !reflect.DeepEqual(f.cancelled, []string{"int-w1"}) {
 		t.Errorf("cancelled %v", f.cancelled)
 	}
-	if !res.Interrupted || !res.Stopped || res.Counts != (FleetCounts{Total: 2, Unconfirmed: 1, Skipped: 1}) {
+	if !res.Interrupted || !res.Stopped || res.Counts != (Counts{Total: 2, Unconfirmed: 1, Skipped: 1}) {
 		t.Errorf("result: interrupted %v stopped %v counts %+v", res.Interrupted, res.Stopped, res.Counts)
 	}
-	if res.Waves[0].JobStatus != JobCancelled || res.Devices[0].Reason != "interrupted before the reboot was confirmed" {
+	if res.Waves[0].JobStatus != service.JobCancelled || res.Devices[0].Reason != "interrupted before the reboot was confirmed" {
 		t.Errorf("wave %+v device %+v", res.Waves[0], res.Devices[0])
 	}
 }
 
-func TestFleetRebootOptionsRefused(t *testing.T) {
-	c, _, rec := newTestClient(t, func(w http.ResponseWriter, r *http.Request) { http.Error(w, "no", 500) })
-	if _, err := c.FleetReboot(t.Context(), FleetRebootOptions{Condition: " "}); err == nil {
+func TestOptionsRefused(t *testing.T) {
+	var requests atomic.Int32
+	c := fakeHubClient(t, func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		http.Error(w, "no", 500)
+	})
+	if _, err := Run(servicetest.Context(t), c, Options{Condition: " "}); err == nil {
 		t.Error("empty condition accepted")
 	}
-	if _, err := c.FleetReboot(t.Context(), FleetRebootOptions{Condition: "x = 1", JobIDPrefix: "bad prefix"}); err == nil {
+	if _, err := Run(servicetest.Context(t), c, Options{Condition: "x = 1", JobIDPrefix: "bad prefix"}); err == nil {
 		t.Error("bad prefix accepted")
 	}
-	if rec.count() != 0 {
-		t.Errorf("%d requests sent", rec.count())
+	if n := requests.Load(); n != 0 {
+		t.Errorf("%d requests sent", n)
 	}
 	if p := DefaultJobIDPrefix(time.Date(2026, 11, 25, 20, 5, 45, 123456789, time.UTC)); p != "dmctl-reboot-20261125T200545123Z" {
 		t.Errorf("prefix %s", p)
