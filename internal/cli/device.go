@@ -80,7 +80,7 @@ func deviceCommand() *cli.Command {
 						Usage: "longest wait between reconnect attempts",
 						Value: mqtt.DefaultMaxBackoff,
 					},
-					caFileFlag,
+					caFileFlag(),
 				},
 				Action: runDevice,
 			},

@@ -65,8 +65,8 @@ func serviceFlags(extra ...cli.Flag) []cli.Flag {
 			Usage:   "the hub's service (shared access policy) connection string",
 			EnvVars: []string{"IOTHUB_CONNECTION_STRING"},
 		},
-		caFileFlag,
-		outputFlag,
+		caFileFlag(),
+		outputFlag(),
 	}, extra...)
 }
 
