@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -36,11 +37,36 @@ func TestMain(m *testing.M) {
 	testscript.Main(m, map[string]func(){
 		"dmctl": func() {
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			go scriptWatchdog(ctx)
 			code := Main(ctx, os.Args, os.Stdin, os.Stdout, os.Stderr)
 			stop()
 			os.Exit(code)
 		},
 	})
+}
+
+// Bounds on a dmctl process started by a script. testscript's 'wait'
+// (and a shell's) has no deadline of its own: a dmctl that ignored SIGINT,
+// or a foreground command that never returned, would hang the script until
+// go test's 10-minute panic.
+const (
+	scriptExitGrace = 15 * time.Second // from SIGINT/SIGTERM to exit
+	scriptMaxRun    = 3 * time.Minute  // any dmctl run in a script
+	exitWatchdog    = 124
+)
+
+// scriptWatchdog ends this dmctl process when it outlives a bound, saying
+// which, with its goroutines for the failure report.
+func scriptWatchdog(ctx context.Context) {
+	select {
+	case <-ctx.Done():
+		time.Sleep(scriptExitGrace)
+		fmt.Fprintf(os.Stderr, "dmctl: test watchdog: still running %v after SIGINT/SIGTERM; the script waited for it to exit\n", scriptExitGrace)
+	case <-time.After(scriptMaxRun):
+		fmt.Fprintf(os.Stderr, "dmctl: test watchdog: still running after %v, longer than any script step may take\n", scriptMaxRun)
+	}
+	_ = pprof.Lookup("goroutine").WriteTo(os.Stderr, 1)
+	os.Exit(exitWatchdog)
 }
 
 func TestScript(t *testing.T) {
