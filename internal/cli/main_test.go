@@ -120,12 +120,7 @@ func cmdWaitFile(ts *testscript.TestScript, neg bool, args []string) {
 	if neg || len(args) < 1 || len(args) > 2 {
 		ts.Fatalf("usage: waitfile FILE [timeout]")
 	}
-	timeout := 30 * time.Second
-	if len(args) == 2 {
-		d, err := time.ParseDuration(args[1])
-		ts.Check(err)
-		timeout = d
-	}
+	timeout := timeoutArg(ts, args, 1)
 	file := ts.MkAbs(args[0])
 	deadline := time.Now().Add(timeout)
 	for {
@@ -137,6 +132,17 @@ func cmdWaitFile(ts *testscript.TestScript, neg bool, args []string) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// timeoutArg is the optional timeout argument args[i] of a custom
+// command: 30s when it is absent.
+func timeoutArg(ts *testscript.TestScript, args []string, i int) time.Duration {
+	if len(args) <= i {
+		return 30 * time.Second
+	}
+	d, err := time.ParseDuration(args[i])
+	ts.Check(err)
+	return d
 }
 
 type hubKey struct{}
@@ -192,12 +198,7 @@ func cmdHubWait(ts *testscript.TestScript, neg bool, args []string) {
 	if neg || len(args) < 2 || len(args) > 3 {
 		ts.Fatalf("usage: hubwait connected|disconnected DEVICE [timeout]")
 	}
-	timeout := 30 * time.Second
-	if len(args) == 3 {
-		d, err := time.ParseDuration(args[2])
-		ts.Check(err)
-		timeout = d
-	}
+	timeout := timeoutArg(ts, args, 2)
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	h := scriptHub(ts)
