@@ -96,6 +96,8 @@ func dumpHubLog(t *testing.T, id string) {
 // waitConnected waits until the hub reports the device's connection state
 // as want.
 func waitConnected(ctx context.Context, id string, want bool) error {
+	ctx, cancel := context.WithTimeout(ctx, waitStep)
+	defer cancel()
 	for {
 		if env.hub.Connected(id) == want {
 			return nil
@@ -112,6 +114,8 @@ func waitConnected(ctx context.Context, id string, want bool) error {
 // follows the connection shortly after it changes, as on the real hub.
 func waitTwinState(t *testing.T, ctx context.Context, id, want string) error {
 	t.Helper()
+	ctx, cancel := context.WithTimeout(ctx, waitStep)
+	defer cancel()
 	for {
 		tw := getTwin(t, ctx, id)
 		if tw.ConnectionState == want {

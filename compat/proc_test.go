@@ -69,7 +69,12 @@ func startProc(t *testing.T, ctx context.Context, name string, extraEnv []string
 		if !p.hasExited() {
 			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		}
-		<-p.done
+		select {
+		case <-p.done:
+		case <-time.After(waitStep):
+			// cmd.WaitDelay makes this unlikely; never hang the suite on it.
+			t.Errorf("%s: still not reaped %v after SIGKILL to its process group", name, waitStep)
+		}
 		if t.Failed() {
 			t.Logf("--- %s stdout:\n%s", name, strings.Join(p.stdoutLines(), "\n"))
 			t.Logf("--- %s stderr:\n%s", name, p.stderrText())
@@ -155,9 +160,16 @@ func (p *proc) stderrText() string {
 	return p.stderr.String()
 }
 
+// waitStep bounds every single wait of a test (a line, an event, an exit, a
+// state of the hub), whatever is left of the test's own context: a process
+// that never prints what is awaited fails the test in seconds, naming it.
+const waitStep = 45 * time.Second
+
 // waitLine waits for a stdout line for which match is true (lines seen
 // earlier count too) and returns it.
 func (p *proc) waitLine(ctx context.Context, what string, match func(line string) bool) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, waitStep)
+	defer cancel()
 	for i := 0; ; {
 		p.mu.Lock()
 		for ; i < len(p.lines); i++ {
@@ -175,7 +187,7 @@ func (p *proc) waitLine(ctx context.Context, what string, match func(line string
 		select {
 		case <-changed:
 		case <-ctx.Done():
-			return "", fmt.Errorf("%s: waiting for %s: %w; stderr:\n%s", p.name, what, ctx.Err(), p.stderrText())
+			return "", fmt.Errorf("%s: no %s on stdout within %v: %w; stderr:\n%s", p.name, what, waitStep, ctx.Err(), p.stderrText())
 		}
 	}
 }
@@ -200,10 +212,12 @@ func (p *proc) waitEvent(ctx context.Context, name string, match func(map[string
 
 // wait waits for the process to exit and returns its exit code.
 func (p *proc) wait(ctx context.Context) (int, error) {
+	ctx, cancel := context.WithTimeout(ctx, waitStep)
+	defer cancel()
 	select {
 	case <-p.done:
 	case <-ctx.Done():
-		return -1, fmt.Errorf("%s did not exit: %w", p.name, ctx.Err())
+		return -1, fmt.Errorf("%s did not exit within %v: %w", p.name, waitStep, ctx.Err())
 	}
 	var ee *exec.ExitError
 	if errors.As(p.waitErr, &ee) {

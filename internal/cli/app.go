@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -16,6 +17,70 @@ import (
 )
 
 const loggerKey = "logger"
+
+// urfave/cli v2 appends two package-level flags of its own to every app and
+// command, HelpFlag and VersionFlag, and BoolFlag.Apply writes into the flag
+// it parses: two apps running at once in one process would race on them.
+// They are replaced once, before any app exists, by flags that parse a copy.
+// Its help command is shared the same way (every command's setup writes
+// into it), so each command gets a help command of its own, built like it.
+func init() {
+	cli.HelpFlag = applyCopy{cli.HelpFlag.(*cli.BoolFlag)}
+	cli.VersionFlag = applyCopy{cli.VersionFlag.(*cli.BoolFlag)}
+	probe := &cli.App{}
+	probe.Setup()
+	h := probe.Command("help")
+	helpTemplate = *h
+	helpTemplate.Subcommands, helpTemplate.Flags = nil, nil
+}
+
+// helpTemplate is urfave/cli's help command, copied before any app ran.
+var helpTemplate cli.Command
+
+// newHelpCommand returns a help command for one command. Its own help
+// subcommand hides help, so that setup stops there.
+func newHelpCommand() *cli.Command {
+	h, inner := helpTemplate, helpTemplate
+	inner.HideHelp = true
+	h.Subcommands = []*cli.Command{&inner}
+	return &h
+}
+
+// addHelpCommands gives the app and each command the help command urfave/cli
+// would otherwise add as one shared value, where it would add it: last. A
+// command without subcommands keeps the help template it had, which
+// urfave/cli picks by whether there are subcommands ('dmctl service help
+// reboot'). The app's own is swapped in after Setup, so that it is named
+// as urfave/cli's was ('dmctl help help' prints "help", not "dmctl help").
+func addHelpCommands(app *cli.App) {
+	var walk func(cmds []*cli.Command)
+	walk = func(cmds []*cli.Command) {
+		for _, c := range cmds {
+			walk(c.Subcommands)
+			if len(c.Subcommands) == 0 && c.CustomHelpTemplate == "" {
+				c.CustomHelpTemplate = cli.CommandHelpTemplate
+			}
+			c.Subcommands = append(c.Subcommands, newHelpCommand())
+		}
+	}
+	walk(app.Commands)
+	app.Setup()
+	for i, c := range app.Commands {
+		if c.Name == helpTemplate.Name {
+			h := newHelpCommand()
+			h.HelpName = " " + h.Name // what running urfave/cli's own names it
+			app.Commands[i] = h
+		}
+	}
+}
+
+// applyCopy is a BoolFlag whose Apply leaves the shared value untouched.
+type applyCopy struct{ *cli.BoolFlag }
+
+func (f applyCopy) Apply(set *flag.FlagSet) error {
+	c := *f.BoolFlag
+	return c.Apply(set)
+}
 
 // Main runs the dmctl command line args (args[0] is the program name) with
 // the given standard streams and returns the process exit code. Errors are
@@ -69,6 +134,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 	}
 	app.Metadata = map[string]any{}
 	setUsageErrors(app.Commands)
+	addHelpCommands(app)
 	app.OnUsageError = onUsageError
 	app.Action = func(c *cli.Context) error {
 		if c.NArg() > 0 {
@@ -147,18 +213,22 @@ func loggerFrom(c *cli.Context) zerolog.Logger {
 	return zerolog.Nop()
 }
 
-// outputFlag is -o/--output on every command that prints a result.
-var outputFlag = &cli.StringFlag{
-	Name:    "output",
-	Aliases: []string{"o"},
-	Usage:   "result format: text or json",
-	Value:   "text",
-	Action: func(_ *cli.Context, v string) error {
-		if v != "text" && v != "json" {
-			return usageErrorf("use -o text or -o json", "invalid --output %q", v)
-		}
-		return nil
-	},
+// outputFlag is -o/--output on every command that prints a result. Flags
+// are built for each command, never shared: urfave/cli writes into a flag
+// value when it parses it.
+func outputFlag() cli.Flag {
+	return &cli.StringFlag{
+		Name:    "output",
+		Aliases: []string{"o"},
+		Usage:   "result format: text or json",
+		Value:   "text",
+		Action: func(_ *cli.Context, v string) error {
+			if v != "text" && v != "json" {
+				return usageErrorf("use -o text or -o json", "invalid --output %q", v)
+			}
+			return nil
+		},
+	}
 }
 
 // jsonOutput reports whether the command was asked for JSON results.
@@ -174,10 +244,12 @@ func printJSON(w io.Writer, v any) error {
 
 // caFileFlag adds PEM certificates to the system roots. Certificate
 // verification itself is never switched off.
-var caFileFlag = &cli.StringFlag{
-	Name:    "ca-file",
-	Usage:   "PEM bundle of extra CA certificates to trust (added to the system roots)",
-	EnvVars: []string{"DMCTL_CA_FILE"},
+func caFileFlag() cli.Flag {
+	return &cli.StringFlag{
+		Name:    "ca-file",
+		Usage:   "PEM bundle of extra CA certificates to trust (added to the system roots)",
+		EnvVars: []string{"DMCTL_CA_FILE"},
+	}
 }
 
 // loadCAPool returns the system roots plus the certificates of --ca-file.

@@ -55,7 +55,7 @@ needed to go on by hand from another shell.`,
 				Name:  "ready-file",
 				Usage: "with --keep: once the demo is done and the hub keeps running, write its addresses and CA path to this `file` (JSON)",
 			},
-			outputFlag,
+			outputFlag(),
 		},
 		Action: runDemo,
 	}

@@ -80,7 +80,7 @@ func deviceCommand() *cli.Command {
 						Usage: "longest wait between reconnect attempts",
 						Value: mqtt.DefaultMaxBackoff,
 					},
-					caFileFlag,
+					caFileFlag(),
 				},
 				Action: runDevice,
 			},
@@ -134,17 +134,28 @@ func runDevice(c *cli.Context) error {
 	defer cancel()
 	errc := make(chan error, 1)
 	go func() { errc <- dev.Run(ctx) }()
-	select {
-	case <-conn.Ready():
+	return awaitRun(conn.Ready(), errc, cancel, opts.readyFile, func() deviceReadyInfo {
 		fmt.Fprintf(c.App.Writer, "device %s connected to %s, waiting for direct methods (Ctrl-C to stop)\n",
 			cs.DeviceID, conn.Target())
-		if opts.readyFile != "" {
-			if werr := writeReadyFile(opts.readyFile, deviceReadyInfo{DeviceIDs: []string{cs.DeviceID}, Target: conn.Target()}); werr != nil {
+		return deviceReadyInfo{DeviceIDs: []string{cs.DeviceID}, Target: conn.Target()}
+	})
+}
+
+// awaitRun waits for a running device or fleet: once ready, it calls
+// announce and writes what announce returns to readyFile (if any, removed
+// again at the end), then waits for Run's error in errc.
+func awaitRun(ready <-chan struct{}, errc chan error, cancel context.CancelFunc, readyFile string, announce func() deviceReadyInfo) error {
+	var err error
+	select {
+	case <-ready:
+		info := announce()
+		if readyFile != "" {
+			if werr := writeReadyFile(readyFile, info); werr != nil {
 				cancel()
 				<-errc
 				return werr
 			}
-			defer os.Remove(opts.readyFile)
+			defer os.Remove(readyFile)
 		}
 		err = <-errc
 	case err = <-errc:
@@ -235,26 +246,15 @@ func runFleet(c *cli.Context, file string, opts runOptions) error {
 	start := time.Now()
 	errc := make(chan error, 1)
 	go func() { errc <- f.Run(ctx) }()
-	select {
-	case <-f.Ready():
+	return awaitRun(f.Ready(), errc, cancel, opts.readyFile, func() deviceReadyInfo {
 		took := f.ReadyAt().Sub(start).Round(time.Millisecond)
 		// Connecting (TLS handshakes above all) leaves garbage that a fleet
 		// in steady state never reuses: give it back to the system now.
 		debug.FreeOSMemory()
 		fmt.Fprintf(c.App.Writer, "fleet: %d devices connected to %s in %s, waiting for direct methods (Ctrl-C to stop)\n",
 			f.Len(), f.Target(), took)
-		if opts.readyFile != "" {
-			if werr := writeReadyFile(opts.readyFile, deviceReadyInfo{DeviceIDs: f.DeviceIDs(), Target: f.Target()}); werr != nil {
-				cancel()
-				<-errc
-				return werr
-			}
-			defer os.Remove(opts.readyFile)
-		}
-		err = <-errc
-	case err = <-errc:
-	}
-	return deviceRunError(err)
+		return deviceReadyInfo{DeviceIDs: f.DeviceIDs(), Target: f.Target()}
+	})
 }
 
 // parseConnectRate reads N, N/s or N/m as connects per second.

@@ -107,7 +107,7 @@ The data folder defaults to $XDG_DATA_HOME/dmctl/hub, else
 			&cli.StringFlag{Name: "tls-cert", Usage: "serve this PEM certificate (chain) instead of the generated one"},
 			&cli.StringFlag{Name: "tls-key", Usage: "the key of --tls-cert (PEM)"},
 			&cli.StringFlag{Name: "ready-file", Usage: "once listening, write the bound addresses and CA path to this `file` (JSON)"},
-			outputFlag,
+			outputFlag(),
 		},
 		Action: hubServe,
 	}
@@ -262,7 +262,7 @@ sleep. Exits 1 when --timeout passes first.`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "ready-file", Usage: "the `file` given to 'dmctl hub serve --ready-file'", Required: true},
 			&cli.DurationFlag{Name: "timeout", Usage: "how long to wait", Value: 30 * time.Second},
-			outputFlag,
+			outputFlag(),
 		},
 		Action: hubWait,
 	}

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -36,11 +37,36 @@ func TestMain(m *testing.M) {
 	testscript.Main(m, map[string]func(){
 		"dmctl": func() {
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			go scriptWatchdog(ctx)
 			code := Main(ctx, os.Args, os.Stdin, os.Stdout, os.Stderr)
 			stop()
 			os.Exit(code)
 		},
 	})
+}
+
+// Bounds on a dmctl process started by a script. testscript's 'wait'
+// (and a shell's) has no deadline of its own: a dmctl that ignored SIGINT,
+// or a foreground command that never returned, would hang the script until
+// go test's 10-minute panic.
+const (
+	scriptExitGrace = 15 * time.Second // from SIGINT/SIGTERM to exit
+	scriptMaxRun    = 3 * time.Minute  // any dmctl run in a script
+	exitWatchdog    = 124
+)
+
+// scriptWatchdog ends this dmctl process when it outlives a bound, saying
+// which, with its goroutines for the failure report.
+func scriptWatchdog(ctx context.Context) {
+	select {
+	case <-ctx.Done():
+		time.Sleep(scriptExitGrace)
+		fmt.Fprintf(os.Stderr, "dmctl: test watchdog: still running %v after SIGINT/SIGTERM; the script waited for it to exit\n", scriptExitGrace)
+	case <-time.After(scriptMaxRun):
+		fmt.Fprintf(os.Stderr, "dmctl: test watchdog: still running after %v, longer than any script step may take\n", scriptMaxRun)
+	}
+	_ = pprof.Lookup("goroutine").WriteTo(os.Stderr, 1)
+	os.Exit(exitWatchdog)
 }
 
 func TestScript(t *testing.T) {
@@ -94,12 +120,7 @@ func cmdWaitFile(ts *testscript.TestScript, neg bool, args []string) {
 	if neg || len(args) < 1 || len(args) > 2 {
 		ts.Fatalf("usage: waitfile FILE [timeout]")
 	}
-	timeout := 30 * time.Second
-	if len(args) == 2 {
-		d, err := time.ParseDuration(args[1])
-		ts.Check(err)
-		timeout = d
-	}
+	timeout := timeoutArg(ts, args, 1)
 	file := ts.MkAbs(args[0])
 	deadline := time.Now().Add(timeout)
 	for {
@@ -111,6 +132,17 @@ func cmdWaitFile(ts *testscript.TestScript, neg bool, args []string) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// timeoutArg is the optional timeout argument args[i] of a custom
+// command: 30s when it is absent.
+func timeoutArg(ts *testscript.TestScript, args []string, i int) time.Duration {
+	if len(args) <= i {
+		return 30 * time.Second
+	}
+	d, err := time.ParseDuration(args[i])
+	ts.Check(err)
+	return d
 }
 
 type hubKey struct{}
@@ -166,12 +198,7 @@ func cmdHubWait(ts *testscript.TestScript, neg bool, args []string) {
 	if neg || len(args) < 2 || len(args) > 3 {
 		ts.Fatalf("usage: hubwait connected|disconnected DEVICE [timeout]")
 	}
-	timeout := 30 * time.Second
-	if len(args) == 3 {
-		d, err := time.ParseDuration(args[2])
-		ts.Check(err)
-		timeout = d
-	}
+	timeout := timeoutArg(ts, args, 2)
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	h := scriptHub(ts)

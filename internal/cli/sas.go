@@ -74,7 +74,7 @@ do not apply. An x509 connection string has no token.`,
 				Usage:   "the identity's secondary key (base64), used with --key secondary",
 				EnvVars: []string{"DMCTL_SECONDARY_KEY"},
 			},
-			outputFlag,
+			outputFlag(),
 		},
 		Action: runSASToken,
 	}
@@ -226,7 +226,7 @@ func sasInspectCommand() *cli.Command {
 policy tokens only), expiry in UTC and the time left, or how long ago it
 expired. The signature is never printed. With '-' the token is read from
 standard input. The token is not verified: inspect needs no key.`,
-		Flags:  []cli.Flag{outputFlag},
+		Flags:  []cli.Flag{outputFlag()},
 		Action: runSASInspect,
 	}
 }

@@ -65,8 +65,8 @@ func serviceFlags(extra ...cli.Flag) []cli.Flag {
 			Usage:   "the hub's service (shared access policy) connection string",
 			EnvVars: []string{"IOTHUB_CONNECTION_STRING"},
 		},
-		caFileFlag,
-		outputFlag,
+		caFileFlag(),
+		outputFlag(),
 	}, extra...)
 }
 
@@ -186,7 +186,8 @@ func methodTimeout(c *cli.Context, name string, minimum time.Duration) (time.Dur
 	return d, nil
 }
 
-// serviceError adds a hint for the failures a user can fix.
+// serviceError adds a hint for the failures a user can fix; an error that
+// has a hint (or an exit code) of its own already is left alone.
 func serviceError(err error, deviceID string) error {
 	var (
 		dse *service.DeviceStatusError
@@ -199,6 +200,8 @@ func serviceError(err error, deviceID string) error {
 	switch {
 	case err == nil:
 		return nil
+	case hinted(err):
+		return err
 	case errors.Is(err, service.ErrRebootNotConfirmed):
 		return withHint(err, "the device answered but did not report a new properties.reported.rebootTime in time: raise --wait-timeout, or check that the device reports rebootTime after it restarts")
 	case errors.As(err, &dse):

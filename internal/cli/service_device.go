@@ -42,87 +42,108 @@ command exits non-zero. -o json prints {"created": [...], "failed": [...]}.`,
 		),
 		Action: func(c *cli.Context) error {
 			if c.IsSet("count") {
-				return runServiceDeviceCreateMany(c)
+				return serviceAction(createManyArgs, createDevices)(c)
 			}
-			for _, f := range []string{"prefix", "start", "concurrency"} {
-				if c.IsSet(f) {
-					return usageErrorf("--"+f+" goes with --count", "--%s without --count", f)
-				}
-			}
-			id, err := requireDevice(c)
-			if err != nil {
-				return err
-			}
-			tags, err := jsonObjectFlag(c, "tags")
-			if err != nil {
-				return err
-			}
-			client, err := newServiceClient(c)
-			if err != nil {
-				return err
-			}
-			defer client.Close()
-			d, err := client.CreateDevice(c.Context, id)
-			if err != nil {
-				if errors.Is(err, service.ErrDeviceAlreadyExists) {
-					return withHint(err, fmt.Sprintf("print its connection string with 'dmctl service device connection-string --device %s'", id))
-				}
-				return serviceError(err, id)
-			}
-			if tags != nil {
-				if _, err := client.UpdateTwin(c.Context, id, service.TwinPatch{Tags: tags}, "*"); err != nil {
-					return serviceError(fmt.Errorf("device %q created, but its tags were not set: %w", id, err), id)
-				}
-			}
-			cs, err := client.DeviceConnectionString(d, service.PrimaryKey)
-			if err != nil {
-				return err
-			}
-			if jsonOutput(c) {
-				return printJSON(c.App.Writer, struct {
-					DeviceID         string         `json:"deviceId"`
-					ConnectionString string         `json:"connectionString"`
-					Device           *iothub.Device `json:"device"`
-				}{d.DeviceID, cs, d})
-			}
-			_, err = fmt.Fprintln(c.App.Writer, cs)
-			return err
+			return serviceAction(createOneArgs, createDevice)(c)
 		},
+	}
+}
+
+// createOne is the device and tags of a one-device create.
+type createOne struct {
+	id   string
+	tags json.RawMessage
+}
+
+func createOneArgs(c *cli.Context) (createOne, error) {
+	for _, f := range []string{"prefix", "start", "concurrency"} {
+		if c.IsSet(f) {
+			return createOne{}, usageErrorf("--"+f+" goes with --count", "--%s without --count", f)
+		}
+	}
+	id, err := requireDevice(c)
+	if err != nil {
+		return createOne{}, err
+	}
+	tags, err := jsonObjectFlag(c, "tags")
+	if err != nil {
+		return createOne{}, err
+	}
+	return createOne{id, tags}, nil
+}
+
+func createDevice(c *cli.Context, s *service.Client, a createOne) (any, func(io.Writer) error, error) {
+	id := a.id
+	d, err := s.CreateDevice(c.Context, id)
+	if err != nil {
+		if errors.Is(err, service.ErrDeviceAlreadyExists) {
+			return nil, nil, withHint(err, fmt.Sprintf("print its connection string with 'dmctl service device connection-string --device %s'", id))
+		}
+		return nil, nil, err
+	}
+	if a.tags != nil {
+		if _, err := s.UpdateTwin(c.Context, id, service.TwinPatch{Tags: a.tags}, "*"); err != nil {
+			return nil, nil, fmt.Errorf("device %q created, but its tags were not set: %w", id, err)
+		}
+	}
+	cs, err := s.DeviceConnectionString(d, service.PrimaryKey)
+	if err != nil {
+		return nil, nil, err
+	}
+	out := struct {
+		DeviceID         string         `json:"deviceId"`
+		ConnectionString string         `json:"connectionString"`
+		Device           *iothub.Device `json:"device"`
+	}{d.DeviceID, cs, d}
+	return out, printLine(cs), nil
+}
+
+// printLine is the text output of a command that prints one line.
+func printLine(line string) func(io.Writer) error {
+	return func(w io.Writer) error {
+		_, err := fmt.Fprintln(w, line)
+		return err
 	}
 }
 
 // maxCreateCount bounds --count.
 const maxCreateCount = 1_000_000
 
-func runServiceDeviceCreateMany(c *cli.Context) error {
-	n, prefix, start, conc := c.Int("count"), c.String("prefix"), c.Int("start"), c.Int("concurrency")
+// createMany are the flags of create --count, checked.
+type createMany struct {
+	n, start, conc int
+	prefix         string
+	tags           json.RawMessage
+}
+
+func createManyArgs(c *cli.Context) (createMany, error) {
+	a := createMany{n: c.Int("count"), prefix: c.String("prefix"), start: c.Int("start"), conc: c.Int("concurrency")}
 	switch {
 	case c.IsSet("device"):
-		return usageErrorf("use either --device ID or --count N --prefix P", "--device and --count are mutually exclusive")
-	case n < 1 || n > maxCreateCount:
-		return usageErrorf(fmt.Sprintf("--count takes a number from 1 to %d", maxCreateCount), "invalid --count %d", n)
-	case prefix == "":
-		return usageErrorf("name the devices with --prefix, e.g. --count 100 --prefix sim (sim-0001 ... sim-0100)", "--count needs --prefix")
-	case start < 0:
-		return usageErrorf("--start takes a number of 0 or more", "invalid --start %d", start)
-	case conc < 1 || conc > 256:
-		return usageErrorf("--concurrency takes a number from 1 to 256", "invalid --concurrency %d", conc)
+		return a, usageErrorf("use either --device ID or --count N --prefix P", "--device and --count are mutually exclusive")
+	case a.n < 1 || a.n > maxCreateCount:
+		return a, usageErrorf(fmt.Sprintf("--count takes a number from 1 to %d", maxCreateCount), "invalid --count %d", a.n)
+	case a.prefix == "":
+		return a, usageErrorf("name the devices with --prefix, e.g. --count 100 --prefix sim (sim-0001 ... sim-0100)", "--count needs --prefix")
+	case a.start < 0:
+		return a, usageErrorf("--start takes a number of 0 or more", "invalid --start %d", a.start)
+	case a.conc < 1 || a.conc > 256:
+		return a, usageErrorf("--concurrency takes a number from 1 to 256", "invalid --concurrency %d", a.conc)
 	}
-	tags, err := jsonObjectFlag(c, "tags")
-	if err != nil {
-		return err
-	}
-	client, err := newServiceClient(c)
-	if err != nil {
-		return err
-	}
-	defer client.Close()
+	var err error
+	a.tags, err = jsonObjectFlag(c, "tags")
+	return a, err
+}
+
+// createDevices creates the devices --concurrency at a time. The ones
+// created are printed even when others failed.
+func createDevices(c *cli.Context, s *service.Client, a createMany) (any, func(io.Writer) error, error) {
 	log := loggerFrom(c)
-	ids := service.SequentialIDs(prefix, start, n)
+	ids := service.SequentialIDs(a.prefix, a.start, a.n)
 	began := time.Now()
-	results := client.CreateDevices(c.Context, ids, conc)
-	if tags != nil {
-		tagCreated(c.Context, client, results, tags, conc)
+	results := s.CreateDevices(c.Context, ids, a.conc)
+	if a.tags != nil {
+		tagCreated(c.Context, s, results, a.tags, a.conc)
 	}
 
 	type created struct {
@@ -142,7 +163,7 @@ func runServiceDeviceCreateMany(c *cli.Context) error {
 		err := r.Err
 		var cs string
 		if err == nil {
-			cs, err = client.DeviceConnectionString(r.Device, service.PrimaryKey)
+			cs, err = s.DeviceConnectionString(r.Device, service.PrimaryKey)
 		}
 		if err != nil {
 			if firstErr == nil {
@@ -155,23 +176,17 @@ func runServiceDeviceCreateMany(c *cli.Context) error {
 		out.Created = append(out.Created, created{r.DeviceID, cs})
 	}
 	log.Info().Int("created", len(out.Created)).Int("failed", len(out.Failed)).Dur("took", time.Since(began)).Msg("devices created")
-	w := c.App.Writer
-	if jsonOutput(c) {
-		if err := printJSON(w, out); err != nil {
-			return err
-		}
-	} else {
+	text := func(w io.Writer) error {
 		var b strings.Builder
 		for _, d := range out.Created {
 			b.WriteString(d.ConnectionString)
 			b.WriteByte('\n')
 		}
-		if _, err := io.WriteString(w, b.String()); err != nil {
-			return err
-		}
+		_, err := io.WriteString(w, b.String())
+		return err
 	}
 	if firstErr == nil {
-		return nil
+		return out, text, nil
 	}
 	names := make([]string, 0, min(len(out.Failed), 5))
 	for _, f := range out.Failed[:min(len(out.Failed), 5)] {
@@ -181,12 +196,12 @@ func runServiceDeviceCreateMany(c *cli.Context) error {
 	if len(out.Failed) > len(names) {
 		more = fmt.Sprintf(" and %d more", len(out.Failed)-len(names))
 	}
-	err = fmt.Errorf("created %d of %d devices; %d failed (%s%s); first failure: %w",
-		len(out.Created), n, len(out.Failed), strings.Join(names, ", "), more, firstErr)
+	err := fmt.Errorf("created %d of %d devices; %d failed (%s%s); first failure: %w",
+		len(out.Created), a.n, len(out.Failed), strings.Join(names, ", "), more, firstErr)
 	if errors.Is(firstErr, service.ErrDeviceAlreadyExists) {
-		return withHint(err, "some names are taken: pick another --prefix, continue the numbering with --start, or print existing connection strings with 'dmctl service device connection-string'")
+		err = withHint(err, "some names are taken: pick another --prefix, continue the numbering with --start, or print existing connection strings with 'dmctl service device connection-string'")
 	}
-	return serviceError(err, "")
+	return out, text, err
 }
 
 // tagCreated sets tags on every device that was created, conc at a time; a
@@ -231,38 +246,27 @@ func serviceDeviceShowCommand() *cli.Command {
 		Name:  "show",
 		Usage: "print a device identity (keys left out; see connection-string)",
 		Flags: serviceFlags(deviceFlag()),
-		Action: func(c *cli.Context) error {
-			id, err := requireDevice(c)
+		Action: serviceAction(requireDevice, func(c *cli.Context, s *service.Client, id string) (any, func(io.Writer) error, error) {
+			d, err := s.Device(c.Context, id)
 			if err != nil {
-				return err
+				return nil, nil, err
 			}
-			client, err := newServiceClient(c)
-			if err != nil {
-				return err
-			}
-			defer client.Close()
-			d, err := client.Device(c.Context, id)
-			if err != nil {
-				return serviceError(err, id)
-			}
-			rd := redactKeys(*d)
-			if jsonOutput(c) {
-				return printJSON(c.App.Writer, rd)
-			}
-			tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
-			auth := ""
-			if d.Authentication != nil {
-				auth = d.Authentication.Type
-			}
-			for _, kv := range [][2]string{
-				{"Device ID", d.DeviceID}, {"Status", d.Status}, {"Connection state", d.ConnectionState},
-				{"Connection state updated", d.ConnectionStateUpdatedTime}, {"Last activity", d.LastActivityTime},
-				{"Authentication", auth}, {"ETag", d.ETag}, {"Generation ID", d.GenerationID},
-			} {
-				fmt.Fprintf(tw, "%s:\t%s\n", kv[0], kv[1])
-			}
-			return tw.Flush()
-		},
+			return redactKeys(*d), func(w io.Writer) error {
+				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+				auth := ""
+				if d.Authentication != nil {
+					auth = d.Authentication.Type
+				}
+				for _, kv := range [][2]string{
+					{"Device ID", d.DeviceID}, {"Status", d.Status}, {"Connection state", d.ConnectionState},
+					{"Connection state updated", d.ConnectionStateUpdatedTime}, {"Last activity", d.LastActivityTime},
+					{"Authentication", auth}, {"ETag", d.ETag}, {"Generation ID", d.GenerationID},
+				} {
+					fmt.Fprintf(tw, "%s:\t%s\n", kv[0], kv[1])
+				}
+				return tw.Flush()
+			}, nil
+		}),
 	}
 }
 
@@ -271,35 +275,34 @@ func serviceDeviceListCommand() *cli.Command {
 		Name:  "list",
 		Usage: "list device identities (keys left out)",
 		Flags: serviceFlags(&cli.IntFlag{Name: "top", Usage: "at most this many devices (the hub caps a list at 1000)"}),
-		Action: func(c *cli.Context) error {
-			if c.Int("top") < 0 {
-				return usageErrorf("--top takes a positive number", "invalid --top %d", c.Int("top"))
-			}
-			client, err := newServiceClient(c)
+		Action: serviceAction(topFlag, func(c *cli.Context, s *service.Client, top int) (any, func(io.Writer) error, error) {
+			ds, err := s.Devices(c.Context, top)
 			if err != nil {
-				return err
-			}
-			defer client.Close()
-			ds, err := client.Devices(c.Context, c.Int("top"))
-			if err != nil {
-				return serviceError(err, "")
+				return nil, nil, err
 			}
 			sort.Slice(ds, func(i, j int) bool { return ds[i].DeviceID < ds[j].DeviceID })
-			if jsonOutput(c) {
-				out := make([]iothub.Device, 0, len(ds))
-				for _, d := range ds {
-					out = append(out, redactKeys(d))
-				}
-				return printJSON(c.App.Writer, out)
-			}
-			tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "DEVICE ID\tSTATUS\tCONNECTION\tLAST ACTIVITY")
+			out := make([]iothub.Device, 0, len(ds))
 			for _, d := range ds {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", d.DeviceID, d.Status, d.ConnectionState, d.LastActivityTime)
+				out = append(out, redactKeys(d))
 			}
-			return tw.Flush()
-		},
+			return out, func(w io.Writer) error {
+				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "DEVICE ID\tSTATUS\tCONNECTION\tLAST ACTIVITY")
+				for _, d := range ds {
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", d.DeviceID, d.Status, d.ConnectionState, d.LastActivityTime)
+				}
+				return tw.Flush()
+			}, nil
+		}),
 	}
+}
+
+// topFlag reads --top of device list.
+func topFlag(c *cli.Context) (int, error) {
+	if c.Int("top") < 0 {
+		return 0, usageErrorf("--top takes a positive number", "invalid --top %d", c.Int("top"))
+	}
+	return c.Int("top"), nil
 }
 
 func serviceDeviceDeleteCommand() *cli.Command {
@@ -307,25 +310,15 @@ func serviceDeviceDeleteCommand() *cli.Command {
 		Name:  "delete",
 		Usage: "remove a device identity",
 		Flags: serviceFlags(deviceFlag(), &cli.StringFlag{Name: "etag", Usage: "delete only if the identity's etag is still this one"}),
-		Action: func(c *cli.Context) error {
-			id, err := requireDevice(c)
-			if err != nil {
+		Action: serviceAction(requireDevice, func(c *cli.Context, s *service.Client, id string) (any, func(io.Writer) error, error) {
+			if err := s.DeleteDevice(c.Context, id, c.String("etag")); err != nil {
+				return nil, nil, err
+			}
+			return map[string]any{"deviceId": id, "deleted": true}, func(w io.Writer) error {
+				_, err := fmt.Fprintf(w, "Deleted device %s.\n", id)
 				return err
-			}
-			client, err := newServiceClient(c)
-			if err != nil {
-				return err
-			}
-			defer client.Close()
-			if err := client.DeleteDevice(c.Context, id, c.String("etag")); err != nil {
-				return serviceError(err, id)
-			}
-			if jsonOutput(c) {
-				return printJSON(c.App.Writer, map[string]any{"deviceId": id, "deleted": true})
-			}
-			_, err = fmt.Fprintf(c.App.Writer, "Deleted device %s.\n", id)
-			return err
-		},
+			}, nil
+		}),
 	}
 }
 
@@ -334,38 +327,36 @@ func serviceDeviceCSCommand() *cli.Command {
 		Name:  "connection-string",
 		Usage: "print a device's connection string (it holds the device's key)",
 		Flags: serviceFlags(deviceFlag(), &cli.StringFlag{Name: "key", Usage: "primary or secondary", Value: "primary"}),
-		Action: func(c *cli.Context) error {
-			id, err := requireDevice(c)
+		Action: serviceAction(deviceKeyArgs, func(c *cli.Context, s *service.Client, a deviceKey) (any, func(io.Writer) error, error) {
+			d, err := s.Device(c.Context, a.id)
 			if err != nil {
-				return err
+				return nil, nil, err
 			}
-			var which service.KeyKind
-			switch c.String("key") {
-			case "primary":
-				which = service.PrimaryKey
-			case "secondary":
-				which = service.SecondaryKey
-			default:
-				return usageErrorf("use --key primary or --key secondary", "invalid --key %q", c.String("key"))
-			}
-			client, err := newServiceClient(c)
+			cs, err := s.DeviceConnectionString(d, a.which)
 			if err != nil {
-				return err
+				return nil, nil, err
 			}
-			defer client.Close()
-			d, err := client.Device(c.Context, id)
-			if err != nil {
-				return serviceError(err, id)
-			}
-			cs, err := client.DeviceConnectionString(d, which)
-			if err != nil {
-				return err
-			}
-			if jsonOutput(c) {
-				return printJSON(c.App.Writer, map[string]string{"deviceId": d.DeviceID, "connectionString": cs})
-			}
-			_, err = fmt.Fprintln(c.App.Writer, cs)
-			return err
-		},
+			return map[string]string{"deviceId": d.DeviceID, "connectionString": cs}, printLine(cs), nil
+		}),
 	}
+}
+
+// deviceKey is --device and --key of device connection-string.
+type deviceKey struct {
+	id    string
+	which service.KeyKind
+}
+
+func deviceKeyArgs(c *cli.Context) (deviceKey, error) {
+	id, err := requireDevice(c)
+	if err != nil {
+		return deviceKey{}, err
+	}
+	switch c.String("key") {
+	case "primary":
+		return deviceKey{id, service.PrimaryKey}, nil
+	case "secondary":
+		return deviceKey{id, service.SecondaryKey}, nil
+	}
+	return deviceKey{}, usageErrorf("use --key primary or --key secondary", "invalid --key %q", c.String("key"))
 }

@@ -3,6 +3,7 @@ package cli
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -24,54 +25,54 @@ payload. Exits 7 when the device answers with a status of 400 or more.`,
 			&cli.DurationFlag{Name: "response-timeout", Usage: "how long the hub waits for the device's answer (5s-5m, whole seconds)", Value: service.DefaultResponseTimeout},
 			&cli.DurationFlag{Name: "connect-timeout", Usage: "how long the hub waits for the device to connect (0-5m)", Value: 0},
 		),
-		Action: runServiceInvoke,
+		Action: serviceAction(parseInvokeArgs, runServiceInvoke),
 	}
 }
 
-func runServiceInvoke(c *cli.Context) error {
+// invokeArgs are the flags of service invoke, checked.
+type invokeArgs struct {
+	id, method        string
+	payload           json.RawMessage
+	response, connect time.Duration
+}
+
+func parseInvokeArgs(c *cli.Context) (invokeArgs, error) {
 	id, err := requireDevice(c)
 	if err != nil {
-		return err
+		return invokeArgs{}, err
 	}
-	method := c.String("method")
-	if method == "" {
-		return usageErrorf("name the method with --method NAME", "missing --method")
+	a := invokeArgs{id: id, method: c.String("method")}
+	if a.method == "" {
+		return invokeArgs{}, usageErrorf("name the method with --method NAME", "missing --method")
 	}
-	payload, rt, ct, err := methodArgs(c)
-	if err != nil {
-		return err
+	if a.payload, a.response, a.connect, err = methodArgs(c); err != nil {
+		return invokeArgs{}, err
 	}
-	client, err := newServiceClient(c)
-	if err != nil {
-		return err
-	}
-	defer client.Close()
-	rts, cts := int((rt+time.Second-1)/time.Second), int((ct+time.Second-1)/time.Second)
+	return a, nil
+}
+
+func runServiceInvoke(c *cli.Context, s *service.Client, a invokeArgs) (any, func(io.Writer) error, error) {
+	rts, cts := int((a.response+time.Second-1)/time.Second), int((a.connect+time.Second-1)/time.Second)
 	start := time.Now()
-	res, err := client.InvokeMethod(c.Context, id, iothub.MethodRequest{
-		MethodName: method, Payload: payload, ResponseTimeoutInSeconds: &rts, ConnectTimeoutInSeconds: &cts,
+	res, err := s.InvokeMethod(c.Context, a.id, iothub.MethodRequest{
+		MethodName: a.method, Payload: a.payload, ResponseTimeoutInSeconds: &rts, ConnectTimeoutInSeconds: &cts,
 	})
 	took := time.Since(start)
 	if err != nil {
-		return serviceError(err, id)
-	}
-	w := c.App.Writer
-	if jsonOutput(c) {
-		err = printJSON(w, struct {
-			DeviceID string          `json:"deviceId"`
-			Method   string          `json:"method"`
-			Status   int             `json:"status"`
-			Payload  json.RawMessage `json:"payload"`
-			InvokeMs int64           `json:"invokeMs"`
-		}{id, method, res.Status, jsonValue(res.Payload), took.Milliseconds()})
-	} else {
-		fmt.Fprintf(w, "Device status: %d\n%s\n", res.Status, compactJSON(res.Payload))
-	}
-	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	if res.Status >= 400 {
-		return fmt.Errorf("invoke %q on device %q: %w", method, id, &service.DeviceStatusError{Status: res.Status, Payload: res.Payload})
+		err = fmt.Errorf("invoke %q on device %q: %w", a.method, a.id, &service.DeviceStatusError{Status: res.Status, Payload: res.Payload})
 	}
-	return nil
+	out := struct {
+		DeviceID string          `json:"deviceId"`
+		Method   string          `json:"method"`
+		Status   int             `json:"status"`
+		Payload  json.RawMessage `json:"payload"`
+		InvokeMs int64           `json:"invokeMs"`
+	}{a.id, a.method, res.Status, jsonValue(res.Payload), took.Milliseconds()}
+	return out, func(w io.Writer) error {
+		fmt.Fprintf(w, "Device status: %d\n%s\n", res.Status, compactJSON(res.Payload))
+		return nil
+	}, err
 }

@@ -29,12 +29,12 @@ func requireJob(c *cli.Context) (string, error) {
 	return id, nil
 }
 
-// jobError adds hints to the errors of the job commands.
+// jobError adds the hint for an unknown job; serviceAction adds the others.
 func jobError(err error) error {
 	if errors.Is(err, service.ErrJobNotFound) {
 		return withHint(err, "no such job: 'dmctl service job list' shows the hub's jobs")
 	}
-	return serviceError(err, "")
+	return err
 }
 
 func serviceJobShowCommand() *cli.Command {
@@ -46,53 +46,42 @@ func serviceJobShowCommand() *cli.Command {
 SELECT * FROM devices.jobs WHERE devices.jobs.jobId = '<job>'.`,
 		Flags: serviceFlags(jobFlag(),
 			&cli.BoolFlag{Name: "devices", Usage: "also list each device's row (status, the device's answer or the error)"}),
-		Action: func(c *cli.Context) error {
-			id, err := requireJob(c)
-			if err != nil {
-				return err
-			}
-			client, err := newServiceClient(c)
-			if err != nil {
-				return err
-			}
-			defer client.Close()
-			job, err := client.Job(c.Context, id)
-			if err != nil {
-				return jobError(err)
-			}
-			var rows []service.DeviceJob
-			if c.Bool("devices") {
-				rows = []service.DeviceJob{}
-				err = client.DeviceJobs(c.Context, id, func(r service.DeviceJob) error {
-					rows = append(rows, r)
-					return nil
-				})
-				if err != nil {
-					return jobError(err)
-				}
-			}
-			w := c.App.Writer
-			if jsonOutput(c) {
-				if rows == nil {
-					return printJSON(w, job)
-				}
-				return printJSON(w, struct {
-					Job     *service.JobResponse `json:"job"`
-					Devices []service.DeviceJob  `json:"devices"`
-				}{job, rows})
-			}
-			if err := printJob(w, job); err != nil || rows == nil {
-				return err
-			}
-			fmt.Fprintln(w)
-			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "DEVICE ID\tSTATUS\tRESULT")
-			for _, r := range rows {
-				fmt.Fprintf(tw, "%s\t%s\t%s\n", r.DeviceID, r.Status, rowResult(r))
-			}
-			return tw.Flush()
-		},
+		Action: serviceAction(requireJob, runServiceJobShow),
 	}
+}
+
+func runServiceJobShow(c *cli.Context, s *service.Client, id string) (any, func(io.Writer) error, error) {
+	job, err := s.Job(c.Context, id)
+	if err != nil {
+		return nil, nil, jobError(err)
+	}
+	if !c.Bool("devices") {
+		return job, func(w io.Writer) error { return printJob(w, job) }, nil
+	}
+	rows := []service.DeviceJob{}
+	err = s.DeviceJobs(c.Context, id, func(r service.DeviceJob) error {
+		rows = append(rows, r)
+		return nil
+	})
+	if err != nil {
+		return nil, nil, jobError(err)
+	}
+	out := struct {
+		Job     *service.JobResponse `json:"job"`
+		Devices []service.DeviceJob  `json:"devices"`
+	}{job, rows}
+	return out, func(w io.Writer) error {
+		if err := printJob(w, job); err != nil {
+			return err
+		}
+		fmt.Fprintln(w)
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "DEVICE ID\tSTATUS\tRESULT")
+		for _, r := range rows {
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", r.DeviceID, r.Status, rowResult(r))
+		}
+		return tw.Flush()
+	}, nil
 }
 
 // rowResult describes a device row's outcome in one line.
@@ -170,42 +159,41 @@ func serviceJobListCommand() *cli.Command {
 			&cli.StringFlag{Name: "type", Usage: "only jobs of this type: method (scheduleDeviceMethod) or twin (scheduleUpdateTwin)"},
 			&cli.StringFlag{Name: "status", Usage: "only jobs with this status: " + strings.Join(jobStatusNames, ", ")},
 		),
-		Action: func(c *cli.Context) error {
-			var f service.JobFilter
-			if t := c.String("type"); t != "" {
-				var ok bool
-				if f.Type, ok = jobTypeNames[strings.ToLower(t)]; !ok {
-					return usageErrorf("use --type method or --type twin", "invalid --type %q", t)
-				}
-			}
-			if st := strings.ToLower(c.String("status")); st != "" {
-				if !slices.Contains(jobStatusNames, st) {
-					return usageErrorf("use --status "+strings.Join(jobStatusNames, ", "), "invalid --status %q", c.String("status"))
-				}
-				f.Status = st
-			}
-			client, err := newServiceClient(c)
+		Action: serviceAction(jobFilter, func(c *cli.Context, s *service.Client, f service.JobFilter) (any, func(io.Writer) error, error) {
+			jobs, err := s.Jobs(c.Context, f)
 			if err != nil {
-				return err
+				return nil, nil, jobError(err)
 			}
-			defer client.Close()
-			jobs, err := client.Jobs(c.Context, f)
-			if err != nil {
-				return jobError(err)
-			}
-			if jsonOutput(c) {
-				return printJSON(c.App.Writer, jobs)
-			}
-			tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "JOB ID\tTYPE\tSTATUS\tDEVICES\tSUCCEEDED\tFAILED\tCREATED")
-			for _, j := range jobs {
-				st := j.Stats()
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%s\n", j.JobID, j.Type, j.Status, st.DeviceCount,
-					st.SucceededCount, st.FailedCount, hubTime(j.CreatedTime))
-			}
-			return tw.Flush()
-		},
+			return jobs, func(w io.Writer) error {
+				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "JOB ID\tTYPE\tSTATUS\tDEVICES\tSUCCEEDED\tFAILED\tCREATED")
+				for _, j := range jobs {
+					st := j.Stats()
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%s\n", j.JobID, j.Type, j.Status, st.DeviceCount,
+						st.SucceededCount, st.FailedCount, hubTime(j.CreatedTime))
+				}
+				return tw.Flush()
+			}, nil
+		}),
 	}
+}
+
+// jobFilter reads --type and --status of service job list.
+func jobFilter(c *cli.Context) (service.JobFilter, error) {
+	var f service.JobFilter
+	if t := c.String("type"); t != "" {
+		var ok bool
+		if f.Type, ok = jobTypeNames[strings.ToLower(t)]; !ok {
+			return f, usageErrorf("use --type method or --type twin", "invalid --type %q", t)
+		}
+	}
+	if st := strings.ToLower(c.String("status")); st != "" {
+		if !slices.Contains(jobStatusNames, st) {
+			return f, usageErrorf("use --status "+strings.Join(jobStatusNames, ", "), "invalid --status %q", c.String("status"))
+		}
+		f.Status = st
+	}
+	return f, nil
 }
 
 func serviceJobCancelCommand() *cli.Command {
@@ -215,27 +203,17 @@ func serviceJobCancelCommand() *cli.Command {
 		Description: `Devices the job has not called yet are not called; calls in flight finish.
 A job that has already finished is shown unchanged.`,
 		Flags: serviceFlags(jobFlag()),
-		Action: func(c *cli.Context) error {
-			id, err := requireJob(c)
+		Action: serviceAction(requireJob, func(c *cli.Context, s *service.Client, id string) (any, func(io.Writer) error, error) {
+			job, err := s.CancelJob(c.Context, id)
 			if err != nil {
+				return nil, nil, jobError(err)
+			}
+			return job, func(w io.Writer) error {
+				st := job.Stats()
+				_, err := fmt.Fprintf(w, "Job %s is %s (devices %d: succeeded %d, failed %d, running %d, pending %d).\n",
+					job.JobID, job.Status, st.DeviceCount, st.SucceededCount, st.FailedCount, st.RunningCount, st.PendingCount)
 				return err
-			}
-			client, err := newServiceClient(c)
-			if err != nil {
-				return err
-			}
-			defer client.Close()
-			job, err := client.CancelJob(c.Context, id)
-			if err != nil {
-				return jobError(err)
-			}
-			if jsonOutput(c) {
-				return printJSON(c.App.Writer, job)
-			}
-			st := job.Stats()
-			_, err = fmt.Fprintf(c.App.Writer, "Job %s is %s (devices %d: succeeded %d, failed %d, running %d, pending %d).\n",
-				job.JobID, job.Status, st.DeviceCount, st.SucceededCount, st.FailedCount, st.RunningCount, st.PendingCount)
-			return err
-		},
+			}, nil
+		}),
 	}
 }

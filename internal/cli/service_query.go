@@ -26,37 +26,42 @@ rebootTime FROM devices). JSON output is one array.`,
 			&cli.IntFlag{Name: "top", Usage: "stop after this many results (0: all)"},
 			&cli.IntFlag{Name: "page-size", Usage: "results per page asked of the hub (0: the hub's default)"},
 		),
-		Action: runServiceQuery,
+		Action: serviceAction(parseQueryArgs, runServiceQuery),
 	}
 }
 
 var selectStarRE = regexp.MustCompile(`(?is)^\s*select\s+(top\s+\d+\s+)?\*`)
 
-func runServiceQuery(c *cli.Context) error {
+// queryArgs are the query and the flags of service query, checked.
+type queryArgs struct {
+	query         string
+	top, pageSize int
+}
+
+func parseQueryArgs(c *cli.Context) (queryArgs, error) {
 	for _, a := range c.Args().Tail() {
 		if strings.HasPrefix(a, "-") {
-			return usageErrorf(`put flags before the query: dmctl service query --top 10 "SELECT * FROM devices"`, "flag %s after the query", a)
+			return queryArgs{}, usageErrorf(`put flags before the query: dmctl service query --top 10 "SELECT * FROM devices"`, "flag %s after the query", a)
 		}
 	}
 	if c.NArg() != 1 || strings.TrimSpace(c.Args().First()) == "" {
-		return usageErrorf(`give the query as one argument: dmctl service query "SELECT * FROM devices"`, "expected one query argument, got %d", c.NArg())
+		return queryArgs{}, usageErrorf(`give the query as one argument: dmctl service query "SELECT * FROM devices"`, "expected one query argument, got %d", c.NArg())
 	}
-	q := c.Args().First()
-	top, pageSize := c.Int("top"), c.Int("page-size")
-	if top < 0 || pageSize < 0 {
-		return usageErrorf("--top and --page-size take positive numbers", "invalid --top or --page-size")
+	a := queryArgs{query: c.Args().First(), top: c.Int("top"), pageSize: c.Int("page-size")}
+	if a.top < 0 || a.pageSize < 0 {
+		return queryArgs{}, usageErrorf("--top and --page-size take positive numbers", "invalid --top or --page-size")
 	}
-	client, err := newServiceClient(c)
-	if err != nil {
-		return err
-	}
-	defer client.Close()
+	return a, nil
+}
 
-	w, asJSON := c.App.Writer, jsonOutput(c)
-	stream := !asJSON && selectStarRE.MatchString(q)
-	var rows []json.RawMessage
+// runServiceQuery streams SELECT * rows as text lines while the pages
+// come in; other text output is a table of all rows, JSON one array.
+func runServiceQuery(c *cli.Context, s *service.Client, a queryArgs) (any, func(io.Writer) error, error) {
+	w := c.App.Writer
+	stream := !jsonOutput(c) && selectStarRE.MatchString(a.query)
+	rows := []json.RawMessage{}
 	n := 0
-	err = client.Query(c.Context, q, pageSize, func(raw json.RawMessage) error {
+	err := s.Query(c.Context, a.query, a.pageSize, func(raw json.RawMessage) error {
 		n++
 		if stream {
 			if _, err := fmt.Fprintln(w, compactJSON(raw)); err != nil {
@@ -65,24 +70,15 @@ func runServiceQuery(c *cli.Context) error {
 		} else {
 			rows = append(rows, raw)
 		}
-		if top > 0 && n >= top {
+		if a.top > 0 && n >= a.top {
 			return service.ErrStopQuery
 		}
 		return nil
 	})
-	if err != nil {
-		return serviceError(err, "")
+	if err != nil || stream {
+		return nil, nil, err
 	}
-	switch {
-	case stream:
-		return nil
-	case asJSON:
-		if rows == nil {
-			rows = []json.RawMessage{}
-		}
-		return printJSON(w, rows)
-	}
-	return printRows(w, rows)
+	return rows, func(w io.Writer) error { return printRows(w, rows) }, nil
 }
 
 // printRows prints flat objects as a table and anything else as JSON lines.

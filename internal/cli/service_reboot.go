@@ -80,83 +80,95 @@ type rebootOutput struct {
 	Confirmed          bool            `json:"confirmed"`
 }
 
+// runServiceReboot reboots one device (--device) or, with --query, a fleet.
 func runServiceReboot(c *cli.Context) error {
 	if c.IsSet("query") {
 		return runFleetReboot(c)
 	}
+	return serviceAction(parseRebootArgs, rebootDevice)(c)
+}
+
+// rebootArgs are the flags of a one-device reboot, checked.
+type rebootArgs struct {
+	id   string
+	wait bool
+	opts service.RebootOptions // all but Progress
+}
+
+func parseRebootArgs(c *cli.Context) (rebootArgs, error) {
 	for _, f := range []string{"waves", "abort-failure-rate", "job-prefix", "job-timeout"} {
 		if c.IsSet(f) {
-			return usageErrorf("--"+f+" goes with --query", "--%s without --query", f)
+			return rebootArgs{}, usageErrorf("--"+f+" goes with --query", "--%s without --query", f)
 		}
 	}
 	id := c.String("device")
 	if id == "" {
-		return usageErrorf("name the device with --device ID, or pick devices with --query CONDITION", "missing --device or --query")
+		return rebootArgs{}, usageErrorf("name the device with --device ID, or pick devices with --query CONDITION", "missing --device or --query")
 	}
 	payload, rt, ct, err := methodArgs(c)
 	if err != nil {
-		return err
+		return rebootArgs{}, err
 	}
 	if c.Duration("wait-timeout") <= 0 || c.Duration("poll-interval") <= 0 {
-		return usageErrorf("--wait-timeout and --poll-interval must be positive durations, e.g. 2m and 1s", "invalid --wait-timeout or --poll-interval")
+		return rebootArgs{}, usageErrorf("--wait-timeout and --poll-interval must be positive durations, e.g. 2m and 1s", "invalid --wait-timeout or --poll-interval")
 	}
 	wait := c.Bool("wait") && !c.Bool("no-wait")
-	client, err := newServiceClient(c)
-	if err != nil {
-		return err
-	}
-	defer client.Close()
-
-	w, log, asJSON := c.App.Writer, loggerFrom(c), jsonOutput(c)
-	opts := service.RebootOptions{
+	return rebootArgs{id: id, wait: wait, opts: service.RebootOptions{
 		Payload:         payload,
 		ResponseTimeout: rt,
 		ConnectTimeout:  ct,
 		NoWait:          !wait,
 		WaitTimeout:     c.Duration("wait-timeout"),
 		PollInterval:    c.Duration("poll-interval"),
-		Progress: func(p service.RebootProgress) {
-			r := p.Result
-			switch p.Stage {
-			case service.StageBaseline:
-				ev := log.Info().Str("device", id)
-				if r.HasPreviousTime {
-					ev = ev.Str("rebootTime", r.PreviousRebootTime)
-				}
-				ev.Msg("read the twin's rebootTime before rebooting; invoking rebootDevice")
-			case service.StageInvoked:
-				log.Info().Str("device", id).Int("status", r.Status).Dur("took", r.InvokeDuration).Msg("device answered rebootDevice")
-				if !asJSON {
-					printRebootAnswer(w, r)
-				}
-				if wait && r.Status < 400 {
-					log.Info().Str("device", id).Dur("timeout", c.Duration("wait-timeout")).Msg("waiting for the device to report a new rebootTime")
-				}
-			case service.StagePolled:
-				log.Debug().Str("device", id).Int("poll", p.Poll).AnErr("error", p.Err).Msg("rebootTime not updated yet")
-			case service.StageConfirmed:
-				log.Info().Str("device", id).Str("rebootTime", r.RebootTime).Dur("waited", r.WaitDuration).Msg("reboot confirmed")
+	}}, nil
+}
+
+// rebootDevice reboots a.id, printing the device's answer (text) and
+// logging the stages as they come; the result is the reboot time.
+func rebootDevice(c *cli.Context, s *service.Client, a rebootArgs) (any, func(io.Writer) error, error) {
+	w, log, asJSON, id, wait := c.App.Writer, loggerFrom(c), jsonOutput(c), a.id, a.wait
+	opts := a.opts
+	opts.Progress = func(p service.RebootProgress) {
+		r := p.Result
+		switch p.Stage {
+		case service.StageBaseline:
+			ev := log.Info().Str("device", id)
+			if r.HasPreviousTime {
+				ev = ev.Str("rebootTime", r.PreviousRebootTime)
 			}
-		},
-	}
-	res, err := client.Reboot(c.Context, id, opts)
-	if res != nil {
-		if asJSON {
-			if perr := printJSON(w, rebootJSON(res)); perr != nil && err == nil {
-				err = perr
+			ev.Msg("read the twin's rebootTime before rebooting; invoking rebootDevice")
+		case service.StageInvoked:
+			log.Info().Str("device", id).Int("status", r.Status).Dur("took", r.InvokeDuration).Msg("device answered rebootDevice")
+			if !asJSON {
+				printRebootAnswer(w, r)
 			}
-		} else if wait && res.Status < 400 {
-			switch {
-			case res.Confirmed:
-				fmt.Fprintf(w, "Last reboot time: %s\n", res.RebootTime)
-			case res.HasRebootTime:
-				fmt.Fprintf(w, "Last reboot time: %s (unchanged since before the reboot)\n", res.RebootTime)
-			case errors.Is(err, service.ErrRebootNotConfirmed):
-				fmt.Fprintln(w, "Last reboot time: none reported")
+			if wait && r.Status < 400 {
+				log.Info().Str("device", id).Dur("timeout", opts.WaitTimeout).Msg("waiting for the device to report a new rebootTime")
 			}
+		case service.StagePolled:
+			log.Debug().Str("device", id).Int("poll", p.Poll).AnErr("error", p.Err).Msg("rebootTime not updated yet")
+		case service.StageConfirmed:
+			log.Info().Str("device", id).Str("rebootTime", r.RebootTime).Dur("waited", r.WaitDuration).Msg("reboot confirmed")
 		}
 	}
-	return serviceError(err, id)
+	res, err := s.Reboot(c.Context, id, opts)
+	if res == nil {
+		return nil, nil, err
+	}
+	return rebootJSON(res), func(w io.Writer) error {
+		if !wait || res.Status >= 400 {
+			return nil
+		}
+		switch {
+		case res.Confirmed:
+			fmt.Fprintf(w, "Last reboot time: %s\n", res.RebootTime)
+		case res.HasRebootTime:
+			fmt.Fprintf(w, "Last reboot time: %s (unchanged since before the reboot)\n", res.RebootTime)
+		case errors.Is(err, service.ErrRebootNotConfirmed):
+			fmt.Fprintln(w, "Last reboot time: none reported")
+		}
+		return nil
+	}, err
 }
 
 func printRebootAnswer(w io.Writer, r service.RebootResult) {

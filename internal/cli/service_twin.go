@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"io"
 
 	"github.com/urfave/cli/v2"
 
@@ -10,28 +11,18 @@ import (
 
 func serviceTwinShowCommand() *cli.Command {
 	return &cli.Command{
-		Name:   "show",
-		Usage:  "print a device twin",
-		Flags:  serviceFlags(deviceFlag()),
-		Action: runServiceTwinShow,
+		Name:  "show",
+		Usage: "print a device twin",
+		Flags: serviceFlags(deviceFlag()),
+		Action: serviceAction(requireDevice, func(c *cli.Context, s *service.Client, id string) (any, func(io.Writer) error, error) {
+			twin, err := s.Twin(c.Context, id)
+			if err != nil {
+				return nil, nil, err
+			}
+			// The twin is JSON whatever -o says.
+			return twin, func(w io.Writer) error { return printJSON(w, twin) }, nil
+		}),
 	}
-}
-
-func runServiceTwinShow(c *cli.Context) error {
-	id, err := requireDevice(c)
-	if err != nil {
-		return err
-	}
-	client, err := newServiceClient(c)
-	if err != nil {
-		return err
-	}
-	defer client.Close()
-	twin, err := client.Twin(c.Context, id)
-	if err != nil {
-		return serviceError(err, id)
-	}
-	return printJSON(c.App.Writer, twin)
 }
 
 func serviceTwinUpdateCommand() *cli.Command {
@@ -47,38 +38,39 @@ twin still has that etag (exit code 1 with a hint otherwise).`,
 			&cli.StringFlag{Name: "tags", Usage: "tags to merge (JSON object)"},
 			&cli.StringFlag{Name: "etag", Usage: "update only if the twin's etag is still this one"},
 		),
-		Action: runServiceTwinUpdate,
+		Action: serviceAction(twinUpdateArgs, func(c *cli.Context, s *service.Client, a twinUpdate) (any, func(io.Writer) error, error) {
+			twin, err := s.UpdateTwin(c.Context, a.id, a.patch, c.String("etag"))
+			if err != nil {
+				return nil, nil, err
+			}
+			return twin, func(w io.Writer) error {
+				_, err := fmt.Fprintf(w, "Updated the twin of device %s (version %d, etag %s).\n", twin.DeviceID, twin.Version, twin.ETag)
+				return err
+			}, nil
+		}),
 	}
 }
 
-func runServiceTwinUpdate(c *cli.Context) error {
+type twinUpdate struct {
+	id    string
+	patch service.TwinPatch
+}
+
+func twinUpdateArgs(c *cli.Context) (twinUpdate, error) {
 	id, err := requireDevice(c)
 	if err != nil {
-		return err
+		return twinUpdate{}, err
 	}
 	desired, err := jsonObjectFlag(c, "desired")
 	if err != nil {
-		return err
+		return twinUpdate{}, err
 	}
 	tags, err := jsonObjectFlag(c, "tags")
 	if err != nil {
-		return err
+		return twinUpdate{}, err
 	}
 	if desired == nil && tags == nil {
-		return usageErrorf(`give --desired '{"key": value}' and/or --tags '{"key": value}'`, "nothing to update")
+		return twinUpdate{}, usageErrorf(`give --desired '{"key": value}' and/or --tags '{"key": value}'`, "nothing to update")
 	}
-	client, err := newServiceClient(c)
-	if err != nil {
-		return err
-	}
-	defer client.Close()
-	twin, err := client.UpdateTwin(c.Context, id, service.TwinPatch{Tags: tags, Desired: desired}, c.String("etag"))
-	if err != nil {
-		return serviceError(err, id)
-	}
-	if jsonOutput(c) {
-		return printJSON(c.App.Writer, twin)
-	}
-	fmt.Fprintf(c.App.Writer, "Updated the twin of device %s (version %d, etag %s).\n", twin.DeviceID, twin.Version, twin.ETag)
-	return nil
+	return twinUpdate{id, service.TwinPatch{Tags: tags, Desired: desired}}, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -30,43 +31,48 @@ device-offline code (5) when --timeout passes first (when waiting for
 			&cli.DurationFlag{Name: "timeout", Usage: "how long to wait", Value: time.Minute},
 			&cli.DurationFlag{Name: "poll-interval", Usage: "time between two reads of the identity", Value: 250 * time.Millisecond},
 		),
-		Action: runServiceDeviceWait,
+		Action: serviceAction(parseWaitArgs, waitForState),
 	}
 }
 
-func runServiceDeviceWait(c *cli.Context) error {
-	cond := c.String("query")
-	id := c.String("device")
+// waitArgs are the flags of service device wait, checked.
+type waitArgs struct {
+	id, cond, want    string
+	timeout, interval time.Duration
+}
+
+func parseWaitArgs(c *cli.Context) (waitArgs, error) {
+	a := waitArgs{cond: c.String("query"), id: c.String("device")}
 	switch {
-	case cond != "" && id != "":
-		return usageErrorf("give --device ID or --query COND, not both", "--device and --query are exclusive")
-	case cond == "" && id == "":
-		return usageErrorf("name the device with --device ID, or pick devices with --query COND", "missing --device")
+	case a.cond != "" && a.id != "":
+		return a, usageErrorf("give --device ID or --query COND, not both", "--device and --query are exclusive")
+	case a.cond == "" && a.id == "":
+		return a, usageErrorf("name the device with --device ID, or pick devices with --query COND", "missing --device")
 	}
-	var want string
 	switch c.String("state") {
 	case "connected":
-		want = "Connected"
+		a.want = "Connected"
 	case "disconnected":
-		want = "Disconnected"
+		a.want = "Disconnected"
 	default:
-		return usageErrorf("use --state connected or --state disconnected", "invalid --state %q", c.String("state"))
+		return a, usageErrorf("use --state connected or --state disconnected", "invalid --state %q", c.String("state"))
 	}
-	timeout, interval := c.Duration("timeout"), c.Duration("poll-interval")
-	if timeout <= 0 || interval <= 0 {
-		return usageErrorf("use positive durations, e.g. --timeout 60s --poll-interval 250ms", "invalid --timeout or --poll-interval")
+	a.timeout, a.interval = c.Duration("timeout"), c.Duration("poll-interval")
+	if a.timeout <= 0 || a.interval <= 0 {
+		return a, usageErrorf("use positive durations, e.g. --timeout 60s --poll-interval 250ms", "invalid --timeout or --poll-interval")
 	}
-	client, err := newServiceClient(c)
-	if err != nil {
-		return err
-	}
-	defer client.Close()
+	return a, nil
+}
 
-	ctx, cancel := context.WithTimeout(c.Context, timeout)
+// waitForState polls until the device (or every device of the query) is
+// in the state asked for, or --timeout passes.
+func waitForState(c *cli.Context, client *service.Client, a waitArgs) (any, func(io.Writer) error, error) {
+	ctx, cancel := context.WithTimeout(c.Context, a.timeout)
 	defer cancel()
 	start := time.Now()
-	tick := time.NewTicker(interval)
+	tick := time.NewTicker(a.interval)
 	defer tick.Stop()
+	id, cond, state := a.id, a.cond, c.String("state")
 	what := "device " + id
 	if cond != "" {
 		what = "devices where " + cond
@@ -74,47 +80,41 @@ func runServiceDeviceWait(c *cli.Context) error {
 	for {
 		done, n, err := false, 0, error(nil)
 		if cond != "" {
-			done, n, err = queryInState(ctx, client, cond, want)
+			done, n, err = queryInState(ctx, client, cond, a.want)
 		} else {
 			var d *iothub.Device
 			d, err = client.Device(ctx, id)
-			done, n = err == nil && d.ConnectionState == want, 1
+			done, n = err == nil && d.ConnectionState == a.want, 1
 		}
 		switch {
 		case err == nil && done:
-			if jsonOutput(c) {
-				out := map[string]any{"connectionState": want, "waitedMs": time.Since(start).Milliseconds()}
-				if cond != "" {
-					out["query"], out["devices"] = cond, n
-				} else {
-					out["deviceId"] = id
-				}
-				return printJSON(c.App.Writer, out)
-			}
+			out := map[string]any{"connectionState": a.want, "waitedMs": time.Since(start).Milliseconds()}
+			line := fmt.Sprintf("device %s is %s", id, state)
 			if cond != "" {
-				fmt.Fprintf(c.App.Writer, "%d devices are %s\n", n, c.String("state"))
+				out["query"], out["devices"] = cond, n
+				line = fmt.Sprintf("%d devices are %s", n, state)
 			} else {
-				fmt.Fprintf(c.App.Writer, "device %s is %s\n", id, c.String("state"))
+				out["deviceId"] = id
 			}
-			return nil
+			return out, printLine(line), nil
 		case err != nil && ctx.Err() == nil:
 			if cond != "" {
-				return withHint(err, "check the --query condition: it is the WHERE clause of a twin query")
+				return nil, nil, withHint(err, "check the --query condition: it is the WHERE clause of a twin query")
 			}
-			return serviceError(err, id)
+			return nil, nil, err
 		}
 		select {
 		case <-tick.C:
 		case <-ctx.Done():
 			if c.Context.Err() != nil {
-				return c.Context.Err()
+				return nil, nil, c.Context.Err()
 			}
-			err := fmt.Errorf("%s: not %s after %v", what, c.String("state"), timeout)
-			if want == "Connected" {
-				return &exitError{err: err, code: exitDeviceOffline,
+			err := fmt.Errorf("%s: not %s after %v", what, state, a.timeout)
+			if a.want == "Connected" {
+				return nil, nil, &exitError{err: err, code: exitDeviceOffline,
 					hint: "start the device (e.g. 'dmctl device run'), or raise --timeout"}
 			}
-			return withHint(err, "raise --timeout")
+			return nil, nil, withHint(err, "raise --timeout")
 		}
 	}
 }
