@@ -295,23 +295,6 @@ func decodeJSON(b []byte, v any) error {
 	return d.Decode(v)
 }
 
-// ValidateTwinPatch checks the tags and desired properties of patch
-// against the twin rules PatchTwin applies (names, values, depth, section
-// sizes). Errors are *ValidationError.
-func ValidateTwinPatch(patch iothub.Twin) error {
-	desired := withoutSystem(patch.Properties.Desired)
-	if err := checkObject("tags", patch.Tags, 0, ""); err != nil {
-		return err
-	}
-	if err := checkObject("desired", desired, 0, ""); err != nil {
-		return err
-	}
-	if err := checkSize("tags", patch.Tags, MaxTagsSize); err != nil {
-		return err
-	}
-	return checkSize("desired properties", desired, MaxPropertiesSize)
-}
-
 var (
 	bucketJobs    = []byte("jobs")
 	bucketJobRows = []byte("jobrows") // key: jobId "\x00" deviceId
