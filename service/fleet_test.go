@@ -298,7 +298,7 @@ func (f *fakeJobsHub) handler(t *testing.T) http.HandlerFunc {
 				req.CloudToDeviceMethod.MethodName != RebootMethod || req.StartTime == "" {
 				f.mu.Unlock()
 				t.Errorf("job request %+v", req)
-				writeJSON(w, 400, iothub.ErrorBodyA(iothub.CodeArgumentInvalid, "bad job", time.Now()))
+				writeJSON(w, 400, iothub.RegistryErrorBody(iothub.CodeArgumentInvalid, "bad job", time.Now()))
 				return
 			}
 			status := JobCompleted
@@ -307,7 +307,7 @@ func (f *fakeJobsHub) handler(t *testing.T) http.HandlerFunc {
 			}
 			ids := idsOf(req.QueryCondition)
 			j := &JobResponse{JobID: id, Type: req.Type, Status: status, QueryCondition: req.QueryCondition,
-				MaxExecutionTimeInSeconds: 3600, DeviceJobStatistics: &DeviceJobStatistics{DeviceCount: len(ids), SucceededCount: len(ids)}}
+				MaxExecutionTimeInSeconds: 3600, DeviceJobStatistics: DeviceJobStatistics{DeviceCount: len(ids), SucceededCount: len(ids)}}
 			f.jobs[id], f.conds[id] = j, req.QueryCondition
 			after := f.afterCreate
 			f.mu.Unlock()
@@ -319,7 +319,7 @@ func (f *fakeJobsHub) handler(t *testing.T) http.HandlerFunc {
 			j := f.jobs[strings.TrimPrefix(r.URL.Path, "/jobs/v2/")]
 			f.mu.Unlock()
 			if j == nil {
-				writeJSON(w, 404, iothub.ErrorBodyA(iothub.CodeJobNotFound, "no job", time.Now()))
+				writeJSON(w, 404, iothub.RegistryErrorBody(iothub.CodeJobNotFound, "no job", time.Now()))
 				return
 			}
 			writeJSON(w, 200, j)

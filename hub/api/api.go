@@ -10,9 +10,9 @@
 //
 // Every route ignores the api-version query parameter. Responses carry
 // "Content-Type: application/json; charset=utf-8". Errors use IoT Hub's
-// Style A envelope ({"Message":"ErrorCode:<Name>;<text>",...}), except the
+// registry envelope ({"Message":"ErrorCode:<Name>;<text>",...}), except the
 // device-offline and device-timeout answers of the direct-method route,
-// which use Style B as the real hub does.
+// which use the direct-method envelope as the real hub does.
 package api
 
 import (
@@ -160,7 +160,7 @@ func (s *server) logRequests(next http.Handler) http.Handler {
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	b, err := json.Marshal(v)
 	if err != nil {
-		b = iothub.ErrorBodyA(iothub.CodeServerError, "cannot render the response", time.Now())
+		b = iothub.RegistryErrorBody(iothub.CodeServerError, "cannot render the response", time.Now())
 		status = http.StatusInternalServerError
 	}
 	writeRaw(w, status, b)

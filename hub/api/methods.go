@@ -105,7 +105,7 @@ func (s *server) invoke(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if s.cfg.Devices == nil {
-		s.failB(w, iothub.CodeDeviceNotOnline, msgNotOnline)
+		s.failMethod(w, iothub.CodeDeviceNotOnline, msgNotOnline)
 		return
 	}
 	status, body, err := s.cfg.Devices.Invoke(r.Context(), id, req.MethodName, payload,
@@ -113,10 +113,10 @@ func (s *server) invoke(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case err == nil:
 	case errors.Is(err, ErrDeviceNotOnline):
-		s.failB(w, iothub.CodeDeviceNotOnline, msgNotOnline)
+		s.failMethod(w, iothub.CodeDeviceNotOnline, msgNotOnline)
 		return
 	case errors.Is(err, ErrTimeout):
-		s.failB(w, iothub.CodeGatewayTimeout, msgTimeout)
+		s.failMethod(w, iothub.CodeGatewayTimeout, msgTimeout)
 		return
 	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
 		// The caller went away; nobody reads the answer.

@@ -199,7 +199,7 @@ func (e *Engine) recoverLocked(ctx context.Context) error {
 				return err
 			}
 		}
-		if !store.JobTerminal(j.Status) {
+		if !iothub.JobTerminal(j.Status) {
 			e.startLocked(ctx, j)
 		}
 	}
@@ -208,19 +208,19 @@ func (e *Engine) recoverLocked(ctx context.Context) error {
 
 // failInFlight marks the rows of j that were running when the hub stopped
 // as failed and recomputes its statistics.
-func (e *Engine) failInFlight(j store.Job) (store.Job, error) {
+func (e *Engine) failInFlight(j iothub.JobResponse) (iothub.JobResponse, error) {
 	rows, err := e.store.JobRows(j.JobID)
 	if err != nil {
 		return j, fmt.Errorf("jobs: load rows of %q: %w", j.JobID, err)
 	}
 	now := e.now().UTC()
-	var st store.JobStatistics
-	var changed []store.DeviceJob
+	var st iothub.JobStatistics
+	var changed []iothub.DeviceJob
 	for _, r := range rows {
-		if r.Status == store.RowRunning {
-			r.Status = store.RowFailed
+		if r.Status == iothub.RowRunning {
+			r.Status = iothub.RowFailed
 			r.EndTimeUtc, r.LastUpdatedDateTimeUtc = now, now
-			r.Error = &store.DeviceJobError{Code: code(iothub.CodeServiceUnavailable), Description: msgRestarted}
+			r.Error = &iothub.DeviceJobError{Code: code(iothub.CodeServiceUnavailable), Description: msgRestarted}
 			changed = append(changed, r)
 		}
 		st.Add(r.Status, 1)
@@ -234,7 +234,7 @@ func (e *Engine) failInFlight(j store.Job) (store.Job, error) {
 }
 
 // startLocked starts the goroutine of job j if Run accepts work.
-func (e *Engine) startLocked(ctx context.Context, j store.Job) {
+func (e *Engine) startLocked(ctx context.Context, j iothub.JobResponse) {
 	if e.ctx == nil || e.ctx.Err() != nil || e.runs[j.JobID] != nil {
 		return
 	}
@@ -255,18 +255,18 @@ func (e *Engine) startLocked(ctx context.Context, j store.Job) {
 
 // Create validates job, fills its defaults, stores it and schedules it.
 // Errors: *store.ValidationError, store.ErrJobExists, store errors.
-func (e *Engine) Create(ctx context.Context, job store.Job) (store.Job, error) {
+func (e *Engine) Create(ctx context.Context, job iothub.JobResponse) (iothub.JobResponse, error) {
 	if err := ctx.Err(); err != nil {
-		return store.Job{}, err
+		return iothub.JobResponse{}, err
 	}
 	j, err := e.normalize(job)
 	if err != nil {
-		return store.Job{}, err
+		return iothub.JobResponse{}, err
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if err := e.store.CreateJob(j); err != nil {
-		return store.Job{}, err
+		return iothub.JobResponse{}, err
 	}
 	e.log.Info().Str("job", j.JobID).Str("type", j.Type).Str("status", j.Status).
 		Time("startTime", j.StartTime).Msg("job created")
@@ -277,15 +277,15 @@ func (e *Engine) Create(ctx context.Context, job store.Job) (store.Job, error) {
 }
 
 // Get returns the stored job (store.ErrJobNotFound).
-func (e *Engine) Get(ctx context.Context, id string) (store.Job, error) {
+func (e *Engine) Get(ctx context.Context, id string) (iothub.JobResponse, error) {
 	if err := ctx.Err(); err != nil {
-		return store.Job{}, err
+		return iothub.JobResponse{}, err
 	}
 	return e.store.Job(id)
 }
 
 // List returns the jobs of jobType and status ("" matches any), oldest first.
-func (e *Engine) List(ctx context.Context, jobType, status string) ([]store.Job, error) {
+func (e *Engine) List(ctx context.Context, jobType, status string) ([]iothub.JobResponse, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -305,7 +305,7 @@ func (e *Engine) List(ctx context.Context, jobType, status string) ([]store.Job,
 // Cancel cancels a job that has not finished (see the package comment) and
 // returns it once its "cancelled" status is durable. A finished job is
 // returned unchanged.
-func (e *Engine) Cancel(ctx context.Context, id string) (store.Job, error) {
+func (e *Engine) Cancel(ctx context.Context, id string) (iothub.JobResponse, error) {
 	e.mu.Lock()
 	r := e.runs[id]
 	if r == nil {
@@ -317,83 +317,83 @@ func (e *Engine) Cancel(ctx context.Context, id string) (store.Job, error) {
 	select {
 	case <-r.settled:
 	case <-ctx.Done():
-		return store.Job{}, ctx.Err()
+		return iothub.JobResponse{}, ctx.Err()
 	}
 	return e.store.Job(id)
 }
 
 // cancelStored cancels a job that has no goroutine (Run is not running);
 // the caller holds e.mu so that Run cannot start it meanwhile.
-func (e *Engine) cancelStored(id string) (store.Job, error) {
+func (e *Engine) cancelStored(id string) (iothub.JobResponse, error) {
 	j, err := e.store.Job(id)
-	if err != nil || store.JobTerminal(j.Status) {
+	if err != nil || iothub.JobTerminal(j.Status) {
 		return j, err
 	}
 	rows, err := e.store.JobRows(id)
 	if err != nil {
-		return store.Job{}, err
+		return iothub.JobResponse{}, err
 	}
 	now := e.now().UTC()
-	var st store.JobStatistics
-	var changed []store.DeviceJob
+	var st iothub.JobStatistics
+	var changed []iothub.DeviceJob
 	for _, r := range rows {
-		if !store.RowTerminal(r.Status) && r.Status != store.RowRunning {
-			r.Status = store.RowCanceled
+		if !iothub.RowTerminal(r.Status) && r.Status != iothub.RowRunning {
+			r.Status = iothub.RowCanceled
 			r.EndTimeUtc, r.LastUpdatedDateTimeUtc = now, now
 			changed = append(changed, r)
 		}
 		st.Add(r.Status, 1)
 	}
 	j.DeviceJobStatistics = st
-	j.Status, j.EndTime = store.JobCancelled, now
+	j.Status, j.EndTime = iothub.JobCancelled, now
 	if err := e.store.WriteJob(&j, changed); err != nil {
-		return store.Job{}, err
+		return iothub.JobResponse{}, err
 	}
 	e.log.Info().Str("job", id).Msg("job cancelled")
 	return j, nil
 }
 
 // normalize validates a job from a client and fills the engine's fields.
-func (e *Engine) normalize(in store.Job) (store.Job, error) {
+func (e *Engine) normalize(in iothub.JobResponse) (iothub.JobResponse, error) {
 	if err := ValidJobID(in.JobID); err != nil {
-		return store.Job{}, err
+		return iothub.JobResponse{}, err
 	}
 	cond := strings.TrimSpace(in.QueryCondition)
 	if cond == "" {
-		return store.Job{}, invalid("queryCondition is required (a WHERE clause body such as deviceId = 'd1')")
+		return iothub.JobResponse{}, invalid("queryCondition is required (a WHERE clause body such as deviceId = 'd1')")
 	}
 	if _, err := ParseCondition(cond); err != nil {
-		return store.Job{}, err
+		return iothub.JobResponse{}, err
 	}
-	j := store.Job{JobID: in.JobID, QueryCondition: in.QueryCondition, Type: in.Type}
+	j := iothub.JobResponse{JobID: in.JobID, QueryCondition: in.QueryCondition, Type: in.Type}
 	switch in.Type {
-	case store.JobTypeDeviceMethod:
+	case iothub.JobTypeDeviceMethod:
 		m, err := normalizeMethod(in.CloudToDeviceMethod)
 		if err != nil {
-			return store.Job{}, err
+			return iothub.JobResponse{}, err
 		}
 		j.CloudToDeviceMethod = m
-	case store.JobTypeUpdateTwin:
+	case iothub.JobTypeUpdateTwin:
 		t := in.UpdateTwin
 		if t == nil || (len(t.Tags) == 0 && len(t.Properties.Desired) == 0) {
-			return store.Job{}, invalid("updateTwin must carry tags or properties.desired")
+			return iothub.JobResponse{}, invalid("updateTwin must carry tags or properties.desired")
 		}
 		if err := store.ValidateTwinPatch(twinPatch(t)); err != nil {
-			return store.Job{}, err
+			return iothub.JobResponse{}, err
 		}
-		j.UpdateTwin = &store.JobTwin{Tags: t.Tags, Properties: store.JobTwinProperties{Desired: t.Properties.Desired}}
+		j.UpdateTwin = &iothub.JobTwin{Tags: t.Tags, Properties: iothub.JobTwinProperties{Desired: t.Properties.Desired}}
 	case "":
-		return store.Job{}, invalid("type is required (%s or %s)", store.JobTypeDeviceMethod, store.JobTypeUpdateTwin)
+		return iothub.JobResponse{}, invalid("type is required (%s or %s)", iothub.JobTypeDeviceMethod, iothub.JobTypeUpdateTwin)
 	default:
-		return store.Job{}, invalid("type %q is not supported (use %s or %s)", in.Type, store.JobTypeDeviceMethod, store.JobTypeUpdateTwin)
+		return iothub.JobResponse{}, invalid("type %q is not supported (use %s or %s)", in.Type, iothub.JobTypeDeviceMethod, iothub.JobTypeUpdateTwin)
 	}
 	switch {
 	case in.MaxExecutionTimeInSeconds < 0:
-		return store.Job{}, invalid("maxExecutionTimeInSeconds must be positive, not %d", in.MaxExecutionTimeInSeconds)
+		return iothub.JobResponse{}, invalid("maxExecutionTimeInSeconds must be positive, not %d", in.MaxExecutionTimeInSeconds)
 	case in.MaxExecutionTimeInSeconds == 0:
 		j.MaxExecutionTimeInSeconds = DefaultMaxExecutionTime
 	case in.MaxExecutionTimeInSeconds > maxExecutionCap:
-		return store.Job{}, invalid("maxExecutionTimeInSeconds is over the limit of %d", maxExecutionCap)
+		return iothub.JobResponse{}, invalid("maxExecutionTimeInSeconds is over the limit of %d", maxExecutionCap)
 	default:
 		j.MaxExecutionTimeInSeconds = in.MaxExecutionTimeInSeconds
 	}
@@ -403,16 +403,16 @@ func (e *Engine) normalize(in store.Job) (store.Job, error) {
 	if in.StartTime.IsZero() {
 		j.StartTime = now
 	}
-	j.Status = store.JobQueued
+	j.Status = iothub.JobQueued
 	if j.StartTime.After(now) {
-		j.Status = store.JobScheduled
+		j.Status = iothub.JobScheduled
 	}
 	return j, nil
 }
 
-func normalizeMethod(in *store.JobMethod) (*store.JobMethod, error) {
+func normalizeMethod(in *iothub.JobMethod) (*iothub.JobMethod, error) {
 	if in == nil {
-		return nil, invalid("cloudToDeviceMethod is required for %s jobs", store.JobTypeDeviceMethod)
+		return nil, invalid("cloudToDeviceMethod is required for %s jobs", iothub.JobTypeDeviceMethod)
 	}
 	if err := validMethodName(in.MethodName); err != nil {
 		return nil, err
@@ -502,12 +502,12 @@ func invalid(format string, args ...any) error {
 
 func code(c int) string { return strconv.Itoa(c) }
 
-func twinPatch(t *store.JobTwin) iothub.Twin {
+func twinPatch(t *iothub.JobTwin) iothub.Twin {
 	return iothub.Twin{Tags: t.Tags, Properties: iothub.TwinProperties{Desired: t.Properties.Desired}}
 }
 
 // deadline is when a job's maxExecutionTimeInSeconds runs out.
-func deadline(j store.Job) time.Time {
+func deadline(j iothub.JobResponse) time.Time {
 	from := j.StartTime
 	if j.CreatedTime.After(from) {
 		from = j.CreatedTime

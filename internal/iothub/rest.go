@@ -105,14 +105,21 @@ type envelope struct {
 	ExceptionMessage string `json:"ExceptionMessage"`
 }
 
-// ErrorBodyA renders IoT Hub's registry/twin error envelope:
+// RegistryErrorBody renders IoT Hub's registry/twin error envelope
+// (protocol.md's Style A):
 // {"Message":"ErrorCode:<Name>;<text>","ExceptionMessage":"Tracking ID:..."}.
 // The Node service SDK raises typed errors only for this shape.
-func ErrorBodyA(code int, msg string, now time.Time) []byte {
+func RegistryErrorBody(code int, msg string, now time.Time) []byte {
 	name := ErrorName(code)
 	if name == "" {
 		name = strconv.Itoa(code)
 	}
+	return NamedRegistryErrorBody(name, msg, now)
+}
+
+// NamedRegistryErrorBody is RegistryErrorBody for a condition that has a
+// symbolic name but no numeric code (an unknown route, a wrong method).
+func NamedRegistryErrorBody(name, msg string, now time.Time) []byte {
 	b, _ := json.Marshal(envelope{
 		Message: "ErrorCode:" + name + ";" + msg,
 		ExceptionMessage: "Tracking ID:" + trackingID() + "-G:0-TimeStamp:" +
@@ -129,9 +136,10 @@ type innerError struct {
 	TimestampUTC string            `json:"timestampUtc"`
 }
 
-// ErrorBodyB renders the envelope used on the direct-method path: Message is
-// a JSON string holding errorCode, trackingId, message, info and timestampUtc.
-func ErrorBodyB(code int, msg string, now time.Time) []byte {
+// MethodErrorBody renders the envelope used on the direct-method path
+// (protocol.md's Style B): Message is a JSON string holding errorCode,
+// trackingId, message, info and timestampUtc.
+func MethodErrorBody(code int, msg string, now time.Time) []byte {
 	inner, _ := json.Marshal(innerError{
 		ErrorCode:    code,
 		TrackingID:   trackingID(),
