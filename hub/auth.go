@@ -91,7 +91,7 @@ func (b *broker) revoked(cl *mqtt.Client) bool {
 var errRevoked = errors.New("hub: device disabled or deleted")
 
 // Revoke disconnects the device if it is connected although the registry no
-// longer allows it (api.Devices).
+// longer allows it (hubapi.Devices).
 func (b *broker) Revoke(id string) {
 	if cl, ok := b.current(id); ok {
 		b.revoked(cl)

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/dmctl/dmctl/hub"
-	"github.com/dmctl/dmctl/hub/api"
+	"github.com/dmctl/dmctl/hub/hubapi"
 	"github.com/dmctl/dmctl/hub/hubtest"
 	"github.com/dmctl/dmctl/internal/iothub"
 	"github.com/dmctl/dmctl/sas"
@@ -186,18 +186,18 @@ func TestMethodOfflineAndTimeout(t *testing.T) {
 	cs := hs.CreateDevice(t, "d1")
 	devs := hs.Hub().Devices()
 
-	if _, _, err := devs.Invoke(ctx, "d1", "ping", []byte("null"), 0, time.Second); !errors.Is(err, api.ErrDeviceNotOnline) {
+	if _, _, err := devs.Invoke(ctx, "d1", "ping", []byte("null"), 0, time.Second); !errors.Is(err, hubapi.ErrDeviceNotOnline) {
 		t.Fatalf("offline device: %v", err)
 	}
 
 	d := connectDevice(t, hs, cs, "tls")
 	// Connected but not subscribed to methods is offline too.
-	if _, _, err := devs.Invoke(ctx, "d1", "ping", []byte("null"), 0, time.Second); !errors.Is(err, api.ErrDeviceNotOnline) {
+	if _, _, err := devs.Invoke(ctx, "d1", "ping", []byte("null"), 0, time.Second); !errors.Is(err, hubapi.ErrDeviceNotOnline) {
 		t.Fatalf("unsubscribed device: %v", err)
 	}
 	// Subscribed but silent: the call times out.
 	d.subscribe(t, iothub.MethodsFilter)
-	if _, _, err := devs.Invoke(ctx, "d1", "ping", []byte("null"), 0, 100*time.Millisecond); !errors.Is(err, api.ErrTimeout) {
+	if _, _, err := devs.Invoke(ctx, "d1", "ping", []byte("null"), 0, 100*time.Millisecond); !errors.Is(err, hubapi.ErrTimeout) {
 		t.Fatalf("silent device: %v", err)
 	}
 	m := d.next(ctx, t)
@@ -594,7 +594,7 @@ func TestDisabledDeviceIsDisconnected(t *testing.T) {
 	if _, err := hs.Store().UpdateDevice(iothub.Device{DeviceID: "d1", Status: "disabled"}, "*"); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := hs.Hub().Devices().Invoke(ctx, "d1", "ping", []byte("null"), 0, 10*time.Second); !errors.Is(err, api.ErrDeviceNotOnline) {
+	if _, _, err := hs.Hub().Devices().Invoke(ctx, "d1", "ping", []byte("null"), 0, 10*time.Second); !errors.Is(err, hubapi.ErrDeviceNotOnline) {
 		t.Fatalf("method to a disabled device: %v", err)
 	}
 	select {

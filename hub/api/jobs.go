@@ -1,7 +1,6 @@
 package api
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -12,24 +11,6 @@ import (
 	"github.com/dmctl/dmctl/hub/store"
 	"github.com/dmctl/dmctl/internal/iothub"
 )
-
-// Jobs is the hub's jobs engine (IoT Hub jobs v2) as the REST handlers need
-// it. Errors: *store.ValidationError (bad job, HTTP 400), store.ErrJobExists
-// (409104), store.ErrJobNotFound (404002), store.ErrClosed (503).
-type Jobs interface {
-	// Create validates, stores and schedules a job. The caller sets JobID,
-	// Type, QueryCondition, CloudToDeviceMethod or UpdateTwin, StartTime
-	// (zero: now) and MaxExecutionTimeInSeconds (0: the default); the other
-	// fields are the engine's. It returns the stored job.
-	Create(ctx context.Context, job iothub.JobResponse) (iothub.JobResponse, error)
-	// Get returns a job with its current statistics.
-	Get(ctx context.Context, id string) (iothub.JobResponse, error)
-	// Cancel stops a job that has not finished and returns it; a finished
-	// job is returned unchanged.
-	Cancel(ctx context.Context, id string) (iothub.JobResponse, error)
-	// List returns the jobs of a type and status ("" matches any), oldest first.
-	List(ctx context.Context, jobType, status string) ([]iothub.JobResponse, error)
-}
 
 // jobRequest is the body of PUT /jobs/v2/{id} as the service SDKs send it.
 type jobRequest struct {

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/dmctl/dmctl/hub/hubapi"
 	"github.com/dmctl/dmctl/hub/store"
 	"github.com/dmctl/dmctl/internal/iothub"
 	"github.com/rs/zerolog"
@@ -60,7 +61,7 @@ func (f *fakeJobs) last() iothub.JobResponse {
 	return f.created[len(f.created)-1]
 }
 
-func newJobsEnv(t *testing.T, jobs Jobs) *env {
+func newJobsEnv(t *testing.T, jobs hubapi.Jobs) *env {
 	t.Helper()
 	e := newEnv(t)
 	e.srv.Close() // replaced by a server with a jobs engine

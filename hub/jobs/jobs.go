@@ -58,7 +58,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/dmctl/dmctl/hub/api"
+	"github.com/dmctl/dmctl/hub/hubapi"
 	"github.com/dmctl/dmctl/hub/query"
 	"github.com/dmctl/dmctl/hub/store"
 	"github.com/dmctl/dmctl/internal/iothub"
@@ -80,7 +80,7 @@ const (
 	// MaxBatch is the most row updates written in one transaction.
 	MaxBatch = 512
 
-	defaultResponseTimeout = api.DefaultResponseTimeout
+	defaultResponseTimeout = iothub.DefaultMethodResponseTimeout
 	maxExecutionCap        = 100 * 365 * 24 * 3600 // keeps the deadline arithmetic in range
 )
 
@@ -95,8 +95,8 @@ const (
 
 // Config configures an Engine.
 type Config struct {
-	Store   *store.Store // required
-	Devices api.Devices  // the device side; nil makes every direct-method row fail as offline
+	Store   *store.Store   // required
+	Devices hubapi.Devices // the device side; nil makes every direct-method row fail as offline
 	// Concurrency bounds the device calls (or twin updates) in flight across
 	// all jobs; default DefaultConcurrency.
 	Concurrency int
@@ -111,7 +111,7 @@ type Config struct {
 // jobs execute only while Run is running.
 type Engine struct {
 	store   *store.Store
-	devices api.Devices
+	devices hubapi.Devices
 	now     func() time.Time
 	log     zerolog.Logger
 	flush   time.Duration
@@ -126,7 +126,7 @@ type Engine struct {
 	wg      sync.WaitGroup  // job goroutines
 }
 
-var _ api.Jobs = (*Engine)(nil)
+var _ hubapi.Jobs = (*Engine)(nil)
 
 // New returns an engine; call Run to execute jobs.
 func New(cfg Config) (*Engine, error) {
@@ -421,17 +421,17 @@ func normalizeMethod(in *iothub.JobMethod) (*iothub.JobMethod, error) {
 	if m.ResponseTimeoutInSeconds == 0 {
 		m.ResponseTimeoutInSeconds = defaultResponseTimeout
 	}
-	if m.ResponseTimeoutInSeconds < api.MinResponseTimeout || m.ResponseTimeoutInSeconds > api.MaxResponseTimeout {
+	if m.ResponseTimeoutInSeconds < iothub.MinMethodResponseTimeout || m.ResponseTimeoutInSeconds > iothub.MaxMethodResponseTimeout {
 		return nil, invalid("responseTimeoutInSeconds must be between %d and %d, not %d",
-			api.MinResponseTimeout, api.MaxResponseTimeout, m.ResponseTimeoutInSeconds)
+			iothub.MinMethodResponseTimeout, iothub.MaxMethodResponseTimeout, m.ResponseTimeoutInSeconds)
 	}
-	if m.ConnectTimeoutInSeconds < 0 || m.ConnectTimeoutInSeconds > api.MaxConnectTimeout {
-		return nil, invalid("connectTimeoutInSeconds must be between 0 and %d, not %d", api.MaxConnectTimeout, m.ConnectTimeoutInSeconds)
+	if m.ConnectTimeoutInSeconds < 0 || m.ConnectTimeoutInSeconds > iothub.MaxMethodConnectTimeout {
+		return nil, invalid("connectTimeoutInSeconds must be between 0 and %d, not %d", iothub.MaxMethodConnectTimeout, m.ConnectTimeoutInSeconds)
 	}
 	p := bytes.TrimSpace(m.Payload)
-	if len(p) > api.MaxPayloadSize {
+	if len(p) > iothub.MaxMethodPayload {
 		return nil, &store.ValidationError{Code: iothub.CodeMessageTooLarge,
-			Msg: fmt.Sprintf("method payload is %d bytes, over the limit of %d bytes", len(p), api.MaxPayloadSize)}
+			Msg: fmt.Sprintf("method payload is %d bytes, over the limit of %d bytes", len(p), iothub.MaxMethodPayload)}
 	}
 	if len(p) == 0 {
 		p = []byte("null")

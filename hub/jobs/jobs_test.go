@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dmctl/dmctl/hub/api"
+	"github.com/dmctl/dmctl/hub/hubapi"
 	"github.com/dmctl/dmctl/hub/store"
 	"github.com/dmctl/dmctl/internal/iothub"
 	"github.com/rs/zerolog"
@@ -122,6 +122,9 @@ type engine struct {
 func startEngine(t *testing.T, cfg Config, prep ...func(*Engine)) *engine {
 	t.Helper()
 	cfg.Log = zerolog.New(zerolog.NewTestWriter(t))
+	if dev, ok := cfg.Devices.(*fakeDevices); ok {
+		cfg.Store.OnDesired(dev.NotifyDesired) // as the hub registers its broker
+	}
 	e, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -195,7 +198,7 @@ func TestMethodJobOverManyDevices(t *testing.T) {
 		fmt.Sscanf(id, "d%d", &n)
 		switch n % 3 {
 		case 0:
-			return 0, nil, fmt.Errorf("invoke: %w", api.ErrDeviceNotOnline)
+			return 0, nil, fmt.Errorf("invoke: %w", hubapi.ErrDeviceNotOnline)
 		case 1:
 			return 500, []byte(`{"error":"disk full"}`), nil
 		}
@@ -267,7 +270,7 @@ func TestMethodJobTimeoutAndDeletedDevice(t *testing.T) {
 	release := make(chan struct{})
 	dev := newFake(func(ctx context.Context, id, method string, payload []byte) (int, []byte, error) {
 		if id == "d001" {
-			return 0, nil, api.ErrTimeout
+			return 0, nil, hubapi.ErrTimeout
 		}
 		<-release
 		return 200, nil, nil

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/dmctl/dmctl/hub/api"
+	"github.com/dmctl/dmctl/hub/hubapi"
 	"github.com/dmctl/dmctl/hub/store"
 	"github.com/dmctl/dmctl/internal/iothub"
 	"github.com/dmctl/dmctl/sas"
@@ -26,7 +27,7 @@ type restEnv struct {
 	eng *engine
 }
 
-func newRESTEnv(t *testing.T, dev api.Devices) *restEnv {
+func newRESTEnv(t *testing.T, dev hubapi.Devices) *restEnv {
 	t.Helper()
 	st := newStore(t)
 	eng := startEngine(t, Config{Store: st, Devices: dev})
@@ -118,7 +119,7 @@ func decode[T any](t *testing.T, r resp) T {
 func TestRESTJobsLikeTheNodeJobClient(t *testing.T) {
 	dev := newFake(func(ctx context.Context, id, method string, payload []byte) (int, []byte, error) {
 		if id == "d001" {
-			return 0, nil, api.ErrDeviceNotOnline
+			return 0, nil, hubapi.ErrDeviceNotOnline
 		}
 		return 200, []byte(`{"ok":1}`), nil
 	})

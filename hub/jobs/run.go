@@ -9,7 +9,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/dmctl/dmctl/hub/api"
+	"github.com/dmctl/dmctl/hub/hubapi"
 	"github.com/dmctl/dmctl/hub/store"
 	"github.com/dmctl/dmctl/internal/iothub"
 )
@@ -160,6 +160,9 @@ func (e *Engine) execute(ctx context.Context, r *run, j iothub.JobResponse, rows
 		_ = e.stopRows(r, w, stopExpired, nil)
 		workers = 0
 	}
+	// The deadline runs from before the first call.
+	expired, stopTimer := e.timer(max(deadline(j).Sub(e.now()), 0))
+	defer stopTimer()
 	var wg sync.WaitGroup
 	for range workers {
 		wg.Add(1)
@@ -174,8 +177,6 @@ func (e *Engine) execute(ctx context.Context, r *run, j iothub.JobResponse, rows
 		close(workersDone)
 	}()
 
-	expired, stopTimer := e.timer(max(deadline(j).Sub(e.now()), 0))
-	defer stopTimer()
 	cancelCh := r.cancelCh
 	for done := false; !done; {
 		select {
@@ -333,22 +334,17 @@ func (e *Engine) act(ctx context.Context, j iothub.JobResponse, row iothub.Devic
 			return fail(iothub.CodeGatewayTimeout, msgExpired)
 		case ctx.Err() != nil:
 			return fail(iothub.CodeServiceUnavailable, msgStopped)
-		case errors.Is(err, api.ErrDeviceNotOnline):
+		case errors.Is(err, hubapi.ErrDeviceNotOnline):
 			return fail(iothub.CodeDeviceNotOnline, msgOffline)
-		case errors.Is(err, api.ErrTimeout):
+		case errors.Is(err, hubapi.ErrTimeout):
 			return fail(iothub.CodeGatewayTimeout, msgTimeout)
 		default:
 			e.log.Error().Err(err).Str("job", j.JobID).Str("device", row.DeviceID).Msg("job direct method failed")
 			return fail(iothub.CodeServerError, "the direct method could not be delivered")
 		}
 	case iothub.JobTypeUpdateTwin:
-		lock := e.store.DesiredLock()
-		lock.Lock()
-		_, change, err := e.store.PatchTwin(row.DeviceID, twinPatch(j.UpdateTwin), "*")
-		if err == nil && change != nil && e.devices != nil {
-			e.devices.NotifyDesired(row.DeviceID, change.Version, change.Patch)
-		}
-		lock.Unlock()
+		// The store tells the device of the desired change itself (OnDesired).
+		_, _, err := e.store.PatchTwin(row.DeviceID, twinPatch(j.UpdateTwin), "*")
 		var ve *store.ValidationError
 		switch {
 		case err == nil:

@@ -140,15 +140,40 @@ type Store struct {
 	tmu     sync.Mutex
 	touched map[string]time.Time // activity not yet written to disk
 
-	dmu sync.Mutex // see DesiredLock
+	// dmu is held by every desired-properties write from before it commits
+	// until onDesired has returned, so that each device is told of its
+	// patches in $version order.
+	dmu       sync.Mutex
+	onDesired DesiredFunc // guarded by dmu
 }
 
-// DesiredLock returns the lock that keeps desired-property writes and the
-// device notifications that follow them in $version order. Every writer
-// that patches desired properties and then notifies the device (the REST
-// API, the jobs engine) holds it from the write until the notification has
-// been handed to the broker, so that devices see patches in order.
-func (s *Store) DesiredLock() sync.Locker { return &s.dmu }
+// DesiredFunc is told of a desired-properties change of a device: patch is
+// the body for $iothub/twin/PATCH/properties/desired/?$version=version.
+// It runs while the store holds its desired-write lock, so it must not write
+// desired properties itself, and it should not block for long.
+type DesiredFunc func(deviceID string, version int64, patch []byte)
+
+// OnDesired registers fn as the one subscriber to desired-property changes
+// (the broker, which pushes them to connected devices); nil removes it.
+// PatchTwin and ReplaceTwin call it after each write that changed desired
+// properties, in $version order for every device.
+func (s *Store) OnDesired(fn DesiredFunc) {
+	s.dmu.Lock()
+	s.onDesired = fn
+	s.dmu.Unlock()
+}
+
+// writeDesired runs a twin write under the desired-write lock and tells the
+// subscriber of the change it made, if any.
+func (s *Store) writeDesired(id string, write func() (iothub.Twin, *DesiredChange, error)) (iothub.Twin, *DesiredChange, error) {
+	s.dmu.Lock()
+	defer s.dmu.Unlock()
+	t, change, err := write()
+	if err == nil && change != nil && s.onDesired != nil {
+		s.onDesired(id, change.Version, change.Patch)
+	}
+	return t, change, err
+}
 
 // entry is the published, immutable view of one device.
 type entry struct {

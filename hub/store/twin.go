@@ -100,9 +100,15 @@ func checkTwinMatch(r *record, ifMatch string) error {
 
 // PatchTwin merges patch.Tags and patch.Properties.Desired into id's twin
 // (JSON merge patch: null deletes). Reported properties in patch are
-// ignored. ifMatch is "", "*" or the twin etag (ErrPrecondition). The
-// returned change is nil when the desired properties were not touched.
+// ignored. ifMatch is "", "*" or the twin etag (ErrPrecondition). A change
+// of the desired properties goes to the OnDesired subscriber before
+// PatchTwin returns; the returned change is that same change (nil when the
+// desired properties were not touched), for the caller's information.
 func (s *Store) PatchTwin(id string, patch iothub.Twin, ifMatch string) (iothub.Twin, *DesiredChange, error) {
+	return s.writeDesired(id, func() (iothub.Twin, *DesiredChange, error) { return s.patchTwin(id, patch, ifMatch) })
+}
+
+func (s *Store) patchTwin(id string, patch iothub.Twin, ifMatch string) (iothub.Twin, *DesiredChange, error) {
 	tags := patch.Tags
 	desired := withoutSystem(patch.Properties.Desired)
 	if err := checkObject("tags", tags, 0, ""); err != nil {
@@ -152,8 +158,13 @@ func (s *Store) PatchTwin(id string, patch iothub.Twin, ifMatch string) (iothub.
 // those of twin (missing sections become empty; nulls are dropped). Reported
 // properties are ignored. The desired change sent to the device is the
 // difference between the old and the new desired properties, with nulls for
-// removed members; it is nil when desired did not change.
+// removed members; it goes to the OnDesired subscriber before ReplaceTwin
+// returns and is nil when desired did not change.
 func (s *Store) ReplaceTwin(id string, twin iothub.Twin, ifMatch string) (iothub.Twin, *DesiredChange, error) {
+	return s.writeDesired(id, func() (iothub.Twin, *DesiredChange, error) { return s.replaceTwin(id, twin, ifMatch) })
+}
+
+func (s *Store) replaceTwin(id string, twin iothub.Twin, ifMatch string) (iothub.Twin, *DesiredChange, error) {
 	tags := stripNulls(twin.Tags)
 	desired := stripNulls(withoutSystem(twin.Properties.Desired))
 	if err := checkObject("tags", tags, 0, ""); err != nil {

@@ -17,9 +17,19 @@ type MethodRequest struct {
 	ConnectTimeoutInSeconds  *int            `json:"connectTimeoutInSeconds,omitempty"`
 }
 
-// MaxMethodPayload is the largest direct-method payload IoT Hub accepts, in
-// either direction (128 KB).
-const MaxMethodPayload = 128 * 1024
+// Direct-method limits (protocol.md §4.1), in seconds where they are times.
+const (
+	// MaxMethodPayload is the largest direct-method payload IoT Hub
+	// accepts, in either direction (128 KB).
+	MaxMethodPayload = 128 * 1024
+	// DefaultMethodResponseTimeout, MinMethodResponseTimeout and
+	// MaxMethodResponseTimeout are the bounds of responseTimeoutInSeconds.
+	DefaultMethodResponseTimeout = 30
+	MinMethodResponseTimeout     = 5
+	MaxMethodResponseTimeout     = 300
+	// MaxMethodConnectTimeout bounds connectTimeoutInSeconds (default 0).
+	MaxMethodConnectTimeout = 300
+)
 
 // MethodResult is the hub's answer to a direct method call: the device's
 // status and JSON payload. The HTTP status is 200 whatever the device said.
