@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dmctl/dmctl/hub/internal/testwait"
+
 	"github.com/dmctl/dmctl/hub/hubapi"
 	"github.com/dmctl/dmctl/hub/store"
 	"github.com/dmctl/dmctl/internal/iothub"
@@ -511,9 +513,9 @@ func TestInvokeCallerGone(t *testing.T) {
 		}
 		done <- err
 	}()
-	<-started
+	testwait.Recv(t, started, "the direct method to reach the device")
 	cancel()
-	if err := <-done; !errors.Is(err, context.Canceled) {
+	if err := testwait.Recv(t, done, "the client call to end"); !errors.Is(err, context.Canceled) {
 		t.Errorf("client error = %v, want context.Canceled", err)
 	}
 }
@@ -693,6 +695,9 @@ func TestQuery(t *testing.T) {
 			ids = append(ids, it.DeviceID)
 		}
 		pages++
+		if pages > 100 {
+			t.Fatalf("still paging after %d pages of 10 (continuation %q)", pages, cont)
+		}
 		vals, present := r.header["X-Ms-Continuation"]
 		if !present {
 			break

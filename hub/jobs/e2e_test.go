@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dmctl/dmctl/hub/internal/testwait"
+
 	"github.com/dmctl/dmctl/device"
 	devmqtt "github.com/dmctl/dmctl/device/mqtt"
 	"github.com/dmctl/dmctl/hub/hubtest"
@@ -61,7 +63,7 @@ func TestJobsThroughTheHub(t *testing.T) {
 	runCtx, stopDevices := context.WithCancel(ctx)
 	defer func() {
 		stopDevices()
-		wg.Wait()
+		testwait.Group(t, &wg, "the simulated devices to stop")
 	}()
 	for id, h := range devs {
 		cs, err := sas.ParseDevice(srv.CreateDevice(t, id))

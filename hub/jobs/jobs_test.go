@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dmctl/dmctl/hub/internal/testwait"
+
 	"github.com/dmctl/dmctl/hub/hubapi"
 	"github.com/dmctl/dmctl/hub/store"
 	"github.com/dmctl/dmctl/internal/iothub"
@@ -139,7 +141,7 @@ func startEngine(t *testing.T, cfg Config, prep ...func(*Engine)) *engine {
 	stop := func() {
 		once.Do(func() {
 			cancel()
-			if err := <-done; err != nil {
+			if err := testwait.Recv(t, done, "the engine to stop"); err != nil {
 				t.Errorf("Run: %v", err)
 			}
 		})
@@ -272,15 +274,19 @@ func TestMethodJobTimeoutAndDeletedDevice(t *testing.T) {
 		if id == "d001" {
 			return 0, nil, hubapi.ErrTimeout
 		}
-		<-release
-		return 200, nil, nil
+		select {
+		case <-release:
+			return 200, nil, nil
+		case <-ctx.Done():
+			return 0, nil, ctx.Err()
+		}
 	})
 	dev.started = make(chan string, 3)
 	e := startEngine(t, Config{Store: st, Devices: dev, Concurrency: 1})
 	if _, err := e.Create(t.Context(), methodJob("j", "deviceId IN ['d000', 'd001', 'd002']")); err != nil {
 		t.Fatal(err)
 	}
-	<-dev.started // d000 is in flight; delete d002 before its turn
+	testwait.Recv(t, dev.started, "the call to d000") // d000 is in flight; delete d002 before its turn
 	if err := st.DeleteDevice("d002", "*"); err != nil {
 		t.Fatal(err)
 	}
@@ -385,16 +391,20 @@ func TestCancelRunningJob(t *testing.T) {
 	addDevices(t, st, 10, nil)
 	release := make(chan struct{})
 	dev := newFake(func(ctx context.Context, id, method string, payload []byte) (int, []byte, error) {
-		<-release
-		return 200, nil, nil
+		select {
+		case <-release:
+			return 200, nil, nil
+		case <-ctx.Done():
+			return 0, nil, ctx.Err()
+		}
 	})
 	dev.started = make(chan string, 10)
 	e := startEngine(t, Config{Store: st, Devices: dev, Concurrency: 2})
 	if _, err := e.Create(t.Context(), methodJob("c", "IS_DEFINED(deviceId)")); err != nil {
 		t.Fatal(err)
 	}
-	<-dev.started
-	<-dev.started
+	testwait.Recv(t, dev.started, "the first direct-method call")
+	testwait.Recv(t, dev.started, "the second direct-method call")
 	got, err := e.Cancel(t.Context(), "c")
 	if err != nil {
 		t.Fatal(err)
@@ -442,8 +452,8 @@ func TestMaxExecutionTime(t *testing.T) {
 	if _, err := e.Create(t.Context(), job); err != nil {
 		t.Fatal(err)
 	}
-	<-dev.started
-	<-dev.started
+	testwait.Recv(t, dev.started, "the first direct-method call")
+	testwait.Recv(t, dev.started, "the second direct-method call")
 	if _, ok := asked.Load(90 * time.Second); !ok {
 		t.Error("no deadline timer of 90 s was started")
 	}
@@ -488,7 +498,7 @@ func TestRestartDuringJob(t *testing.T) {
 		t.Fatal(err)
 	}
 	for range 4 {
-		<-dev.started
+		testwait.Recv(t, dev.started, "a direct-method call")
 	}
 	if err := st.Close(); err != nil { // the crash: nothing more reaches the disk
 		t.Fatal(err)
@@ -564,8 +574,8 @@ func TestGracefulStopResumes(t *testing.T) {
 	if _, err := e1.Create(t.Context(), methodJob("g", "IS_DEFINED(deviceId)")); err != nil {
 		t.Fatal(err)
 	}
-	<-dev.started
-	<-dev.started
+	testwait.Recv(t, dev.started, "the first direct-method call")
+	testwait.Recv(t, dev.started, "the second direct-method call")
 	e1.stop()
 	j, err := st.Job("g")
 	if err != nil {
@@ -621,7 +631,7 @@ func TestJobsWithoutRun(t *testing.T) {
 	go func() { done <- e.Run(ctx) }()
 	j := waitJob(t, e, "a", "completion", finished)
 	cancel()
-	if err := <-done; err != nil {
+	if err := testwait.Recv(t, done, "Run to return"); err != nil {
 		t.Fatal(err)
 	}
 	if err := e.Run(t.Context()); err == nil {
@@ -736,7 +746,7 @@ func BenchmarkMethodJob(b *testing.B) {
 	go func() { done <- e.Run(ctx) }()
 	defer func() {
 		cancel()
-		<-done
+		testwait.Recv(b, done, "the engine to stop")
 	}()
 	b.ResetTimer()
 	for i := range b.N {
@@ -744,6 +754,7 @@ func BenchmarkMethodJob(b *testing.B) {
 		if _, err := e.Create(ctx, methodJob(id, "IS_DEFINED(deviceId)")); err != nil {
 			b.Fatal(err)
 		}
+		deadline := time.Now().Add(testwait.Timeout)
 		for {
 			j, err := e.Get(ctx, id)
 			if err != nil {
@@ -751,6 +762,9 @@ func BenchmarkMethodJob(b *testing.B) {
 			}
 			if j.Status == iothub.JobCompleted {
 				break
+			}
+			if time.Now().After(deadline) {
+				b.Fatalf("job %s not completed after %v: %+v", id, testwait.Timeout, j)
 			}
 			time.Sleep(time.Millisecond)
 		}

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dmctl/dmctl/hub/internal/testwait"
+
 	"github.com/dmctl/dmctl/internal/iothub"
 	"go.uber.org/goleak"
 )
@@ -766,7 +768,7 @@ func TestConcurrentWriters(t *testing.T) {
 			_, _ = s.Devices(0)
 		}
 	})
-	wg.Wait()
+	testwait.Group(t, &wg, "the concurrent store users")
 	close(errs)
 	for err := range errs {
 		t.Error(err)
@@ -870,7 +872,7 @@ func TestOnDesiredOrder(t *testing.T) {
 			}
 		}()
 	}
-	wg.Wait()
+	testwait.Group(t, &wg, "the concurrent writers")
 	if _, _, err := s.PatchTwin("d", iothub.Twin{Tags: map[string]any{"only": "tags"}}, "*"); err != nil {
 		t.Fatal(err)
 	}
