@@ -75,7 +75,7 @@ var codeNames = map[int]string{
 	CodeGatewayTimeout:      "GatewayTimeout",
 }
 
-// Aliases seen in Style A bodies that name the same condition.
+// Aliases seen in registry error bodies that name the same condition.
 var nameAliases = map[string]int{
 	"IotHubUnauthorized":                        CodeUnauthorized,
 	"ThrottleBacklogLimitExceeded":              CodeThrottled,
@@ -90,7 +90,7 @@ var nameAliases = map[string]int{
 // "" when the code is unknown.
 func ErrorName(code int) string { return codeNames[code] }
 
-// ErrorCodeByName maps a symbolic name from a Style A body to its code.
+// ErrorCodeByName maps a symbolic name from a registry error body to its code.
 func ErrorCodeByName(name string) (int, bool) {
 	for c, n := range codeNames {
 		if n == name {
