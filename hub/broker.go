@@ -1,7 +1,6 @@
 package hub
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -12,9 +11,7 @@ import (
 	"time"
 
 	"github.com/dmctl/dmctl/internal/iothub"
-	"github.com/dmctl/dmctl/sas"
 	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/rs/zerolog"
 )
@@ -312,64 +309,6 @@ func (b *broker) send(cl *mqtt.Client, topic string, payload []byte) (bool, erro
 	return true, nil
 }
 
-// authenticate checks a CONNECT: client id, username and SAS password
-// against the registry, and returns the device id and the token's expiry.
-// The error text is safe to log.
-func (b *broker) authenticate(cl *mqtt.Client, pk packets.Packet) (string, time.Time, error) {
-	_, dev, mod, ok := iothub.ParseUsername(string(pk.Connect.Username))
-	if !ok {
-		return "", time.Time{}, errors.New("malformed username")
-	}
-	if iothub.ClientID(dev, mod) != cl.ID {
-		return "", time.Time{}, fmt.Errorf("username names %q but the client id is %q", iothub.ClientID(dev, mod), cl.ID)
-	}
-	if mod != "" {
-		return "", time.Time{}, errors.New("module identities are not supported")
-	}
-	d, err := b.s.store.Device(dev)
-	if err != nil {
-		if errors.Is(err, errStoreNotFound) {
-			return "", time.Time{}, errors.New("unknown device")
-		}
-		return "", time.Time{}, fmt.Errorf("registry: %w", err)
-	}
-	if !strings.EqualFold(d.Status, "enabled") && d.Status != "" {
-		return "", time.Time{}, errors.New("device is disabled")
-	}
-	if d.Authentication == nil || d.Authentication.Type != "sas" || d.Authentication.SymmetricKey == nil {
-		return "", time.Time{}, errors.New("device does not use SAS authentication")
-	}
-	if !pk.Connect.PasswordFlag || len(pk.Connect.Password) == 0 {
-		return "", time.Time{}, errors.New("no SAS token in password")
-	}
-	hosts := b.s.hosts()
-	if hc, ok := cl.Net.Conn.(interface{ ServerName() string }); ok && hc.ServerName() != "" {
-		hosts = append(hosts, hc.ServerName())
-	}
-	keys := d.Authentication.SymmetricKey
-	tok, err := sas.Verify(string(pk.Connect.Password),
-		sas.Audience{Hosts: hosts, Path: "devices/" + dev},
-		b.s.now(), keys.PrimaryKey, keys.SecondaryKey)
-	if err != nil {
-		return "", time.Time{}, err
-	}
-	return dev, tok.Expiry, nil
-}
-
-// deviceTopic reports whether topic (or filter) lies in the device's own
-// "devices/{id}/" space.
-func deviceTopic(id, topic string) bool {
-	return strings.HasPrefix(topic, "devices/"+id+"/")
-}
-
-// allowed is the ACL: a device may use IoT Hub's method and twin topics and
-// its own devices/{id}/ space, nothing else.
-func allowed(id, topic string) bool {
-	return strings.HasPrefix(topic, "$iothub/methods/") ||
-		strings.HasPrefix(topic, "$iothub/twin/") ||
-		deviceTopic(id, topic)
-}
-
 // handlePublish answers a device's publish. Nothing a device publishes is
 // routed to other clients.
 func (b *broker) handlePublish(cl *mqtt.Client, pk packets.Packet) {
@@ -405,34 +344,6 @@ func (b *broker) handlePublish(cl *mqtt.Client, pk packets.Packet) {
 	}
 }
 
-// revoked disconnects cl if its device was disabled or deleted since it
-// connected, as IoT Hub does, and reports whether it did.
-func (b *broker) revoked(cl *mqtt.Client) bool {
-	d, err := b.s.store.Device(cl.ID)
-	var reason string
-	switch {
-	case errors.Is(err, errStoreNotFound):
-		reason = "device deleted"
-	case err == nil && d.Status != "" && !strings.EqualFold(d.Status, "enabled"):
-		reason = "device disabled"
-	default:
-		return false
-	}
-	b.log.Info().Str("device", cl.ID).Str("reason", reason).Msg("disconnecting device")
-	cl.Stop(errRevoked)
-	return true
-}
-
-var errRevoked = errors.New("hub: device disabled or deleted")
-
-// Revoke disconnects the device if it is connected although the registry no
-// longer allows it (api.Devices).
-func (b *broker) Revoke(id string) {
-	if cl, ok := b.current(id); ok {
-		b.revoked(cl)
-	}
-}
-
 func isTelemetry(id, topic string) bool {
 	rest := strings.TrimPrefix(topic, "devices/"+id+"/")
 	if strings.HasPrefix(rest, "messages/events/") || rest == "messages/events" {
@@ -444,99 +355,4 @@ func isTelemetry(id, topic string) bool {
 		}
 	}
 	return false
-}
-
-func (b *broker) twinGet(cl *mqtt.Client, rid string) {
-	body, err := b.s.store.DeviceTwin(cl.ID)
-	if err != nil {
-		b.twinError(cl, rid, err)
-		return
-	}
-	b.reply(cl, iothub.TwinResponseTopic(200, rid, 0), body)
-}
-
-func (b *broker) twinPatch(cl *mqtt.Client, rid string, body []byte) {
-	trimmed := bytes.TrimSpace(body)
-	if len(trimmed) == 0 || trimmed[0] != '{' || !jsonValid(trimmed) {
-		b.reply(cl, iothub.TwinResponseTopic(400, rid, 0),
-			twinErrorBody(iothub.CodeArgumentInvalid, "reported properties must be a JSON object"))
-		return
-	}
-	version, err := b.s.store.PatchReported(cl.ID, trimmed)
-	if err != nil {
-		b.twinError(cl, rid, err)
-		return
-	}
-	b.reply(cl, iothub.TwinResponseTopic(204, rid, version), nil)
-}
-
-// twinError answers a twin request with IoT Hub's error code in the body
-// (the Node SDK ignores the status in the topic and looks for errorCode).
-func (b *broker) twinError(cl *mqtt.Client, rid string, err error) {
-	code, msg := storeErrorCode(err)
-	if code == iothub.CodeServerError {
-		b.log.Error().Err(err).Str("device", cl.ID).Msg("twin request failed")
-	}
-	b.reply(cl, iothub.TwinResponseTopic(iothub.HTTPStatus(code), rid, 0), twinErrorBody(code, msg))
-}
-
-func (b *broker) reply(cl *mqtt.Client, topic string, body []byte) {
-	ok, err := b.send(cl, topic, body)
-	switch {
-	case err != nil:
-		b.log.Debug().Err(err).Str("device", cl.ID).Msg("write twin response")
-	case !ok:
-		b.log.Debug().Str("device", cl.ID).Str("topic", topic).Msg("twin response dropped: device is not subscribed")
-	}
-}
-
-// mochiListener is the broker's only listener: the hub accepts, handshakes
-// and sniffs connections itself and feeds MQTT ones through ch.
-type mochiListener struct {
-	id     string
-	addr   net.Addr
-	ch     chan net.Conn
-	done   chan struct{}
-	served chan struct{}
-	once   sync.Once
-	b      *broker
-}
-
-func (l *mochiListener) Init(*slog.Logger) error { return nil }
-func (l *mochiListener) ID() string              { return l.id }
-func (l *mochiListener) Address() string         { return l.addr.String() }
-func (l *mochiListener) Protocol() string        { return "tls" }
-
-// Serve hands every connection to mochi's establish function in its own
-// goroutine, until Close.
-func (l *mochiListener) Serve(establish listeners.EstablishFn) {
-	defer close(l.served)
-	for {
-		select {
-		case c := <-l.ch:
-			go func() {
-				defer l.b.connEnded(c)
-				if err := establish(l.id, c); err != nil {
-					l.b.log.Debug().Err(err).Str("remote", c.RemoteAddr().String()).Msg("MQTT connection ended")
-				}
-			}()
-		case <-l.done:
-			return
-		}
-	}
-}
-
-// Close stops Serve and closes every connection the broker holds; each
-// client's read loop then ends on its own.
-func (l *mochiListener) Close(listeners.CloseFn) {
-	l.once.Do(func() { close(l.done) })
-	l.b.mu.Lock()
-	conns := make([]net.Conn, 0, len(l.b.conns))
-	for c := range l.b.conns {
-		conns = append(conns, c)
-	}
-	l.b.mu.Unlock()
-	for _, c := range conns {
-		_ = c.Close()
-	}
 }

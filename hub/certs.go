@@ -18,6 +18,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/dmctl/dmctl/internal/atomicfile"
 )
 
 // File names inside the data directory.
@@ -279,35 +281,11 @@ func writePair(certPath, keyPath string, der []byte, key *ecdsa.PrivateKey) erro
 	return writeFileAtomic(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
 }
 
-// writeFileAtomic writes data to a temporary file in the same directory,
-// syncs it and renames it over path.
+// writeFileAtomic writes data to path through internal/atomicfile (temporary
+// file, fsync, rename), with the hub's error prefix.
 func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("hub: write %s: %w", filepath.Base(path), err)
-	}
-	tmp := f.Name()
-	fail := func(err error) error {
-		_ = f.Close()
-		_ = os.Remove(tmp)
-		return fmt.Errorf("hub: write %s: %w", filepath.Base(path), err)
-	}
-	if err := f.Chmod(perm); err != nil {
-		return fail(err)
-	}
-	if _, err := f.Write(data); err != nil {
-		return fail(err)
-	}
-	if err := f.Sync(); err != nil {
-		return fail(err)
-	}
-	if err := f.Close(); err != nil {
-		_ = os.Remove(tmp)
-		return fmt.Errorf("hub: write %s: %w", filepath.Base(path), err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		_ = os.Remove(tmp)
-		return fmt.Errorf("hub: write %s: %w", filepath.Base(path), err)
+	if err := atomicfile.Write(path, data, perm); err != nil {
+		return fmt.Errorf("hub: %w", err)
 	}
 	return nil
 }

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/dmctl/dmctl/hub/api"
+	"github.com/dmctl/dmctl/hub/hubapi"
 	"github.com/dmctl/dmctl/hub/store"
 	"github.com/dmctl/dmctl/internal/iothub"
 )
@@ -43,12 +43,12 @@ func (c *call) cancel() {
 	}
 }
 
-var _ api.Devices = (*broker)(nil)
+var _ hubapi.Devices = (*broker)(nil)
 
 // Invoke sends a direct method to a device and waits for its answer. It
 // waits up to connectTimeout for the device to be connected and subscribed
-// to method requests (api.ErrDeviceNotOnline otherwise), then up to
-// responseTimeout for the answer (api.ErrTimeout). The request body is
+// to method requests (hubapi.ErrDeviceNotOnline otherwise), then up to
+// responseTimeout for the answer (hubapi.ErrTimeout). The request body is
 // payload as given.
 func (b *broker) Invoke(ctx context.Context, deviceID, method string, payload []byte, connectTimeout, responseTimeout time.Duration) (int, []byte, error) {
 	if method == "" || strings.ContainsAny(method, "/+#?\x00") {
@@ -62,7 +62,7 @@ func (b *broker) Invoke(ctx context.Context, deviceID, method string, payload []
 		return 0, nil, fmt.Errorf("invoke %q on device %q: %w", method, deviceID, err)
 	}
 	if b.revoked(cl) {
-		return 0, nil, fmt.Errorf("invoke %q on device %q: %w", method, deviceID, api.ErrDeviceNotOnline)
+		return 0, nil, fmt.Errorf("invoke %q on device %q: %w", method, deviceID, hubapi.ErrDeviceNotOnline)
 	}
 
 	c := &call{device: deviceID, result: make(chan methodResult, 1), done: make(chan struct{})}
@@ -80,7 +80,7 @@ func (b *broker) Invoke(ctx context.Context, deviceID, method string, payload []
 	}()
 
 	if ok, err := b.send(cl, topic, payload); err != nil || !ok {
-		return 0, nil, fmt.Errorf("invoke %q on device %q: %w", method, deviceID, api.ErrDeviceNotOnline)
+		return 0, nil, fmt.Errorf("invoke %q on device %q: %w", method, deviceID, hubapi.ErrDeviceNotOnline)
 	}
 	b.log.Debug().Str("device", deviceID).Str("method", method).Str("rid", rid).Msg("method request sent")
 
@@ -90,7 +90,7 @@ func (b *broker) Invoke(ctx context.Context, deviceID, method string, payload []
 	case r := <-c.result:
 		return r.status, r.body, nil
 	case <-timer.C:
-		return 0, nil, fmt.Errorf("invoke %q on device %q: %w", method, deviceID, api.ErrTimeout)
+		return 0, nil, fmt.Errorf("invoke %q on device %q: %w", method, deviceID, hubapi.ErrTimeout)
 	case <-ctx.Done():
 		if b.s.ctx.Err() != nil {
 			return 0, nil, fmt.Errorf("invoke %q on device %q: %w", method, deviceID, ErrShuttingDown)
@@ -116,12 +116,12 @@ func (b *broker) awaitSubscriber(ctx context.Context, deviceID, topic string, co
 			return cl, nil
 		}
 		if timeout == nil {
-			return nil, api.ErrDeviceNotOnline
+			return nil, hubapi.ErrDeviceNotOnline
 		}
 		select {
 		case <-changed:
 		case <-timeout:
-			return nil, api.ErrDeviceNotOnline
+			return nil, hubapi.ErrDeviceNotOnline
 		case <-b.s.ctx.Done():
 			return nil, ErrShuttingDown
 		case <-ctx.Done():

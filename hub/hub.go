@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/dmctl/dmctl/hub/api"
+	"github.com/dmctl/dmctl/hub/hubapi"
 	"github.com/dmctl/dmctl/hub/jobs"
 	"github.com/dmctl/dmctl/hub/store"
 	"github.com/rs/zerolog"
@@ -180,7 +181,6 @@ func (s *Server) Start(ctx context.Context) error {
 		return err
 	}
 	s.broker = b
-
 	engine, err := jobs.New(jobs.Config{
 		Store:   s.store,
 		Devices: b,
@@ -196,6 +196,9 @@ func (s *Server) Start(ctx context.Context) error {
 		return fmt.Errorf("hub: jobs: %w", err)
 	}
 	s.jobs = engine
+	// Desired-property writes (REST, jobs) reach connected devices through
+	// the store, in $version order.
+	s.store.OnDesired(b.NotifyDesired)
 	s.jobsWG.Add(1)
 	go func() {
 		defer s.jobsWG.Done()
@@ -276,6 +279,7 @@ func (s *Server) Close() error {
 		cancel()
 		s.httpWG.Wait()
 		s.jobsWG.Wait() // the engine records abandoned calls before the store closes
+		s.store.OnDesired(nil)
 		s.broker.close()
 	}
 	s.wg.Wait()
@@ -376,7 +380,7 @@ func (s *Server) Subscribed(deviceID, topic string) bool {
 }
 
 // Devices is the device side as the REST API sees it.
-func (s *Server) Devices() api.Devices {
+func (s *Server) Devices() hubapi.Devices {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.broker == nil {

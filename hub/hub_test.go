@@ -12,8 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dmctl/dmctl/hub/internal/testwait"
+
 	"github.com/dmctl/dmctl/hub"
-	"github.com/dmctl/dmctl/hub/api"
+	"github.com/dmctl/dmctl/hub/hubapi"
 	"github.com/dmctl/dmctl/hub/hubtest"
 	"github.com/dmctl/dmctl/internal/iothub"
 	"github.com/dmctl/dmctl/sas"
@@ -186,18 +188,18 @@ func TestMethodOfflineAndTimeout(t *testing.T) {
 	cs := hs.CreateDevice(t, "d1")
 	devs := hs.Hub().Devices()
 
-	if _, _, err := devs.Invoke(ctx, "d1", "ping", []byte("null"), 0, time.Second); !errors.Is(err, api.ErrDeviceNotOnline) {
+	if _, _, err := devs.Invoke(ctx, "d1", "ping", []byte("null"), 0, time.Second); !errors.Is(err, hubapi.ErrDeviceNotOnline) {
 		t.Fatalf("offline device: %v", err)
 	}
 
 	d := connectDevice(t, hs, cs, "tls")
 	// Connected but not subscribed to methods is offline too.
-	if _, _, err := devs.Invoke(ctx, "d1", "ping", []byte("null"), 0, time.Second); !errors.Is(err, api.ErrDeviceNotOnline) {
+	if _, _, err := devs.Invoke(ctx, "d1", "ping", []byte("null"), 0, time.Second); !errors.Is(err, hubapi.ErrDeviceNotOnline) {
 		t.Fatalf("unsubscribed device: %v", err)
 	}
 	// Subscribed but silent: the call times out.
 	d.subscribe(t, iothub.MethodsFilter)
-	if _, _, err := devs.Invoke(ctx, "d1", "ping", []byte("null"), 0, 100*time.Millisecond); !errors.Is(err, api.ErrTimeout) {
+	if _, _, err := devs.Invoke(ctx, "d1", "ping", []byte("null"), 0, 100*time.Millisecond); !errors.Is(err, hubapi.ErrTimeout) {
 		t.Fatalf("silent device: %v", err)
 	}
 	m := d.next(ctx, t)
@@ -221,7 +223,7 @@ func TestMethodWaitsForConnect(t *testing.T) {
 	}()
 	d := connectDevice(t, hs, cs, "tls")
 	d.serveMethods(t)
-	r := <-done
+	r := testwait.Recv(t, done, "the answer to the direct method")
 	if r.err != nil || r.status != 200 {
 		t.Fatalf("status %d err %v", r.status, r.err)
 	}
@@ -252,7 +254,9 @@ func TestIsolation(t *testing.T) {
 	b.subscribe(t, iothub.TwinResFilter)
 	bReq := make(chan string, 1)
 	tok := b.c.Subscribe(iothub.MethodsFilter, 0, func(_ pahoClient, m pahoMessage) { bReq <- m.Topic() })
-	tok.Wait()
+	if !tok.WaitTimeout(testwait.Timeout) || tok.Error() != nil {
+		t.Fatalf("subscribe to method requests: %v (or no SUBACK within %v)", tok.Error(), testwait.Timeout)
+	}
 	type result struct {
 		status int
 		body   []byte
@@ -263,12 +267,12 @@ func TestIsolation(t *testing.T) {
 		s, body, err := hs.Hub().Devices().Invoke(ctx, "B", "secret", []byte(`{"x":1}`), 0, 20*time.Second)
 		done <- result{s, body, err}
 	}()
-	topic := <-bReq
+	topic := testwait.Recv(t, bReq, "B's method request")
 	_, rid, _ := iothub.ParseMethodRequestTopic(topic)
 	// A tries to answer B's call.
 	a.publish(t, iothub.MethodResponseTopic(500, rid), 1, `"forged"`)
 	b.publish(t, iothub.MethodResponseTopic(200, rid), 1, `"genuine"`)
-	r := <-done
+	r := testwait.Recv(t, done, "the answer to B's call")
 	if r.err != nil || r.status != 200 || string(r.body) != `"genuine"` {
 		t.Fatalf("B's call: status %d body %s err %v", r.status, r.body, r.err)
 	}
@@ -552,7 +556,7 @@ func TestServeReturnsNilOnCancel(t *testing.T) {
 		t.Fatalf("%d listeners", n)
 	}
 	cancel()
-	if err := <-done; err != nil {
+	if err := testwait.Recv(t, done, "Serve to return after cancel"); err != nil {
 		t.Fatalf("Serve: %v", err)
 	}
 	// Both ports are closed.
@@ -580,7 +584,7 @@ func TestCloseEndsPendingCalls(t *testing.T) {
 	if err := hs.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if err := <-done; !errors.Is(err, hub.ErrShuttingDown) {
+	if err := testwait.Recv(t, done, "the call to end at shutdown"); !errors.Is(err, hub.ErrShuttingDown) {
 		t.Fatalf("pending call ended with %v", err)
 	}
 }
@@ -594,7 +598,7 @@ func TestDisabledDeviceIsDisconnected(t *testing.T) {
 	if _, err := hs.Store().UpdateDevice(iothub.Device{DeviceID: "d1", Status: "disabled"}, "*"); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := hs.Hub().Devices().Invoke(ctx, "d1", "ping", []byte("null"), 0, 10*time.Second); !errors.Is(err, api.ErrDeviceNotOnline) {
+	if _, _, err := hs.Hub().Devices().Invoke(ctx, "d1", "ping", []byte("null"), 0, 10*time.Second); !errors.Is(err, hubapi.ErrDeviceNotOnline) {
 		t.Fatalf("method to a disabled device: %v", err)
 	}
 	select {

@@ -4,6 +4,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -172,64 +173,19 @@ func (t *Token) format(sig string) string {
 }
 
 // escape percent-encodes every byte except ASCII letters, digits and -_.~,
-// with uppercase hex (the encoding all IoT Hub SDKs produce).
+// with uppercase hex (the encoding all IoT Hub SDKs produce). That is
+// url.QueryEscape with a space as %20 instead of '+' (a '+' in s is
+// escaped to %2B, so every '+' in its output stands for a space).
 func escape(s string) string {
-	const hex = "0123456789ABCDEF"
-	n := 0
-	for i := 0; i < len(s); i++ {
-		if !isUnreserved(s[i]) {
-			n++
-		}
-	}
-	if n == 0 {
-		return s
-	}
-	b := make([]byte, 0, len(s)+2*n)
-	for i := 0; i < len(s); i++ {
-		ch := s[i]
-		if isUnreserved(ch) {
-			b = append(b, ch)
-			continue
-		}
-		b = append(b, '%', hex[ch>>4], hex[ch&15])
-	}
-	return string(b)
+	return strings.ReplaceAll(url.QueryEscape(s), "+", "%20")
 }
 
 // unescape decodes %XX sequences only; every other byte, '+' included, is
-// kept as is.
+// kept as is (url.PathUnescape). A bad escape is ErrMalformed.
 func unescape(s string) (string, error) {
-	if !strings.Contains(s, "%") {
-		return s, nil
+	v, err := url.PathUnescape(s)
+	if err != nil {
+		return "", ErrMalformed
 	}
-	b := make([]byte, 0, len(s))
-	for i := 0; i < len(s); i++ {
-		if s[i] != '%' {
-			b = append(b, s[i])
-			continue
-		}
-		if i+2 >= len(s) {
-			return "", ErrMalformed
-		}
-		hi, ok1 := unhex(s[i+1])
-		lo, ok2 := unhex(s[i+2])
-		if !ok1 || !ok2 {
-			return "", ErrMalformed
-		}
-		b = append(b, hi<<4|lo)
-		i += 2
-	}
-	return string(b), nil
-}
-
-func unhex(c byte) (byte, bool) {
-	switch {
-	case '0' <= c && c <= '9':
-		return c - '0', true
-	case 'a' <= c && c <= 'f':
-		return c - 'a' + 10, true
-	case 'A' <= c && c <= 'F':
-		return c - 'A' + 10, true
-	}
-	return 0, false
+	return v, nil
 }

@@ -112,7 +112,7 @@ func TestQueryPageRetried(t *testing.T) {
 		k := n
 		mu.Unlock()
 		if k == 2 {
-			writeJSON(w, 500, iothub.ErrorBodyA(iothub.CodeServerError, "oops", time.Now()))
+			writeJSON(w, 500, iothub.RegistryErrorBody(iothub.CodeServerError, "oops", time.Now()))
 			return
 		}
 		if k == 1 {
@@ -145,7 +145,7 @@ func TestRegistry(t *testing.T) {
 		case r.Method == "PUT" && r.URL.Path == "/devices/d1":
 			writeJSON(w, 200, dev)
 		case r.Method == "PUT" && r.URL.Path == "/devices/dup":
-			writeJSON(w, 409, iothub.ErrorBodyA(iothub.CodeDeviceAlreadyExists, "dup", time.Now()))
+			writeJSON(w, 409, iothub.RegistryErrorBody(iothub.CodeDeviceAlreadyExists, "dup", time.Now()))
 		case r.Method == "GET" && r.URL.Path == "/devices/d1":
 			writeJSON(w, 200, dev)
 		case r.Method == "GET" && r.URL.Path == "/devices":
@@ -153,7 +153,7 @@ func TestRegistry(t *testing.T) {
 		case r.Method == "DELETE" && r.URL.Path == "/devices/d1":
 			w.WriteHeader(204)
 		default:
-			writeJSON(w, 404, iothub.ErrorBodyA(iothub.CodeDeviceNotFound, r.URL.Path, time.Now()))
+			writeJSON(w, 404, iothub.RegistryErrorBody(iothub.CodeDeviceNotFound, r.URL.Path, time.Now()))
 		}
 	})
 	ctx := testContext(t)

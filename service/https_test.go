@@ -254,11 +254,11 @@ func TestErrorEnvelopes(t *testing.T) {
 		errName  string
 		contains string
 	}{
-		{"style A not found", 404, string(iothub.ErrorBodyA(iothub.CodeDeviceNotFound, "dev1", now)), "",
+		{"style A not found", 404, string(iothub.RegistryErrorBody(iothub.CodeDeviceNotFound, "dev1", now)), "",
 			[]*APIError{ErrDeviceNotFound}, []*APIError{ErrDeviceNotOnline, ErrMethodTimeout}, 404001, "DeviceNotFound", "device not found"},
-		{"style B offline", 404, string(iothub.ErrorBodyB(iothub.CodeDeviceNotOnline, "Timed out waiting for device to connect.", now)), "",
+		{"style B offline", 404, string(iothub.MethodErrorBody(iothub.CodeDeviceNotOnline, "Timed out waiting for device to connect.", now)), "",
 			[]*APIError{ErrDeviceNotOnline}, []*APIError{ErrDeviceNotFound}, 404103, "DeviceNotOnline", "Timed out waiting for device to connect."},
-		{"style B method timeout", 504, string(iothub.ErrorBodyB(iothub.CodeGatewayTimeout, "Timed out waiting for the response from device.", now)), "",
+		{"style B method timeout", 504, string(iothub.MethodErrorBody(iothub.CodeGatewayTimeout, "Timed out waiting for the response from device.", now)), "",
 			[]*APIError{ErrMethodTimeout}, []*APIError{ErrDeviceNotOnline, ErrThrottled}, 504101, "GatewayTimeout", "device did not answer in time"},
 		{"bare 504", 504, "gateway timeout", "",
 			[]*APIError{ErrMethodTimeout}, nil, 0, "", "gateway timeout"},
@@ -268,7 +268,7 @@ func TestErrorEnvelopes(t *testing.T) {
 			[]*APIError{ErrPreconditionFailed}, nil, 412001, "PreconditionFailed", "Device version did not match"},
 		{"bare 412", 412, ``, "",
 			[]*APIError{ErrPreconditionFailed}, nil, 0, "", "HTTP 412"},
-		{"throttled", 429, string(iothub.ErrorBodyA(iothub.CodeThrottled, "slow down", now)), "",
+		{"throttled", 429, string(iothub.RegistryErrorBody(iothub.CodeThrottled, "slow down", now)), "",
 			[]*APIError{ErrThrottled}, []*APIError{ErrUnauthorized}, 429001, "ThrottlingException", "slow down"},
 		{"header only", 404, ``, "DeviceNotOnline",
 			[]*APIError{ErrDeviceNotOnline}, []*APIError{ErrDeviceNotFound}, 404103, "DeviceNotOnline", "HTTP 404"},
@@ -382,7 +382,7 @@ func TestRetryIdempotentThenSuccess(t *testing.T) {
 				mu.Unlock()
 				if first {
 					w.Header().Set("Retry-After", "7")
-					writeJSON(w, status, iothub.ErrorBodyA(status*1000+1, "try again", time.Now()))
+					writeJSON(w, status, iothub.RegistryErrorBody(status*1000+1, "try again", time.Now()))
 					return
 				}
 				writeJSON(w, 200, `{"deviceId":"d","etag":"MA=="}`)
@@ -412,7 +412,7 @@ func TestRetryIdempotentThenSuccess(t *testing.T) {
 
 func TestRetryBounded(t *testing.T) {
 	c, _, rec := newTestClient(t, func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, 503, iothub.ErrorBodyA(iothub.CodeServiceUnavailable, "down", time.Now()))
+		writeJSON(w, 503, iothub.RegistryErrorBody(iothub.CodeServiceUnavailable, "down", time.Now()))
 	}, WithRetry(4, func(attempt int) time.Duration { return time.Duration(attempt) * time.Millisecond }))
 	sr := &sleepRecorder{}
 	c.sleep = sr.sleep
@@ -433,7 +433,7 @@ func TestRetryBounded(t *testing.T) {
 func TestRetryStopsAtDeadline(t *testing.T) {
 	c, _, rec := newTestClient(t, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Retry-After", "3600")
-		writeJSON(w, 429, iothub.ErrorBodyA(iothub.CodeThrottled, "slow", time.Now()))
+		writeJSON(w, 429, iothub.RegistryErrorBody(iothub.CodeThrottled, "slow", time.Now()))
 	})
 	ctx, cancel := context.WithTimeout(testContext(t), time.Minute)
 	defer cancel()
@@ -464,7 +464,7 @@ func TestRetryHonoursCancel(t *testing.T) {
 func TestNonIdempotentNotRetried(t *testing.T) {
 	for _, status := range []int{429, 500, 503} {
 		c, _, rec := newTestClient(t, func(w http.ResponseWriter, r *http.Request) {
-			writeJSON(w, status, iothub.ErrorBodyB(status*1000+1, "fail", time.Now()))
+			writeJSON(w, status, iothub.MethodErrorBody(status*1000+1, "fail", time.Now()))
 		})
 		ctx := testContext(t)
 		ops := map[string]func() error{

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"strconv"
 	"strings"
 	"time"
 
@@ -52,13 +51,7 @@ var (
 )
 
 // JobTerminal reports whether a job status is final.
-func JobTerminal(status string) bool {
-	switch strings.ToLower(status) {
-	case JobCompleted, JobFailed, JobCancelled:
-		return true
-	}
-	return false
-}
+func JobTerminal(status string) bool { return iothub.JobTerminal(status) }
 
 // ValidJobID checks IoT Hub's jobId rules: 1 to 64 ASCII letters, digits
 // and '-'.
@@ -78,13 +71,29 @@ func ValidJobID(id string) error {
 	return nil
 }
 
-// JobMethod is the direct method of a scheduleDeviceMethod job.
-type JobMethod struct {
-	MethodName               string          `json:"methodName"`
-	Payload                  json.RawMessage `json:"payload,omitempty"`
-	ResponseTimeoutInSeconds int             `json:"responseTimeoutInSeconds,omitempty"`
-	ConnectTimeoutInSeconds  int             `json:"connectTimeoutInSeconds,omitempty"`
-}
+// The job documents of the wire contract (internal/iothub), under the
+// names this package has always used.
+type (
+	// JobMethod is the direct method of a scheduleDeviceMethod job.
+	JobMethod = iothub.JobMethod
+	// JobResponse is a job as the hub reports it.
+	JobResponse = iothub.JobResponse
+	// DeviceJobStatistics counts a job's device rows.
+	DeviceJobStatistics = iothub.JobStatistics
+	// DeviceJob is one device's row of a job (SELECT * FROM devices.jobs).
+	DeviceJob = iothub.DeviceJob
+	// DeviceMethodResponse is a device's answer recorded in a device job row.
+	DeviceMethodResponse = iothub.DeviceMethodResponse
+	// DeviceJobOutcome is the outcome of a device job row.
+	DeviceJobOutcome = iothub.DeviceJobOutcome
+	// DeviceJobError explains a failed or canceled row.
+	DeviceJobError = iothub.DeviceJobError
+)
+
+// Time parses one of the hub's timestamps; ok is false for an empty, unset
+// ("0001-01-01...") or unparsable one. Timestamps without a zone, which
+// IoT Hub has been seen to send, are UTC.
+func Time(s string) (t time.Time, ok bool) { return iothub.ReadTime(s) }
 
 // JobRequest creates a job (PUT /jobs/v2/{jobId}). QueryCondition is the
 // body of a WHERE clause over devices ("tags.site = 'lab'"). A zero
@@ -102,21 +111,30 @@ type JobRequest struct {
 
 // MarshalJSON renders the request as the service SDKs send it.
 func (r JobRequest) MarshalJSON() ([]byte, error) {
+	// The SDKs leave out the method members they were not given.
+	type method struct {
+		MethodName               string          `json:"methodName"`
+		Payload                  json.RawMessage `json:"payload,omitempty"`
+		ResponseTimeoutInSeconds int             `json:"responseTimeoutInSeconds,omitempty"`
+		ConnectTimeoutInSeconds  int             `json:"connectTimeoutInSeconds,omitempty"`
+	}
 	type body struct {
 		JobID                     string     `json:"jobId"`
 		Type                      string     `json:"type"`
 		QueryCondition            string     `json:"queryCondition"`
-		CloudToDeviceMethod       *JobMethod `json:"cloudToDeviceMethod,omitempty"`
+		CloudToDeviceMethod       *method    `json:"cloudToDeviceMethod,omitempty"`
 		UpdateTwin                *TwinPatch `json:"updateTwin,omitempty"`
 		StartTime                 string     `json:"startTime,omitempty"`
 		MaxExecutionTimeInSeconds int64      `json:"maxExecutionTimeInSeconds,omitempty"`
 	}
 	b := body{
-		JobID:               r.JobID,
-		Type:                r.Type,
-		QueryCondition:      r.QueryCondition,
-		CloudToDeviceMethod: r.CloudToDeviceMethod,
-		UpdateTwin:          r.UpdateTwin,
+		JobID:          r.JobID,
+		Type:           r.Type,
+		QueryCondition: r.QueryCondition,
+		UpdateTwin:     r.UpdateTwin,
+	}
+	if m := r.CloudToDeviceMethod; m != nil {
+		b.CloudToDeviceMethod = (*method)(m)
 	}
 	if !r.StartTime.IsZero() {
 		b.StartTime = r.StartTime.UTC().Format("2006-01-02T15:04:05.000Z")
@@ -125,112 +143,6 @@ func (r JobRequest) MarshalJSON() ([]byte, error) {
 		b.MaxExecutionTimeInSeconds = int64(ceilSeconds(r.MaxExecutionTime))
 	}
 	return json.Marshal(b)
-}
-
-// DeviceJobStatistics counts a job's device rows.
-type DeviceJobStatistics struct {
-	DeviceCount    int `json:"deviceCount"`
-	FailedCount    int `json:"failedCount"`
-	SucceededCount int `json:"succeededCount"`
-	RunningCount   int `json:"runningCount"`
-	PendingCount   int `json:"pendingCount"`
-}
-
-// Finished is the number of rows that have an outcome.
-func (s DeviceJobStatistics) Finished() int { return s.SucceededCount + s.FailedCount }
-
-// JobResponse is a job as the hub reports it. Times are the hub's
-// RFC 3339 strings ("0001-01-01T00:00:00Z" when unset); see Time.
-type JobResponse struct {
-	JobID                     string               `json:"jobId"`
-	QueryCondition            string               `json:"queryCondition,omitempty"`
-	CreatedTime               string               `json:"createdTime,omitempty"`
-	StartTime                 string               `json:"startTime,omitempty"`
-	EndTime                   string               `json:"endTime,omitempty"`
-	MaxExecutionTimeInSeconds int64                `json:"maxExecutionTimeInSeconds,omitempty"`
-	Type                      string               `json:"type"`
-	CloudToDeviceMethod       *JobMethod           `json:"cloudToDeviceMethod,omitempty"`
-	UpdateTwin                json.RawMessage      `json:"updateTwin,omitempty"`
-	Status                    string               `json:"status"`
-	FailureReason             string               `json:"failureReason,omitempty"`
-	StatusMessage             string               `json:"statusMessage,omitempty"`
-	DeviceJobStatistics       *DeviceJobStatistics `json:"deviceJobStatistics,omitempty"`
-}
-
-// Stats returns the job's statistics (zero when the hub sent none).
-func (j *JobResponse) Stats() DeviceJobStatistics {
-	if j == nil || j.DeviceJobStatistics == nil {
-		return DeviceJobStatistics{}
-	}
-	return *j.DeviceJobStatistics
-}
-
-// Time parses one of the hub's timestamps; ok is false for an empty, unset
-// ("0001-01-01...") or unparsable one.
-func Time(s string) (t time.Time, ok bool) {
-	if s == "" {
-		return time.Time{}, false
-	}
-	t, err := time.Parse(time.RFC3339Nano, s)
-	if err != nil {
-		// IoT Hub has been seen to omit the zone designator.
-		if t, err = time.Parse("2006-01-02T15:04:05.999999999", s); err != nil {
-			return time.Time{}, false
-		}
-	}
-	if t.Year() <= 1 {
-		return time.Time{}, false
-	}
-	return t.UTC(), true
-}
-
-// DeviceMethodResponse is a device's answer recorded in a device job row.
-type DeviceMethodResponse struct {
-	Status  int             `json:"status"`
-	Payload json.RawMessage `json:"payload"`
-}
-
-// DeviceJobOutcome is the outcome of a device job row.
-type DeviceJobOutcome struct {
-	DeviceMethodResponse *DeviceMethodResponse `json:"deviceMethodResponse"`
-}
-
-// DeviceJobError explains a failed or canceled row. Code is IoT Hub's error
-// code as a decimal string ("404103").
-type DeviceJobError struct {
-	Code        string `json:"code"`
-	Description string `json:"description"`
-}
-
-// CodeInt is Code as a number, 0 when it is not one.
-func (e *DeviceJobError) CodeInt() int {
-	if e == nil {
-		return 0
-	}
-	n, _ := strconv.Atoi(strings.TrimSpace(e.Code))
-	return n
-}
-
-// DeviceJob is one device's row of a job (SELECT * FROM devices.jobs).
-type DeviceJob struct {
-	DeviceID               string            `json:"deviceId"`
-	JobID                  string            `json:"jobId"`
-	JobType                string            `json:"jobType"`
-	Status                 string            `json:"status"`
-	StartTimeUtc           string            `json:"startTimeUtc,omitempty"`
-	EndTimeUtc             string            `json:"endTimeUtc,omitempty"`
-	CreatedDateTimeUtc     string            `json:"createdDateTimeUtc,omitempty"`
-	LastUpdatedDateTimeUtc string            `json:"lastUpdatedDateTimeUtc,omitempty"`
-	Outcome                *DeviceJobOutcome `json:"outcome"`
-	Error                  *DeviceJobError   `json:"error,omitempty"`
-}
-
-// MethodResponse is the device's answer, nil when the row has none.
-func (d *DeviceJob) MethodResponse() *DeviceMethodResponse {
-	if d == nil || d.Outcome == nil {
-		return nil
-	}
-	return d.Outcome.DeviceMethodResponse
 }
 
 // CreateJob creates and schedules a job (PUT /jobs/v2/{jobId}). Not

@@ -57,9 +57,9 @@ func TestJobsClient(t *testing.T) {
 			}
 			writeJSON(w, 200, `[{"jobId":"b","type":"scheduleUpdateTwin","status":"running","deviceJobStatistics":{"deviceCount":3,"failedCount":1,"succeededCount":1,"runningCount":1,"pendingCount":0}}]`)
 		case r.Method == "GET" && r.URL.Path == "/jobs/v2/nope":
-			writeJSON(w, 404, iothub.ErrorBodyA(iothub.CodeJobNotFound, "no job", time.Now()))
+			writeJSON(w, 404, iothub.RegistryErrorBody(iothub.CodeJobNotFound, "no job", time.Now()))
 		case r.Method == "PUT" && r.URL.Path == "/jobs/v2/dup":
-			writeJSON(w, 409, iothub.ErrorBodyB(iothub.CodeJobAlreadyExists, "exists", time.Now()))
+			writeJSON(w, 409, iothub.MethodErrorBody(iothub.CodeJobAlreadyExists, "exists", time.Now()))
 		case r.Method == "POST" && r.URL.Path == "/jobs/v2/b/cancel":
 			writeJSON(w, 200, `{"jobId":"b","status":"cancelled"}`)
 		default:

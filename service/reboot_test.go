@@ -40,7 +40,7 @@ func twinWith(rebootTime any) func(w http.ResponseWriter) {
 
 func twinStatus(status, code int) func(w http.ResponseWriter) {
 	return func(w http.ResponseWriter) {
-		writeJSON(w, status, iothub.ErrorBodyA(code, "scripted", time.Now()))
+		writeJSON(w, status, iothub.RegistryErrorBody(code, "scripted", time.Now()))
 	}
 }
 
@@ -58,7 +58,7 @@ func (f *fakeRebootHub) handle(w http.ResponseWriter, r *http.Request) {
 		n, _ := r.Body.Read(body[:])
 		f.method(w, body[:n])
 	default:
-		writeJSON(w, 404, iothub.ErrorBodyA(iothub.CodeDeviceNotFound, r.URL.Path, time.Now()))
+		writeJSON(w, 404, iothub.RegistryErrorBody(iothub.CodeDeviceNotFound, r.URL.Path, time.Now()))
 	}
 }
 
@@ -291,7 +291,7 @@ func TestRebootInvokeErrors(t *testing.T) {
 		f := &fakeRebootHub{
 			twins: []func(http.ResponseWriter){twinWith("t0")},
 			method: func(w http.ResponseWriter, _ []byte) {
-				writeJSON(w, tc.status, iothub.ErrorBodyB(tc.code, "scripted", time.Now()))
+				writeJSON(w, tc.status, iothub.MethodErrorBody(tc.code, "scripted", time.Now()))
 			},
 		}
 		c, _, _ := newRebootClient(t, f)

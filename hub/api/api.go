@@ -10,46 +10,26 @@
 //
 // Every route ignores the api-version query parameter. Responses carry
 // "Content-Type: application/json; charset=utf-8". Errors use IoT Hub's
-// Style A envelope ({"Message":"ErrorCode:<Name>;<text>",...}), except the
+// registry envelope ({"Message":"ErrorCode:<Name>;<text>",...}), except the
 // device-offline and device-timeout answers of the direct-method route,
-// which use Style B as the real hub does.
+// which use the direct-method envelope as the real hub does.
 package api
 
 import (
-	"context"
 	"encoding/json"
-	"errors"
 	"net/http"
 	"time"
 
+	"github.com/dmctl/dmctl/hub/hubapi"
 	"github.com/dmctl/dmctl/hub/store"
 	"github.com/dmctl/dmctl/internal/iothub"
 	"github.com/rs/zerolog"
 )
 
-// Devices is the device side of the hub, as the REST handlers need it.
-type Devices interface {
-	// Invoke sends a direct method to the connected device and waits for its answer.
-	// Errors: ErrDeviceNotOnline (not connected or not subscribed within connectTimeout), ErrTimeout.
-	Invoke(ctx context.Context, deviceID, method string, payload []byte, connectTimeout, responseTimeout time.Duration) (status int, body []byte, err error)
-	// NotifyDesired pushes a desired patch to the device if it is connected and subscribed.
-	NotifyDesired(deviceID string, version int64, patch []byte)
-	// Revoke disconnects the device now if it is connected but no longer
-	// allowed to be (deleted or disabled in the registry); otherwise it
-	// does nothing.
-	Revoke(deviceID string)
-}
-
-// Errors a Devices implementation returns from Invoke.
-var (
-	ErrDeviceNotOnline = errors.New("device not online")
-	ErrTimeout         = errors.New("device did not answer in time")
-)
-
 // Config configures the REST handler.
 type Config struct {
 	Store   *store.Store
-	Devices Devices
+	Devices hubapi.Devices
 	// Hosts returns the accepted SAS audience hosts (with or without port).
 	// The Host header of each request is accepted as well.
 	Hosts func() []string
@@ -58,22 +38,13 @@ type Config struct {
 	// Jobs serves /jobs/v2 (optional). When nil those routes answer 404
 	// NotFound, saying that jobs are not enabled. Device job rows
 	// (SELECT * FROM devices.jobs) are read from Store either way.
-	Jobs Jobs
+	Jobs hubapi.Jobs
 }
 
 // Limits.
 const (
 	// MaxBodySize bounds every request body.
 	MaxBodySize = 256 * 1024
-	// MaxPayloadSize bounds a direct method payload.
-	MaxPayloadSize = iothub.MaxMethodPayload
-	// DefaultResponseTimeout, MinResponseTimeout and MaxResponseTimeout are
-	// the bounds of responseTimeoutInSeconds.
-	DefaultResponseTimeout = 30
-	MinResponseTimeout     = 5
-	MaxResponseTimeout     = 300
-	// MaxConnectTimeout bounds connectTimeoutInSeconds (default 0).
-	MaxConnectTimeout = 300
 	// DefaultPageSize and MaxPageSize bound x-ms-max-item-count.
 	DefaultPageSize = 100
 	MaxPageSize     = 1000
@@ -160,7 +131,7 @@ func (s *server) logRequests(next http.Handler) http.Handler {
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	b, err := json.Marshal(v)
 	if err != nil {
-		b = iothub.ErrorBodyA(iothub.CodeServerError, "cannot render the response", time.Now())
+		b = iothub.RegistryErrorBody(iothub.CodeServerError, "cannot render the response", time.Now())
 		status = http.StatusInternalServerError
 	}
 	writeRaw(w, status, b)

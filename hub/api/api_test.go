@@ -16,6 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dmctl/dmctl/hub/internal/testwait"
+
+	"github.com/dmctl/dmctl/hub/hubapi"
 	"github.com/dmctl/dmctl/hub/store"
 	"github.com/dmctl/dmctl/internal/iothub"
 	"github.com/dmctl/dmctl/sas"
@@ -43,7 +46,7 @@ type notification struct {
 
 func (f *fakeDevices) Invoke(ctx context.Context, id, method string, payload []byte, connect, response time.Duration) (int, []byte, error) {
 	if f.InvokeFunc == nil {
-		return 0, nil, ErrDeviceNotOnline
+		return 0, nil, hubapi.ErrDeviceNotOnline
 	}
 	return f.InvokeFunc(ctx, id, method, payload, connect, response)
 }
@@ -94,6 +97,7 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	e := &env{t: t, store: st, dev: &fakeDevices{}, logBuf: &syncBuffer{}}
+	st.OnDesired(e.dev.NotifyDesired) // as the hub registers its broker
 	e.srv = httptest.NewServer(New(Config{
 		Store:   st,
 		Devices: e.dev,
@@ -440,13 +444,13 @@ func TestInvoke(t *testing.T) {
 	}
 
 	// Offline and timeout use Style B.
-	set(0, "", fmt.Errorf("wrapped: %w", ErrDeviceNotOnline))
+	set(0, "", fmt.Errorf("wrapped: %w", hubapi.ErrDeviceNotOnline))
 	r = e.do("POST", "/twins/d1/methods", owner, `{"methodName":"m"}`)
 	wantStyleB(t, r, 404, iothub.CodeDeviceNotOnline)
 	if r.header.Get("iothub-errorcode") != "DeviceNotOnline" {
 		t.Errorf("iothub-errorcode = %q", r.header.Get("iothub-errorcode"))
 	}
-	set(0, "", ErrTimeout)
+	set(0, "", hubapi.ErrTimeout)
 	wantStyleB(t, e.do("POST", "/twins/d1/methods", owner, `{"methodName":"m"}`), 504, iothub.CodeGatewayTimeout)
 	set(0, "", errors.New("broker exploded"))
 	wantStyleA(t, e.do("POST", "/twins/d1/methods", owner, `{"methodName":"m"}`), 500, "ServerError")
@@ -457,7 +461,7 @@ func TestInvoke(t *testing.T) {
 	}
 
 	// Bad requests.
-	big := `"` + strings.Repeat("x", MaxPayloadSize) + `"`
+	big := `"` + strings.Repeat("x", iothub.MaxMethodPayload) + `"`
 	for _, tc := range []struct {
 		name, body string
 		status     int
@@ -483,7 +487,7 @@ func TestInvoke(t *testing.T) {
 	}
 	// A payload of exactly 128 KB is accepted.
 	set(200, "null", nil)
-	exact := `"` + strings.Repeat("x", MaxPayloadSize-2) + `"`
+	exact := `"` + strings.Repeat("x", iothub.MaxMethodPayload-2) + `"`
 	if r := e.do("POST", "/twins/d1/methods", owner, `{"methodName":"m","payload":`+exact+`}`); r.status != 200 {
 		t.Errorf("128 KB payload: %d", r.status)
 	}
@@ -509,9 +513,9 @@ func TestInvokeCallerGone(t *testing.T) {
 		}
 		done <- err
 	}()
-	<-started
+	testwait.Recv(t, started, "the direct method to reach the device")
 	cancel()
-	if err := <-done; !errors.Is(err, context.Canceled) {
+	if err := testwait.Recv(t, done, "the client call to end"); !errors.Is(err, context.Canceled) {
 		t.Errorf("client error = %v, want context.Canceled", err)
 	}
 }
@@ -691,6 +695,9 @@ func TestQuery(t *testing.T) {
 			ids = append(ids, it.DeviceID)
 		}
 		pages++
+		if pages > 100 {
+			t.Fatalf("still paging after %d pages of 10 (continuation %q)", pages, cont)
+		}
 		vals, present := r.header["X-Ms-Continuation"]
 		if !present {
 			break

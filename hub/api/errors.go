@@ -1,9 +1,6 @@
 package api
 
 import (
-	"crypto/rand"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"net/http"
 	"strings"
@@ -12,34 +9,24 @@ import (
 	"github.com/dmctl/dmctl/internal/iothub"
 )
 
-// failCode answers with the Style A envelope of an IoT Hub error code; the
-// HTTP status is code/1000.
+// failCode answers with the registry error envelope of an IoT Hub error
+// code; the HTTP status is code/1000.
 func (s *server) failCode(w http.ResponseWriter, code int, msg string) {
 	w.Header().Set("iothub-errorcode", iothub.ErrorName(code))
-	writeRaw(w, iothub.HTTPStatus(code), iothub.ErrorBodyA(code, msg, s.now()))
+	writeRaw(w, iothub.HTTPStatus(code), iothub.RegistryErrorBody(code, msg, s.now()))
 }
 
-// failB answers with the Style B envelope (direct-method path).
-func (s *server) failB(w http.ResponseWriter, code int, msg string) {
+// failMethod answers with the direct-method error envelope.
+func (s *server) failMethod(w http.ResponseWriter, code int, msg string) {
 	w.Header().Set("iothub-errorcode", iothub.ErrorName(code))
-	writeRaw(w, iothub.HTTPStatus(code), iothub.ErrorBodyB(code, msg, s.now()))
+	writeRaw(w, iothub.HTTPStatus(code), iothub.MethodErrorBody(code, msg, s.now()))
 }
 
-// fail answers with a Style A envelope for conditions that have no numeric
-// IoT Hub code (unknown route, wrong method).
+// fail answers with a registry error envelope for conditions that have no
+// numeric IoT Hub code (unknown route, wrong method).
 func (s *server) fail(w http.ResponseWriter, status int, name, msg string) {
-	var id [16]byte
-	_, _ = rand.Read(id[:])
-	b, _ := json.Marshal(struct {
-		Message          string `json:"Message"`
-		ExceptionMessage string `json:"ExceptionMessage"`
-	}{
-		Message: "ErrorCode:" + name + ";" + msg,
-		ExceptionMessage: "Tracking ID:" + strings.ToUpper(hex.EncodeToString(id[:])) + "-G:0-TimeStamp:" +
-			s.now().UTC().Format("01/02/2006 15:04:05"),
-	})
 	w.Header().Set("iothub-errorcode", name)
-	writeRaw(w, status, b)
+	writeRaw(w, status, iothub.NamedRegistryErrorBody(name, msg, s.now()))
 }
 
 // storeError maps a store error to its REST answer.

@@ -1,7 +1,6 @@
 package api
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -12,24 +11,6 @@ import (
 	"github.com/dmctl/dmctl/hub/store"
 	"github.com/dmctl/dmctl/internal/iothub"
 )
-
-// Jobs is the hub's jobs engine (IoT Hub jobs v2) as the REST handlers need
-// it. Errors: *store.ValidationError (bad job, HTTP 400), store.ErrJobExists
-// (409104), store.ErrJobNotFound (404002), store.ErrClosed (503).
-type Jobs interface {
-	// Create validates, stores and schedules a job. The caller sets JobID,
-	// Type, QueryCondition, CloudToDeviceMethod or UpdateTwin, StartTime
-	// (zero: now) and MaxExecutionTimeInSeconds (0: the default); the other
-	// fields are the engine's. It returns the stored job.
-	Create(ctx context.Context, job store.Job) (store.Job, error)
-	// Get returns a job with its current statistics.
-	Get(ctx context.Context, id string) (store.Job, error)
-	// Cancel stops a job that has not finished and returns it; a finished
-	// job is returned unchanged.
-	Cancel(ctx context.Context, id string) (store.Job, error)
-	// List returns the jobs of a type and status ("" matches any), oldest first.
-	List(ctx context.Context, jobType, status string) ([]store.Job, error)
-}
 
 // jobRequest is the body of PUT /jobs/v2/{id} as the service SDKs send it.
 type jobRequest struct {
@@ -62,12 +43,12 @@ type jobTwinRequest struct {
 // jobStatusAliases maps status filter values of the SDKs and the REST
 // specification onto the statuses jobs have here.
 var jobStatusAliases = map[string]string{
-	"finished": store.JobCompleted, // the Node SDK's JobStatus type
-	"enqueued": store.JobQueued,
+	"finished": iothub.JobCompleted, // the Node SDK's JobStatus type
+	"enqueued": iothub.JobQueued,
 }
 
-var jobStatuses = []string{store.JobQueued, store.JobScheduled, store.JobRunning, store.JobCompleted,
-	store.JobFailed, store.JobCancelled, "unknown"}
+var jobStatuses = []string{iothub.JobQueued, iothub.JobScheduled, iothub.JobRunning, iothub.JobCompleted,
+	iothub.JobFailed, iothub.JobCancelled, "unknown"}
 
 func (s *server) jobsEnabled(w http.ResponseWriter) bool {
 	if s.cfg.Jobs == nil {
@@ -119,12 +100,12 @@ func (s *server) putJob(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	job := store.Job{JobID: id, Type: req.Type}
+	job := iothub.JobResponse{JobID: id, Type: req.Type}
 	if req.QueryCondition != nil {
 		job.QueryCondition = *req.QueryCondition
 	}
 	if req.StartTime != nil {
-		t, err := store.ParseTime(*req.StartTime)
+		t, err := iothub.ParseTime(*req.StartTime)
 		if err != nil {
 			s.failCode(w, iothub.CodeArgumentInvalid, "startTime: "+err.Error())
 			return
@@ -135,7 +116,7 @@ func (s *server) putJob(w http.ResponseWriter, r *http.Request) {
 		job.MaxExecutionTimeInSeconds = *req.MaxExecutionTimeInSeconds
 	}
 	switch req.Type {
-	case store.JobTypeDeviceMethod:
+	case iothub.JobTypeDeviceMethod:
 		p, _ := r.Context().Value(ctxKey{}).(*principal)
 		if p == nil || !p.rights.Has(store.ServiceConnect) {
 			s.log.Debug().Str("path", r.URL.Path).Msg("rest request refused: direct-method jobs need ServiceConnect")
@@ -143,7 +124,7 @@ func (s *server) putJob(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		if m := req.CloudToDeviceMethod; m != nil {
-			jm := &store.JobMethod{MethodName: m.MethodName, Payload: m.Payload}
+			jm := &iothub.JobMethod{MethodName: m.MethodName, Payload: m.Payload}
 			switch {
 			case m.ResponseTimeoutInSeconds != nil:
 				jm.ResponseTimeoutInSeconds = *m.ResponseTimeoutInSeconds
@@ -155,9 +136,9 @@ func (s *server) putJob(w http.ResponseWriter, r *http.Request) {
 			}
 			job.CloudToDeviceMethod = jm
 		}
-	case store.JobTypeUpdateTwin:
+	case iothub.JobTypeUpdateTwin:
 		if t := req.UpdateTwin; t != nil {
-			job.UpdateTwin = &store.JobTwin{Tags: t.Tags, Properties: store.JobTwinProperties{Desired: t.Properties.Desired}}
+			job.UpdateTwin = &iothub.JobTwin{Tags: t.Tags, Properties: iothub.JobTwinProperties{Desired: t.Properties.Desired}}
 		}
 	}
 	created, err := s.cfg.Jobs.Create(r.Context(), job)
@@ -205,9 +186,9 @@ func (s *server) listJobs(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	jobType, status := q.Get("jobType"), q.Get("jobStatus")
 	switch jobType {
-	case "", store.JobTypeDeviceMethod, store.JobTypeUpdateTwin:
+	case "", iothub.JobTypeDeviceMethod, iothub.JobTypeUpdateTwin:
 	default:
-		s.failCode(w, iothub.CodeArgumentInvalid, "jobType must be "+store.JobTypeDeviceMethod+" or "+store.JobTypeUpdateTwin+", not "+quote(jobType))
+		s.failCode(w, iothub.CodeArgumentInvalid, "jobType must be "+iothub.JobTypeDeviceMethod+" or "+iothub.JobTypeUpdateTwin+", not "+quote(jobType))
 		return
 	}
 	if a, ok := jobStatusAliases[status]; ok {
@@ -230,7 +211,7 @@ func (s *server) listJobs(w http.ResponseWriter, r *http.Request) {
 	end := min(offset+pageSize, len(all))
 	page := all[offset:end]
 	if page == nil {
-		page = []store.Job{}
+		page = []iothub.JobResponse{}
 	}
 	w.Header().Set("x-ms-item-type", "jobResponse")
 	if end < len(all) {

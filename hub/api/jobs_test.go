@@ -9,7 +9,9 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/dmctl/dmctl/hub/hubapi"
 	"github.com/dmctl/dmctl/hub/store"
+	"github.com/dmctl/dmctl/internal/iothub"
 	"github.com/rs/zerolog"
 )
 
@@ -17,31 +19,31 @@ import (
 type fakeJobs struct {
 	mu      sync.Mutex
 	err     error
-	created []store.Job
+	created []iothub.JobResponse
 }
 
-func (f *fakeJobs) Create(ctx context.Context, j store.Job) (store.Job, error) {
+func (f *fakeJobs) Create(ctx context.Context, j iothub.JobResponse) (iothub.JobResponse, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.err != nil {
-		return store.Job{}, f.err
+		return iothub.JobResponse{}, f.err
 	}
 	f.created = append(f.created, j)
-	j.Status = store.JobQueued
+	j.Status = iothub.JobQueued
 	return j, nil
 }
 
-func (f *fakeJobs) Get(ctx context.Context, id string) (store.Job, error) {
+func (f *fakeJobs) Get(ctx context.Context, id string) (iothub.JobResponse, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return store.Job{}, f.err
+	return iothub.JobResponse{}, f.err
 }
 
-func (f *fakeJobs) Cancel(ctx context.Context, id string) (store.Job, error) {
+func (f *fakeJobs) Cancel(ctx context.Context, id string) (iothub.JobResponse, error) {
 	return f.Get(ctx, id)
 }
 
-func (f *fakeJobs) List(ctx context.Context, jobType, status string) ([]store.Job, error) {
+func (f *fakeJobs) List(ctx context.Context, jobType, status string) ([]iothub.JobResponse, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return nil, f.err
@@ -53,13 +55,13 @@ func (f *fakeJobs) setErr(err error) {
 	f.err = err
 }
 
-func (f *fakeJobs) last() store.Job {
+func (f *fakeJobs) last() iothub.JobResponse {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.created[len(f.created)-1]
 }
 
-func newJobsEnv(t *testing.T, jobs Jobs) *env {
+func newJobsEnv(t *testing.T, jobs hubapi.Jobs) *env {
 	t.Helper()
 	e := newEnv(t)
 	e.srv.Close() // replaced by a server with a jobs engine
@@ -121,15 +123,15 @@ func TestJobRowsQuery(t *testing.T) {
 		t.Fatalf("no rows: %s %v", r, r.header)
 	}
 	for _, id := range []string{"j1", "j2"} {
-		j := store.Job{JobID: id, Type: store.JobTypeUpdateTwin, Status: store.JobRunning}
+		j := iothub.JobResponse{JobID: id, Type: iothub.JobTypeUpdateTwin, Status: iothub.JobRunning}
 		if err := e.store.CreateJob(j); err != nil {
 			t.Fatal(err)
 		}
 	}
-	err := e.store.WriteJob(nil, []store.DeviceJob{
-		{DeviceID: "d1", JobID: "j1", JobType: store.JobTypeUpdateTwin, Status: store.RowCompleted},
-		{DeviceID: "d2", JobID: "j1", JobType: store.JobTypeUpdateTwin, Status: store.RowFailed, Error: &store.DeviceJobError{Code: "404001", Description: "gone"}},
-		{DeviceID: "d1", JobID: "j2", JobType: store.JobTypeUpdateTwin, Status: store.RowPending},
+	err := e.store.WriteJob(nil, []iothub.DeviceJob{
+		{DeviceID: "d1", JobID: "j1", JobType: iothub.JobTypeUpdateTwin, Status: iothub.RowCompleted},
+		{DeviceID: "d2", JobID: "j1", JobType: iothub.JobTypeUpdateTwin, Status: iothub.RowFailed, Error: &iothub.DeviceJobError{Code: "404001", Description: "gone"}},
+		{DeviceID: "d1", JobID: "j2", JobType: iothub.JobTypeUpdateTwin, Status: iothub.RowPending},
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dmctl/dmctl/hub/hubapi"
 	"github.com/dmctl/dmctl/internal/iothub"
 )
 
@@ -73,25 +74,25 @@ func (s *server) invoke(w http.ResponseWriter, r *http.Request) {
 		s.failCode(w, iothub.CodeArgumentInvalid, err.Error())
 		return
 	}
-	respTimeout := DefaultResponseTimeout
+	respTimeout := iothub.DefaultMethodResponseTimeout
 	if req.ResponseTimeoutInSeconds != nil {
 		respTimeout = *req.ResponseTimeoutInSeconds
 	}
-	if respTimeout < MinResponseTimeout || respTimeout > MaxResponseTimeout {
-		s.failCode(w, iothub.CodeArgumentInvalid, fmt.Sprintf("responseTimeoutInSeconds must be between %d and %d, not %d", MinResponseTimeout, MaxResponseTimeout, respTimeout))
+	if respTimeout < iothub.MinMethodResponseTimeout || respTimeout > iothub.MaxMethodResponseTimeout {
+		s.failCode(w, iothub.CodeArgumentInvalid, fmt.Sprintf("responseTimeoutInSeconds must be between %d and %d, not %d", iothub.MinMethodResponseTimeout, iothub.MaxMethodResponseTimeout, respTimeout))
 		return
 	}
 	connTimeout := 0
 	if req.ConnectTimeoutInSeconds != nil {
 		connTimeout = *req.ConnectTimeoutInSeconds
 	}
-	if connTimeout < 0 || connTimeout > MaxConnectTimeout {
-		s.failCode(w, iothub.CodeArgumentInvalid, fmt.Sprintf("connectTimeoutInSeconds must be between 0 and %d, not %d", MaxConnectTimeout, connTimeout))
+	if connTimeout < 0 || connTimeout > iothub.MaxMethodConnectTimeout {
+		s.failCode(w, iothub.CodeArgumentInvalid, fmt.Sprintf("connectTimeoutInSeconds must be between 0 and %d, not %d", iothub.MaxMethodConnectTimeout, connTimeout))
 		return
 	}
 	payload := []byte(req.Payload)
-	if len(payload) > MaxPayloadSize {
-		s.failCode(w, iothub.CodeMessageTooLarge, fmt.Sprintf("method payload is %d bytes, over the limit of %d bytes", len(payload), MaxPayloadSize))
+	if len(payload) > iothub.MaxMethodPayload {
+		s.failCode(w, iothub.CodeMessageTooLarge, fmt.Sprintf("method payload is %d bytes, over the limit of %d bytes", len(payload), iothub.MaxMethodPayload))
 		return
 	}
 	if len(bytes.TrimSpace(payload)) == 0 {
@@ -105,18 +106,18 @@ func (s *server) invoke(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if s.cfg.Devices == nil {
-		s.failB(w, iothub.CodeDeviceNotOnline, msgNotOnline)
+		s.failMethod(w, iothub.CodeDeviceNotOnline, msgNotOnline)
 		return
 	}
 	status, body, err := s.cfg.Devices.Invoke(r.Context(), id, req.MethodName, payload,
 		time.Duration(connTimeout)*time.Second, time.Duration(respTimeout)*time.Second)
 	switch {
 	case err == nil:
-	case errors.Is(err, ErrDeviceNotOnline):
-		s.failB(w, iothub.CodeDeviceNotOnline, msgNotOnline)
+	case errors.Is(err, hubapi.ErrDeviceNotOnline):
+		s.failMethod(w, iothub.CodeDeviceNotOnline, msgNotOnline)
 		return
-	case errors.Is(err, ErrTimeout):
-		s.failB(w, iothub.CodeGatewayTimeout, msgTimeout)
+	case errors.Is(err, hubapi.ErrTimeout):
+		s.failMethod(w, iothub.CodeGatewayTimeout, msgTimeout)
 		return
 	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
 		// The caller went away; nobody reads the answer.

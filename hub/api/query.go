@@ -13,7 +13,6 @@ import (
 	"strings"
 
 	"github.com/dmctl/dmctl/hub/query"
-	"github.com/dmctl/dmctl/hub/store"
 	"github.com/dmctl/dmctl/internal/iothub"
 )
 
@@ -202,7 +201,7 @@ func (s *server) run(q *query.Query, limit int) ([]any, error) {
 	switch q.Collection() {
 	case query.CollectionJobs:
 		var ferr error
-		err := s.cfg.Store.ForEachJobRow(func(row store.DeviceJob) bool {
+		err := s.cfg.Store.ForEachJobRow(func(row iothub.DeviceJob) bool {
 			doc, err := jsonDoc(row)
 			if err != nil {
 				ferr = fmt.Errorf("render job row %q of %q: %w", row.DeviceID, row.JobID, err)

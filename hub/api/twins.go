@@ -43,15 +43,8 @@ func (s *server) writeTwin(w http.ResponseWriter, r *http.Request, op twinWrite)
 	if !s.readJSON(w, r, &body) {
 		return
 	}
-	// Store and notify under the store's desired lock (shared with the jobs
-	// engine) so that devices see desired patches in $version order.
-	lock := s.cfg.Store.DesiredLock()
-	lock.Lock()
-	t, change, err := op(s.cfg.Store, id, body, r.Header.Get("If-Match"))
-	if err == nil && change != nil && s.cfg.Devices != nil {
-		s.cfg.Devices.NotifyDesired(id, change.Version, change.Patch)
-	}
-	lock.Unlock()
+	// The store tells the device of a desired change itself (OnDesired).
+	t, _, err := op(s.cfg.Store, id, body, r.Header.Get("If-Match"))
 	if err != nil {
 		s.storeError(w, r, id, err)
 		return

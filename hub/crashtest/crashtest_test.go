@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dmctl/dmctl/hub/internal/testwait"
+
 	"github.com/dmctl/dmctl/internal/iothub"
 	"github.com/dmctl/dmctl/sas"
 	"go.uber.org/goleak"
@@ -173,9 +175,19 @@ func runCycle(ctx context.Context, t *testing.T, p *hubProc, pool *x509.CertPool
 	// Runs before any t.Fatal returns, so no worker outlives the cycle.
 	defer func() {
 		tcancel()
-		wg.Wait()
-		if workersDone != nil {
-			<-workersDone
+		// Bounded: a worker stuck past the deadline is reported, not waited for.
+		idle := make(chan struct{})
+		go func() {
+			wg.Wait()
+			if workersDone != nil {
+				<-workersDone
+			}
+			close(idle)
+		}()
+		select {
+		case <-idle:
+		case <-time.After(testwait.Timeout):
+			t.Errorf("cycle %d: traffic workers still running %v after the cycle ended", n, testwait.Timeout)
 		}
 		for _, mc := range conns {
 			mc.c.Disconnect(0)
@@ -229,7 +241,7 @@ func runCycle(ctx context.Context, t *testing.T, p *hubProc, pool *x509.CertPool
 			n, restLeft, mqttLeft)
 	}
 	tcancel()
-	wg.Wait()
+	testwait.Group(t, &wg, "the traffic workers to stop after the kill")
 	for _, mc := range conns {
 		mc.c.Disconnect(0)
 	}

@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/dmctl/dmctl/hub/internal/testwait"
 )
 
 // binEnv names a prebuilt dmctl binary to test instead of building one.
@@ -118,7 +120,7 @@ func startHub(ctx context.Context, t *testing.T, bin, dataDir, listen, readyFile
 		p.waitErr = p.cmd.Wait()
 		close(p.done)
 	}()
-	t.Cleanup(p.stop)
+	t.Cleanup(func() { p.stop(t) })
 
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
@@ -147,14 +149,14 @@ func startHub(ctx context.Context, t *testing.T, bin, dataDir, listen, readyFile
 }
 
 // stop kills the process if it still runs and waits for it.
-func (p *hubProc) stop() {
+func (p *hubProc) stop(t *testing.T) {
 	select {
 	case <-p.done:
 		return
 	default:
 	}
 	_ = p.cmd.Process.Kill()
-	<-p.done
+	testwait.Recv(t, p.done, "the killed hub process to be reaped")
 }
 
 // crash kills the process with SIGKILL and waits for it. It fails if the
@@ -169,7 +171,7 @@ func (p *hubProc) crash(t *testing.T) {
 	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatalf("kill hub: %v", err)
 	}
-	<-p.done
+	testwait.Recv(t, p.done, "the SIGKILLed hub process to be reaped")
 	ws, ok := p.cmd.ProcessState.Sys().(syscall.WaitStatus)
 	if !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
 		t.Fatalf("dmctl hub serve did not end by SIGKILL: %v\noutput:\n%s", p.waitErr, p.out.tail(4000))

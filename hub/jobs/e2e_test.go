@@ -12,10 +12,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dmctl/dmctl/hub/internal/testwait"
+
 	"github.com/dmctl/dmctl/device"
 	devmqtt "github.com/dmctl/dmctl/device/mqtt"
 	"github.com/dmctl/dmctl/hub/hubtest"
-	"github.com/dmctl/dmctl/hub/store"
 	"github.com/dmctl/dmctl/internal/iothub"
 	"github.com/dmctl/dmctl/sas"
 )
@@ -62,7 +63,7 @@ func TestJobsThroughTheHub(t *testing.T) {
 	runCtx, stopDevices := context.WithCancel(ctx)
 	defer func() {
 		stopDevices()
-		wg.Wait()
+		testwait.Group(t, &wg, "the simulated devices to stop")
 	}()
 	for id, h := range devs {
 		cs, err := sas.ParseDevice(srv.CreateDevice(t, id))
@@ -115,15 +116,15 @@ func TestJobsThroughTheHub(t *testing.T) {
 		b, _ := io.ReadAll(res.Body)
 		return res.StatusCode, b
 	}
-	wait := func(id string) store.Job {
+	wait := func(id string) iothub.JobResponse {
 		t.Helper()
 		for {
 			status, b := call("GET", "/jobs/v2/"+id+"?api-version=2021-04-12", "")
-			var j store.Job
+			var j iothub.JobResponse
 			if status != 200 || json.Unmarshal(b, &j) != nil {
 				t.Fatalf("GET job: %d %s", status, b)
 			}
-			if store.JobTerminal(j.Status) && j.DeviceJobStatistics.RunningCount == 0 {
+			if iothub.JobTerminal(j.Status) && j.DeviceJobStatistics.RunningCount == 0 {
 				return j
 			}
 			select {
@@ -140,11 +141,11 @@ func TestJobsThroughTheHub(t *testing.T) {
 		t.Fatalf("create: %d %s", status, b)
 	}
 	j := wait("reboot-all")
-	if j.Status != store.JobCompleted || j.DeviceJobStatistics != (store.JobStatistics{DeviceCount: 3, SucceededCount: 2, FailedCount: 1}) {
+	if j.Status != iothub.JobCompleted || j.DeviceJobStatistics != (iothub.JobStatistics{DeviceCount: 3, SucceededCount: 2, FailedCount: 1}) {
 		t.Fatalf("job = %+v", j)
 	}
 	status, b = call("POST", "/devices/query", `{"query":"SELECT * FROM devices.jobs WHERE devices.jobs.jobId = 'reboot-all'"}`)
-	var rows []store.DeviceJob
+	var rows []iothub.DeviceJob
 	if status != 200 || json.Unmarshal(b, &rows) != nil || len(rows) != 3 {
 		t.Fatalf("rows: %d %s", status, b)
 	}

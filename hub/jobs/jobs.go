@@ -48,18 +48,13 @@
 package jobs
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
-	"github.com/dmctl/dmctl/hub/api"
-	"github.com/dmctl/dmctl/hub/query"
+	"github.com/dmctl/dmctl/hub/hubapi"
 	"github.com/dmctl/dmctl/hub/store"
 	"github.com/dmctl/dmctl/internal/iothub"
 	"github.com/rs/zerolog"
@@ -80,7 +75,7 @@ const (
 	// MaxBatch is the most row updates written in one transaction.
 	MaxBatch = 512
 
-	defaultResponseTimeout = api.DefaultResponseTimeout
+	defaultResponseTimeout = iothub.DefaultMethodResponseTimeout
 	maxExecutionCap        = 100 * 365 * 24 * 3600 // keeps the deadline arithmetic in range
 )
 
@@ -95,8 +90,8 @@ const (
 
 // Config configures an Engine.
 type Config struct {
-	Store   *store.Store // required
-	Devices api.Devices  // the device side; nil makes every direct-method row fail as offline
+	Store   *store.Store   // required
+	Devices hubapi.Devices // the device side; nil makes every direct-method row fail as offline
 	// Concurrency bounds the device calls (or twin updates) in flight across
 	// all jobs; default DefaultConcurrency.
 	Concurrency int
@@ -111,7 +106,7 @@ type Config struct {
 // jobs execute only while Run is running.
 type Engine struct {
 	store   *store.Store
-	devices api.Devices
+	devices hubapi.Devices
 	now     func() time.Time
 	log     zerolog.Logger
 	flush   time.Duration
@@ -126,7 +121,7 @@ type Engine struct {
 	wg      sync.WaitGroup  // job goroutines
 }
 
-var _ api.Jobs = (*Engine)(nil)
+var _ hubapi.Jobs = (*Engine)(nil)
 
 // New returns an engine; call Run to execute jobs.
 func New(cfg Config) (*Engine, error) {
@@ -199,7 +194,7 @@ func (e *Engine) recoverLocked(ctx context.Context) error {
 				return err
 			}
 		}
-		if !store.JobTerminal(j.Status) {
+		if !iothub.JobTerminal(j.Status) {
 			e.startLocked(ctx, j)
 		}
 	}
@@ -208,19 +203,19 @@ func (e *Engine) recoverLocked(ctx context.Context) error {
 
 // failInFlight marks the rows of j that were running when the hub stopped
 // as failed and recomputes its statistics.
-func (e *Engine) failInFlight(j store.Job) (store.Job, error) {
+func (e *Engine) failInFlight(j iothub.JobResponse) (iothub.JobResponse, error) {
 	rows, err := e.store.JobRows(j.JobID)
 	if err != nil {
 		return j, fmt.Errorf("jobs: load rows of %q: %w", j.JobID, err)
 	}
 	now := e.now().UTC()
-	var st store.JobStatistics
-	var changed []store.DeviceJob
+	var st iothub.JobStatistics
+	var changed []iothub.DeviceJob
 	for _, r := range rows {
-		if r.Status == store.RowRunning {
-			r.Status = store.RowFailed
+		if r.Status == iothub.RowRunning {
+			r.Status = iothub.RowFailed
 			r.EndTimeUtc, r.LastUpdatedDateTimeUtc = now, now
-			r.Error = &store.DeviceJobError{Code: code(iothub.CodeServiceUnavailable), Description: msgRestarted}
+			r.Error = &iothub.DeviceJobError{Code: code(iothub.CodeServiceUnavailable), Description: msgRestarted}
 			changed = append(changed, r)
 		}
 		st.Add(r.Status, 1)
@@ -234,7 +229,7 @@ func (e *Engine) failInFlight(j store.Job) (store.Job, error) {
 }
 
 // startLocked starts the goroutine of job j if Run accepts work.
-func (e *Engine) startLocked(ctx context.Context, j store.Job) {
+func (e *Engine) startLocked(ctx context.Context, j iothub.JobResponse) {
 	if e.ctx == nil || e.ctx.Err() != nil || e.runs[j.JobID] != nil {
 		return
 	}
@@ -255,18 +250,18 @@ func (e *Engine) startLocked(ctx context.Context, j store.Job) {
 
 // Create validates job, fills its defaults, stores it and schedules it.
 // Errors: *store.ValidationError, store.ErrJobExists, store errors.
-func (e *Engine) Create(ctx context.Context, job store.Job) (store.Job, error) {
+func (e *Engine) Create(ctx context.Context, job iothub.JobResponse) (iothub.JobResponse, error) {
 	if err := ctx.Err(); err != nil {
-		return store.Job{}, err
+		return iothub.JobResponse{}, err
 	}
 	j, err := e.normalize(job)
 	if err != nil {
-		return store.Job{}, err
+		return iothub.JobResponse{}, err
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if err := e.store.CreateJob(j); err != nil {
-		return store.Job{}, err
+		return iothub.JobResponse{}, err
 	}
 	e.log.Info().Str("job", j.JobID).Str("type", j.Type).Str("status", j.Status).
 		Time("startTime", j.StartTime).Msg("job created")
@@ -277,15 +272,15 @@ func (e *Engine) Create(ctx context.Context, job store.Job) (store.Job, error) {
 }
 
 // Get returns the stored job (store.ErrJobNotFound).
-func (e *Engine) Get(ctx context.Context, id string) (store.Job, error) {
+func (e *Engine) Get(ctx context.Context, id string) (iothub.JobResponse, error) {
 	if err := ctx.Err(); err != nil {
-		return store.Job{}, err
+		return iothub.JobResponse{}, err
 	}
 	return e.store.Job(id)
 }
 
 // List returns the jobs of jobType and status ("" matches any), oldest first.
-func (e *Engine) List(ctx context.Context, jobType, status string) ([]store.Job, error) {
+func (e *Engine) List(ctx context.Context, jobType, status string) ([]iothub.JobResponse, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -305,7 +300,7 @@ func (e *Engine) List(ctx context.Context, jobType, status string) ([]store.Job,
 // Cancel cancels a job that has not finished (see the package comment) and
 // returns it once its "cancelled" status is durable. A finished job is
 // returned unchanged.
-func (e *Engine) Cancel(ctx context.Context, id string) (store.Job, error) {
+func (e *Engine) Cancel(ctx context.Context, id string) (iothub.JobResponse, error) {
 	e.mu.Lock()
 	r := e.runs[id]
 	if r == nil {
@@ -317,197 +312,48 @@ func (e *Engine) Cancel(ctx context.Context, id string) (store.Job, error) {
 	select {
 	case <-r.settled:
 	case <-ctx.Done():
-		return store.Job{}, ctx.Err()
+		return iothub.JobResponse{}, ctx.Err()
 	}
 	return e.store.Job(id)
 }
 
 // cancelStored cancels a job that has no goroutine (Run is not running);
 // the caller holds e.mu so that Run cannot start it meanwhile.
-func (e *Engine) cancelStored(id string) (store.Job, error) {
+func (e *Engine) cancelStored(id string) (iothub.JobResponse, error) {
 	j, err := e.store.Job(id)
-	if err != nil || store.JobTerminal(j.Status) {
+	if err != nil || iothub.JobTerminal(j.Status) {
 		return j, err
 	}
 	rows, err := e.store.JobRows(id)
 	if err != nil {
-		return store.Job{}, err
+		return iothub.JobResponse{}, err
 	}
 	now := e.now().UTC()
-	var st store.JobStatistics
-	var changed []store.DeviceJob
+	var st iothub.JobStatistics
+	var changed []iothub.DeviceJob
 	for _, r := range rows {
-		if !store.RowTerminal(r.Status) && r.Status != store.RowRunning {
-			r.Status = store.RowCanceled
+		if !iothub.RowTerminal(r.Status) && r.Status != iothub.RowRunning {
+			r.Status = iothub.RowCanceled
 			r.EndTimeUtc, r.LastUpdatedDateTimeUtc = now, now
 			changed = append(changed, r)
 		}
 		st.Add(r.Status, 1)
 	}
 	j.DeviceJobStatistics = st
-	j.Status, j.EndTime = store.JobCancelled, now
+	j.Status, j.EndTime = iothub.JobCancelled, now
 	if err := e.store.WriteJob(&j, changed); err != nil {
-		return store.Job{}, err
+		return iothub.JobResponse{}, err
 	}
 	e.log.Info().Str("job", id).Msg("job cancelled")
 	return j, nil
 }
 
-// normalize validates a job from a client and fills the engine's fields.
-func (e *Engine) normalize(in store.Job) (store.Job, error) {
-	if err := ValidJobID(in.JobID); err != nil {
-		return store.Job{}, err
-	}
-	cond := strings.TrimSpace(in.QueryCondition)
-	if cond == "" {
-		return store.Job{}, invalid("queryCondition is required (a WHERE clause body such as deviceId = 'd1')")
-	}
-	if _, err := ParseCondition(cond); err != nil {
-		return store.Job{}, err
-	}
-	j := store.Job{JobID: in.JobID, QueryCondition: in.QueryCondition, Type: in.Type}
-	switch in.Type {
-	case store.JobTypeDeviceMethod:
-		m, err := normalizeMethod(in.CloudToDeviceMethod)
-		if err != nil {
-			return store.Job{}, err
-		}
-		j.CloudToDeviceMethod = m
-	case store.JobTypeUpdateTwin:
-		t := in.UpdateTwin
-		if t == nil || (len(t.Tags) == 0 && len(t.Properties.Desired) == 0) {
-			return store.Job{}, invalid("updateTwin must carry tags or properties.desired")
-		}
-		if err := store.ValidateTwinPatch(twinPatch(t)); err != nil {
-			return store.Job{}, err
-		}
-		j.UpdateTwin = &store.JobTwin{Tags: t.Tags, Properties: store.JobTwinProperties{Desired: t.Properties.Desired}}
-	case "":
-		return store.Job{}, invalid("type is required (%s or %s)", store.JobTypeDeviceMethod, store.JobTypeUpdateTwin)
-	default:
-		return store.Job{}, invalid("type %q is not supported (use %s or %s)", in.Type, store.JobTypeDeviceMethod, store.JobTypeUpdateTwin)
-	}
-	switch {
-	case in.MaxExecutionTimeInSeconds < 0:
-		return store.Job{}, invalid("maxExecutionTimeInSeconds must be positive, not %d", in.MaxExecutionTimeInSeconds)
-	case in.MaxExecutionTimeInSeconds == 0:
-		j.MaxExecutionTimeInSeconds = DefaultMaxExecutionTime
-	case in.MaxExecutionTimeInSeconds > maxExecutionCap:
-		return store.Job{}, invalid("maxExecutionTimeInSeconds is over the limit of %d", maxExecutionCap)
-	default:
-		j.MaxExecutionTimeInSeconds = in.MaxExecutionTimeInSeconds
-	}
-	now := e.now().UTC()
-	j.CreatedTime = now
-	j.StartTime = in.StartTime.UTC()
-	if in.StartTime.IsZero() {
-		j.StartTime = now
-	}
-	j.Status = store.JobQueued
-	if j.StartTime.After(now) {
-		j.Status = store.JobScheduled
-	}
-	return j, nil
-}
-
-func normalizeMethod(in *store.JobMethod) (*store.JobMethod, error) {
-	if in == nil {
-		return nil, invalid("cloudToDeviceMethod is required for %s jobs", store.JobTypeDeviceMethod)
-	}
-	if err := validMethodName(in.MethodName); err != nil {
-		return nil, err
-	}
-	m := *in
-	if m.ResponseTimeoutInSeconds == 0 {
-		m.ResponseTimeoutInSeconds = defaultResponseTimeout
-	}
-	if m.ResponseTimeoutInSeconds < api.MinResponseTimeout || m.ResponseTimeoutInSeconds > api.MaxResponseTimeout {
-		return nil, invalid("responseTimeoutInSeconds must be between %d and %d, not %d",
-			api.MinResponseTimeout, api.MaxResponseTimeout, m.ResponseTimeoutInSeconds)
-	}
-	if m.ConnectTimeoutInSeconds < 0 || m.ConnectTimeoutInSeconds > api.MaxConnectTimeout {
-		return nil, invalid("connectTimeoutInSeconds must be between 0 and %d, not %d", api.MaxConnectTimeout, m.ConnectTimeoutInSeconds)
-	}
-	p := bytes.TrimSpace(m.Payload)
-	if len(p) > api.MaxPayloadSize {
-		return nil, &store.ValidationError{Code: iothub.CodeMessageTooLarge,
-			Msg: fmt.Sprintf("method payload is %d bytes, over the limit of %d bytes", len(p), api.MaxPayloadSize)}
-	}
-	if len(p) == 0 {
-		p = []byte("null")
-	}
-	if !json.Valid(p) {
-		return nil, invalid("cloudToDeviceMethod.payload is not valid JSON")
-	}
-	m.Payload = append(json.RawMessage(nil), p...)
-	return &m, nil
-}
-
-// ValidJobID checks IoT Hub's jobId rules: 1 to 64 ASCII letters, digits
-// and '-'. Errors are *store.ValidationError.
-func ValidJobID(id string) error {
-	if id == "" {
-		return invalid("jobId is empty")
-	}
-	if len(id) > MaxJobIDLength {
-		return invalid("jobId is %d characters long, over the limit of %d", len(id), MaxJobIDLength)
-	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
-			return invalid("jobId %q contains %q, which is not allowed (use ASCII letters, digits and '-')", id, rune(c))
-		}
-	}
-	return nil
-}
-
-func validMethodName(n string) error {
-	if n == "" {
-		return invalid("cloudToDeviceMethod.methodName is required")
-	}
-	if len(n) > 1024 {
-		return invalid("methodName is longer than 1024 characters")
-	}
-	for _, c := range n {
-		if c < 0x20 || c == 0x7f || strings.ContainsRune("/#+?", c) {
-			return invalid("methodName %q contains %q, which is not allowed", n, c)
-		}
-	}
-	return nil
-}
-
-const conditionPrefix = "SELECT * FROM devices WHERE ("
-
-// ParseCondition parses a job's queryCondition: the body of a WHERE clause
-// over devices. Errors are *store.ValidationError.
-func ParseCondition(cond string) (*query.Query, error) {
-	q, err := query.Parse(conditionPrefix + cond + ")")
-	if err != nil {
-		var se *query.SyntaxError
-		if errors.As(err, &se) {
-			pos := min(max(se.Pos-len(conditionPrefix), 1), len([]rune(cond))+1)
-			return nil, invalid("queryCondition: syntax error at position %d: %s", pos, se.Msg)
-		}
-		return nil, invalid("queryCondition: %v", err)
-	}
-	if q.Collection() != query.CollectionDevices || !q.IsSelectAll() || q.Top() != 0 {
-		return nil, invalid("queryCondition must be the body of a WHERE clause over devices")
-	}
-	return q, nil
-}
-
-func invalid(format string, args ...any) error {
-	return &store.ValidationError{Code: iothub.CodeArgumentInvalid, Msg: fmt.Sprintf(format, args...)}
-}
-
-func code(c int) string { return strconv.Itoa(c) }
-
-func twinPatch(t *store.JobTwin) iothub.Twin {
+func twinPatch(t *iothub.JobTwin) iothub.Twin {
 	return iothub.Twin{Tags: t.Tags, Properties: iothub.TwinProperties{Desired: t.Properties.Desired}}
 }
 
 // deadline is when a job's maxExecutionTimeInSeconds runs out.
-func deadline(j store.Job) time.Time {
+func deadline(j iothub.JobResponse) time.Time {
 	from := j.StartTime
 	if j.CreatedTime.After(from) {
 		from = j.CreatedTime

@@ -11,7 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dmctl/dmctl/hub/api"
+	"github.com/dmctl/dmctl/hub/internal/testwait"
+
+	"github.com/dmctl/dmctl/hub/hubapi"
 	"github.com/dmctl/dmctl/hub/store"
 	"github.com/dmctl/dmctl/internal/iothub"
 	"github.com/rs/zerolog"
@@ -122,6 +124,9 @@ type engine struct {
 func startEngine(t *testing.T, cfg Config, prep ...func(*Engine)) *engine {
 	t.Helper()
 	cfg.Log = zerolog.New(zerolog.NewTestWriter(t))
+	if dev, ok := cfg.Devices.(*fakeDevices); ok {
+		cfg.Store.OnDesired(dev.NotifyDesired) // as the hub registers its broker
+	}
 	e, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -136,7 +141,7 @@ func startEngine(t *testing.T, cfg Config, prep ...func(*Engine)) *engine {
 	stop := func() {
 		once.Do(func() {
 			cancel()
-			if err := <-done; err != nil {
+			if err := testwait.Recv(t, done, "the engine to stop"); err != nil {
 				t.Errorf("Run: %v", err)
 			}
 		})
@@ -146,7 +151,7 @@ func startEngine(t *testing.T, cfg Config, prep ...func(*Engine)) *engine {
 }
 
 // waitJob polls the job until cond holds.
-func waitJob(t *testing.T, e *Engine, id string, what string, cond func(store.Job) bool) store.Job {
+func waitJob(t *testing.T, e *Engine, id string, what string, cond func(iothub.JobResponse) bool) iothub.JobResponse {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
@@ -164,11 +169,11 @@ func waitJob(t *testing.T, e *Engine, id string, what string, cond func(store.Jo
 	}
 }
 
-func finished(j store.Job) bool {
-	return store.JobTerminal(j.Status) && j.DeviceJobStatistics.RunningCount == 0
+func finished(j iothub.JobResponse) bool {
+	return iothub.JobTerminal(j.Status) && j.DeviceJobStatistics.RunningCount == 0
 }
 
-func checkStats(t *testing.T, j store.Job) {
+func checkStats(t *testing.T, j iothub.JobResponse) {
 	t.Helper()
 	s := j.DeviceJobStatistics
 	if s.DeviceCount != s.FailedCount+s.SucceededCount+s.RunningCount+s.PendingCount {
@@ -176,9 +181,9 @@ func checkStats(t *testing.T, j store.Job) {
 	}
 }
 
-func methodJob(id, cond string) store.Job {
-	return store.Job{JobID: id, Type: store.JobTypeDeviceMethod, QueryCondition: cond,
-		CloudToDeviceMethod: &store.JobMethod{MethodName: "rebootDevice", Payload: json.RawMessage(`{"delay":1}`)}}
+func methodJob(id, cond string) iothub.JobResponse {
+	return iothub.JobResponse{JobID: id, Type: iothub.JobTypeDeviceMethod, QueryCondition: cond,
+		CloudToDeviceMethod: &iothub.JobMethod{MethodName: "rebootDevice", Payload: json.RawMessage(`{"delay":1}`)}}
 }
 
 func TestMethodJobOverManyDevices(t *testing.T) {
@@ -195,7 +200,7 @@ func TestMethodJobOverManyDevices(t *testing.T) {
 		fmt.Sscanf(id, "d%d", &n)
 		switch n % 3 {
 		case 0:
-			return 0, nil, fmt.Errorf("invoke: %w", api.ErrDeviceNotOnline)
+			return 0, nil, fmt.Errorf("invoke: %w", hubapi.ErrDeviceNotOnline)
 		case 1:
 			return 500, []byte(`{"error":"disk full"}`), nil
 		}
@@ -206,16 +211,16 @@ func TestMethodJobOverManyDevices(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if created.Status != store.JobQueued || created.MaxExecutionTimeInSeconds != DefaultMaxExecutionTime ||
+	if created.Status != iothub.JobQueued || created.MaxExecutionTimeInSeconds != DefaultMaxExecutionTime ||
 		created.CloudToDeviceMethod.ResponseTimeoutInSeconds != 30 || created.StartTime.IsZero() {
 		t.Errorf("created job = %+v", created)
 	}
 	j := waitJob(t, e.Engine, "reboot-lab", "completion", finished)
-	if j.Status != store.JobCompleted || j.EndTime.IsZero() {
+	if j.Status != iothub.JobCompleted || j.EndTime.IsZero() {
 		t.Fatalf("job = %+v", j)
 	}
 	checkStats(t, j)
-	want := store.JobStatistics{DeviceCount: 120, FailedCount: 40, SucceededCount: 80}
+	want := iothub.JobStatistics{DeviceCount: 120, FailedCount: 40, SucceededCount: 80}
 	if j.DeviceJobStatistics != want {
 		t.Errorf("statistics = %+v, want %+v", j.DeviceJobStatistics, want)
 	}
@@ -240,21 +245,21 @@ func TestMethodJobOverManyDevices(t *testing.T) {
 		t.Fatalf("%d rows", len(rows))
 	}
 	for i, r := range rows {
-		if r.DeviceID != ids[i] || r.JobType != store.JobTypeDeviceMethod || r.StartTimeUtc.IsZero() || r.EndTimeUtc.IsZero() {
+		if r.DeviceID != ids[i] || r.JobType != iothub.JobTypeDeviceMethod || r.StartTimeUtc.IsZero() || r.EndTimeUtc.IsZero() {
 			t.Errorf("row %d = %+v", i, r)
 		}
 		switch i % 3 {
 		case 0:
-			if r.Status != store.RowFailed || r.Error == nil || r.Error.Code != "404103" || r.Outcome != nil {
+			if r.Status != iothub.RowFailed || r.Error == nil || r.Error.Code != "404103" || r.Outcome != nil {
 				t.Errorf("offline row = %+v", r)
 			}
 		case 1:
-			if r.Status != store.RowCompleted || r.Outcome == nil || r.Outcome.DeviceMethodResponse.Status != 500 ||
+			if r.Status != iothub.RowCompleted || r.Outcome == nil || r.Outcome.DeviceMethodResponse.Status != 500 ||
 				string(r.Outcome.DeviceMethodResponse.Payload) != `{"error":"disk full"}` {
 				t.Errorf("500 row = %+v", r)
 			}
 		case 2:
-			if r.Status != store.RowCompleted || r.Outcome.DeviceMethodResponse.Status != 200 || r.Error != nil {
+			if r.Status != iothub.RowCompleted || r.Outcome.DeviceMethodResponse.Status != 200 || r.Error != nil {
 				t.Errorf("200 row = %+v", r)
 			}
 		}
@@ -267,23 +272,27 @@ func TestMethodJobTimeoutAndDeletedDevice(t *testing.T) {
 	release := make(chan struct{})
 	dev := newFake(func(ctx context.Context, id, method string, payload []byte) (int, []byte, error) {
 		if id == "d001" {
-			return 0, nil, api.ErrTimeout
+			return 0, nil, hubapi.ErrTimeout
 		}
-		<-release
-		return 200, nil, nil
+		select {
+		case <-release:
+			return 200, nil, nil
+		case <-ctx.Done():
+			return 0, nil, ctx.Err()
+		}
 	})
 	dev.started = make(chan string, 3)
 	e := startEngine(t, Config{Store: st, Devices: dev, Concurrency: 1})
 	if _, err := e.Create(t.Context(), methodJob("j", "deviceId IN ['d000', 'd001', 'd002']")); err != nil {
 		t.Fatal(err)
 	}
-	<-dev.started // d000 is in flight; delete d002 before its turn
+	testwait.Recv(t, dev.started, "the call to d000") // d000 is in flight; delete d002 before its turn
 	if err := st.DeleteDevice("d002", "*"); err != nil {
 		t.Fatal(err)
 	}
 	close(release)
 	j := waitJob(t, e.Engine, "j", "completion", finished)
-	if j.DeviceJobStatistics != (store.JobStatistics{DeviceCount: 3, SucceededCount: 1, FailedCount: 2}) {
+	if j.DeviceJobStatistics != (iothub.JobStatistics{DeviceCount: 3, SucceededCount: 1, FailedCount: 2}) {
 		t.Errorf("statistics = %+v", j.DeviceJobStatistics)
 	}
 	rows, _ := st.JobRows("j")
@@ -303,16 +312,16 @@ func TestTwinUpdateJob(t *testing.T) {
 	addDevices(t, st, 12, func(i int) string { return []string{"a", "b"}[i%2] })
 	dev := newFake(nil)
 	e := startEngine(t, Config{Store: st, Devices: dev})
-	job := store.Job{JobID: "set-interval", Type: store.JobTypeUpdateTwin, QueryCondition: "tags.site = 'a'",
-		UpdateTwin: &store.JobTwin{
+	job := iothub.JobResponse{JobID: "set-interval", Type: iothub.JobTypeUpdateTwin, QueryCondition: "tags.site = 'a'",
+		UpdateTwin: &iothub.JobTwin{
 			Tags:       map[string]any{"fw": "2.0"},
-			Properties: store.JobTwinProperties{Desired: map[string]any{"interval": json.Number("30"), "mode": map[string]any{"eco": true}}},
+			Properties: iothub.JobTwinProperties{Desired: map[string]any{"interval": json.Number("30"), "mode": map[string]any{"eco": true}}},
 		}}
 	if _, err := e.Create(t.Context(), job); err != nil {
 		t.Fatal(err)
 	}
 	j := waitJob(t, e.Engine, "set-interval", "completion", finished)
-	if j.Status != store.JobCompleted || j.DeviceJobStatistics != (store.JobStatistics{DeviceCount: 6, SucceededCount: 6}) {
+	if j.Status != iothub.JobCompleted || j.DeviceJobStatistics != (iothub.JobStatistics{DeviceCount: 6, SucceededCount: 6}) {
 		t.Fatalf("job = %+v", j)
 	}
 	for i := range 12 {
@@ -335,7 +344,7 @@ func TestTwinUpdateJob(t *testing.T) {
 	}
 	rows, _ := st.JobRows("set-interval")
 	for _, r := range rows {
-		if r.Status != store.RowCompleted || r.Outcome != nil || r.JobType != store.JobTypeUpdateTwin {
+		if r.Status != iothub.RowCompleted || r.Outcome != nil || r.JobType != iothub.JobTypeUpdateTwin {
 			t.Errorf("row = %+v", r)
 		}
 	}
@@ -354,19 +363,19 @@ func TestCancelScheduledJob(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if created.Status != store.JobScheduled {
+	if created.Status != iothub.JobScheduled {
 		t.Fatalf("status = %s", created.Status)
 	}
 	got, err := e.Cancel(t.Context(), "later")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.Status != store.JobCancelled || got.EndTime.IsZero() || got.DeviceJobStatistics.DeviceCount != 0 {
+	if got.Status != iothub.JobCancelled || got.EndTime.IsZero() || got.DeviceJobStatistics.DeviceCount != 0 {
 		t.Errorf("cancelled job = %+v", got)
 	}
 	// Cancelling again returns the job unchanged.
 	again, err := e.Cancel(t.Context(), "later")
-	if err != nil || !again.EndTime.Equal(got.EndTime) || again.Status != store.JobCancelled {
+	if err != nil || !again.EndTime.Equal(got.EndTime) || again.Status != iothub.JobCancelled {
 		t.Errorf("second cancel = %+v, %v; first %+v", again, err, got)
 	}
 	if _, err := e.Cancel(t.Context(), "nope"); !errors.Is(err, store.ErrJobNotFound) {
@@ -382,27 +391,31 @@ func TestCancelRunningJob(t *testing.T) {
 	addDevices(t, st, 10, nil)
 	release := make(chan struct{})
 	dev := newFake(func(ctx context.Context, id, method string, payload []byte) (int, []byte, error) {
-		<-release
-		return 200, nil, nil
+		select {
+		case <-release:
+			return 200, nil, nil
+		case <-ctx.Done():
+			return 0, nil, ctx.Err()
+		}
 	})
 	dev.started = make(chan string, 10)
 	e := startEngine(t, Config{Store: st, Devices: dev, Concurrency: 2})
 	if _, err := e.Create(t.Context(), methodJob("c", "IS_DEFINED(deviceId)")); err != nil {
 		t.Fatal(err)
 	}
-	<-dev.started
-	<-dev.started
+	testwait.Recv(t, dev.started, "the first direct-method call")
+	testwait.Recv(t, dev.started, "the second direct-method call")
 	got, err := e.Cancel(t.Context(), "c")
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := store.JobStatistics{DeviceCount: 10, RunningCount: 2, FailedCount: 8}
-	if got.Status != store.JobCancelled || got.DeviceJobStatistics != want {
+	want := iothub.JobStatistics{DeviceCount: 10, RunningCount: 2, FailedCount: 8}
+	if got.Status != iothub.JobCancelled || got.DeviceJobStatistics != want {
 		t.Errorf("cancelled job = %+v, want statistics %+v", got, want)
 	}
 	close(release)
 	j := waitJob(t, e.Engine, "c", "in-flight calls to finish", finished)
-	if j.Status != store.JobCancelled || j.DeviceJobStatistics != (store.JobStatistics{DeviceCount: 10, SucceededCount: 2, FailedCount: 8}) {
+	if j.Status != iothub.JobCancelled || j.DeviceJobStatistics != (iothub.JobStatistics{DeviceCount: 10, SucceededCount: 2, FailedCount: 8}) {
 		t.Errorf("job = %+v", j)
 	}
 	calls := dev.callCount()
@@ -411,7 +424,7 @@ func TestCancelRunningJob(t *testing.T) {
 	}
 	rows, _ := st.JobRows("c")
 	for _, r := range rows[2:] {
-		if r.Status != store.RowCanceled || !r.StartTimeUtc.IsZero() {
+		if r.Status != iothub.RowCanceled || !r.StartTimeUtc.IsZero() {
 			t.Errorf("row = %+v", r)
 		}
 	}
@@ -439,26 +452,26 @@ func TestMaxExecutionTime(t *testing.T) {
 	if _, err := e.Create(t.Context(), job); err != nil {
 		t.Fatal(err)
 	}
-	<-dev.started
-	<-dev.started
+	testwait.Recv(t, dev.started, "the first direct-method call")
+	testwait.Recv(t, dev.started, "the second direct-method call")
 	if _, ok := asked.Load(90 * time.Second); !ok {
 		t.Error("no deadline timer of 90 s was started")
 	}
 	fire <- time.Now()
 	j := waitJob(t, e.Engine, "slow", "expiry", finished)
-	if j.Status != store.JobFailed || !strings.Contains(j.FailureReason, "maxExecutionTimeInSeconds") {
+	if j.Status != iothub.JobFailed || !strings.Contains(j.FailureReason, "maxExecutionTimeInSeconds") {
 		t.Errorf("job = %+v", j)
 	}
-	if j.DeviceJobStatistics != (store.JobStatistics{DeviceCount: 5, FailedCount: 5}) {
+	if j.DeviceJobStatistics != (iothub.JobStatistics{DeviceCount: 5, FailedCount: 5}) {
 		t.Errorf("statistics = %+v", j.DeviceJobStatistics)
 	}
 	rows, _ := st.JobRows("slow")
 	var inFlight, canceled int
 	for _, r := range rows {
 		switch {
-		case r.Status == store.RowFailed && r.Error != nil && r.Error.Code == "504101":
+		case r.Status == iothub.RowFailed && r.Error != nil && r.Error.Code == "504101":
 			inFlight++
-		case r.Status == store.RowCanceled:
+		case r.Status == iothub.RowCanceled:
 			canceled++
 		default:
 			t.Errorf("row = %+v", r)
@@ -485,7 +498,7 @@ func TestRestartDuringJob(t *testing.T) {
 		t.Fatal(err)
 	}
 	for range 4 {
-		<-dev.started
+		testwait.Recv(t, dev.started, "a direct-method call")
 	}
 	if err := st.Close(); err != nil { // the crash: nothing more reaches the disk
 		t.Fatal(err)
@@ -501,9 +514,9 @@ func TestRestartDuringJob(t *testing.T) {
 	var runningRows, pendingRows int
 	for _, r := range rows {
 		switch r.Status {
-		case store.RowRunning:
+		case iothub.RowRunning:
 			runningRows++
-		case store.RowPending:
+		case iothub.RowPending:
 			pendingRows++
 		}
 	}
@@ -518,7 +531,7 @@ func TestRestartDuringJob(t *testing.T) {
 	dev.mu.Unlock()
 	e2 := startEngine(t, Config{Store: st2, Devices: dev, Concurrency: 4})
 	j := waitJob(t, e2.Engine, "r", "completion after restart", finished)
-	if j.Status != store.JobCompleted || j.DeviceJobStatistics != (store.JobStatistics{DeviceCount: 20, SucceededCount: 16, FailedCount: 4}) {
+	if j.Status != iothub.JobCompleted || j.DeviceJobStatistics != (iothub.JobStatistics{DeviceCount: 20, SucceededCount: 16, FailedCount: 4}) {
 		t.Errorf("job = %+v", j)
 	}
 	for id, n := range dev.callCount() {
@@ -531,7 +544,7 @@ func TestRestartDuringJob(t *testing.T) {
 	}
 	rows, _ = st2.JobRows("r")
 	for _, r := range rows[:4] {
-		if r.Status != store.RowFailed || r.Error == nil || r.Error.Code != "503001" ||
+		if r.Status != iothub.RowFailed || r.Error == nil || r.Error.Code != "503001" ||
 			!strings.Contains(r.Error.Description, "hub restarted while the call was in flight") {
 			t.Errorf("in-flight row after restart = %+v", r)
 		}
@@ -561,14 +574,14 @@ func TestGracefulStopResumes(t *testing.T) {
 	if _, err := e1.Create(t.Context(), methodJob("g", "IS_DEFINED(deviceId)")); err != nil {
 		t.Fatal(err)
 	}
-	<-dev.started
-	<-dev.started
+	testwait.Recv(t, dev.started, "the first direct-method call")
+	testwait.Recv(t, dev.started, "the second direct-method call")
 	e1.stop()
 	j, err := st.Job("g")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if j.Status != store.JobRunning || j.DeviceJobStatistics != (store.JobStatistics{DeviceCount: 6, FailedCount: 2, PendingCount: 4}) {
+	if j.Status != iothub.JobRunning || j.DeviceJobStatistics != (iothub.JobStatistics{DeviceCount: 6, FailedCount: 2, PendingCount: 4}) {
 		t.Fatalf("after stop: %+v", j)
 	}
 	mu.Lock()
@@ -576,7 +589,7 @@ func TestGracefulStopResumes(t *testing.T) {
 	mu.Unlock()
 	e2 := startEngine(t, Config{Store: st, Devices: dev, Concurrency: 2})
 	j = waitJob(t, e2.Engine, "g", "completion", finished)
-	if j.Status != store.JobCompleted || j.DeviceJobStatistics != (store.JobStatistics{DeviceCount: 6, SucceededCount: 4, FailedCount: 2}) {
+	if j.Status != iothub.JobCompleted || j.DeviceJobStatistics != (iothub.JobStatistics{DeviceCount: 6, SucceededCount: 4, FailedCount: 2}) {
 		t.Errorf("job = %+v", j)
 	}
 	rows, _ := st.JobRows("g")
@@ -607,10 +620,10 @@ func TestJobsWithoutRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Cancelled while no engine runs: never starts.
-	if j, err := e.Cancel(t.Context(), "b"); err != nil || j.Status != store.JobCancelled {
+	if j, err := e.Cancel(t.Context(), "b"); err != nil || j.Status != iothub.JobCancelled {
 		t.Fatalf("cancel = %+v, %v", j, err)
 	}
-	if j, _ := e.Get(t.Context(), "a"); j.Status != store.JobQueued {
+	if j, _ := e.Get(t.Context(), "a"); j.Status != iothub.JobQueued {
 		t.Fatalf("status before Run = %s", j.Status)
 	}
 	ctx, cancel := context.WithCancel(t.Context())
@@ -618,19 +631,19 @@ func TestJobsWithoutRun(t *testing.T) {
 	go func() { done <- e.Run(ctx) }()
 	j := waitJob(t, e, "a", "completion", finished)
 	cancel()
-	if err := <-done; err != nil {
+	if err := testwait.Recv(t, done, "Run to return"); err != nil {
 		t.Fatal(err)
 	}
 	if err := e.Run(t.Context()); err == nil {
 		t.Error("second Run succeeded")
 	}
-	if j.Status != store.JobCompleted || j.DeviceJobStatistics.SucceededCount != 1 {
+	if j.Status != iothub.JobCompleted || j.DeviceJobStatistics.SucceededCount != 1 {
 		t.Errorf("job = %+v", j)
 	}
 	if c := dev.callCount(); len(c) != 1 || c["d000"] != 1 {
 		t.Errorf("calls = %v", c)
 	}
-	list, err := e.List(t.Context(), store.JobTypeDeviceMethod, store.JobCancelled)
+	list, err := e.List(t.Context(), iothub.JobTypeDeviceMethod, iothub.JobCancelled)
 	if err != nil || len(list) != 1 || list[0].JobID != "b" {
 		t.Errorf("list = %+v, %v", list, err)
 	}
@@ -647,7 +660,7 @@ func TestEmptyJobCompletes(t *testing.T) {
 		t.Fatal(err)
 	}
 	j := waitJob(t, e.Engine, "none", "completion", finished)
-	if j.Status != store.JobCompleted || j.DeviceJobStatistics != (store.JobStatistics{}) {
+	if j.Status != iothub.JobCompleted || j.DeviceJobStatistics != (iothub.JobStatistics{}) {
 		t.Errorf("job = %+v", j)
 	}
 }
@@ -659,32 +672,32 @@ func TestCreateValidation(t *testing.T) {
 		t.Fatal(err)
 	}
 	ok := methodJob("ok", "deviceId = 'd1'")
-	with := func(f func(j *store.Job)) store.Job {
+	with := func(f func(j *iothub.JobResponse)) iothub.JobResponse {
 		j := ok
 		m := *ok.CloudToDeviceMethod
 		j.CloudToDeviceMethod = &m
 		f(&j)
 		return j
 	}
-	cases := map[string]store.Job{
-		"empty id":        with(func(j *store.Job) { j.JobID = "" }),
-		"long id":         with(func(j *store.Job) { j.JobID = strings.Repeat("a", 65) }),
-		"bad id char":     with(func(j *store.Job) { j.JobID = "a_b" }),
-		"no type":         with(func(j *store.Job) { j.Type = "" }),
-		"old type":        with(func(j *store.Job) { j.Type = "scheduleDirectRequest" }),
-		"no method":       with(func(j *store.Job) { j.CloudToDeviceMethod = nil }),
-		"no method name":  with(func(j *store.Job) { j.CloudToDeviceMethod.MethodName = "" }),
-		"bad method name": with(func(j *store.Job) { j.CloudToDeviceMethod.MethodName = "a/b" }),
-		"short timeout":   with(func(j *store.Job) { j.CloudToDeviceMethod.ResponseTimeoutInSeconds = 2 }),
-		"long connect":    with(func(j *store.Job) { j.CloudToDeviceMethod.ConnectTimeoutInSeconds = 301 }),
-		"bad payload":     with(func(j *store.Job) { j.CloudToDeviceMethod.Payload = json.RawMessage("{") }),
-		"no condition":    with(func(j *store.Job) { j.QueryCondition = " " }),
-		"bad condition":   with(func(j *store.Job) { j.QueryCondition = "deviceId = " }),
-		"full query":      with(func(j *store.Job) { j.QueryCondition = "SELECT * FROM devices" }),
-		"negative max":    with(func(j *store.Job) { j.MaxExecutionTimeInSeconds = -1 }),
-		"twin no patch":   {JobID: "t", Type: store.JobTypeUpdateTwin, QueryCondition: "deviceId = 'a'"},
-		"twin bad key": {JobID: "t", Type: store.JobTypeUpdateTwin, QueryCondition: "deviceId = 'a'",
-			UpdateTwin: &store.JobTwin{Tags: map[string]any{"a.b": 1}}},
+	cases := map[string]iothub.JobResponse{
+		"empty id":        with(func(j *iothub.JobResponse) { j.JobID = "" }),
+		"long id":         with(func(j *iothub.JobResponse) { j.JobID = strings.Repeat("a", 65) }),
+		"bad id char":     with(func(j *iothub.JobResponse) { j.JobID = "a_b" }),
+		"no type":         with(func(j *iothub.JobResponse) { j.Type = "" }),
+		"old type":        with(func(j *iothub.JobResponse) { j.Type = "scheduleDirectRequest" }),
+		"no method":       with(func(j *iothub.JobResponse) { j.CloudToDeviceMethod = nil }),
+		"no method name":  with(func(j *iothub.JobResponse) { j.CloudToDeviceMethod.MethodName = "" }),
+		"bad method name": with(func(j *iothub.JobResponse) { j.CloudToDeviceMethod.MethodName = "a/b" }),
+		"short timeout":   with(func(j *iothub.JobResponse) { j.CloudToDeviceMethod.ResponseTimeoutInSeconds = 2 }),
+		"long connect":    with(func(j *iothub.JobResponse) { j.CloudToDeviceMethod.ConnectTimeoutInSeconds = 301 }),
+		"bad payload":     with(func(j *iothub.JobResponse) { j.CloudToDeviceMethod.Payload = json.RawMessage("{") }),
+		"no condition":    with(func(j *iothub.JobResponse) { j.QueryCondition = " " }),
+		"bad condition":   with(func(j *iothub.JobResponse) { j.QueryCondition = "deviceId = " }),
+		"full query":      with(func(j *iothub.JobResponse) { j.QueryCondition = "SELECT * FROM devices" }),
+		"negative max":    with(func(j *iothub.JobResponse) { j.MaxExecutionTimeInSeconds = -1 }),
+		"twin no patch":   {JobID: "t", Type: iothub.JobTypeUpdateTwin, QueryCondition: "deviceId = 'a'"},
+		"twin bad key": {JobID: "t", Type: iothub.JobTypeUpdateTwin, QueryCondition: "deviceId = 'a'",
+			UpdateTwin: &iothub.JobTwin{Tags: map[string]any{"a.b": 1}}},
 	}
 	for name, j := range cases {
 		_, err := e.Create(t.Context(), j)
@@ -733,7 +746,7 @@ func BenchmarkMethodJob(b *testing.B) {
 	go func() { done <- e.Run(ctx) }()
 	defer func() {
 		cancel()
-		<-done
+		testwait.Recv(b, done, "the engine to stop")
 	}()
 	b.ResetTimer()
 	for i := range b.N {
@@ -741,13 +754,17 @@ func BenchmarkMethodJob(b *testing.B) {
 		if _, err := e.Create(ctx, methodJob(id, "IS_DEFINED(deviceId)")); err != nil {
 			b.Fatal(err)
 		}
+		deadline := time.Now().Add(testwait.Timeout)
 		for {
 			j, err := e.Get(ctx, id)
 			if err != nil {
 				b.Fatal(err)
 			}
-			if j.Status == store.JobCompleted {
+			if j.Status == iothub.JobCompleted {
 				break
+			}
+			if time.Now().After(deadline) {
+				b.Fatalf("job %s not completed after %v: %+v", id, testwait.Timeout, j)
 			}
 			time.Sleep(time.Millisecond)
 		}
@@ -763,23 +780,23 @@ func TestRecoveryOfStoredStates(t *testing.T) {
 	past := time.Now().UTC().Add(-2 * time.Hour).Truncate(time.Microsecond)
 	cancelled := methodJob("cancelled", "IS_DEFINED(deviceId)")
 	cancelled.CreatedTime, cancelled.StartTime, cancelled.EndTime = past, past, past
-	cancelled.Status, cancelled.MaxExecutionTimeInSeconds = store.JobCancelled, 3600
-	cancelled.DeviceJobStatistics = store.JobStatistics{DeviceCount: 2, RunningCount: 1, FailedCount: 1}
+	cancelled.Status, cancelled.MaxExecutionTimeInSeconds = iothub.JobCancelled, 3600
+	cancelled.DeviceJobStatistics = iothub.JobStatistics{DeviceCount: 2, RunningCount: 1, FailedCount: 1}
 	expired := methodJob("expired", "IS_DEFINED(deviceId)")
 	expired.CreatedTime, expired.StartTime = past, past
-	expired.Status, expired.MaxExecutionTimeInSeconds = store.JobRunning, 60
-	expired.DeviceJobStatistics = store.JobStatistics{DeviceCount: 2, SucceededCount: 1, PendingCount: 1}
-	for _, j := range []store.Job{cancelled, expired} {
+	expired.Status, expired.MaxExecutionTimeInSeconds = iothub.JobRunning, 60
+	expired.DeviceJobStatistics = iothub.JobStatistics{DeviceCount: 2, SucceededCount: 1, PendingCount: 1}
+	for _, j := range []iothub.JobResponse{cancelled, expired} {
 		if err := st.CreateJob(j); err != nil {
 			t.Fatal(err)
 		}
 	}
-	row := func(job, dev, status string) store.DeviceJob {
-		return store.DeviceJob{JobID: job, DeviceID: dev, JobType: store.JobTypeDeviceMethod, Status: status}
+	row := func(job, dev, status string) iothub.DeviceJob {
+		return iothub.DeviceJob{JobID: job, DeviceID: dev, JobType: iothub.JobTypeDeviceMethod, Status: status}
 	}
-	if err := st.WriteJob(nil, []store.DeviceJob{
-		row("cancelled", "d000", store.RowRunning), row("cancelled", "d001", store.RowCanceled),
-		row("expired", "d000", store.RowCompleted), row("expired", "d001", store.RowPending),
+	if err := st.WriteJob(nil, []iothub.DeviceJob{
+		row("cancelled", "d000", iothub.RowRunning), row("cancelled", "d001", iothub.RowCanceled),
+		row("expired", "d000", iothub.RowCompleted), row("expired", "d001", iothub.RowPending),
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -788,22 +805,22 @@ func TestRecoveryOfStoredStates(t *testing.T) {
 	})
 	e := startEngine(t, Config{Store: st, Devices: dev})
 	j := waitJob(t, e.Engine, "expired", "expiry", finished)
-	if j.Status != store.JobFailed || j.DeviceJobStatistics != (store.JobStatistics{DeviceCount: 2, SucceededCount: 1, FailedCount: 1}) {
+	if j.Status != iothub.JobFailed || j.DeviceJobStatistics != (iothub.JobStatistics{DeviceCount: 2, SucceededCount: 1, FailedCount: 1}) {
 		t.Errorf("expired job = %+v", j)
 	}
 	j, err := e.Get(t.Context(), "cancelled")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if j.Status != store.JobCancelled || j.DeviceJobStatistics != (store.JobStatistics{DeviceCount: 2, FailedCount: 2}) {
+	if j.Status != iothub.JobCancelled || j.DeviceJobStatistics != (iothub.JobStatistics{DeviceCount: 2, FailedCount: 2}) {
 		t.Errorf("cancelled job = %+v", j)
 	}
 	rows, _ := st.JobRows("cancelled")
-	if r := rows[0]; r.Status != store.RowFailed || r.Error == nil || r.Error.Code != "503001" {
+	if r := rows[0]; r.Status != iothub.RowFailed || r.Error == nil || r.Error.Code != "503001" {
 		t.Errorf("in-flight row = %+v", r)
 	}
 	rows, _ = st.JobRows("expired")
-	if r := rows[1]; r.Status != store.RowCanceled {
+	if r := rows[1]; r.Status != iothub.RowCanceled {
 		t.Errorf("pending row of the expired job = %+v", r)
 	}
 	if n := len(dev.callCount()); n != 0 {

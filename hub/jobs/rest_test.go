@@ -11,7 +11,9 @@ import (
 	"time"
 
 	"github.com/dmctl/dmctl/hub/api"
+	"github.com/dmctl/dmctl/hub/hubapi"
 	"github.com/dmctl/dmctl/hub/store"
+	"github.com/dmctl/dmctl/internal/iothub"
 	"github.com/dmctl/dmctl/sas"
 	"github.com/rs/zerolog"
 )
@@ -25,7 +27,7 @@ type restEnv struct {
 	eng *engine
 }
 
-func newRESTEnv(t *testing.T, dev api.Devices) *restEnv {
+func newRESTEnv(t *testing.T, dev hubapi.Devices) *restEnv {
 	t.Helper()
 	st := newStore(t)
 	eng := startEngine(t, Config{Store: st, Devices: dev})
@@ -117,7 +119,7 @@ func decode[T any](t *testing.T, r resp) T {
 func TestRESTJobsLikeTheNodeJobClient(t *testing.T) {
 	dev := newFake(func(ctx context.Context, id, method string, payload []byte) (int, []byte, error) {
 		if id == "d001" {
-			return 0, nil, api.ErrDeviceNotOnline
+			return 0, nil, hubapi.ErrDeviceNotOnline
 		}
 		return 200, []byte(`{"ok":1}`), nil
 	})
@@ -145,16 +147,16 @@ func TestRESTJobsLikeTheNodeJobClient(t *testing.T) {
 	wantError(t, e.do("PUT", "/jobs/v2/job1", "iothubowner", body), 409, "JobAlreadyExists")
 
 	// JobClient.getJob polls until the job is done.
-	var j store.Job
+	var j iothub.JobResponse
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		j = decode[store.Job](t, e.do("GET", "/jobs/v2/job1?api-version=2021-04-12", "iothubowner", ""))
-		if j.Status == store.JobCompleted || time.Now().After(deadline) {
+		j = decode[iothub.JobResponse](t, e.do("GET", "/jobs/v2/job1?api-version=2021-04-12", "iothubowner", ""))
+		if j.Status == iothub.JobCompleted || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	if j.Status != store.JobCompleted || j.DeviceJobStatistics != (store.JobStatistics{DeviceCount: 2, SucceededCount: 1, FailedCount: 1}) {
+	if j.Status != iothub.JobCompleted || j.DeviceJobStatistics != (iothub.JobStatistics{DeviceCount: 2, SucceededCount: 1, FailedCount: 1}) {
 		t.Fatalf("job = %+v", j)
 	}
 	wantError(t, e.do("GET", "/jobs/v2/nope", "iothubowner", ""), 404, "JobNotFound")
@@ -205,7 +207,7 @@ func TestRESTTwinJobCancelAndList(t *testing.T) {
 	twinBody := `{"jobId":"twin1","type":"scheduleUpdateTwin","updateTwin":{"etag":"*","tags":{"fw":"2"},"properties":{"desired":{"interval":10}}},"startTime":"` +
 		time.Now().UTC().Format(time.RFC3339) + `","maxExecutionTimeInSeconds":60,"queryCondition":"tags.site = 'lab'"}`
 	// Twin jobs are allowed with RegistryWrite alone; method jobs are not.
-	created := decode[store.Job](t, e.do("PUT", "/jobs/v2/twin1", "registryReadWrite", twinBody))
+	created := decode[iothub.JobResponse](t, e.do("PUT", "/jobs/v2/twin1", "registryReadWrite", twinBody))
 	if created.UpdateTwin == nil || created.UpdateTwin.Tags["fw"] != "2" || created.MaxExecutionTimeInSeconds != 60 {
 		t.Errorf("created = %+v", created)
 	}
@@ -213,30 +215,30 @@ func TestRESTTwinJobCancelAndList(t *testing.T) {
 	wantError(t, e.do("PUT", "/jobs/v2/m1", "registryReadWrite", methodBody), 401, "IotHubUnauthorizedAccess")
 	wantError(t, e.do("PUT", "/jobs/v2/m1", "registryRead", methodBody), 401, "IotHubUnauthorizedAccess")
 	wantError(t, e.do("PUT", "/jobs/v2/m1", "device", methodBody), 401, "IotHubUnauthorizedAccess")
-	m1 := decode[store.Job](t, e.do("PUT", "/jobs/v2/m1", "service", methodBody))
-	if m1.Status != store.JobScheduled || m1.StartTime.Year() != 2099 {
+	m1 := decode[iothub.JobResponse](t, e.do("PUT", "/jobs/v2/m1", "service", methodBody))
+	if m1.Status != iothub.JobScheduled || m1.StartTime.Year() != 2099 {
 		t.Errorf("scheduled job = %+v", m1)
 	}
 	// The Node SDK allows a numeric jobId.
-	decode[store.Job](t, e.do("PUT", "/jobs/v2/42", "service", strings.Replace(methodBody, `"m1"`, `42`, 1)))
+	decode[iothub.JobResponse](t, e.do("PUT", "/jobs/v2/42", "service", strings.Replace(methodBody, `"m1"`, `42`, 1)))
 	wantError(t, e.do("PUT", "/jobs/v2/other", "service", methodBody), 400, "ArgumentInvalid")
 	wantError(t, e.do("PUT", "/jobs/v2/bad", "service", strings.Replace(methodBody, `"jobId":"m1",`, ``, 1)[:40]), 400, "IotHubFormatError")
 	wantError(t, e.do("PUT", "/jobs/v2/bad", "service", strings.Replace(strings.Replace(methodBody, "m1", "bad", 1), "deviceId = 'd000'", "deviceId =", 1)), 400, "ArgumentInvalid")
 	wantError(t, e.do("PUT", "/jobs/v2/bad_id", "service", strings.Replace(methodBody, `"jobId":"m1",`, ``, 1)), 400, "ArgumentInvalid")
 
 	// Reading needs any of RegistryRead, RegistryWrite, ServiceConnect.
-	decode[store.Job](t, e.do("GET", "/jobs/v2/m1", "registryRead", ""))
+	decode[iothub.JobResponse](t, e.do("GET", "/jobs/v2/m1", "registryRead", ""))
 	wantError(t, e.do("GET", "/jobs/v2/m1", "device", ""), 401, "IotHubUnauthorizedAccess")
 	wantError(t, e.do("POST", "/jobs/v2/m1/cancel", "registryRead", ""), 401, "IotHubUnauthorizedAccess")
 
-	cancelled := decode[store.Job](t, e.do("POST", "/jobs/v2/m1/cancel?api-version=2021-04-12", "service", ""))
-	if cancelled.Status != store.JobCancelled {
+	cancelled := decode[iothub.JobResponse](t, e.do("POST", "/jobs/v2/m1/cancel?api-version=2021-04-12", "service", ""))
+	if cancelled.Status != iothub.JobCancelled {
 		t.Errorf("cancelled = %+v", cancelled)
 	}
 	wantError(t, e.do("POST", "/jobs/v2/nope/cancel", "service", ""), 404, "JobNotFound")
 
 	j := waitJob(t, e.eng.Engine, "twin1", "completion", finished)
-	if j.DeviceJobStatistics != (store.JobStatistics{DeviceCount: 2, SucceededCount: 2}) {
+	if j.DeviceJobStatistics != (iothub.JobStatistics{DeviceCount: 2, SucceededCount: 2}) {
 		t.Errorf("twin job = %+v", j)
 	}
 	tw, err := e.st.Twin("d001")
@@ -249,25 +251,25 @@ func TestRESTTwinJobCancelAndList(t *testing.T) {
 
 	// Listing, with the headers JobClient.createQuery sends.
 	r := e.do("GET", "/jobs/v2/query?api-version=2021-04-12&jobType=scheduleDeviceMethod", "registryRead", "", "x-ms-max-item-count", "1")
-	page := decode[[]store.Job](t, r)
+	page := decode[[]iothub.JobResponse](t, r)
 	if len(page) != 1 || page[0].JobID != "m1" || r.header.Get("x-ms-item-type") != "jobResponse" || r.header.Get("x-ms-continuation") == "" {
 		t.Fatalf("page 1: %s %v", r.body, r.header)
 	}
 	r = e.do("GET", "/jobs/v2/query?api-version=2021-04-12&jobType=scheduleDeviceMethod", "registryRead", "",
 		"x-ms-max-item-count", "1", "x-ms-continuation", r.header.Get("x-ms-continuation"))
-	page = decode[[]store.Job](t, r)
+	page = decode[[]iothub.JobResponse](t, r)
 	if len(page) != 1 || page[0].JobID != "42" || r.header.Get("x-ms-continuation") != "" {
 		t.Fatalf("page 2: %s %v", r.body, r.header)
 	}
-	page = decode[[]store.Job](t, e.do("GET", "/jobs/v2/query?jobStatus=cancelled", "iothubowner", ""))
+	page = decode[[]iothub.JobResponse](t, e.do("GET", "/jobs/v2/query?jobStatus=cancelled", "iothubowner", ""))
 	if len(page) != 1 || page[0].JobID != "m1" {
 		t.Errorf("cancelled jobs = %+v", page)
 	}
-	page = decode[[]store.Job](t, e.do("GET", "/jobs/v2/query?jobStatus=finished&jobType=scheduleUpdateTwin", "iothubowner", ""))
+	page = decode[[]iothub.JobResponse](t, e.do("GET", "/jobs/v2/query?jobStatus=finished&jobType=scheduleUpdateTwin", "iothubowner", ""))
 	if len(page) != 1 || page[0].JobID != "twin1" {
 		t.Errorf("finished twin jobs = %+v", page)
 	}
-	if all := decode[[]store.Job](t, e.do("GET", "/jobs/v2/query", "iothubowner", "")); len(all) != 3 {
+	if all := decode[[]iothub.JobResponse](t, e.do("GET", "/jobs/v2/query", "iothubowner", "")); len(all) != 3 {
 		t.Errorf("%d jobs", len(all))
 	}
 	wantError(t, e.do("GET", "/jobs/v2/query?jobType=firmware", "iothubowner", ""), 400, "ArgumentInvalid")

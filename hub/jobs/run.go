@@ -9,7 +9,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/dmctl/dmctl/hub/api"
+	"github.com/dmctl/dmctl/hub/hubapi"
 	"github.com/dmctl/dmctl/hub/store"
 	"github.com/dmctl/dmctl/internal/iothub"
 )
@@ -37,8 +37,8 @@ type run struct {
 
 	mu    sync.Mutex
 	stop  stopCause
-	queue []store.DeviceJob // rows to run, in deviceId order
-	next  int               // queue[next:] have not been handed to a worker
+	queue []iothub.DeviceJob // rows to run, in deviceId order
+	next  int                // queue[next:] have not been handed to a worker
 }
 
 func (r *run) requestCancel() { r.cancelOnce.Do(func() { close(r.cancelCh) }) }
@@ -46,10 +46,10 @@ func (r *run) settle()        { r.settleOnce.Do(func() { close(r.settled) }) }
 
 // runJob waits for the job's start time, creates its rows if needed and
 // executes them.
-func (e *Engine) runJob(ctx context.Context, r *run, j store.Job) {
-	var rows []store.DeviceJob
+func (e *Engine) runJob(ctx context.Context, r *run, j iothub.JobResponse) {
+	var rows []iothub.DeviceJob
 	var err error
-	if j.Status == store.JobQueued || j.Status == store.JobScheduled {
+	if j.Status == iothub.JobQueued || j.Status == iothub.JobScheduled {
 		if d := j.StartTime.Sub(e.now()); d > 0 {
 			c, stop := e.timer(d)
 			select {
@@ -84,8 +84,8 @@ func (e *Engine) runJob(ctx context.Context, r *run, j store.Job) {
 }
 
 // cancelUnstarted records the cancellation of a job that has no rows yet.
-func (e *Engine) cancelUnstarted(j store.Job) {
-	j.Status, j.EndTime = store.JobCancelled, e.now().UTC()
+func (e *Engine) cancelUnstarted(j iothub.JobResponse) {
+	j.Status, j.EndTime = iothub.JobCancelled, e.now().UTC()
 	if err := e.store.WriteJob(&j, nil); err != nil {
 		e.log.Error().Err(err).Str("job", j.JobID).Msg("cannot record job cancellation")
 		return
@@ -95,10 +95,10 @@ func (e *Engine) cancelUnstarted(j store.Job) {
 
 // begin evaluates the query condition over the twins and stores one pending
 // row per matching device together with the job's running status.
-func (e *Engine) begin(j store.Job) (store.Job, []store.DeviceJob, error) {
+func (e *Engine) begin(j iothub.JobResponse) (iothub.JobResponse, []iothub.DeviceJob, error) {
 	q, err := ParseCondition(j.QueryCondition)
 	if err != nil {
-		j.Status, j.EndTime, j.FailureReason = store.JobFailed, e.now().UTC(), err.Error()
+		j.Status, j.EndTime, j.FailureReason = iothub.JobFailed, e.now().UTC(), err.Error()
 		return j, nil, errors.Join(err, e.store.WriteJob(&j, nil))
 	}
 	var ids []string
@@ -121,14 +121,14 @@ func (e *Engine) begin(j store.Job) (store.Job, []store.DeviceJob, error) {
 		return j, nil, err
 	}
 	now := e.now().UTC()
-	rows := make([]store.DeviceJob, len(ids))
+	rows := make([]iothub.DeviceJob, len(ids))
 	for i, id := range ids {
-		rows[i] = store.DeviceJob{DeviceID: id, JobID: j.JobID, JobType: j.Type, Status: store.RowPending,
+		rows[i] = iothub.DeviceJob{DeviceID: id, JobID: j.JobID, JobType: j.Type, Status: iothub.RowPending,
 			CreatedDateTimeUtc: now, LastUpdatedDateTimeUtc: now}
 	}
-	j.Status = store.JobRunning
-	j.DeviceJobStatistics = store.JobStatistics{}
-	j.DeviceJobStatistics.Add(store.RowPending, len(rows))
+	j.Status = iothub.JobRunning
+	j.DeviceJobStatistics = iothub.JobStatistics{}
+	j.DeviceJobStatistics.Add(iothub.RowPending, len(rows))
 	if err := e.store.WriteJob(&j, rows); err != nil {
 		return j, nil, err
 	}
@@ -137,14 +137,14 @@ func (e *Engine) begin(j store.Job) (store.Job, []store.DeviceJob, error) {
 }
 
 // execute runs the pending rows of a running job and settles the job.
-func (e *Engine) execute(ctx context.Context, r *run, j store.Job, rows []store.DeviceJob) {
+func (e *Engine) execute(ctx context.Context, r *run, j iothub.JobResponse, rows []iothub.DeviceJob) {
 	w := newWriter(e, j, rows)
 	go w.loop()
 	defer w.close()
 
-	var queue []store.DeviceJob
+	var queue []iothub.DeviceJob
 	for _, row := range rows {
-		if row.Status == store.RowPending || row.Status == store.RowScheduled {
+		if row.Status == iothub.RowPending || row.Status == iothub.RowScheduled {
 			queue = append(queue, row)
 		}
 	}
@@ -160,6 +160,9 @@ func (e *Engine) execute(ctx context.Context, r *run, j store.Job, rows []store.
 		_ = e.stopRows(r, w, stopExpired, nil)
 		workers = 0
 	}
+	// The deadline runs from before the first call.
+	expired, stopTimer := e.timer(max(deadline(j).Sub(e.now()), 0))
+	defer stopTimer()
 	var wg sync.WaitGroup
 	for range workers {
 		wg.Add(1)
@@ -174,8 +177,6 @@ func (e *Engine) execute(ctx context.Context, r *run, j store.Job, rows []store.
 		close(workersDone)
 	}()
 
-	expired, stopTimer := e.timer(max(deadline(j).Sub(e.now()), 0))
-	defer stopTimer()
 	cancelCh := r.cancelCh
 	for done := false; !done; {
 		select {
@@ -184,8 +185,8 @@ func (e *Engine) execute(ctx context.Context, r *run, j store.Job, rows []store.
 		case <-cancelCh:
 			cancelCh, expired = nil, nil
 			now := e.now().UTC()
-			err := e.stopRows(r, w, stopCancelled, func(j *store.Job) {
-				j.Status, j.EndTime = store.JobCancelled, now
+			err := e.stopRows(r, w, stopCancelled, func(j *iothub.JobResponse) {
+				j.Status, j.EndTime = iothub.JobCancelled, now
 			})
 			if err == nil {
 				e.log.Info().Str("job", j.JobID).Msg("job cancelled")
@@ -210,13 +211,13 @@ func (e *Engine) execute(ctx context.Context, r *run, j store.Job, rows []store.
 	cause := r.stop
 	r.mu.Unlock()
 	now := e.now().UTC()
-	var final func(*store.Job)
+	var final func(*iothub.JobResponse)
 	switch cause {
 	case running:
-		final = func(j *store.Job) { j.Status, j.EndTime = store.JobCompleted, now }
+		final = func(j *iothub.JobResponse) { j.Status, j.EndTime = iothub.JobCompleted, now }
 	case stopExpired:
 		reason := fmt.Sprintf("the job did not finish within maxExecutionTimeInSeconds (%d)", j.MaxExecutionTimeInSeconds)
-		final = func(j *store.Job) { j.Status, j.EndTime, j.FailureReason = store.JobFailed, now, reason }
+		final = func(j *iothub.JobResponse) { j.Status, j.EndTime, j.FailureReason = iothub.JobFailed, now, reason }
 	}
 	if final != nil {
 		if err := <-w.submit(nil, final, true); err == nil {
@@ -227,7 +228,7 @@ func (e *Engine) execute(ctx context.Context, r *run, j store.Job, rows []store.
 
 // stopRows stops handing out rows and marks those not handed out canceled,
 // applying jobFn to the job in the same transaction.
-func (e *Engine) stopRows(r *run, w *writer, cause stopCause, jobFn func(*store.Job)) error {
+func (e *Engine) stopRows(r *run, w *writer, cause stopCause, jobFn func(*iothub.JobResponse)) error {
 	now := e.now().UTC()
 	r.mu.Lock()
 	if r.stop == running {
@@ -235,9 +236,9 @@ func (e *Engine) stopRows(r *run, w *writer, cause stopCause, jobFn func(*store.
 	}
 	rest := r.queue[r.next:]
 	r.next = len(r.queue)
-	stopped := make([]store.DeviceJob, len(rest))
+	stopped := make([]iothub.DeviceJob, len(rest))
 	for i, row := range rest {
-		row.Status = store.RowCanceled
+		row.Status = iothub.RowCanceled
 		row.EndTimeUtc, row.LastUpdatedDateTimeUtc = now, now
 		stopped[i] = row
 	}
@@ -249,7 +250,7 @@ func (e *Engine) stopRows(r *run, w *writer, cause stopCause, jobFn func(*store.
 }
 
 // worker takes rows from the run's queue and executes them one at a time.
-func (e *Engine) worker(ctx context.Context, r *run, j store.Job, w *writer) {
+func (e *Engine) worker(ctx context.Context, r *run, j iothub.JobResponse, w *writer) {
 	for {
 		if !e.acquire(ctx) {
 			return
@@ -263,8 +264,8 @@ func (e *Engine) worker(ctx context.Context, r *run, j store.Job, w *writer) {
 		row := r.queue[r.next]
 		r.next++
 		now := e.now().UTC()
-		row.Status, row.StartTimeUtc, row.LastUpdatedDateTimeUtc = store.RowRunning, now, now
-		done := w.submit([]store.DeviceJob{row}, nil, true)
+		row.Status, row.StartTimeUtc, row.LastUpdatedDateTimeUtc = iothub.RowRunning, now, now
+		done := w.submit([]iothub.DeviceJob{row}, nil, true)
 		r.mu.Unlock()
 		if err := <-done; err != nil {
 			// Not durably running: the device must not be called.
@@ -276,37 +277,37 @@ func (e *Engine) worker(ctx context.Context, r *run, j store.Job, w *writer) {
 			// called, so the row goes back to pending (hub stopping) or is
 			// canceled (deadline).
 			row.StartTimeUtc, row.LastUpdatedDateTimeUtc = time.Time{}, e.now().UTC()
-			row.Status = store.RowPending
+			row.Status = iothub.RowPending
 			if errors.Is(context.Cause(ctx), errExpired) {
-				row.Status, row.EndTimeUtc = store.RowCanceled, row.LastUpdatedDateTimeUtc
+				row.Status, row.EndTimeUtc = iothub.RowCanceled, row.LastUpdatedDateTimeUtc
 			}
-			w.submit([]store.DeviceJob{row}, nil, false)
+			w.submit([]iothub.DeviceJob{row}, nil, false)
 			e.release()
 			return
 		}
 		row = e.executeRow(ctx, j, row)
-		w.submit([]store.DeviceJob{row}, nil, false)
+		w.submit([]iothub.DeviceJob{row}, nil, false)
 		e.release()
 	}
 }
 
 // executeRow performs the job's action on one device and returns the
 // finished row.
-func (e *Engine) executeRow(ctx context.Context, j store.Job, row store.DeviceJob) store.DeviceJob {
+func (e *Engine) executeRow(ctx context.Context, j iothub.JobResponse, row iothub.DeviceJob) iothub.DeviceJob {
 	row = e.act(ctx, j, row)
 	now := e.now().UTC()
 	row.EndTimeUtc, row.LastUpdatedDateTimeUtc = now, now
 	return row
 }
 
-func (e *Engine) act(ctx context.Context, j store.Job, row store.DeviceJob) store.DeviceJob {
-	fail := func(c int, msg string) store.DeviceJob {
-		row.Status = store.RowFailed
-		row.Error = &store.DeviceJobError{Code: code(c), Description: msg}
+func (e *Engine) act(ctx context.Context, j iothub.JobResponse, row iothub.DeviceJob) iothub.DeviceJob {
+	fail := func(c int, msg string) iothub.DeviceJob {
+		row.Status = iothub.RowFailed
+		row.Error = &iothub.DeviceJobError{Code: code(c), Description: msg}
 		return row
 	}
 	switch j.Type {
-	case store.JobTypeDeviceMethod:
+	case iothub.JobTypeDeviceMethod:
 		m := j.CloudToDeviceMethod
 		if _, err := e.store.Device(row.DeviceID); errors.Is(err, store.ErrNotFound) {
 			return fail(iothub.CodeDeviceNotFound, "device "+row.DeviceID+" no longer exists")
@@ -322,37 +323,32 @@ func (e *Engine) act(ctx context.Context, j store.Job, row store.DeviceJob) stor
 			time.Duration(m.ConnectTimeoutInSeconds)*time.Second, time.Duration(m.ResponseTimeoutInSeconds)*time.Second)
 		switch {
 		case err == nil:
-			res := &store.DeviceMethodResponse{Status: status, Payload: json.RawMessage("null")}
+			res := &iothub.DeviceMethodResponse{Status: status, Payload: json.RawMessage("null")}
 			if b := bytes.TrimSpace(body); len(b) > 0 && json.Valid(b) {
 				res.Payload = append(json.RawMessage(nil), b...)
 			}
-			row.Status = store.RowCompleted
-			row.Outcome = &store.DeviceJobOutcome{DeviceMethodResponse: res}
+			row.Status = iothub.RowCompleted
+			row.Outcome = &iothub.DeviceJobOutcome{DeviceMethodResponse: res}
 			return row
 		case errors.Is(context.Cause(ctx), errExpired):
 			return fail(iothub.CodeGatewayTimeout, msgExpired)
 		case ctx.Err() != nil:
 			return fail(iothub.CodeServiceUnavailable, msgStopped)
-		case errors.Is(err, api.ErrDeviceNotOnline):
+		case errors.Is(err, hubapi.ErrDeviceNotOnline):
 			return fail(iothub.CodeDeviceNotOnline, msgOffline)
-		case errors.Is(err, api.ErrTimeout):
+		case errors.Is(err, hubapi.ErrTimeout):
 			return fail(iothub.CodeGatewayTimeout, msgTimeout)
 		default:
 			e.log.Error().Err(err).Str("job", j.JobID).Str("device", row.DeviceID).Msg("job direct method failed")
 			return fail(iothub.CodeServerError, "the direct method could not be delivered")
 		}
-	case store.JobTypeUpdateTwin:
-		lock := e.store.DesiredLock()
-		lock.Lock()
-		_, change, err := e.store.PatchTwin(row.DeviceID, twinPatch(j.UpdateTwin), "*")
-		if err == nil && change != nil && e.devices != nil {
-			e.devices.NotifyDesired(row.DeviceID, change.Version, change.Patch)
-		}
-		lock.Unlock()
+	case iothub.JobTypeUpdateTwin:
+		// The store tells the device of the desired change itself (OnDesired).
+		_, _, err := e.store.PatchTwin(row.DeviceID, twinPatch(j.UpdateTwin), "*")
 		var ve *store.ValidationError
 		switch {
 		case err == nil:
-			row.Status = store.RowCompleted
+			row.Status = iothub.RowCompleted
 			return row
 		case errors.Is(err, store.ErrNotFound):
 			return fail(iothub.CodeDeviceNotFound, "device "+row.DeviceID+" no longer exists")

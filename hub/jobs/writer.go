@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/dmctl/dmctl/hub/store"
+	"github.com/dmctl/dmctl/internal/iothub"
 )
 
 // writer is the single goroutine that writes one job's rows and status. It
@@ -23,16 +24,16 @@ type writer struct {
 	state map[string]string // deviceId -> row status as written
 
 	mu  sync.Mutex
-	job store.Job
+	job iothub.JobResponse
 }
 
 type wreq struct {
-	rows  []store.DeviceJob
-	jobFn func(*store.Job) // optional change to the job
-	done  chan error       // nil when nobody waits
+	rows  []iothub.DeviceJob
+	jobFn func(*iothub.JobResponse) // optional change to the job
+	done  chan error                // nil when nobody waits
 }
 
-func newWriter(e *Engine, j store.Job, rows []store.DeviceJob) *writer {
+func newWriter(e *Engine, j iothub.JobResponse, rows []iothub.DeviceJob) *writer {
 	w := &writer{
 		e:      e,
 		in:     make(chan wreq, 2*cap(e.sem)+16),
@@ -40,7 +41,7 @@ func newWriter(e *Engine, j store.Job, rows []store.DeviceJob) *writer {
 		state:  make(map[string]string, len(rows)),
 		job:    j,
 	}
-	var st store.JobStatistics
+	var st iothub.JobStatistics
 	for _, r := range rows {
 		w.state[r.DeviceID] = r.Status
 		st.Add(r.Status, 1)
@@ -51,7 +52,7 @@ func newWriter(e *Engine, j store.Job, rows []store.DeviceJob) *writer {
 
 // submit queues rows and a job change. With wait it returns a channel that
 // yields the outcome of the transaction that wrote them; without, nil.
-func (w *writer) submit(rows []store.DeviceJob, jobFn func(*store.Job), wait bool) <-chan error {
+func (w *writer) submit(rows []iothub.DeviceJob, jobFn func(*iothub.JobResponse), wait bool) <-chan error {
 	r := wreq{rows: rows, jobFn: jobFn}
 	if wait {
 		r.done = make(chan error, 1)
@@ -149,7 +150,7 @@ func (w *writer) commit(batch []wreq) error {
 	j := w.job
 	st := j.DeviceJobStatistics
 	index := map[string]int{}
-	var rows []store.DeviceJob
+	var rows []iothub.DeviceJob
 	for _, r := range batch {
 		for _, row := range r.rows {
 			if old, ok := w.state[row.DeviceID]; ok {

@@ -12,71 +12,11 @@ import (
 	"github.com/dmctl/dmctl/internal/iothub"
 )
 
-func testJob(id string, created time.Time) Job {
-	return Job{
+func testJob(id string, created time.Time) iothub.JobResponse {
+	return iothub.JobResponse{
 		JobID: id, QueryCondition: "deviceId = 'd1'", CreatedTime: created, StartTime: created,
-		MaxExecutionTimeInSeconds: 3600, Type: JobTypeDeviceMethod, Status: JobQueued,
-		CloudToDeviceMethod: &JobMethod{MethodName: "reboot", Payload: json.RawMessage(`{"a":1}`), ResponseTimeoutInSeconds: 30},
-	}
-}
-
-func TestJobJSONShape(t *testing.T) {
-	at := time.Date(2026, 1, 2, 3, 4, 5, 123456700, time.UTC)
-	j := testJob("j1", at)
-	j.DeviceJobStatistics = JobStatistics{DeviceCount: 2, SucceededCount: 1, PendingCount: 1}
-	b, err := json.Marshal(j)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := `{"jobId":"j1","queryCondition":"deviceId = 'd1'","createdTime":"2026-01-02T03:04:05.1234567Z","startTime":"2026-01-02T03:04:05.1234567Z",` +
-		`"endTime":"0001-01-01T00:00:00Z","maxExecutionTimeInSeconds":3600,"type":"scheduleDeviceMethod",` +
-		`"cloudToDeviceMethod":{"methodName":"reboot","payload":{"a":1},"responseTimeoutInSeconds":30,"connectTimeoutInSeconds":0},` +
-		`"status":"queued","deviceJobStatistics":{"deviceCount":2,"failedCount":0,"succeededCount":1,"runningCount":0,"pendingCount":1}}`
-	if string(b) != want {
-		t.Errorf("job JSON\n got %s\nwant %s", b, want)
-	}
-	var back Job
-	if err := json.Unmarshal(b, &back); err != nil {
-		t.Fatal(err)
-	}
-	if !back.CreatedTime.Equal(at) || !back.EndTime.IsZero() || back.CloudToDeviceMethod.MethodName != "reboot" {
-		t.Errorf("round trip = %+v", back)
-	}
-
-	row := DeviceJob{DeviceID: "d1", JobID: "j1", JobType: JobTypeDeviceMethod, Status: RowFailed, CreatedDateTimeUtc: at,
-		Error: &DeviceJobError{Code: "404103", Description: "offline"}}
-	b, err = json.Marshal(row)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want = `{"deviceId":"d1","jobId":"j1","jobType":"scheduleDeviceMethod","status":"failed","startTimeUtc":"0001-01-01T00:00:00Z",` +
-		`"endTimeUtc":"0001-01-01T00:00:00Z","createdDateTimeUtc":"2026-01-02T03:04:05.1234567Z","lastUpdatedDateTimeUtc":"0001-01-01T00:00:00Z",` +
-		`"outcome":null,"error":{"code":"404103","description":"offline"}}`
-	if string(b) != want {
-		t.Errorf("row JSON\n got %s\nwant %s", b, want)
-	}
-	row.Error = nil
-	row.Outcome = &DeviceJobOutcome{DeviceMethodResponse: &DeviceMethodResponse{Status: 500, Payload: json.RawMessage(`"x"`)}}
-	b, _ = json.Marshal(row)
-	if !strings.Contains(string(b), `"outcome":{"deviceMethodResponse":{"status":500,"payload":"x"}}`) || strings.Contains(string(b), `"error"`) {
-		t.Errorf("row JSON = %s", b)
-	}
-}
-
-func TestParseTime(t *testing.T) {
-	for in, want := range map[string]time.Time{
-		"":                          {},
-		"0001-01-01T00:00:00Z":      {},
-		"2030-01-01T00:00:00.000Z":  time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC),
-		"2030-01-01T02:00:00+02:00": time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC),
-	} {
-		got, err := ParseTime(in)
-		if err != nil || !got.Equal(want) {
-			t.Errorf("ParseTime(%q) = %v, %v", in, got, err)
-		}
-	}
-	if _, err := ParseTime("tomorrow"); err == nil {
-		t.Error("ParseTime accepted garbage")
+		MaxExecutionTimeInSeconds: 3600, Type: iothub.JobTypeDeviceMethod, Status: iothub.JobQueued,
+		CloudToDeviceMethod: &iothub.JobMethod{MethodName: "reboot", Payload: json.RawMessage(`{"a":1}`), ResponseTimeoutInSeconds: 30},
 	}
 }
 
@@ -90,7 +30,7 @@ func TestJobsPersist(t *testing.T) {
 		t.Fatalf("Jobs on a new store = %v, %v", jobs, err)
 	}
 	if _, err := s.Job("x"); !errors.Is(err, ErrJobNotFound) {
-		t.Errorf("Job(x): %v", err)
+		t.Errorf("iothub.JobResponse(x): %v", err)
 	}
 	if rows, err := s.JobRows("x"); err != nil || len(rows) != 0 {
 		t.Errorf("JobRows(x) = %v, %v", rows, err)
@@ -105,17 +45,17 @@ func TestJobsPersist(t *testing.T) {
 	if err := s.CreateJob(testJob("a", t0)); !errors.Is(err, ErrJobExists) {
 		t.Errorf("duplicate: %v", err)
 	}
-	var rows []DeviceJob
+	var rows []iothub.DeviceJob
 	for i := range 1100 {
-		rows = append(rows, DeviceJob{DeviceID: fmt.Sprintf("d%04d", i), JobID: "a", JobType: JobTypeDeviceMethod, Status: RowPending})
+		rows = append(rows, iothub.DeviceJob{DeviceID: fmt.Sprintf("d%04d", i), JobID: "a", JobType: iothub.JobTypeDeviceMethod, Status: iothub.RowPending})
 	}
 	j := testJob("a", t0.Add(time.Minute))
-	j.Status = JobRunning
-	j.DeviceJobStatistics.Add(RowPending, len(rows))
+	j.Status = iothub.JobRunning
+	j.DeviceJobStatistics.Add(iothub.RowPending, len(rows))
 	if err := s.WriteJob(&j, rows); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.WriteJob(nil, []DeviceJob{{DeviceID: "d0001", JobID: "b", Status: RowCompleted}}); err != nil {
+	if err := s.WriteJob(nil, []iothub.DeviceJob{{DeviceID: "d0001", JobID: "b", Status: iothub.RowCompleted}}); err != nil {
 		t.Fatal(err)
 	}
 	ghost := testJob("ghost", t0)
@@ -146,7 +86,7 @@ func TestJobsPersist(t *testing.T) {
 		t.Errorf("jobs order = %v", ids)
 	}
 	got, err := s.Job("a")
-	if err != nil || got.Status != JobRunning || got.DeviceJobStatistics.PendingCount != 1100 {
+	if err != nil || got.Status != iothub.JobRunning || got.DeviceJobStatistics.PendingCount != 1100 {
 		t.Errorf("job a = %+v, %v", got, err)
 	}
 	ar, err := s.JobRows("a")
@@ -154,7 +94,7 @@ func TestJobsPersist(t *testing.T) {
 		t.Fatalf("rows of a: %d, %v", len(ar), err)
 	}
 	var all []string
-	if err := s.ForEachJobRow(func(r DeviceJob) bool {
+	if err := s.ForEachJobRow(func(r iothub.DeviceJob) bool {
 		all = append(all, r.JobID+"/"+r.DeviceID)
 		return true
 	}); err != nil {
@@ -164,7 +104,7 @@ func TestJobsPersist(t *testing.T) {
 		t.Errorf("ForEachJobRow: %d rows, first %v last %v", len(all), all[0], all[len(all)-1])
 	}
 	n := 0
-	_ = s.ForEachJobRow(func(DeviceJob) bool { n++; return n < 600 })
+	_ = s.ForEachJobRow(func(iothub.DeviceJob) bool { n++; return n < 600 })
 	if n != 600 {
 		t.Errorf("ForEachJobRow did not stop: %d", n)
 	}

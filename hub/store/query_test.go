@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/dmctl/dmctl/hub/internal/testwait"
+
 	"github.com/dmctl/dmctl/internal/iothub"
 )
 
@@ -192,7 +194,7 @@ func TestTwinDocsConcurrent(t *testing.T) {
 			}
 		}()
 	}
-	wg.Wait()
+	testwait.Group(t, &wg, "the concurrent queries")
 	close(errs)
 	for err := range errs {
 		t.Error(err)

@@ -19,8 +19,6 @@ package store
 
 import (
 	"bytes"
-	"crypto/rand"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -29,7 +27,6 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -60,59 +57,6 @@ func invalid(format string, args ...any) error {
 	return &ValidationError{Code: iothub.CodeArgumentInvalid, Msg: fmt.Sprintf(format, args...)}
 }
 
-// Rights is a set of shared access policy permissions.
-type Rights uint8
-
-// Permissions of a shared access policy.
-const (
-	RegistryRead Rights = 1 << iota
-	RegistryWrite
-	ServiceConnect
-	DeviceConnect
-)
-
-// Has reports whether r includes every right in want.
-func (r Rights) Has(want Rights) bool { return r&want == want }
-
-// Any reports whether r includes at least one right in want.
-func (r Rights) Any(want Rights) bool { return r&want != 0 }
-
-func (r Rights) String() string {
-	var parts []string
-	for _, x := range []struct {
-		r    Rights
-		name string
-	}{{RegistryRead, "RegistryRead"}, {RegistryWrite, "RegistryWrite"}, {ServiceConnect, "ServiceConnect"}, {DeviceConnect, "DeviceConnect"}} {
-		if r&x.r != 0 {
-			parts = append(parts, x.name)
-		}
-	}
-	if len(parts) == 0 {
-		return "none"
-	}
-	return strings.Join(parts, "|")
-}
-
-// Policy is a shared access policy: a named pair of keys with rights.
-type Policy struct {
-	Name         string `json:"name"`
-	PrimaryKey   string `json:"primaryKey"`
-	SecondaryKey string `json:"secondaryKey"`
-	Rights       Rights `json:"rights"`
-}
-
-// defaultPolicies are created with fresh random keys when a store is first opened.
-var defaultPolicies = []struct {
-	Name   string
-	Rights Rights
-}{
-	{"iothubowner", RegistryRead | RegistryWrite | ServiceConnect | DeviceConnect},
-	{"service", ServiceConnect},
-	{"device", DeviceConnect},
-	{"registryRead", RegistryRead},
-	{"registryReadWrite", RegistryRead | RegistryWrite},
-}
-
 var (
 	bucketPolicies = []byte("policies")
 	bucketDevices  = []byte("devices")
@@ -140,15 +84,40 @@ type Store struct {
 	tmu     sync.Mutex
 	touched map[string]time.Time // activity not yet written to disk
 
-	dmu sync.Mutex // see DesiredLock
+	// dmu is held by every desired-properties write from before it commits
+	// until onDesired has returned, so that each device is told of its
+	// patches in $version order.
+	dmu       sync.Mutex
+	onDesired DesiredFunc // guarded by dmu
 }
 
-// DesiredLock returns the lock that keeps desired-property writes and the
-// device notifications that follow them in $version order. Every writer
-// that patches desired properties and then notifies the device (the REST
-// API, the jobs engine) holds it from the write until the notification has
-// been handed to the broker, so that devices see patches in order.
-func (s *Store) DesiredLock() sync.Locker { return &s.dmu }
+// DesiredFunc is told of a desired-properties change of a device: patch is
+// the body for $iothub/twin/PATCH/properties/desired/?$version=version.
+// It runs while the store holds its desired-write lock, so it must not write
+// desired properties itself, and it should not block for long.
+type DesiredFunc func(deviceID string, version int64, patch []byte)
+
+// OnDesired registers fn as the one subscriber to desired-property changes
+// (the broker, which pushes them to connected devices); nil removes it.
+// PatchTwin and ReplaceTwin call it after each write that changed desired
+// properties, in $version order for every device.
+func (s *Store) OnDesired(fn DesiredFunc) {
+	s.dmu.Lock()
+	s.onDesired = fn
+	s.dmu.Unlock()
+}
+
+// writeDesired runs a twin write under the desired-write lock and tells the
+// subscriber of the change it made, if any.
+func (s *Store) writeDesired(id string, write func() (iothub.Twin, *DesiredChange, error)) (iothub.Twin, *DesiredChange, error) {
+	s.dmu.Lock()
+	defer s.dmu.Unlock()
+	t, change, err := write()
+	if err == nil && change != nil && s.onDesired != nil {
+		s.onDesired(id, change.Version, change.Patch)
+	}
+	return t, change, err
+}
 
 // entry is the published, immutable view of one device.
 type entry struct {
@@ -349,34 +318,6 @@ func (s *Store) flushTouched() error {
 	}
 	s.tmu.Unlock()
 	return nil
-}
-
-// Policy returns the named shared access policy (ErrPolicyNotFound).
-func (s *Store) Policy(name string) (Policy, error) {
-	p, ok := s.policies[name]
-	if !ok {
-		return Policy{}, fmt.Errorf("%w: %q", ErrPolicyNotFound, name)
-	}
-	return p, nil
-}
-
-// Policies returns every shared access policy, sorted by name.
-func (s *Store) Policies() ([]Policy, error) {
-	out := make([]Policy, 0, len(s.policies))
-	for _, p := range s.policies {
-		out = append(out, p)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return out, nil
-}
-
-// newKey returns 32 random bytes in standard base64.
-func newKey() string {
-	var b [32]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		panic("store: crypto/rand failed: " + err.Error())
-	}
-	return base64.StdEncoding.EncodeToString(b[:])
 }
 
 // get returns the published entry for id.

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dmctl/dmctl/hub/internal/testwait"
+
 	"github.com/dmctl/dmctl/internal/iothub"
 	"go.uber.org/goleak"
 )
@@ -766,7 +768,7 @@ func TestConcurrentWriters(t *testing.T) {
 			_, _ = s.Devices(0)
 		}
 	})
-	wg.Wait()
+	testwait.Group(t, &wg, "the concurrent store users")
 	close(errs)
 	for err := range errs {
 		t.Error(err)
@@ -831,5 +833,61 @@ func TestFlushActivity(t *testing.T) {
 	defer s2.Close()
 	if d2, _ := s2.Device("d"); d2.LastActivityTime != d.LastActivityTime {
 		t.Errorf("flushed lastActivityTime lost in a crash: %s, want %s", d2.LastActivityTime, d.LastActivityTime)
+	}
+}
+
+// TestOnDesiredOrder checks that the subscriber sees every desired change
+// of a device, in $version order, however many writers race, and only
+// changes of the desired properties.
+func TestOnDesiredOrder(t *testing.T) {
+	s, _ := newStore(t)
+	mustCreate(t, s, "d")
+	var mu sync.Mutex
+	var got []int64
+	s.OnDesired(func(id string, version int64, patch []byte) {
+		mu.Lock()
+		defer mu.Unlock()
+		if id != "d" || !strings.Contains(string(patch), fmt.Sprintf(`"$version":%d`, version)) {
+			t.Errorf("notified %q version %d patch %s", id, version, patch)
+		}
+		got = append(got, version)
+	})
+	const writers, each = 4, 25
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				d := iothub.TwinProperties{Desired: map[string]any{"w": w, "i": i}}
+				var err error
+				if i%2 == 0 {
+					_, _, err = s.PatchTwin("d", iothub.Twin{Properties: d}, "*")
+				} else {
+					_, _, err = s.ReplaceTwin("d", iothub.Twin{Properties: d}, "*")
+				}
+				if err != nil {
+					t.Error(err)
+				}
+			}
+		}()
+	}
+	testwait.Group(t, &wg, "the concurrent writers")
+	if _, _, err := s.PatchTwin("d", iothub.Twin{Tags: map[string]any{"only": "tags"}}, "*"); err != nil {
+		t.Fatal(err)
+	}
+	s.OnDesired(nil)
+	if _, _, err := s.PatchTwin("d", iothub.Twin{Properties: iothub.TwinProperties{Desired: map[string]any{"after": 1}}}, "*"); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) != writers*each {
+		t.Fatalf("%d notifications, want %d", len(got), writers*each)
+	}
+	for i, v := range got {
+		if v != int64(i+2) { // version 1 is the new twin's
+			t.Fatalf("notification %d has $version %d, want %d (order %v)", i, v, i+2, got)
+		}
 	}
 }

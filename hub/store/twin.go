@@ -1,345 +1,12 @@
 package store
 
 import (
-	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"maps"
-	"math"
-	"reflect"
-	"strconv"
-	"strings"
-	"time"
-	"unicode/utf8"
 
 	"github.com/dmctl/dmctl/internal/iothub"
 )
-
-// Twin document limits (protocol.md §4.8). Sizes are of the compact JSON of
-// a section without "$version" and "$metadata".
-const (
-	MaxTagsSize       = 8 * 1024
-	MaxPropertiesSize = 32 * 1024
-	MaxDepth          = 10
-	MaxKeyLength      = 1024
-	MaxStringLength   = 4 * 1024
-	MaxInteger        = 4503599627370495
-	MinInteger        = -4503599627370496
-	// MaxPatchSize bounds the raw reported patch accepted by PatchReported.
-	MaxPatchSize = 64 * 1024
-)
-
-// node is one value in a properties section together with its metadata.
-// Object nodes have a nil Val; leaves (scalars and arrays) have a non-nil
-// Val. Nodes are never modified once part of a published record.
-type node struct {
-	Kids map[string]*node `json:"k,omitempty"`
-	Val  any              `json:"v,omitempty"`
-	At   time.Time        `json:"t"`
-	Ver  int64            `json:"n,omitempty"` // $lastUpdatedVersion (desired only)
-}
-
-func (n *node) isObj() bool { return n.Val == nil }
-
-// build makes a node tree for v, dropping nulls inside objects.
-func build(v any, at time.Time, ver int64) *node {
-	m, ok := v.(map[string]any)
-	if !ok {
-		return &node{Val: v, At: at, Ver: ver}
-	}
-	n := &node{Kids: make(map[string]*node, len(m)), At: at, Ver: ver}
-	for k, cv := range m {
-		if cv != nil {
-			n.Kids[k] = build(cv, at, ver)
-		}
-	}
-	return n
-}
-
-// merge applies a JSON merge patch to the object node n and returns the new
-// node; n is left unchanged and untouched subtrees are shared. Every node on
-// a changed path gets at and ver.
-func merge(n *node, patch map[string]any, at time.Time, ver int64) *node {
-	out := &node{Kids: make(map[string]*node, len(n.Kids)+len(patch)), At: at, Ver: ver}
-	maps.Copy(out.Kids, n.Kids)
-	for k, v := range patch {
-		switch pv := v.(type) {
-		case nil:
-			delete(out.Kids, k)
-		case map[string]any:
-			if old := out.Kids[k]; old != nil && old.isObj() {
-				out.Kids[k] = merge(old, pv, at, ver)
-			} else {
-				out.Kids[k] = build(pv, at, ver)
-			}
-		default:
-			out.Kids[k] = &node{Val: v, At: at, Ver: ver}
-		}
-	}
-	return out
-}
-
-// value renders the plain JSON value of n as a fresh copy.
-func (n *node) value() any {
-	if !n.isObj() {
-		return copyValue(n.Val)
-	}
-	m := make(map[string]any, len(n.Kids))
-	for k, c := range n.Kids {
-		m[k] = c.value()
-	}
-	return m
-}
-
-// metadata renders the $metadata tree of n.
-func (n *node) metadata(withVersion bool) map[string]any {
-	m := make(map[string]any, len(n.Kids)+2)
-	m["$lastUpdated"] = iothub.FormatTime(n.At)
-	if withVersion {
-		m["$lastUpdatedVersion"] = n.Ver
-	}
-	for k, c := range n.Kids {
-		m[k] = c.metadata(withVersion)
-	}
-	return m
-}
-
-// diff returns the merge patch that turns the object node n into want
-// (nulls for removed keys), or an empty map when they are equal.
-func diff(n *node, want map[string]any) map[string]any {
-	out := map[string]any{}
-	for k := range n.Kids {
-		if _, ok := want[k]; !ok {
-			out[k] = nil
-		}
-	}
-	for k, v := range want {
-		old := n.Kids[k]
-		if m, ok := v.(map[string]any); ok && old != nil && old.isObj() {
-			if d := diff(old, m); len(d) > 0 {
-				out[k] = d
-			}
-			continue
-		}
-		if old != nil && !old.isObj() && reflect.DeepEqual(old.Val, v) {
-			continue
-		}
-		out[k] = v
-	}
-	return out
-}
-
-// mergeMap applies a JSON merge patch to a plain map (tags), sharing
-// untouched values.
-func mergeMap(cur, patch map[string]any) map[string]any {
-	out := make(map[string]any, len(cur)+len(patch))
-	maps.Copy(out, cur)
-	for k, v := range patch {
-		switch pv := v.(type) {
-		case nil:
-			delete(out, k)
-		case map[string]any:
-			if old, ok := out[k].(map[string]any); ok {
-				out[k] = mergeMap(old, pv)
-			} else {
-				out[k] = stripNulls(pv)
-			}
-		default:
-			out[k] = v
-		}
-	}
-	return out
-}
-
-// stripNulls copies m without null members (recursively through objects).
-func stripNulls(m map[string]any) map[string]any {
-	out := make(map[string]any, len(m))
-	for k, v := range m {
-		switch cv := v.(type) {
-		case nil:
-		case map[string]any:
-			out[k] = stripNulls(cv)
-		default:
-			out[k] = v
-		}
-	}
-	return out
-}
-
-// copyValue deep-copies a JSON value.
-func copyValue(v any) any {
-	switch x := v.(type) {
-	case map[string]any:
-		m := make(map[string]any, len(x))
-		for k, c := range x {
-			m[k] = copyValue(c)
-		}
-		return m
-	case []any:
-		a := make([]any, len(x))
-		for i, c := range x {
-			a[i] = copyValue(c)
-		}
-		return a
-	}
-	return v
-}
-
-// withoutSystem returns a shallow copy of a properties patch without the
-// read-only "$version" and "$metadata" members that clients echo back.
-func withoutSystem(m map[string]any) map[string]any {
-	if m == nil {
-		return nil
-	}
-	out := make(map[string]any, len(m))
-	for k, v := range m {
-		if k == "$version" || k == "$metadata" {
-			continue
-		}
-		out[k] = v
-	}
-	return out
-}
-
-// checkObject validates the keys and values of an object at depth level
-// (the section itself is level 0).
-func checkObject(section string, m map[string]any, level int, path string) error {
-	for k, v := range m {
-		if err := checkKey(section, k, path); err != nil {
-			return err
-		}
-		if err := checkValue(section, v, level, join(path, k)); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func join(path, k string) string {
-	if path == "" {
-		return k
-	}
-	return path + "." + k
-}
-
-func checkKey(section, k, path string) error {
-	if k == "" {
-		return invalid("%s: empty property name under %q", section, path)
-	}
-	if len(k) > MaxKeyLength {
-		return invalid("%s: property name under %q is %d bytes long, over the limit of %d", section, path, len(k), MaxKeyLength)
-	}
-	if !utf8.ValidString(k) {
-		return invalid("%s: property name under %q is not valid UTF-8", section, path)
-	}
-	for _, r := range k {
-		if r == '.' || r == '$' || r == ' ' || r < 0x20 || (r >= 0x7f && r <= 0x9f) {
-			return invalid("%s: property name %q contains %q, which is not allowed (no '.', '$', space or control characters)", section, join(path, k), r)
-		}
-	}
-	return nil
-}
-
-func checkValue(section string, v any, level int, path string) error {
-	switch x := v.(type) {
-	case nil, bool:
-		return nil
-	case string:
-		if len(x) > MaxStringLength {
-			return invalid("%s: value of %q is %d bytes long, over the limit of %d", section, path, len(x), MaxStringLength)
-		}
-		return nil
-	case json.Number:
-		return checkNumber(section, string(x), path)
-	case float64:
-		if math.IsNaN(x) || math.IsInf(x, 0) {
-			return invalid("%s: value of %q is not a finite number", section, path)
-		}
-		if x == math.Trunc(x) && (x > MaxInteger || x < MinInteger) {
-			return invalid("%s: integer value of %q is outside [%d, %d]", section, path, int64(MinInteger), int64(MaxInteger))
-		}
-		return nil
-	case int:
-		return checkInt(section, int64(x), path)
-	case int64:
-		return checkInt(section, x, path)
-	case map[string]any:
-		if level+1 > MaxDepth {
-			return invalid("%s: %q is nested more than %d levels deep", section, path, MaxDepth)
-		}
-		return checkObject(section, x, level+1, path)
-	case []any:
-		if level+1 > MaxDepth {
-			return invalid("%s: %q is nested more than %d levels deep", section, path, MaxDepth)
-		}
-		for i, c := range x {
-			if err := checkValue(section, c, level+1, path+"["+strconv.Itoa(i)+"]"); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	return invalid("%s: value of %q has unsupported type %T", section, path, v)
-}
-
-func checkInt(section string, x int64, path string) error {
-	if x > MaxInteger || x < MinInteger {
-		return invalid("%s: integer value of %q is outside [%d, %d]", section, path, int64(MinInteger), int64(MaxInteger))
-	}
-	return nil
-}
-
-func checkNumber(section, s, path string) error {
-	if !json.Valid([]byte(s)) {
-		return invalid("%s: value of %q is not a valid number", section, path)
-	}
-	if strings.ContainsAny(s, ".eE") {
-		f, err := strconv.ParseFloat(s, 64)
-		if err != nil || math.IsInf(f, 0) {
-			return invalid("%s: value of %q is out of range", section, path)
-		}
-		return nil
-	}
-	i, err := strconv.ParseInt(s, 10, 64)
-	if err != nil {
-		return invalid("%s: integer value of %q is outside [%d, %d]", section, path, int64(MinInteger), int64(MaxInteger))
-	}
-	return checkInt(section, i, path)
-}
-
-// checkSize rejects a section whose compact JSON exceeds limit bytes.
-func checkSize(section string, v any, limit int) error {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return invalid("%s: %v", section, err)
-	}
-	if len(b) > limit {
-		return invalid("%s is %d bytes, over the limit of %d bytes", section, len(b), limit)
-	}
-	return nil
-}
-
-// DecodeObject decodes a JSON object with numbers kept as json.Number.
-// Malformed JSON is a ValidationError with iothub.CodeIotHubFormatError;
-// valid JSON that is not an object has iothub.CodeArgumentInvalid.
-func DecodeObject(b []byte) (map[string]any, error) {
-	d := json.NewDecoder(bytes.NewReader(b))
-	d.UseNumber()
-	var v any
-	if err := d.Decode(&v); err != nil {
-		return nil, &ValidationError{Code: iothub.CodeIotHubFormatError, Msg: "malformed JSON: " + err.Error()}
-	}
-	if _, err := d.Token(); !errors.Is(err, io.EOF) {
-		return nil, &ValidationError{Code: iothub.CodeIotHubFormatError, Msg: "malformed JSON: data after the top-level value"}
-	}
-	m, ok := v.(map[string]any)
-	if !ok {
-		return nil, invalid("expected a JSON object")
-	}
-	return m, nil
-}
 
 // DesiredChange is what a desired-properties update must push to the
 // device: Patch is the body for $iothub/twin/PATCH/properties/desired/?$version=n
@@ -358,14 +25,6 @@ func desiredChange(patch map[string]any, version int64) (*DesiredChange, error) 
 		return nil, invalid("desired: %v", err)
 	}
 	return &DesiredChange{Version: version, Patch: b}, nil
-}
-
-// section renders desired or reported for the service view.
-func section(n *node, version int64, desired bool) map[string]any {
-	m := n.value().(map[string]any)
-	m["$metadata"] = n.metadata(desired)
-	m["$version"] = version
-	return m
 }
 
 // twin renders the service view of r.
@@ -441,9 +100,15 @@ func checkTwinMatch(r *record, ifMatch string) error {
 
 // PatchTwin merges patch.Tags and patch.Properties.Desired into id's twin
 // (JSON merge patch: null deletes). Reported properties in patch are
-// ignored. ifMatch is "", "*" or the twin etag (ErrPrecondition). The
-// returned change is nil when the desired properties were not touched.
+// ignored. ifMatch is "", "*" or the twin etag (ErrPrecondition). A change
+// of the desired properties goes to the OnDesired subscriber before
+// PatchTwin returns; the returned change is that same change (nil when the
+// desired properties were not touched), for the caller's information.
 func (s *Store) PatchTwin(id string, patch iothub.Twin, ifMatch string) (iothub.Twin, *DesiredChange, error) {
+	return s.writeDesired(id, func() (iothub.Twin, *DesiredChange, error) { return s.patchTwin(id, patch, ifMatch) })
+}
+
+func (s *Store) patchTwin(id string, patch iothub.Twin, ifMatch string) (iothub.Twin, *DesiredChange, error) {
 	tags := patch.Tags
 	desired := withoutSystem(patch.Properties.Desired)
 	if err := checkObject("tags", tags, 0, ""); err != nil {
@@ -493,8 +158,13 @@ func (s *Store) PatchTwin(id string, patch iothub.Twin, ifMatch string) (iothub.
 // those of twin (missing sections become empty; nulls are dropped). Reported
 // properties are ignored. The desired change sent to the device is the
 // difference between the old and the new desired properties, with nulls for
-// removed members; it is nil when desired did not change.
+// removed members; it goes to the OnDesired subscriber before ReplaceTwin
+// returns and is nil when desired did not change.
 func (s *Store) ReplaceTwin(id string, twin iothub.Twin, ifMatch string) (iothub.Twin, *DesiredChange, error) {
+	return s.writeDesired(id, func() (iothub.Twin, *DesiredChange, error) { return s.replaceTwin(id, twin, ifMatch) })
+}
+
+func (s *Store) replaceTwin(id string, twin iothub.Twin, ifMatch string) (iothub.Twin, *DesiredChange, error) {
 	tags := stripNulls(twin.Tags)
 	desired := stripNulls(withoutSystem(twin.Properties.Desired))
 	if err := checkObject("tags", tags, 0, ""); err != nil {

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -103,11 +104,11 @@ func truncateText(s string, n int) string {
 }
 
 // hubTime renders one of the hub's timestamps, "-" when unset.
-func hubTime(s string) string {
-	if t, ok := service.Time(s); ok {
-		return t.Format(time.RFC3339)
+func hubTime(t time.Time) string {
+	if t.IsZero() {
+		return "-"
 	}
-	return "-"
+	return t.Format(time.RFC3339)
 }
 
 func printJob(w io.Writer, j *service.JobResponse) error {
@@ -124,8 +125,9 @@ func printJob(w io.Writer, j *service.JobResponse) error {
 	if m := j.CloudToDeviceMethod; m != nil {
 		rows = append(rows, [2]string{"Method", fmt.Sprintf("%s %s (response timeout %ds)", m.MethodName, truncateText(compactJSON(m.Payload), 200), m.ResponseTimeoutInSeconds)})
 	}
-	if len(j.UpdateTwin) > 0 && string(j.UpdateTwin) != "null" {
-		rows = append(rows, [2]string{"Twin update", truncateText(compactJSON(j.UpdateTwin), 200)})
+	if j.UpdateTwin != nil {
+		b, _ := json.Marshal(j.UpdateTwin)
+		rows = append(rows, [2]string{"Twin update", truncateText(compactJSON(b), 200)})
 	}
 	rows = append(rows,
 		[2]string{"Condition", truncateText(j.QueryCondition, 200)},

@@ -17,9 +17,19 @@ type MethodRequest struct {
 	ConnectTimeoutInSeconds  *int            `json:"connectTimeoutInSeconds,omitempty"`
 }
 
-// MaxMethodPayload is the largest direct-method payload IoT Hub accepts, in
-// either direction (128 KB).
-const MaxMethodPayload = 128 * 1024
+// Direct-method limits (protocol.md §4.1), in seconds where they are times.
+const (
+	// MaxMethodPayload is the largest direct-method payload IoT Hub
+	// accepts, in either direction (128 KB).
+	MaxMethodPayload = 128 * 1024
+	// DefaultMethodResponseTimeout, MinMethodResponseTimeout and
+	// MaxMethodResponseTimeout are the bounds of responseTimeoutInSeconds.
+	DefaultMethodResponseTimeout = 30
+	MinMethodResponseTimeout     = 5
+	MaxMethodResponseTimeout     = 300
+	// MaxMethodConnectTimeout bounds connectTimeoutInSeconds (default 0).
+	MaxMethodConnectTimeout = 300
+)
 
 // MethodResult is the hub's answer to a direct method call: the device's
 // status and JSON payload. The HTTP status is 200 whatever the device said.
@@ -65,7 +75,7 @@ var codeNames = map[int]string{
 	CodeGatewayTimeout:      "GatewayTimeout",
 }
 
-// Aliases seen in Style A bodies that name the same condition.
+// Aliases seen in registry error bodies that name the same condition.
 var nameAliases = map[string]int{
 	"IotHubUnauthorized":                        CodeUnauthorized,
 	"ThrottleBacklogLimitExceeded":              CodeThrottled,
@@ -80,7 +90,7 @@ var nameAliases = map[string]int{
 // "" when the code is unknown.
 func ErrorName(code int) string { return codeNames[code] }
 
-// ErrorCodeByName maps a symbolic name from a Style A body to its code.
+// ErrorCodeByName maps a symbolic name from a registry error body to its code.
 func ErrorCodeByName(name string) (int, bool) {
 	for c, n := range codeNames {
 		if n == name {
@@ -105,14 +115,21 @@ type envelope struct {
 	ExceptionMessage string `json:"ExceptionMessage"`
 }
 
-// ErrorBodyA renders IoT Hub's registry/twin error envelope:
+// RegistryErrorBody renders IoT Hub's registry/twin error envelope
+// (protocol.md's Style A):
 // {"Message":"ErrorCode:<Name>;<text>","ExceptionMessage":"Tracking ID:..."}.
 // The Node service SDK raises typed errors only for this shape.
-func ErrorBodyA(code int, msg string, now time.Time) []byte {
+func RegistryErrorBody(code int, msg string, now time.Time) []byte {
 	name := ErrorName(code)
 	if name == "" {
 		name = strconv.Itoa(code)
 	}
+	return NamedRegistryErrorBody(name, msg, now)
+}
+
+// NamedRegistryErrorBody is RegistryErrorBody for a condition that has a
+// symbolic name but no numeric code (an unknown route, a wrong method).
+func NamedRegistryErrorBody(name, msg string, now time.Time) []byte {
 	b, _ := json.Marshal(envelope{
 		Message: "ErrorCode:" + name + ";" + msg,
 		ExceptionMessage: "Tracking ID:" + trackingID() + "-G:0-TimeStamp:" +
@@ -129,9 +146,10 @@ type innerError struct {
 	TimestampUTC string            `json:"timestampUtc"`
 }
 
-// ErrorBodyB renders the envelope used on the direct-method path: Message is
-// a JSON string holding errorCode, trackingId, message, info and timestampUtc.
-func ErrorBodyB(code int, msg string, now time.Time) []byte {
+// MethodErrorBody renders the envelope used on the direct-method path
+// (protocol.md's Style B): Message is a JSON string holding errorCode,
+// trackingId, message, info and timestampUtc.
+func MethodErrorBody(code int, msg string, now time.Time) []byte {
 	inner, _ := json.Marshal(innerError{
 		ErrorCode:    code,
 		TrackingID:   trackingID(),

@@ -38,7 +38,7 @@ func TestParseErrorBody(t *testing.T) {
 
 func TestErrorBodiesRoundTrip(t *testing.T) {
 	now := time.Date(2024, 1, 2, 3, 4, 5, 0, time.UTC)
-	a := ErrorBodyA(CodeDeviceNotFound, "d1", now)
+	a := RegistryErrorBody(CodeDeviceNotFound, "d1", now)
 	var env map[string]string
 	if err := json.Unmarshal(a, &env); err != nil {
 		t.Fatal(err)
@@ -54,7 +54,7 @@ func TestErrorBodiesRoundTrip(t *testing.T) {
 	if e := ParseErrorBody(404, a); e.Code != CodeDeviceNotFound {
 		t.Fatalf("A round trip: %+v", e)
 	}
-	b := ErrorBodyB(CodeGatewayTimeout, "Timed out waiting for the response from device.", now)
+	b := MethodErrorBody(CodeGatewayTimeout, "Timed out waiting for the response from device.", now)
 	if e := ParseErrorBody(504, b); e.Code != CodeGatewayTimeout || e.Message != "Timed out waiting for the response from device." {
 		t.Fatalf("B round trip: %+v", e)
 	}

@@ -181,7 +181,7 @@ func (f *fakeJobsHub) handler(t *testing.T) http.HandlerFunc {
 				req.CloudToDeviceMethod.MethodName != service.RebootMethod || req.StartTime == "" {
 				f.mu.Unlock()
 				t.Errorf("job request %+v", req)
-				writeJSON(w, 400, iothub.ErrorBodyA(iothub.CodeArgumentInvalid, "bad job", time.Now()))
+				writeJSON(w, 400, iothub.RegistryErrorBody(iothub.CodeArgumentInvalid, "bad job", time.Now()))
 				return
 			}
 			status := service.JobCompleted
@@ -190,7 +190,7 @@ func (f *fakeJobsHub) handler(t *testing.T) http.HandlerFunc {
 			}
 			ids := idsOf(req.QueryCondition)
 			j := &service.JobResponse{JobID: id, Type: req.Type, Status: status, QueryCondition: req.QueryCondition,
-				MaxExecutionTimeInSeconds: 3600, DeviceJobStatistics: &service.DeviceJobStatistics{DeviceCount: len(ids), SucceededCount: len(ids)}}
+				MaxExecutionTimeInSeconds: 3600, DeviceJobStatistics: service.DeviceJobStatistics{DeviceCount: len(ids), SucceededCount: len(ids)}}
 			f.jobs[id], f.conds[id] = j, req.QueryCondition
 			after := f.afterCreate
 			f.mu.Unlock()
@@ -202,7 +202,7 @@ func (f *fakeJobsHub) handler(t *testing.T) http.HandlerFunc {
 			j := f.jobs[strings.TrimPrefix(r.URL.Path, "/jobs/v2/")]
 			f.mu.Unlock()
 			if j == nil {
-				writeJSON(w, 404, iothub.ErrorBodyA(iothub.CodeJobNotFound, "no job", time.Now()))
+				writeJSON(w, 404, iothub.RegistryErrorBody(iothub.CodeJobNotFound, "no job", time.Now()))
 				return
 			}
 			writeJSON(w, 200, j)

@@ -1,0 +1,52 @@
+package hub
+
+import (
+	"bytes"
+
+	"github.com/dmctl/dmctl/internal/iothub"
+	mqtt "github.com/mochi-mqtt/server/v2"
+)
+
+func (b *broker) twinGet(cl *mqtt.Client, rid string) {
+	body, err := b.s.store.DeviceTwin(cl.ID)
+	if err != nil {
+		b.twinError(cl, rid, err)
+		return
+	}
+	b.reply(cl, iothub.TwinResponseTopic(200, rid, 0), body)
+}
+
+func (b *broker) twinPatch(cl *mqtt.Client, rid string, body []byte) {
+	trimmed := bytes.TrimSpace(body)
+	if len(trimmed) == 0 || trimmed[0] != '{' || !jsonValid(trimmed) {
+		b.reply(cl, iothub.TwinResponseTopic(400, rid, 0),
+			twinErrorBody(iothub.CodeArgumentInvalid, "reported properties must be a JSON object"))
+		return
+	}
+	version, err := b.s.store.PatchReported(cl.ID, trimmed)
+	if err != nil {
+		b.twinError(cl, rid, err)
+		return
+	}
+	b.reply(cl, iothub.TwinResponseTopic(204, rid, version), nil)
+}
+
+// twinError answers a twin request with IoT Hub's error code in the body
+// (the Node SDK ignores the status in the topic and looks for errorCode).
+func (b *broker) twinError(cl *mqtt.Client, rid string, err error) {
+	code, msg := storeErrorCode(err)
+	if code == iothub.CodeServerError {
+		b.log.Error().Err(err).Str("device", cl.ID).Msg("twin request failed")
+	}
+	b.reply(cl, iothub.TwinResponseTopic(iothub.HTTPStatus(code), rid, 0), twinErrorBody(code, msg))
+}
+
+func (b *broker) reply(cl *mqtt.Client, topic string, body []byte) {
+	ok, err := b.send(cl, topic, body)
+	switch {
+	case err != nil:
+		b.log.Debug().Err(err).Str("device", cl.ID).Msg("write twin response")
+	case !ok:
+		b.log.Debug().Str("device", cl.ID).Str("topic", topic).Msg("twin response dropped: device is not subscribed")
+	}
+}
