@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dmctl/dmctl/internal/iothub"
 	"github.com/dmctl/dmctl/service"
 	"github.com/dmctl/dmctl/service/internal/servicetest"
 )
@@ -21,7 +22,7 @@ func TestHubJobsAPI(t *testing.T) {
 	// A job scheduled an hour ahead can be listed and cancelled.
 	later, err := c.CreateJob(ctx, service.JobRequest{
 		JobID:          "later",
-		Type:           service.JobTypeUpdateTwin,
+		Type:           iothub.JobTypeUpdateTwin,
 		QueryCondition: "deviceId IN ['j1', 'j2']",
 		UpdateTwin:     &service.TwinPatch{Tags: json.RawMessage(`{"wave":1}`)},
 		StartTime:      time.Now().Add(time.Hour),
@@ -29,23 +30,23 @@ func TestHubJobsAPI(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if later.Status != service.JobScheduled || later.Type != service.JobTypeUpdateTwin {
+	if later.Status != iothub.JobScheduled || later.Type != iothub.JobTypeUpdateTwin {
 		t.Errorf("created %+v", later)
 	}
-	if _, err := c.CreateJob(ctx, service.JobRequest{JobID: "later", Type: service.JobTypeUpdateTwin, QueryCondition: "deviceId = 'j1'",
+	if _, err := c.CreateJob(ctx, service.JobRequest{JobID: "later", Type: iothub.JobTypeUpdateTwin, QueryCondition: "deviceId = 'j1'",
 		UpdateTwin: &service.TwinPatch{Tags: json.RawMessage(`{"x":1}`)}}); !errors.Is(err, service.ErrJobAlreadyExists) {
 		t.Errorf("duplicate: %v", err)
 	}
 
 	// A twin job that runs now completes on both devices.
 	now, err := c.CreateJob(ctx, service.JobRequest{
-		JobID: "now", Type: service.JobTypeUpdateTwin, QueryCondition: "deviceId IN ['j1', 'j2']",
+		JobID: "now", Type: iothub.JobTypeUpdateTwin, QueryCondition: "deviceId IN ['j1', 'j2']",
 		UpdateTwin: &service.TwinPatch{Desired: json.RawMessage(`{"interval":7}`)},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	for !service.JobTerminal(now.Status) {
+	for !iothub.JobTerminal(now.Status) {
 		select {
 		case <-ctx.Done():
 			t.Fatalf("job %q still %s at the test's deadline: %v", now.JobID, now.Status, ctx.Err())
@@ -55,7 +56,7 @@ func TestHubJobsAPI(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if now.Status != service.JobCompleted || now.Stats() != (service.DeviceJobStatistics{DeviceCount: 2, SucceededCount: 2}) {
+	if now.Status != iothub.JobCompleted || now.Stats() != (iothub.JobStatistics{DeviceCount: 2, SucceededCount: 2}) {
 		t.Errorf("finished job %+v %+v", now, now.Stats())
 	}
 	if tw, err := c.Twin(ctx, "j2"); err != nil || fmt.Sprint(tw.Properties.Desired["interval"]) != "7" {
@@ -66,15 +67,15 @@ func TestHubJobsAPI(t *testing.T) {
 	if err != nil || len(all) != 2 {
 		t.Fatalf("list: %v %v", all, err)
 	}
-	sched, err := c.Jobs(ctx, service.JobFilter{Type: service.JobTypeUpdateTwin, Status: service.JobScheduled})
+	sched, err := c.Jobs(ctx, service.JobFilter{Type: iothub.JobTypeUpdateTwin, Status: iothub.JobScheduled})
 	if err != nil || len(sched) != 1 || sched[0].JobID != "later" {
 		t.Errorf("list scheduled: %+v %v", sched, err)
 	}
 	cancelled, err := c.CancelJob(ctx, "later")
-	if err != nil || cancelled.Status != service.JobCancelled {
+	if err != nil || cancelled.Status != iothub.JobCancelled {
 		t.Fatalf("cancel: %+v %v", cancelled, err)
 	}
-	if none, err := c.Jobs(ctx, service.JobFilter{Status: service.JobScheduled}); err != nil || len(none) != 0 {
+	if none, err := c.Jobs(ctx, service.JobFilter{Status: iothub.JobScheduled}); err != nil || len(none) != 0 {
 		t.Errorf("scheduled after cancel: %+v %v", none, err)
 	}
 	if _, err := c.Job(ctx, "nope"); !errors.Is(err, service.ErrJobNotFound) {

@@ -3,7 +3,6 @@ package service
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/url"
 	"strings"
@@ -12,82 +11,11 @@ import (
 	"github.com/dmctl/dmctl/internal/iothub"
 )
 
-// Job types (JobRequest.Type, JobResponse.Type).
-const (
-	JobTypeDeviceMethod = iothub.JobTypeDeviceMethod
-	JobTypeUpdateTwin   = iothub.JobTypeUpdateTwin
-)
-
-// Job statuses (JobResponse.Status). IoT Hub also documents "unknown" and
-// "enqueued".
-const (
-	JobQueued    = iothub.JobQueued
-	JobScheduled = iothub.JobScheduled
-	JobRunning   = iothub.JobRunning
-	JobCompleted = iothub.JobCompleted
-	JobFailed    = iothub.JobFailed
-	JobCancelled = iothub.JobCancelled
-)
-
-// Device job (row) statuses. Rows are "canceled", jobs "cancelled", as on
-// IoT Hub.
-const (
-	DeviceJobPending   = iothub.RowPending
-	DeviceJobScheduled = iothub.RowScheduled
-	DeviceJobRunning   = iothub.RowRunning
-	DeviceJobCompleted = iothub.RowCompleted
-	DeviceJobFailed    = iothub.RowFailed
-	DeviceJobCanceled  = iothub.RowCanceled
-)
-
-// MaxJobIDLength is the longest jobId IoT Hub accepts.
-const MaxJobIDLength = iothub.MaxJobIDLength
-
 var (
 	// ErrJobNotFound matches IoT Hub error 404002.
 	ErrJobNotFound = &APIError{Code: iothub.CodeJobNotFound}
 	// ErrJobAlreadyExists matches IoT Hub error 409104.
 	ErrJobAlreadyExists = &APIError{Code: iothub.CodeJobAlreadyExists}
-)
-
-// JobTerminal reports whether a job status is final.
-func JobTerminal(status string) bool { return iothub.JobTerminal(status) }
-
-// ValidJobID checks IoT Hub's jobId rules: 1 to 64 ASCII letters, digits
-// and '-'.
-func ValidJobID(id string) error {
-	if id == "" {
-		return errors.New("job id is empty")
-	}
-	if len(id) > MaxJobIDLength {
-		return fmt.Errorf("job id is %d characters long, over the limit of %d", len(id), MaxJobIDLength)
-	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
-			return fmt.Errorf("job id %q contains %q (use ASCII letters, digits and '-')", id, rune(c))
-		}
-	}
-	return nil
-}
-
-// The job documents of the wire contract (internal/iothub), under the
-// names this package has always used.
-type (
-	// JobMethod is the direct method of a scheduleDeviceMethod job.
-	JobMethod = iothub.JobMethod
-	// JobResponse is a job as the hub reports it.
-	JobResponse = iothub.JobResponse
-	// DeviceJobStatistics counts a job's device rows.
-	DeviceJobStatistics = iothub.JobStatistics
-	// DeviceJob is one device's row of a job (SELECT * FROM devices.jobs).
-	DeviceJob = iothub.DeviceJob
-	// DeviceMethodResponse is a device's answer recorded in a device job row.
-	DeviceMethodResponse = iothub.DeviceMethodResponse
-	// DeviceJobOutcome is the outcome of a device job row.
-	DeviceJobOutcome = iothub.DeviceJobOutcome
-	// DeviceJobError explains a failed or canceled row.
-	DeviceJobError = iothub.DeviceJobError
 )
 
 // Time parses one of the hub's timestamps; ok is false for an empty, unset
@@ -101,10 +29,10 @@ func Time(s string) (t time.Time, ok bool) { return iothub.ReadTime(s) }
 // the hub's default (one hour on IoT Hub).
 type JobRequest struct {
 	JobID               string
-	Type                string // JobTypeDeviceMethod or JobTypeUpdateTwin
+	Type                string // iothub.JobTypeDeviceMethod or iothub.JobTypeUpdateTwin
 	QueryCondition      string
-	CloudToDeviceMethod *JobMethod // for JobTypeDeviceMethod
-	UpdateTwin          *TwinPatch // for JobTypeUpdateTwin
+	CloudToDeviceMethod *iothub.JobMethod // for iothub.JobTypeDeviceMethod
+	UpdateTwin          *TwinPatch        // for iothub.JobTypeUpdateTwin
 	StartTime           time.Time
 	MaxExecutionTime    time.Duration // whole seconds, rounded up
 }
@@ -147,15 +75,15 @@ func (r JobRequest) MarshalJSON() ([]byte, error) {
 
 // CreateJob creates and schedules a job (PUT /jobs/v2/{jobId}). Not
 // retried: a repeated create fails with ErrJobAlreadyExists.
-func (c *Client) CreateJob(ctx context.Context, req JobRequest) (*JobResponse, error) {
-	if err := ValidJobID(req.JobID); err != nil {
+func (c *Client) CreateJob(ctx context.Context, req JobRequest) (*iothub.JobResponse, error) {
+	if err := iothub.ValidJobID(req.JobID); err != nil {
 		return nil, fmt.Errorf("create job: %w", err)
 	}
 	resp, err := c.do(ctx, request{method: "PUT", path: "/jobs/v2/" + seg(req.JobID), body: req, retry: true, retryThrottledOnly: true})
 	if err != nil {
 		return nil, fmt.Errorf("create job %q: %w", req.JobID, err)
 	}
-	var j JobResponse
+	var j iothub.JobResponse
 	if err := decode(resp, &j); err != nil {
 		return nil, fmt.Errorf("create job %q: %w", req.JobID, err)
 	}
@@ -164,12 +92,12 @@ func (c *Client) CreateJob(ctx context.Context, req JobRequest) (*JobResponse, e
 
 // Job reads a job with its statistics (GET /jobs/v2/{jobId}); retried on
 // 429/500/503.
-func (c *Client) Job(ctx context.Context, jobID string) (*JobResponse, error) {
+func (c *Client) Job(ctx context.Context, jobID string) (*iothub.JobResponse, error) {
 	resp, err := c.do(ctx, request{method: "GET", path: "/jobs/v2/" + seg(jobID), retry: true})
 	if err != nil {
 		return nil, fmt.Errorf("get job %q: %w", jobID, err)
 	}
-	var j JobResponse
+	var j iothub.JobResponse
 	if err := decode(resp, &j); err != nil {
 		return nil, fmt.Errorf("get job %q: %w", jobID, err)
 	}
@@ -179,12 +107,12 @@ func (c *Client) Job(ctx context.Context, jobID string) (*JobResponse, error) {
 // CancelJob cancels a job that has not finished (POST
 // /jobs/v2/{jobId}/cancel) and returns it; a finished job comes back
 // unchanged. Retried on 429/500/503 (cancelling twice is harmless).
-func (c *Client) CancelJob(ctx context.Context, jobID string) (*JobResponse, error) {
+func (c *Client) CancelJob(ctx context.Context, jobID string) (*iothub.JobResponse, error) {
 	resp, err := c.do(ctx, request{method: "POST", path: "/jobs/v2/" + seg(jobID) + "/cancel", retry: true})
 	if err != nil {
 		return nil, fmt.Errorf("cancel job %q: %w", jobID, err)
 	}
-	var j JobResponse
+	var j iothub.JobResponse
 	if err := decode(resp, &j); err != nil {
 		return nil, fmt.Errorf("cancel job %q: %w", jobID, err)
 	}
@@ -193,14 +121,14 @@ func (c *Client) CancelJob(ctx context.Context, jobID string) (*JobResponse, err
 
 // JobFilter selects jobs for Jobs; empty fields match any job.
 type JobFilter struct {
-	Type   string // JobTypeDeviceMethod or JobTypeUpdateTwin
+	Type   string // iothub.JobTypeDeviceMethod or iothub.JobTypeUpdateTwin
 	Status string // a job status
 }
 
 // Jobs lists jobs (GET /jobs/v2/query?jobType=&jobStatus=), all pages. The
 // body of each page is a plain array; the QueryResult envelope
 // ({"items": [...]}) some documents describe is accepted too.
-func (c *Client) Jobs(ctx context.Context, f JobFilter) ([]JobResponse, error) {
+func (c *Client) Jobs(ctx context.Context, f JobFilter) ([]iothub.JobResponse, error) {
 	q := url.Values{}
 	if f.Type != "" {
 		q.Set("jobType", f.Type)
@@ -208,7 +136,7 @@ func (c *Client) Jobs(ctx context.Context, f JobFilter) ([]JobResponse, error) {
 	if f.Status != "" {
 		q.Set("jobStatus", f.Status)
 	}
-	out := []JobResponse{}
+	out := []iothub.JobResponse{}
 	var cont string
 	seen := map[string]bool{}
 	for page := 1; ; page++ {
@@ -236,15 +164,15 @@ func (c *Client) Jobs(ctx context.Context, f JobFilter) ([]JobResponse, error) {
 	}
 }
 
-func decodeJobPage(resp *response) ([]JobResponse, string, error) {
+func decodeJobPage(resp *response) ([]iothub.JobResponse, string, error) {
 	next := resp.header.Get("X-Ms-Continuation")
-	var items []JobResponse
+	var items []iothub.JobResponse
 	if err := json.Unmarshal(resp.body, &items); err == nil {
 		return items, next, nil
 	}
 	var env struct {
-		Items             []JobResponse `json:"items"`
-		ContinuationToken string        `json:"continuationToken"`
+		Items             []iothub.JobResponse `json:"items"`
+		ContinuationToken string               `json:"continuationToken"`
 	}
 	if err := decode(resp, &env); err != nil {
 		return nil, "", err
@@ -258,10 +186,10 @@ func decodeJobPage(resp *response) ([]JobResponse, string, error) {
 // DeviceJobs calls fn with every device row of a job, in the hub's order
 // (SELECT * FROM devices.jobs WHERE devices.jobs.jobId = '...'), all pages.
 // fn returning ErrStopQuery ends the walk with nil.
-func (c *Client) DeviceJobs(ctx context.Context, jobID string, fn func(DeviceJob) error) error {
+func (c *Client) DeviceJobs(ctx context.Context, jobID string, fn func(iothub.DeviceJob) error) error {
 	q := "SELECT * FROM devices.jobs WHERE devices.jobs.jobId = " + QuoteString(jobID)
 	err := c.Query(ctx, q, 1000, func(raw json.RawMessage) error {
-		var row DeviceJob
+		var row iothub.DeviceJob
 		if err := json.Unmarshal(raw, &row); err != nil {
 			return fmt.Errorf("decode device job row: %w", err)
 		}

@@ -13,8 +13,8 @@ import (
 
 func TestJobRequestJSON(t *testing.T) {
 	req := JobRequest{
-		JobID: "j1", Type: JobTypeDeviceMethod, QueryCondition: "deviceId IN ['a']",
-		CloudToDeviceMethod: &JobMethod{MethodName: RebootMethod, Payload: json.RawMessage(`{"delaySeconds":1}`), ResponseTimeoutInSeconds: 30},
+		JobID: "j1", Type: iothub.JobTypeDeviceMethod, QueryCondition: "deviceId IN ['a']",
+		CloudToDeviceMethod: &iothub.JobMethod{MethodName: RebootMethod, Payload: json.RawMessage(`{"delaySeconds":1}`), ResponseTimeoutInSeconds: 30},
 		StartTime:           time.Date(2030, 1, 1, 0, 0, 0, 5e8, time.FixedZone("x", 3600)),
 		MaxExecutionTime:    1500 * time.Millisecond,
 	}
@@ -26,7 +26,7 @@ func TestJobRequestJSON(t *testing.T) {
 	if string(b) != want {
 		t.Errorf("got  %s\nwant %s", b, want)
 	}
-	tw, _ := json.Marshal(JobRequest{JobID: "j2", Type: JobTypeUpdateTwin, QueryCondition: "x = 1",
+	tw, _ := json.Marshal(JobRequest{JobID: "j2", Type: iothub.JobTypeUpdateTwin, QueryCondition: "x = 1",
 		UpdateTwin: &TwinPatch{Desired: json.RawMessage(`{"a":1}`)}})
 	if string(tw) != `{"jobId":"j2","type":"scheduleUpdateTwin","queryCondition":"x = 1","updateTwin":{"properties":{"desired":{"a":1}}}}` {
 		t.Errorf("twin job %s", tw)
@@ -35,12 +35,12 @@ func TestJobRequestJSON(t *testing.T) {
 
 func TestValidJobID(t *testing.T) {
 	for _, ok := range []string{"a", "dmctl-reboot-20261125T200545123Z-w1", strings.Repeat("x", 64)} {
-		if err := ValidJobID(ok); err != nil {
+		if err := iothub.ValidJobID(ok); err != nil {
 			t.Errorf("%q: %v", ok, err)
 		}
 	}
 	for _, bad := range []string{"", "a b", "a_b", "ä", strings.Repeat("x", 65)} {
-		if ValidJobID(bad) == nil {
+		if iothub.ValidJobID(bad) == nil {
 			t.Errorf("%q accepted", bad)
 		}
 	}
@@ -67,12 +67,12 @@ func TestJobsClient(t *testing.T) {
 		}
 	})
 	ctx := testContext(t)
-	jobs, err := c.Jobs(ctx, JobFilter{Type: JobTypeDeviceMethod, Status: JobRunning})
+	jobs, err := c.Jobs(ctx, JobFilter{Type: iothub.JobTypeDeviceMethod, Status: iothub.JobRunning})
 	if err != nil || len(jobs) != 2 || jobs[0].JobID != "a" || jobs[1].Stats().Finished() != 2 {
 		t.Fatalf("jobs %+v %v", jobs, err)
 	}
 	first := rec.all()[0]
-	if q := first.Query; q["jobType"][0] != JobTypeDeviceMethod || q["jobStatus"][0] != JobRunning || q["api-version"][0] != iothub.APIVersion {
+	if q := first.Query; q["jobType"][0] != iothub.JobTypeDeviceMethod || q["jobStatus"][0] != iothub.JobRunning || q["api-version"][0] != iothub.APIVersion {
 		t.Errorf("query %v", q)
 	}
 	if rec.all()[1].Header.Get("x-ms-continuation") != "p2" {
@@ -82,7 +82,7 @@ func TestJobsClient(t *testing.T) {
 		t.Errorf("get: %v", err)
 	}
 	before := rec.count()
-	if _, err := c.CreateJob(ctx, JobRequest{JobID: "dup", Type: JobTypeDeviceMethod, QueryCondition: "x = 1"}); !errors.Is(err, ErrJobAlreadyExists) {
+	if _, err := c.CreateJob(ctx, JobRequest{JobID: "dup", Type: iothub.JobTypeDeviceMethod, QueryCondition: "x = 1"}); !errors.Is(err, ErrJobAlreadyExists) {
 		t.Errorf("create: %v", err)
 	}
 	if rec.count()-before != 1 {
@@ -92,7 +92,7 @@ func TestJobsClient(t *testing.T) {
 		t.Errorf("invalid id: %v", err)
 	}
 	j, err := c.CancelJob(ctx, "b")
-	if err != nil || j.Status != JobCancelled || !JobTerminal(j.Status) {
+	if err != nil || j.Status != iothub.JobCancelled || !iothub.JobTerminal(j.Status) {
 		t.Errorf("cancel: %+v %v", j, err)
 	}
 	if _, ok := Time("0001-01-01T00:00:00Z"); ok {

@@ -103,20 +103,11 @@ func normalizeMethod(in *iothub.JobMethod) (*iothub.JobMethod, error) {
 	return &m, nil
 }
 
-// ValidJobID checks IoT Hub's jobId rules: 1 to 64 ASCII letters, digits
-// and '-'. Errors are *store.ValidationError.
+// ValidJobID checks IoT Hub's jobId rules (iothub.ValidJobID). Errors are
+// *store.ValidationError.
 func ValidJobID(id string) error {
-	if id == "" {
-		return invalid("jobId is empty")
-	}
-	if len(id) > MaxJobIDLength {
-		return invalid("jobId is %d characters long, over the limit of %d", len(id), MaxJobIDLength)
-	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
-			return invalid("jobId %q contains %q, which is not allowed (use ASCII letters, digits and '-')", id, rune(c))
-		}
+	if err := iothub.ValidJobID(id); err != nil {
+		return invalid("%v", err)
 	}
 	return nil
 }

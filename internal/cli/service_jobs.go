@@ -12,6 +12,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/dmctl/dmctl/internal/iothub"
 	"github.com/dmctl/dmctl/service"
 )
 
@@ -24,7 +25,7 @@ func requireJob(c *cli.Context) (string, error) {
 	if id == "" {
 		return "", usageErrorf("name the job with --job ID ('dmctl service job list' shows them)", "missing --job")
 	}
-	if err := service.ValidJobID(id); err != nil {
+	if err := iothub.ValidJobID(id); err != nil {
 		return "", usageErrorf("job ids are up to 64 ASCII letters, digits and '-'", "invalid --job: %v", err)
 	}
 	return id, nil
@@ -59,8 +60,8 @@ func runServiceJobShow(c *cli.Context, s *service.Client, id string) (any, func(
 	if !c.Bool("devices") {
 		return job, func(w io.Writer) error { return printJob(w, job) }, nil
 	}
-	rows := []service.DeviceJob{}
-	err = s.DeviceJobs(c.Context, id, func(r service.DeviceJob) error {
+	rows := []iothub.DeviceJob{}
+	err = s.DeviceJobs(c.Context, id, func(r iothub.DeviceJob) error {
 		rows = append(rows, r)
 		return nil
 	})
@@ -68,8 +69,8 @@ func runServiceJobShow(c *cli.Context, s *service.Client, id string) (any, func(
 		return nil, nil, jobError(err)
 	}
 	out := struct {
-		Job     *service.JobResponse `json:"job"`
-		Devices []service.DeviceJob  `json:"devices"`
+		Job     *iothub.JobResponse `json:"job"`
+		Devices []iothub.DeviceJob  `json:"devices"`
 	}{job, rows}
 	return out, func(w io.Writer) error {
 		if err := printJob(w, job); err != nil {
@@ -86,7 +87,7 @@ func runServiceJobShow(c *cli.Context, s *service.Client, id string) (any, func(
 }
 
 // rowResult describes a device row's outcome in one line.
-func rowResult(r service.DeviceJob) string {
+func rowResult(r iothub.DeviceJob) string {
 	if mr := r.MethodResponse(); mr != nil {
 		return fmt.Sprintf("device answered %d %s", mr.Status, truncateText(compactJSON(mr.Payload), 120))
 	}
@@ -111,7 +112,7 @@ func hubTime(t time.Time) string {
 	return t.Format(time.RFC3339)
 }
 
-func printJob(w io.Writer, j *service.JobResponse) error {
+func printJob(w io.Writer, j *iothub.JobResponse) error {
 	st := j.Stats()
 	rows := [][2]string{
 		{"Job ID", j.JobID}, {"Type", j.Type}, {"Status", j.Status},
@@ -145,13 +146,13 @@ func printJob(w io.Writer, j *service.JobResponse) error {
 }
 
 var jobTypeNames = map[string]string{
-	"method": service.JobTypeDeviceMethod, "twin": service.JobTypeUpdateTwin,
-	strings.ToLower(service.JobTypeDeviceMethod): service.JobTypeDeviceMethod,
-	strings.ToLower(service.JobTypeUpdateTwin):   service.JobTypeUpdateTwin,
+	"method": iothub.JobTypeDeviceMethod, "twin": iothub.JobTypeUpdateTwin,
+	strings.ToLower(iothub.JobTypeDeviceMethod): iothub.JobTypeDeviceMethod,
+	strings.ToLower(iothub.JobTypeUpdateTwin):   iothub.JobTypeUpdateTwin,
 }
 
-var jobStatusNames = []string{service.JobQueued, service.JobScheduled, service.JobRunning, service.JobCompleted,
-	service.JobFailed, service.JobCancelled, "enqueued", "unknown"}
+var jobStatusNames = []string{iothub.JobQueued, iothub.JobScheduled, iothub.JobRunning, iothub.JobCompleted,
+	iothub.JobFailed, iothub.JobCancelled, "enqueued", "unknown"}
 
 func serviceJobListCommand() *cli.Command {
 	return &cli.Command{

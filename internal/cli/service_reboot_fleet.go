@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/urfave/cli/v2"
 
+	"github.com/dmctl/dmctl/internal/iothub"
 	"github.com/dmctl/dmctl/service"
 	"github.com/dmctl/dmctl/service/rollout"
 )
@@ -65,7 +66,7 @@ func runFleetReboot(c *cli.Context) error {
 		return usageErrorf("write the threshold as a percentage, e.g. --abort-failure-rate 5% (100% never stops)", "invalid --abort-failure-rate: %v", err)
 	}
 	if p := opts.JobIDPrefix; p != "" {
-		if err := service.ValidJobID(p + "-w999-999"); err != nil {
+		if err := iothub.ValidJobID(p + "-w999-999"); err != nil {
 			return usageErrorf("job ids are up to 64 ASCII letters, digits and '-'; the prefix leaves room for -wN", "invalid --job-prefix: %v", err)
 		}
 	}

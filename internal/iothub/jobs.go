@@ -3,6 +3,7 @@ package iothub
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -341,4 +342,22 @@ func decodeJSON(b []byte, v any) error {
 	d := json.NewDecoder(bytes.NewReader(b))
 	d.UseNumber()
 	return d.Decode(v)
+}
+
+// ValidJobID checks IoT Hub's jobId rules: 1 to MaxJobIDLength ASCII
+// letters, digits and '-'.
+func ValidJobID(id string) error {
+	if id == "" {
+		return errors.New("jobId is empty")
+	}
+	if len(id) > MaxJobIDLength {
+		return fmt.Errorf("jobId is %d characters long, over the limit of %d", len(id), MaxJobIDLength)
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+			return fmt.Errorf("jobId %q contains %q (use ASCII letters, digits and '-')", id, rune(c))
+		}
+	}
+	return nil
 }

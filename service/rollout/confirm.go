@@ -157,7 +157,7 @@ func undecided(devs []Device) []int {
 // (method timeout, hub restart) keeps the device waiting for its
 // rebootTime: it succeeds if one comes, and fails with the row's reason
 // otherwise.
-func applyRows(devs []Device, idx []int, rows map[string]service.DeviceJob) {
+func applyRows(devs []Device, idx []int, rows map[string]iothub.DeviceJob) {
 	for _, i := range idx {
 		d := &devs[i]
 		row, ok := rows[d.DeviceID]
@@ -173,7 +173,7 @@ func applyRows(devs []Device, idx []int, rows map[string]service.DeviceJob) {
 }
 
 // applyRow records one device's job row; see applyRows.
-func applyRow(d *Device, row service.DeviceJob) {
+func applyRow(d *Device, row iothub.DeviceJob) {
 	d.RowStatus = row.Status
 	if mr := row.MethodResponse(); mr != nil {
 		d.Status, d.Payload = mr.Status, mr.Payload
@@ -193,20 +193,20 @@ func applyRow(d *Device, row service.DeviceJob) {
 		}
 	case d.Outcome != "":
 		// Already confirmed: the reboot happened whatever the row says.
-	case row.Status == service.DeviceJobCompleted:
+	case row.Status == iothub.RowCompleted:
 		// Answered < 400: waits for its rebootTime.
-	case row.Status == service.DeviceJobFailed && d.ErrorCode == iothub.CodeDeviceNotOnline:
+	case row.Status == iothub.RowFailed && d.ErrorCode == iothub.CodeDeviceNotOnline:
 		d.Outcome, d.Reason = OutcomeOffline, withDesc("device not online", desc)
-	case row.Status == service.DeviceJobFailed && d.ErrorCode == iothub.CodeDeviceNotFound:
+	case row.Status == iothub.RowFailed && d.ErrorCode == iothub.CodeDeviceNotFound:
 		d.Outcome, d.Failure = OutcomeFailed, FailureNotFound
 		d.Reason = withDesc("device not found", desc)
-	case row.Status == service.DeviceJobCanceled:
+	case row.Status == iothub.RowCanceled:
 		d.Outcome, d.Failure = OutcomeFailed, FailureJob
 		d.Reason = withDesc("the job stopped before calling the device", desc)
-	case row.Status == service.DeviceJobFailed && d.ErrorCode == iothub.CodeGatewayTimeout:
+	case row.Status == iothub.RowFailed && d.ErrorCode == iothub.CodeGatewayTimeout:
 		d.laterFailure = FailureMethodTimeout
 		d.laterReason = withDesc("device did not answer in time", desc)
-	case row.Status == service.DeviceJobFailed:
+	case row.Status == iothub.RowFailed:
 		d.laterFailure = FailureJob
 		what := "job row failed"
 		if row.Error != nil && row.Error.Code != "" {

@@ -143,7 +143,7 @@ func TestHubFleetReboot100(t *testing.T) {
 	if res.Counts != (rollout.Counts{Total: n, Succeeded: n}) {
 		t.Fatalf("counts %+v", res.Counts)
 	}
-	if len(res.Waves) != 1 || res.Waves[0].JobStatus != service.JobCompleted || res.Stopped {
+	if len(res.Waves) != 1 || res.Waves[0].JobStatus != iothub.JobCompleted || res.Stopped {
 		t.Errorf("waves %+v stopped %v", res.Waves, res.Stopped)
 	}
 	got := make([]string, 0, n)
@@ -172,9 +172,9 @@ func TestHubFleetReboot100(t *testing.T) {
 		t.Errorf("job %+v stats %+v", job, st)
 	}
 	rows := 0
-	err = c.DeviceJobs(servicetest.Context(t), job.JobID, func(r service.DeviceJob) error {
+	err = c.DeviceJobs(servicetest.Context(t), job.JobID, func(r iothub.DeviceJob) error {
 		rows++
-		if r.Status != service.DeviceJobCompleted || r.MethodResponse() == nil || r.MethodResponse().Status != 200 {
+		if r.Status != iothub.RowCompleted || r.MethodResponse() == nil || r.MethodResponse().Status != 200 {
 			t.Errorf("row %+v", r)
 		}
 		return nil

@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/dmctl/dmctl/service"
+	"github.com/dmctl/dmctl/internal/iothub"
 )
 
 // Stage names a step of Run.
@@ -42,10 +42,10 @@ type Progress struct {
 	Wave      int // current wave (1-based), 0 before the first
 	Waves     int // waves planned
 	WaveSize  int
-	JobIDs    []string                    // the wave's jobs
-	JobStatus string                      // their status (see WaveResult.JobStatus)
-	Stats     service.DeviceJobStatistics // their statistics, summed
-	Counts    Counts                      // outcomes known so far in this wave
+	JobIDs    []string             // the wave's jobs
+	JobStatus string               // their status (see WaveResult.JobStatus)
+	Stats     iothub.JobStatistics // their statistics, summed
+	Counts    Counts               // outcomes known so far in this wave
 	Elapsed   time.Duration
 	Err       error  // a failed poll (StageWavePolled), kept going
 	Reason    string // StageStoppedEarly: why

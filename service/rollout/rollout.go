@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dmctl/dmctl/internal/iothub"
 	"github.com/dmctl/dmctl/service"
 )
 
@@ -92,7 +93,7 @@ func (o Options) withDefaults(now time.Time) (Options, error) {
 	if o.JobIDPrefix == "" {
 		o.JobIDPrefix = DefaultJobIDPrefix(now)
 	}
-	if err := service.ValidJobID(o.JobIDPrefix + "-w999-999"); err != nil {
+	if err := iothub.ValidJobID(o.JobIDPrefix + "-w999-999"); err != nil {
 		return o, fmt.Errorf("fleet reboot: job id prefix: %w", err)
 	}
 	return o, nil
@@ -213,7 +214,7 @@ func (r *rollout) runWaves(ctx context.Context, sizes []int) error {
 // AbortFailureRate.
 func (r *rollout) stopReason(wr WaveResult, planned int) string {
 	switch {
-	case wr.JobStatus != service.JobCompleted:
+	case wr.JobStatus != iothub.JobCompleted:
 		reason := fmt.Sprintf("the job of wave %d (%s) ended %s", wr.Wave, strings.Join(wr.JobIDs, ", "), wr.JobStatus)
 		if wr.FailureReason != "" {
 			reason += ": " + wr.FailureReason

@@ -115,8 +115,8 @@ func TestResultErr(t *testing.T) {
 type fakeJobsHub struct {
 	mu        sync.Mutex
 	rebootAt  map[string]any // current reported.rebootTime per device (nil: absent)
-	rows      func(jobID string, ids []string) []service.DeviceJob
-	jobs      map[string]*service.JobResponse
+	rows      func(jobID string, ids []string) []iothub.DeviceJob
+	jobs      map[string]*iothub.JobResponse
 	conds     map[string]string
 	cancelled []string
 	queries   []string
@@ -173,24 +173,24 @@ func (f *fakeJobsHub) handler(t *testing.T) http.HandlerFunc {
 				Type                string
 				QueryCondition      string
 				StartTime           string
-				CloudToDeviceMethod *service.JobMethod
+				CloudToDeviceMethod *iothub.JobMethod
 			}
 			json.NewDecoder(r.Body).Decode(&req)
 			id := strings.TrimPrefix(r.URL.Path, "/jobs/v2/")
-			if req.JobID != id || req.Type != service.JobTypeDeviceMethod || req.CloudToDeviceMethod == nil ||
+			if req.JobID != id || req.Type != iothub.JobTypeDeviceMethod || req.CloudToDeviceMethod == nil ||
 				req.CloudToDeviceMethod.MethodName != service.RebootMethod || req.StartTime == "" {
 				f.mu.Unlock()
 				t.Errorf("job request %+v", req)
 				writeJSON(w, 400, iothub.RegistryErrorBody(iothub.CodeArgumentInvalid, "bad job", time.Now()))
 				return
 			}
-			status := service.JobCompleted
+			status := iothub.JobCompleted
 			if f.holdJobs {
-				status = service.JobRunning
+				status = iothub.JobRunning
 			}
 			ids := idsOf(req.QueryCondition)
-			j := &service.JobResponse{JobID: id, Type: req.Type, Status: status, QueryCondition: req.QueryCondition,
-				MaxExecutionTimeInSeconds: 3600, DeviceJobStatistics: service.DeviceJobStatistics{DeviceCount: len(ids), SucceededCount: len(ids)}}
+			j := &iothub.JobResponse{JobID: id, Type: req.Type, Status: status, QueryCondition: req.QueryCondition,
+				MaxExecutionTimeInSeconds: 3600, DeviceJobStatistics: iothub.JobStatistics{DeviceCount: len(ids), SucceededCount: len(ids)}}
 			f.jobs[id], f.conds[id] = j, req.QueryCondition
 			after := f.afterCreate
 			f.mu.Unlock()
@@ -210,7 +210,7 @@ func (f *fakeJobsHub) handler(t *testing.T) http.HandlerFunc {
 			id := strings.TrimSuffix(strings.TrimPrefix(r.URL.Path, "/jobs/v2/"), "/cancel")
 			f.cancelled = append(f.cancelled, id)
 			j := f.jobs[id]
-			j.Status = service.JobCancelled
+			j.Status = iothub.JobCancelled
 			f.mu.Unlock()
 			writeJSON(w, 200, j)
 		default:
@@ -241,14 +241,14 @@ func slicesSortDesc(s []string) {
 	}
 }
 
-func completedRow(jobID, id string, status int, payload string) service.DeviceJob {
-	return service.DeviceJob{DeviceID: id, JobID: jobID, JobType: service.JobTypeDeviceMethod, Status: service.DeviceJobCompleted,
-		Outcome: &service.DeviceJobOutcome{DeviceMethodResponse: &service.DeviceMethodResponse{Status: status, Payload: json.RawMessage(payload)}}}
+func completedRow(jobID, id string, status int, payload string) iothub.DeviceJob {
+	return iothub.DeviceJob{DeviceID: id, JobID: jobID, JobType: iothub.JobTypeDeviceMethod, Status: iothub.RowCompleted,
+		Outcome: &iothub.DeviceJobOutcome{DeviceMethodResponse: &iothub.DeviceMethodResponse{Status: status, Payload: json.RawMessage(payload)}}}
 }
 
-func failedRow(jobID, id string, code int, status string) service.DeviceJob {
-	return service.DeviceJob{DeviceID: id, JobID: jobID, JobType: service.JobTypeDeviceMethod, Status: status,
-		Error: &service.DeviceJobError{Code: fmt.Sprint(code), Description: "row says " + iothub.ErrorName(code)}}
+func failedRow(jobID, id string, code int, status string) iothub.DeviceJob {
+	return iothub.DeviceJob{DeviceID: id, JobID: jobID, JobType: iothub.JobTypeDeviceMethod, Status: status,
+		Error: &iothub.DeviceJobError{Code: fmt.Sprint(code), Description: "row says " + iothub.ErrorName(code)}}
 }
 
 // TestRunOutcomes drives one wave over a scripted hub and checks
@@ -270,22 +270,22 @@ func TestRunOutcomes(t *testing.T) {
 			"canceled":  "2026-01-01T00:00:00Z",
 			"restarted": "2026-01-01T00:00:00Z",
 		},
-		jobs: map[string]*service.JobResponse{}, conds: map[string]string{},
+		jobs: map[string]*iothub.JobResponse{}, conds: map[string]string{},
 	}
-	f.rows = func(jobID string, ids []string) []service.DeviceJob {
-		return []service.DeviceJob{
+	f.rows = func(jobID string, ids []string) []iothub.DeviceJob {
+		return []iothub.DeviceJob{
 			completedRow(jobID, "ok", 200, `{}`),
 			completedRow(jobID, "fresh", 200, `{}`),
 			completedRow(jobID, "numeric", 200, `null`),
 			completedRow(jobID, "refused", 500, `{"error":"disk"}`),
 			completedRow(jobID, "refused2", 409, `{"error":"busy"}`),
-			failedRow(jobID, "off", iothub.CodeDeviceNotOnline, service.DeviceJobFailed),
+			failedRow(jobID, "off", iothub.CodeDeviceNotOnline, iothub.RowFailed),
 			completedRow(jobID, "slow", 200, `{}`),
-			failedRow(jobID, "late", iothub.CodeGatewayTimeout, service.DeviceJobFailed),
-			failedRow(jobID, "timeout", iothub.CodeGatewayTimeout, service.DeviceJobFailed),
-			failedRow(jobID, "gone", iothub.CodeDeviceNotFound, service.DeviceJobFailed),
-			failedRow(jobID, "canceled", iothub.CodeServerError, service.DeviceJobCanceled),
-			failedRow(jobID, "restarted", iothub.CodeServiceUnavailable, service.DeviceJobFailed),
+			failedRow(jobID, "late", iothub.CodeGatewayTimeout, iothub.RowFailed),
+			failedRow(jobID, "timeout", iothub.CodeGatewayTimeout, iothub.RowFailed),
+			failedRow(jobID, "gone", iothub.CodeDeviceNotFound, iothub.RowFailed),
+			failedRow(jobID, "canceled", iothub.CodeServerError, iothub.RowCanceled),
+			failedRow(jobID, "restarted", iothub.CodeServiceUnavailable, iothub.RowFailed),
 		}
 	}
 	f.afterCreate = func(string, []string) {
@@ -353,7 +353,7 @@ func TestRunOutcomes(t *testing.T) {
 	if res.Counts != (Counts{Total: 13, Succeeded: 4, Failed: 7, Offline: 1, Unconfirmed: 1}) {
 		t.Errorf("counts %+v", res.Counts)
 	}
-	if w := res.Waves[0]; w.JobStatus != service.JobCompleted || w.FailureRate != 9.0/13 || w.Size != 13 {
+	if w := res.Waves[0]; w.JobStatus != iothub.JobCompleted || w.FailureRate != 9.0/13 || w.Size != 13 {
 		t.Errorf("wave %+v", w)
 	}
 	if stages[0] != StageBaseline || stages[1] != StageWaveStarted || stages[len(stages)-1] != StageWaveDone {
@@ -378,8 +378,8 @@ func TestRunOutcomes(t *testing.T) {
 func TestRunInterruptCancelsJob(t *testing.T) {
 	f := &fakeJobsHub{
 		rebootAt: map[string]any{"a": nil, "b": nil},
-		jobs:     map[string]*service.JobResponse{}, conds: map[string]string{},
-		rows:     func(string, []string) []service.DeviceJob { return nil },
+		jobs:     map[string]*iothub.JobResponse{}, conds: map[string]string{},
+		rows:     func(string, []string) []iothub.DeviceJob { return nil },
 		holdJobs: true,
 	}
 	c := fakeHubClient(t, f.handler(t))
@@ -408,7 +408,7 @@ func TestRunInterruptCancelsJob(t *testing.T) {
 	if !res.Interrupted || !res.Stopped || res.Counts != (Counts{Total: 2, Unconfirmed: 1, Skipped: 1}) {
 		t.Errorf("result: interrupted %v stopped %v counts %+v", res.Interrupted, res.Stopped, res.Counts)
 	}
-	if res.Waves[0].JobStatus != service.JobCancelled || res.Devices[0].Reason != "interrupted before the reboot was confirmed" {
+	if res.Waves[0].JobStatus != iothub.JobCancelled || res.Devices[0].Reason != "interrupted before the reboot was confirmed" {
 		t.Errorf("wave %+v device %+v", res.Waves[0], res.Devices[0])
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dmctl/dmctl/internal/iothub"
 	"github.com/dmctl/dmctl/internal/retry"
 	"github.com/dmctl/dmctl/service"
 )
@@ -21,13 +22,13 @@ const MaxConditionLength = 8000
 // queryCondition), and what has been read of those jobs.
 type wave struct {
 	r        *rollout
-	n        int                    // 1-based wave number
-	devs     []Device               // the wave's window of Result.Devices
-	parts    [][]string             // the device ids of each job
-	jobIDs   []string               // the job of each part
-	jobs     []*service.JobResponse // as last read; nil when not created
-	partOf   []int                  // devs[i] is called by jobs[partOf[i]]
-	rowsRead []bool                 // the device rows of jobs[k] are applied
+	n        int                   // 1-based wave number
+	devs     []Device              // the wave's window of Result.Devices
+	parts    [][]string            // the device ids of each job
+	jobIDs   []string              // the job of each part
+	jobs     []*iothub.JobResponse // as last read; nil when not created
+	partOf   []int                 // devs[i] is called by jobs[partOf[i]]
+	rowsRead []bool                // the device rows of jobs[k] are applied
 	start    time.Time
 }
 
@@ -48,7 +49,7 @@ func newWave(r *rollout, n int, devs []Device) *wave {
 			w.jobIDs[k] += fmt.Sprintf("-%d", k+1)
 		}
 	}
-	w.jobs = make([]*service.JobResponse, len(w.parts))
+	w.jobs = make([]*iothub.JobResponse, len(w.parts))
 	w.rowsRead = make([]bool, len(w.parts))
 	w.partOf = make([]int, len(devs))
 	at := 0
@@ -105,9 +106,9 @@ func (w *wave) createJobs(ctx context.Context) error {
 	for k, part := range w.parts {
 		job, err := w.r.c.CreateJob(ctx, service.JobRequest{
 			JobID:          w.jobIDs[k],
-			Type:           service.JobTypeDeviceMethod,
+			Type:           iothub.JobTypeDeviceMethod,
 			QueryCondition: service.IDListCondition(part),
-			CloudToDeviceMethod: &service.JobMethod{
+			CloudToDeviceMethod: &iothub.JobMethod{
 				MethodName:               service.RebootMethod,
 				Payload:                  o.Payload,
 				ResponseTimeoutInSeconds: ceilSeconds(o.ResponseTimeout),
@@ -213,7 +214,7 @@ func (w *wave) poll(ctx context.Context) (pollErr, stop error) {
 		if j == nil {
 			continue
 		}
-		if !service.JobTerminal(j.Status) {
+		if !iothub.JobTerminal(j.Status) {
 			nj, err := w.r.c.Job(ctx, w.jobIDs[k])
 			switch {
 			case err == nil:
@@ -226,7 +227,7 @@ func (w *wave) poll(ctx context.Context) (pollErr, stop error) {
 				pollErr = err
 			}
 		}
-		if service.JobTerminal(j.Status) && !w.rowsRead[k] {
+		if iothub.JobTerminal(j.Status) && !w.rowsRead[k] {
 			if err := w.readRows(ctx, k); err != nil {
 				if ctx.Err() != nil {
 					return nil, ctx.Err()
@@ -240,8 +241,8 @@ func (w *wave) poll(ctx context.Context) (pollErr, stop error) {
 
 // readRows reads the device rows of job k and applies them to its devices.
 func (w *wave) readRows(ctx context.Context, k int) error {
-	rows := map[string]service.DeviceJob{}
-	err := w.r.c.DeviceJobs(ctx, w.jobIDs[k], func(r service.DeviceJob) error {
+	rows := map[string]iothub.DeviceJob{}
+	err := w.r.c.DeviceJobs(ctx, w.jobIDs[k], func(r iothub.DeviceJob) error {
 		rows[r.DeviceID] = r
 		return nil
 	})
@@ -300,7 +301,7 @@ func (w *wave) settleUnread(pending []int, pollErr error) {
 func (w *wave) interrupt(ctx context.Context, err error) (WaveResult, error) {
 	log := w.r.c.Logger()
 	for k, j := range w.jobs {
-		if j == nil || service.JobTerminal(j.Status) {
+		if j == nil || iothub.JobTerminal(j.Status) {
 			continue
 		}
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cancelTimeout)
@@ -349,10 +350,10 @@ func (w *wave) status() string {
 		if j == nil {
 			continue
 		}
-		if !service.JobTerminal(j.Status) && running == "" {
+		if !iothub.JobTerminal(j.Status) && running == "" {
 			running = j.Status
 		}
-		if j.Status != service.JobCompleted && first == "" {
+		if j.Status != iothub.JobCompleted && first == "" {
 			first = j.Status
 		}
 	}
@@ -371,8 +372,8 @@ func (w *wave) status() string {
 }
 
 // stats sums the device statistics of the wave's jobs.
-func (w *wave) stats() service.DeviceJobStatistics {
-	var s service.DeviceJobStatistics
+func (w *wave) stats() iothub.JobStatistics {
+	var s iothub.JobStatistics
 	for _, j := range w.jobs {
 		st := j.Stats()
 		s.DeviceCount += st.DeviceCount
