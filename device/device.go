@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/dmctl/dmctl/internal/retry"
 )
 
 // RebootMethod is the direct method that reboots the device.
@@ -277,12 +279,8 @@ func (d *Device) reboot(ctx context.Context, delay time.Duration) {
 		}
 		return
 	}
-	t := time.NewTimer(delay)
-	select {
-	case <-ctx.Done():
-		t.Stop()
+	if retry.Sleep(ctx, delay) != nil {
 		return
-	case <-t.C:
 	}
 	if err := d.conn.Resume(ctx); err != nil {
 		if ctx.Err() == nil {

@@ -26,15 +26,18 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
+	"golang.org/x/time/rate"
 
 	"github.com/dmctl/dmctl/device"
 	"github.com/dmctl/dmctl/device/mqtt"
+	"github.com/dmctl/dmctl/internal/retry"
 	"github.com/dmctl/dmctl/sas"
 )
 
@@ -369,17 +372,19 @@ func (f *Fleet) report(ctx context.Context, start time.Time) {
 	}
 }
 
-// limiter hands out connect slots: one every interval, each with a random
-// offset inside its interval so that connects do not march in lockstep.
+// limiter hands out connect slots: ConnectRate per second across the
+// fleet (a token bucket of one, so there are no bursts), each taken with a
+// random offset inside its interval so that connects do not march in
+// lockstep. A caller whose ctx ends while it waits gives its slot back.
 type limiter struct {
+	lim      *rate.Limiter // nil: no limit
 	interval time.Duration
-	mu       sync.Mutex
-	next     time.Time
 }
 
 func newLimiter(perSecond float64) *limiter {
 	l := &limiter{}
-	if perSecond > 0 {
+	if perSecond > 0 && !math.IsInf(perSecond, 1) {
+		l.lim = rate.NewLimiter(rate.Limit(perSecond), 1)
 		l.interval = time.Duration(float64(time.Second) / perSecond)
 	}
 	return l
@@ -387,24 +392,17 @@ func newLimiter(perSecond float64) *limiter {
 
 // Wait blocks until the caller's slot, or ctx ends.
 func (l *limiter) Wait(ctx context.Context) error {
-	if l.interval <= 0 {
+	if l.lim == nil {
 		return ctx.Err()
 	}
-	now := time.Now()
-	l.mu.Lock()
-	if l.next.Before(now) {
-		l.next = now
+	r := l.lim.Reserve() // always OK: one token at a time, burst 1
+	var jitter time.Duration
+	if l.interval > 0 {
+		jitter = rand.N(l.interval)
 	}
-	at := l.next
-	l.next = at.Add(l.interval)
-	l.mu.Unlock()
-	d := at.Sub(now) + rand.N(l.interval)
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
+	if err := retry.Sleep(ctx, r.Delay()+jitter); err != nil {
+		r.Cancel()
+		return err
 	}
+	return nil
 }

@@ -21,12 +21,13 @@ import (
 	"github.com/dmctl/dmctl/device/mqtt"
 	"github.com/dmctl/dmctl/hub/hubtest"
 	"github.com/dmctl/dmctl/internal/iothub"
+	"github.com/dmctl/dmctl/internal/retry"
 	"github.com/dmctl/dmctl/sas"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-func fastBackoff(int) time.Duration { return 5 * time.Millisecond }
+var fastBackoff = retry.Constant(5 * time.Millisecond)
 
 // devices registers n devices on srv and returns their connection strings.
 func devices(t *testing.T, srv *hubtest.Server, prefix string, n int) []*sas.ConnectionString {

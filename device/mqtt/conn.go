@@ -52,7 +52,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -65,6 +64,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/dmctl/dmctl/device"
+	"github.com/dmctl/dmctl/internal/retry"
 	"github.com/dmctl/dmctl/sas"
 )
 
@@ -138,8 +138,8 @@ type Config struct {
 	// MaxBackoff caps the reconnect delay (default 60 s).
 	MaxBackoff time.Duration
 	// Backoff returns the delay before reconnect attempt n (n >= 1).
-	// Default: Exponential(DefaultBaseBackoff, MaxBackoff).
-	Backoff func(attempt int) time.Duration
+	// Default: retry.Exponential(DefaultBaseBackoff, MaxBackoff).
+	Backoff retry.Backoff
 	// Proxy picks the HTTP proxy for WebSockets. Default:
 	// http.ProxyFromEnvironment (HTTPS_PROXY, NO_PROXY).
 	Proxy func(*http.Request) (*url.URL, error)
@@ -182,26 +182,6 @@ func (s State) String() string {
 		return stateNames[s]
 	}
 	return "State(" + strconv.Itoa(int(s)) + ")"
-}
-
-// Exponential returns a backoff with full jitter: attempt n waits a random
-// duration in [0, min(max, base·2^(n-1))].
-func Exponential(base, max time.Duration) func(attempt int) time.Duration {
-	return func(attempt int) time.Duration {
-		if attempt < 1 {
-			attempt = 1
-		}
-		ceil := max
-		if attempt <= 62 {
-			if d := base << (attempt - 1); d > 0 && d < max {
-				ceil = d
-			}
-		}
-		if ceil <= 0 {
-			return 0
-		}
-		return rand.N(ceil + 1)
-	}
 }
 
 // Conn is an MQTT link to IoT Hub for one device identity. Create it with
@@ -286,7 +266,7 @@ func New(cfg Config) (*Conn, error) {
 	def(&cfg.DrainTimeout, DefaultDrainTimeout)
 	def(&cfg.MaxBackoff, DefaultMaxBackoff)
 	if cfg.Backoff == nil {
-		cfg.Backoff = Exponential(DefaultBaseBackoff, cfg.MaxBackoff)
+		cfg.Backoff = retry.Exponential(DefaultBaseBackoff, cfg.MaxBackoff)
 	}
 	if cfg.Proxy == nil {
 		cfg.Proxy = http.ProxyFromEnvironment

@@ -25,6 +25,7 @@ import (
 	"github.com/dmctl/dmctl/device/mqtt"
 	"github.com/dmctl/dmctl/hub/hubtest"
 	"github.com/dmctl/dmctl/internal/iothub"
+	"github.com/dmctl/dmctl/internal/retry"
 	"github.com/dmctl/dmctl/sas"
 )
 
@@ -34,7 +35,7 @@ func TestMain(m *testing.M) {
 }
 
 // fastBackoff keeps reconnect tests quick.
-func fastBackoff(int) time.Duration { return time.Millisecond }
+var fastBackoff = retry.Constant(time.Millisecond)
 
 // rig is one simulated device running against a test hub.
 type rig struct {
@@ -320,10 +321,10 @@ func TestSASRenewalKeepsMethodsWorking(t *testing.T) {
 func TestHubRestart(t *testing.T) {
 	for _, tt := range []struct {
 		name    string
-		backoff func(int) time.Duration
+		backoff retry.Backoff
 	}{
 		{"1ms backoff", fastBackoff},
-		{"default backoff", mqtt.Exponential(mqtt.DefaultBaseBackoff, mqtt.DefaultMaxBackoff)},
+		{"default backoff", retry.Exponential(mqtt.DefaultBaseBackoff, mqtt.DefaultMaxBackoff)},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			srv := hubtest.NewServer(t)
