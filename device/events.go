@@ -15,6 +15,7 @@ const (
 	EventRetrying      EventKind = "retrying"       // waiting before the next attempt (Attempt, Delay)
 	EventTokenRenewed  EventKind = "token_renewed"  // reconnected with a fresh SAS token (TokenExpires)
 	EventSuspended     EventKind = "suspended"      // staying offline until resumed
+	EventResumed       EventKind = "resumed"        // a suspend ended; reconnecting
 	EventReported      EventKind = "reported"       // a reported-properties patch was acknowledged (Version)
 )
 
@@ -41,6 +42,7 @@ type Event struct {
 	Attempt      int           // retrying: the attempt about to be made (1 is the first retry)
 	Delay        time.Duration // retrying: the wait; reboot_started: the time offline
 	Target       string        // connected: host:port dialled
+	Transport    string        // connected: "mqtt" or "mqtt-ws"
 	Filters      []string      // subscribed
 	TokenExpires time.Time     // connected, token_renewed
 	Method       string        // method_received, method

@@ -37,7 +37,8 @@
 // is kept; method handlers run on goroutines owned by Run, and every
 // goroutine ends before Run returns.
 //
-// Connection events are logged with stable "event" values: connected
+// Connection events go to Config.OnEvent as device.Event values, and are
+// logged for people with the same stable "event" values: connected
 // (target, transport, token_expires), subscribed (filters), disconnected
 // (reason: shutdown, suspended, token renewal, or the network error),
 // connect_failed (error), retrying (attempt, in), token_renewed (expires),
@@ -152,6 +153,12 @@ type Config struct {
 	// A fleet passes a shared rate limiter here. An error ends the wait
 	// and is treated like ctx ending (Gate should return ctx.Err()).
 	Gate func(ctx context.Context) error
+	// OnEvent, when set, receives the connection's events (connected,
+	// subscribed, disconnected, connect_failed, retrying, token_renewed,
+	// suspended, resumed, reported), with DeviceID set. It is called on
+	// goroutines the Conn owns, possibly several at once, never after Run
+	// has returned, and must return quickly. Events carry no secrets.
+	OnEvent func(device.Event)
 	// OnState, when set, is called on the Run goroutine at every change of
 	// the connection's State. It must return quickly.
 	OnState func(State)
@@ -346,6 +353,16 @@ func (c *Conn) warn() *zerolog.Event {
 		return c.log.Debug()
 	}
 	return c.log.Warn()
+}
+
+// emit hands e to Config.OnEvent, stamped with the time and the device.
+func (c *Conn) emit(e device.Event) {
+	if c.cfg.OnEvent == nil {
+		return
+	}
+	e.Time = time.Now()
+	e.DeviceID = c.cs.DeviceID
+	c.cfg.OnEvent(e)
 }
 
 func (c *Conn) setState(s State) {

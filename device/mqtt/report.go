@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/dmctl/dmctl/device"
 	"github.com/dmctl/dmctl/internal/iothub"
 )
 
@@ -120,6 +121,7 @@ func (c *Conn) reporter(ctx context.Context) {
 		r.done <- final
 		if final == nil {
 			c.log.Debug().Str("event", "reported").Int64("version", res.version).Msg("reported properties acknowledged")
+			c.emit(device.Event{Kind: device.EventReported, Version: res.version})
 		}
 	}
 }

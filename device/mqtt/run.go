@@ -53,6 +53,7 @@ func (c *Conn) loop(ctx context.Context) error {
 			case <-c.resumeCh:
 				suspended = false
 				c.info().Str("event", "resumed").Msg("reconnecting")
+				c.emit(device.Event{Kind: device.EventResumed})
 			case req := <-c.suspendCh:
 				close(req)
 				continue
@@ -63,6 +64,7 @@ func (c *Conn) loop(ctx context.Context) error {
 			c.setState(StateRetrying)
 			d := c.cfg.Backoff(attempt)
 			c.warn().Str("event", "retrying").Int("attempt", attempt).Str("in", d.String()).Msg("reconnecting")
+			c.emit(device.Event{Kind: device.EventRetrying, Attempt: attempt, Delay: d})
 			t := time.NewTimer(d)
 			select {
 			case <-ctx.Done():
@@ -92,6 +94,7 @@ func (c *Conn) loop(ctx context.Context) error {
 				return err
 			}
 			c.warn().Str("event", "connect_failed").Str("target", c.target).Err(err).Msg("connect failed")
+			c.emit(device.Event{Kind: device.EventConnectFailed, Target: c.target, Err: err})
 			retryAfter = true
 			continue
 		}
@@ -100,6 +103,7 @@ func (c *Conn) loop(ctx context.Context) error {
 		c.setState(StateConnected)
 		if renewing {
 			c.info().Str("event", "token_renewed").Time("expires", s.expiry).Msg("reconnected with a new token")
+			c.emit(device.Event{Kind: device.EventTokenRenewed, TokenExpires: s.expiry})
 			renewing = false
 		}
 		if !connected {
@@ -128,11 +132,13 @@ func (c *Conn) loop(ctx context.Context) error {
 			stopRenew()
 			c.endSession(s, true)
 			c.info().Str("event", "disconnected").Str("reason", "shutdown").Msg("disconnected")
+			c.emit(device.Event{Kind: device.EventDisconnected, Reason: "shutdown"})
 			return nil
 		case <-s.dead:
 			stopRenew()
 			c.endSession(s, false)
 			c.warn().Str("event", "disconnected").Str("reason", reason(s.deadErr)).Msg("connection lost")
+			c.emit(device.Event{Kind: device.EventDisconnected, Reason: reason(s.deadErr), Err: s.deadErr})
 			retryAfter = true
 			if time.Since(connectedAt) >= stableSession {
 				attempt = 0
@@ -141,6 +147,7 @@ func (c *Conn) loop(ctx context.Context) error {
 			c.quiesce(ctx, s)
 			c.endSession(s, true)
 			c.info().Str("event", "disconnected").Str("reason", "token renewal").Msg("renewing the token")
+			c.emit(device.Event{Kind: device.EventDisconnected, Reason: "token renewal"})
 			renewing = true
 			attempt = 0
 		case req := <-c.suspendCh:
@@ -148,6 +155,7 @@ func (c *Conn) loop(ctx context.Context) error {
 			c.quiesce(ctx, s)
 			c.endSession(s, true)
 			c.info().Str("event", "disconnected").Str("reason", "suspended").Msg("disconnected")
+			c.emit(device.Event{Kind: device.EventDisconnected, Reason: "suspended"})
 			c.enterSuspend(req, "suspended")
 			suspended = true
 			attempt = 0
@@ -169,6 +177,7 @@ func (c *Conn) enterSuspend(req chan struct{}, state string) {
 	default:
 	}
 	c.info().Str("event", "suspended").Str("state", state).Msg("staying offline until resumed")
+	c.emit(device.Event{Kind: device.EventSuspended})
 	close(req)
 }
 
@@ -242,7 +251,9 @@ func (c *Conn) dial(ctx context.Context) (*session, error) {
 		ev = ev.Str("device", c.cs.DeviceID)
 	}
 	ev.Time("token_expires", expiry).Msg("connected")
-	c.info().Str("event", "subscribed").Strs("filters", []string{iothub.MethodsFilter, iothub.TwinResFilter, iothub.DesiredFilter}).Msg("subscribed")
+	c.info().Str("event", "subscribed").Strs("filters", filters).Msg("subscribed")
+	c.emit(device.Event{Kind: device.EventConnected, Target: c.target, Transport: string(c.cfg.Transport), TokenExpires: expiry})
+	c.emit(device.Event{Kind: device.EventSubscribed, Filters: filters})
 	return s, nil
 }
 
