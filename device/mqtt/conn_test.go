@@ -495,20 +495,22 @@ func (p *connectProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.WriteHeader(http.StatusOK)
-	down, _, err := http.NewResponseController(w).Hijack()
+	// Read the client through the hijacked buffer: bytes it sent right
+	// after the 200 (its TLS hello) may already be in it.
+	down, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
 		up.Close()
 		return
 	}
 	p.wg.Add(2)
-	pipe := func(dst, src net.Conn) {
+	pipe := func(dst net.Conn, src io.Reader, srcConn net.Conn) {
 		defer p.wg.Done()
 		_, _ = io.Copy(dst, src)
 		dst.Close()
-		src.Close()
+		srcConn.Close()
 	}
-	go pipe(up, down)
-	go pipe(down, up)
+	go pipe(up, brw.Reader, down)
+	go pipe(down, up, up)
 }
 
 func TestWebSocketsThroughProxy(t *testing.T) {
