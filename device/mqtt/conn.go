@@ -2,9 +2,9 @@
 // TLS (port 8883) or over WebSockets (443, /$iothub/websocket). It
 // implements device.Conn.
 //
-// Packets are framed by eclipse/paho.mqtt.golang's packets package, and
-// WebSockets are dialled by paho; the connection itself is this package's
-// own, because a fleet holds thousands of them (see link.go): per
+// Packets are framed by eclipse/paho.mqtt.golang's packets package and
+// WebSockets by gorilla/websocket (ws.go); the connection itself is this
+// package's own, because a fleet holds thousands of them (see link.go): per
 // connection one goroutine reads, writes share a mutex, and the keep-alive
 // is a timer that costs nothing while it waits. Run's goroutine is the only
 // other one an idle connection keeps; the goroutines that dispatch inbound
@@ -198,10 +198,12 @@ type Conn struct {
 	cs      *sas.ConnectionString
 	log     zerolog.Logger
 	tlsConf *tls.Config
-	broker  string // URL paho dials
-	target  string // host:port shown in events
-	ridSeq  atomic.Uint64
-	started atomic.Bool
+	broker  string // the WebSocket URL
+	// dialConn opens the transport; dialTransport unless a test replaces it.
+	dialConn func(ctx context.Context) (net.Conn, error)
+	target   string // host:port shown in events
+	ridSeq   atomic.Uint64
+	started  atomic.Bool
 
 	suspendCh chan chan struct{}
 	resumeCh  chan struct{} // buffered 1
@@ -230,7 +232,7 @@ type Conn struct {
 
 type session struct {
 	link     *link
-	dead     chan struct{} // closed when paho reports the connection lost
+	dead     chan struct{} // closed when the link reports the connection lost
 	deadOnce sync.Once
 	deadErr  error         // why, set before dead is closed
 	down     chan struct{} // closed when the session has ended
@@ -301,6 +303,7 @@ func New(cfg Config) (*Conn, error) {
 		pending:   make(map[string]chan twinResult),
 		tlsConf:   cfg.TLSConfig,
 	}
+	c.dialConn = c.dialTransport
 	if c.tlsConf == nil {
 		// ServerName set here spares crypto/tls a copy of the config per dial.
 		c.tlsConf = &tls.Config{RootCAs: cfg.RootCAs, MinVersion: tls.VersionTLS12, ServerName: ServerName(cs)}
@@ -308,7 +311,6 @@ func New(cfg Config) (*Conn, error) {
 	switch cfg.Transport {
 	case TransportMQTT:
 		c.target = withPort(host, 8883)
-		c.broker = "ssl://" + c.target
 	case TransportWebSockets:
 		c.target = withPort(host, 443)
 		c.broker = "wss://" + c.target + "/$iothub/websocket"

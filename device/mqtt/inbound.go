@@ -23,7 +23,7 @@ type inbound struct {
 	payload []byte
 }
 
-// route is paho's message handler for every topic. It never blocks: method
+// route is the link's message handler for every topic. It never blocks: method
 // calls and desired patches are queued for dispatch, twin responses are
 // handed to the waiting request.
 func (c *Conn) route(topic string, payload []byte) {

@@ -198,7 +198,7 @@ func (c *Conn) dialAside(ctx context.Context) (*session, error) {
 	return r.s, r.err
 }
 
-// dial makes one connect attempt: new paho client, fresh token, CONNECT,
+// dial makes one connect attempt: new link, fresh token, CONNECT,
 // SUBSCRIBE. On success the session is current.
 func (c *Conn) dial(ctx context.Context) (*session, error) {
 	// A token's expiry has whole seconds: round up so that it lives at
@@ -315,10 +315,10 @@ func (c *Conn) waitSession(ctx context.Context) *session {
 
 // quiesce prepares a planned disconnect without losing a method call: it
 // unsubscribes from method requests (so the hub sends no new ones to this
-// connection), reads the twin as a barrier (paho routes messages in order,
-// so every request the hub sent before the unsubscribe has been queued by
-// the time the answer arrives), and waits for the queued calls to be
-// answered on this connection.
+// connection), reads the twin as a barrier (the link routes messages in
+// order, so every request the hub sent before the unsubscribe has been
+// queued by the time the answer arrives), and waits for the queued calls
+// to be answered on this connection.
 func (c *Conn) quiesce(ctx context.Context, s *session) {
 	qctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
 	defer cancel()
