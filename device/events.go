@@ -8,10 +8,10 @@ type EventKind string
 
 // Connection events, emitted by the transport (device/mqtt).
 const (
-	EventConnected     EventKind = "connected"      // a connection is up (Target, TokenExpires)
+	EventConnected     EventKind = "connected"      // a connection is up (Target, Transport, TokenExpires)
 	EventSubscribed    EventKind = "subscribed"     // methods, twin responses and desired patches subscribed (Filters)
 	EventDisconnected  EventKind = "disconnected"   // the connection ended (Reason, Err for a lost one)
-	EventConnectFailed EventKind = "connect_failed" // one connect attempt failed (Err)
+	EventConnectFailed EventKind = "connect_failed" // one connect attempt failed (Target, Err)
 	EventRetrying      EventKind = "retrying"       // waiting before the next attempt (Attempt, Delay)
 	EventTokenRenewed  EventKind = "token_renewed"  // reconnected with a fresh SAS token (TokenExpires)
 	EventSuspended     EventKind = "suspended"      // staying offline until resumed

@@ -199,11 +199,11 @@ type Conn struct {
 	log     zerolog.Logger
 	tlsConf *tls.Config
 	broker  string // the WebSocket URL
-	// dialConn opens the transport; dialTransport unless a test replaces it.
+	target  string // host:port shown in events
+	ridSeq  atomic.Uint64
+	started atomic.Bool
+	// dialConn opens the transport: dialTransport unless a test replaces it.
 	dialConn func(ctx context.Context) (net.Conn, error)
-	target   string // host:port shown in events
-	ridSeq   atomic.Uint64
-	started  atomic.Bool
 
 	suspendCh chan chan struct{}
 	resumeCh  chan struct{} // buffered 1
