@@ -271,9 +271,10 @@ func TestMissingPingrespFailsTheLink(t *testing.T) {
 			}
 		}
 	})
-	// keep-alive 200 ms: a PINGREQ every 180 ms, each answer due 180 ms later.
-	tl := open(t, client, 200*time.Millisecond)
-	err := tl.lost(t, 2*time.Second)
+	// keep-alive 300 ms: a PINGREQ every 270 ms, each answer due 270 ms
+	// later; the third goes unanswered, so the link fails at about 1.1 s.
+	tl := open(t, client, 300*time.Millisecond)
+	err := tl.lost(t, 3*time.Second)
 	if err == nil || !strings.Contains(err.Error(), "pingresp not received") {
 		t.Fatalf("link lost with %v, want the missing PINGRESP", err)
 	}
