@@ -155,7 +155,8 @@ type Config struct {
 	Gate func(ctx context.Context) error
 	// OnEvent, when set, receives the connection's events (connected,
 	// subscribed, disconnected, connect_failed, retrying, token_renewed,
-	// suspended, resumed, reported), with DeviceID set. It is called on
+	// suspended, resumed, reported, report_retry, report_rejected,
+	// twin_get_failed, method_response_failed), with DeviceID set. It is called on
 	// goroutines the Conn owns, possibly several at once, never after Run
 	// has returned, and must return quickly. Events carry no secrets.
 	OnEvent func(device.Event)

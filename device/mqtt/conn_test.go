@@ -453,6 +453,9 @@ func TestReportRejected(t *testing.T) {
 	if err := r.conn.Report(within(t, patience), []byte(deep)); err == nil {
 		t.Fatal("a patch the hub refuses was reported as acknowledged")
 	}
+	if e := r.waitEvent(t, device.EventReportRejected, 1); e.Status != 400 || e.Err == nil {
+		t.Errorf("report_rejected event %+v, want status 400 and the error", e)
+	}
 	// The queue moves on.
 	if err := r.conn.Report(within(t, patience), []byte(`{"ok":true}`)); err != nil {
 		t.Fatalf("patch after a refused one: %v", err)

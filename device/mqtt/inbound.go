@@ -117,6 +117,7 @@ func (c *Conn) serveMethod(ctx context.Context, h device.Handler, in inbound) {
 	status, body := h.HandleMethod(ctx, device.MethodRequest{Name: in.name, Payload: in.payload})
 	if err := c.publish(ctx, iothub.MethodResponseTopic(status, in.rid), body); err != nil && ctx.Err() == nil {
 		c.warn().Str("event", "method_response_failed").Str("method", in.name).Err(err).Msg("method answer not sent")
+		c.emit(device.Event{Kind: device.EventMethodResponseFailed, Method: in.name, Err: err})
 	}
 }
 

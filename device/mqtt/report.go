@@ -103,16 +103,19 @@ func (c *Conn) reporter(ctx context.Context) {
 		switch {
 		case err != nil:
 			c.warn().Str("event", "report_retry").Err(err).Msg("reported properties not acknowledged, will resend")
+			c.emit(device.Event{Kind: device.EventReportRetry, Err: err})
 			c.pause(ctx, s)
 			continue
 		case res.status/100 == 2:
 		case res.status == http.StatusTooManyRequests || res.status >= 500:
 			c.warn().Str("event", "report_retry").Int("status", res.status).Msg("hub busy, will resend reported properties")
+			c.emit(device.Event{Kind: device.EventReportRetry, Status: res.status})
 			c.pause(ctx, s)
 			continue
 		default:
 			final = fmt.Errorf("hub refused reported properties: status %d: %s", res.status, truncate(res.body))
 			c.log.Error().Str("event", "report_rejected").Int("status", res.status).Msg("reported properties refused")
+			c.emit(device.Event{Kind: device.EventReportRejected, Status: res.status, Err: final})
 		}
 		c.mu.Lock()
 		c.queue[0] = nil

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/dmctl/dmctl/device"
 	"github.com/dmctl/dmctl/internal/iothub"
 )
 
@@ -61,6 +62,7 @@ func (c *Conn) syncTwin(ctx context.Context, s *session) {
 	}
 	if err != nil {
 		c.warn().Str("event", "twin_get_failed").Err(err).Msg("could not read the twin after connecting")
+		c.emit(device.Event{Kind: device.EventTwinGetFailed, Err: err})
 		return
 	}
 	c.log.Debug().Str("event", "twin_synced").Msg("twin read after connect")
