@@ -13,7 +13,8 @@
 // Desired-property patches are logged; the simulator has no settings they
 // change.
 //
-// Log events (field "event"): method (method, status), reboot_accepted,
+// Events go to Config.OnEvent as Event values (see events.go), and are
+// logged for people with the same "event" field: method (method, status), reboot_accepted,
 // reboot_started, rebooted (rebootTime), reboot_failed, twin (after every
 // connect: desired_version, reported_version, rebootTime), desired (version,
 // patch).

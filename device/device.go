@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/dmctl/dmctl/internal/retry"
 )
 
 // RebootMethod is the direct method that reboots the device.
@@ -38,6 +40,13 @@ type Config struct {
 	// Log receives method, reboot and desired-property events. The zero
 	// value logs nothing.
 	Log zerolog.Logger
+	// OnEvent, when set, receives the device's events (method_received,
+	// method, reboot_started, rebooted, reboot_failed, twin, desired),
+	// with DeviceID set when the Conn has a DeviceID method. It is called
+	// on goroutines that Run owns (the connection's and the reboot's),
+	// possibly several at once, never after Run has returned, and must
+	// return quickly. Events carry no secrets.
+	OnEvent func(Event)
 	// Now is the clock used for rebootTime. Default: time.Now.
 	Now func() time.Time
 	// Quiet logs routine events (methods, reboots, twin reads) at debug
@@ -55,6 +64,9 @@ type Device struct {
 	log   zerolog.Logger
 	quiet bool
 	now   func() time.Time
+	// onEvent and id: Config.OnEvent and the device it names.
+	onEvent func(Event)
+	id      string
 
 	wg sync.WaitGroup // the reboot in progress, if any
 
@@ -72,6 +84,11 @@ func New(conn Conn, cfg Config) *Device {
 		log:   cfg.Log,
 		quiet: cfg.Quiet,
 		now:   cfg.Now,
+
+		onEvent: cfg.OnEvent,
+	}
+	if c, ok := conn.(interface{ DeviceID() string }); ok {
+		d.id = c.DeviceID()
 	}
 	switch {
 	case d.delay == 0:
@@ -98,6 +115,16 @@ func (d *Device) warn() *zerolog.Event {
 		return d.log.Debug()
 	}
 	return d.log.Warn()
+}
+
+// emit hands e to Config.OnEvent, stamped with the time and the device.
+func (d *Device) emit(e Event) {
+	if d.onEvent == nil {
+		return
+	}
+	e.Time = time.Now()
+	e.DeviceID = d.id
+	d.onEvent(e)
 }
 
 // Handle adds (or replaces) a direct-method handler.
@@ -128,12 +155,14 @@ func (d *Device) Run(ctx context.Context) error {
 
 // HandleMethod implements Handler.
 func (d *Device) HandleMethod(ctx context.Context, req MethodRequest) (int, []byte) {
+	d.emit(Event{Kind: EventMethodReceived, Method: req.Name})
 	status, body := d.mux.Dispatch(ctx, req.Name, req.Payload)
 	ev := d.info()
 	if status >= 400 {
 		ev = d.warn()
 	}
 	ev.Str("event", "method").Str("method", req.Name).Int("status", status).Msg("direct method answered")
+	d.emit(Event{Kind: EventMethodAnswered, Method: req.Name, Status: status})
 	return status, body
 }
 
@@ -160,6 +189,7 @@ func (d *Device) HandleTwin(doc []byte) {
 		}
 	}
 	ev.RawJSON("desired", desiredWithoutMeta(twin.Desired)).Msg("twin read")
+	d.emit(Event{Kind: EventTwin, Version: dv})
 }
 
 // HandleDesired implements Handler: desired properties are logged; the
@@ -182,6 +212,7 @@ func (d *Device) HandleDesired(version int64, patch []byte) {
 		ev = ev.Int("bytes", len(patch))
 	}
 	ev.Msg("desired properties changed")
+	d.emit(Event{Kind: EventDesired, Version: version})
 }
 
 func versionOf(m map[string]json.RawMessage) int64 {
@@ -271,22 +302,21 @@ func (d *Device) parseRebootPayload(payload json.RawMessage) (time.Duration, err
 // rebootTime is reported.
 func (d *Device) reboot(ctx context.Context, delay time.Duration) {
 	d.info().Str("event", "reboot_started").Str("delay", delay.String()).Msg("rebooting: going offline")
+	d.emit(Event{Kind: EventRebootStarted, Delay: delay})
 	if err := d.conn.Suspend(ctx); err != nil {
 		if ctx.Err() == nil {
 			d.log.Error().Str("event", "reboot_failed").Err(err).Msg("could not go offline")
+			d.emit(Event{Kind: EventRebootFailed, Err: err})
 		}
 		return
 	}
-	t := time.NewTimer(delay)
-	select {
-	case <-ctx.Done():
-		t.Stop()
+	if retry.Sleep(ctx, delay) != nil {
 		return
-	case <-t.C:
 	}
 	if err := d.conn.Resume(ctx); err != nil {
 		if ctx.Err() == nil {
 			d.log.Error().Str("event", "reboot_failed").Err(err).Msg("could not come back online")
+			d.emit(Event{Kind: EventRebootFailed, Err: err})
 		}
 		return
 	}
@@ -295,8 +325,10 @@ func (d *Device) reboot(ctx context.Context, delay time.Duration) {
 	if err := d.conn.Report(ctx, patch); err != nil {
 		if ctx.Err() == nil {
 			d.log.Error().Str("event", "reboot_failed").Err(err).Msg("could not report " + RebootTimeProperty)
+			d.emit(Event{Kind: EventRebootFailed, Err: err})
 		}
 		return
 	}
 	d.info().Str("event", "rebooted").Str(RebootTimeProperty, at).Msg("reboot complete, " + RebootTimeProperty + " reported")
+	d.emit(Event{Kind: EventRebooted, RebootTime: at})
 }

@@ -15,9 +15,13 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/dmctl/dmctl/device"
+	"github.com/dmctl/dmctl/device/devicetest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// patience bounds every wait in these tests.
+const patience = 5 * time.Second
 
 // fakeConn records what the device asks of its connection. Run hands the
 // handler to the test and blocks until ctx ends.
@@ -46,6 +50,8 @@ func (f *fakeConn) Report(_ context.Context, patch []byte) error {
 	return nil
 }
 
+func (f *fakeConn) DeviceID() string { return "fake" }
+
 func (f *fakeConn) Suspend(context.Context) error { f.calls <- "suspend"; return nil }
 func (f *fakeConn) Resume(context.Context) error  { f.calls <- "resume"; return nil }
 
@@ -54,28 +60,61 @@ func (f *fakeConn) next(t *testing.T) string {
 	select {
 	case c := <-f.calls:
 		return c
-	case <-t.Context().Done():
-		t.Fatal("test ended waiting for a connection call")
+	case <-time.After(patience):
+		t.Fatalf("no connection call (suspend, resume, report) within %v", patience)
 	}
 	return ""
 }
 
 // start runs a device on a fake connection and returns the handler the
-// connection got; the device stops at the end of the test.
-func start(t *testing.T, cfg device.Config) (*fakeConn, device.Handler, *device.Device) {
+// connection got and the device's events; the device stops at the end of
+// the test.
+func start(t *testing.T, cfg device.Config) (*fakeConn, device.Handler, *devicetest.Recorder) {
 	t.Helper()
 	fc := newFakeConn()
+	rec := devicetest.NewRecorder()
+	cfg.OnEvent = rec.Record
 	d := device.New(fc, cfg)
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() { done <- d.Run(ctx) }()
 	t.Cleanup(func() {
 		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		case <-time.After(patience):
+			t.Errorf("Run did not return within %v of its cancel", patience)
 		}
 	})
-	return fc, <-fc.handler, d
+	select {
+	case h := <-fc.handler:
+		return fc, h, rec
+	case <-time.After(patience):
+		t.Fatalf("Run did not start the connection within %v", patience)
+		return nil, nil, nil
+	}
+}
+
+// reboot calls rebootDevice until it is accepted (a reboot that is still
+// finishing answers 409) and fails the test if it is not within patience.
+func reboot(t *testing.T, h device.Handler) {
+	t.Helper()
+	deadline := time.Now().Add(patience)
+	for {
+		status, body := h.HandleMethod(t.Context(), device.MethodRequest{Name: device.RebootMethod})
+		switch {
+		case status == 200:
+			return
+		case status != 409:
+			t.Fatalf("rebootDevice: status %d body %s", status, body)
+		case time.Now().After(deadline):
+			t.Fatalf("rebootDevice still 409 (a reboot in progress) after %v", patience)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 func decode(t *testing.T, body []byte) map[string]any {
@@ -144,7 +183,7 @@ func TestMux(t *testing.T) {
 
 func TestRebootCycle(t *testing.T) {
 	at := time.Date(2026, 11, 25, 20, 1, 2, 345678900, time.FixedZone("CET", 3600))
-	fc, h, _ := start(t, device.Config{RebootDelay: device.NoRebootDelay, Now: func() time.Time { return at }})
+	fc, h, rec := start(t, device.Config{RebootDelay: device.NoRebootDelay, Now: func() time.Time { return at }})
 
 	status, body := h.HandleMethod(t.Context(), device.MethodRequest{Name: device.RebootMethod})
 	if status != 200 {
@@ -158,6 +197,17 @@ func TestRebootCycle(t *testing.T) {
 		if got := fc.next(t); got != want {
 			t.Fatalf("connection call = %q, want %q", got, want)
 		}
+	}
+	if e := rec.Wait(t, device.EventRebooted, 1, patience); e.RebootTime != "2026-11-25T19:01:02.3456789Z" || e.DeviceID != "fake" {
+		t.Errorf("rebooted event %+v, want device fake and the reported rebootTime", e)
+	}
+	var kinds []device.EventKind
+	for _, e := range rec.Events() {
+		kinds = append(kinds, e.Kind)
+	}
+	want := []device.EventKind{device.EventMethodReceived, device.EventRebootStarted, device.EventMethodAnswered, device.EventRebooted}
+	if fmt.Sprint(kinds) != fmt.Sprint(want) && fmt.Sprint(kinds) != fmt.Sprint([]device.EventKind{want[0], want[2], want[1], want[3]}) {
+		t.Errorf("events %v, want %v (the answer and the start of the reboot in either order)", kinds, want)
 	}
 }
 
@@ -226,6 +276,9 @@ func TestRebootDefaultDelay(t *testing.T) {
 func TestRebootWhileRebooting(t *testing.T) {
 	fc, h, _ := start(t, device.Config{RebootDelay: device.NoRebootDelay})
 	release := make(chan struct{})
+	var releaseOnce sync.Once
+	unblock := func() { releaseOnce.Do(func() { close(release) }) }
+	t.Cleanup(unblock) // runs before the device is stopped, should the test fail early
 	fc.ReportFunc = func([]byte) error { <-release; return nil }
 
 	if status, body := h.HandleMethod(t.Context(), device.MethodRequest{Name: device.RebootMethod}); status != 200 {
@@ -238,23 +291,10 @@ func TestRebootWhileRebooting(t *testing.T) {
 	if status != 409 || decode(t, body)["error"] != "reboot already in progress" {
 		t.Fatalf("second reboot: status %d body %s, want 409 reboot already in progress", status, body)
 	}
-	close(release)
+	unblock()
 
 	// Once the first reboot is complete a new one is accepted.
-	for {
-		status, _ = h.HandleMethod(t.Context(), device.MethodRequest{Name: device.RebootMethod})
-		if status == 200 {
-			break
-		}
-		if status != 409 {
-			t.Fatalf("status %d after the reboot finished", status)
-		}
-		select {
-		case <-t.Context().Done():
-			t.Fatal("reboot never finished")
-		case <-time.After(time.Millisecond):
-		}
-	}
+	reboot(t, h)
 	if got := fc.next(t); got != "suspend" {
 		t.Fatalf("call = %q, want a second suspend", got)
 	}
@@ -271,13 +311,7 @@ func TestTwoRebootsReportDifferentTimes(t *testing.T) {
 	fc, h, _ := start(t, device.Config{RebootDelay: device.NoRebootDelay})
 	var times []string
 	for range 2 {
-		var status int
-		for status = 409; status == 409; {
-			status, _ = h.HandleMethod(t.Context(), device.MethodRequest{Name: device.RebootMethod})
-		}
-		if status != 200 {
-			t.Fatalf("status %d", status)
-		}
+		reboot(t, h)
 		fc.next(t)
 		fc.next(t)
 		var patch map[string]string
@@ -295,48 +329,43 @@ func TestTwoRebootsReportDifferentTimes(t *testing.T) {
 	}
 }
 
-func TestRebootReportFailureIsLoggedAndClears(t *testing.T) {
-	var logs syncBuffer
-	log := zerolog.New(&logs)
-	fc, h, _ := start(t, device.Config{RebootDelay: device.NoRebootDelay, Log: log})
-	fc.ReportFunc = func([]byte) error { return errors.New("hub refused reported properties: status 400") }
+func TestRebootReportFailureIsReportedAndClears(t *testing.T) {
+	fc, h, rec := start(t, device.Config{RebootDelay: device.NoRebootDelay})
+	refused := errors.New("hub refused reported properties: status 400")
+	fc.ReportFunc = func([]byte) error { return refused }
 	h.HandleMethod(t.Context(), device.MethodRequest{Name: device.RebootMethod})
 	fc.next(t)
 	fc.next(t)
 	fc.next(t)
-	for !strings.Contains(logs.String(), `"event":"reboot_failed"`) {
-		select {
-		case <-t.Context().Done():
-			t.Fatalf("no reboot_failed event; logs:\n%s", logs.String())
-		case <-time.After(time.Millisecond):
-		}
+	if e := rec.Wait(t, device.EventRebootFailed, 1, patience); !errors.Is(e.Err, refused) {
+		t.Errorf("reboot_failed event %+v, want the report's error", e)
 	}
+	if rec.Count(device.EventRebooted) != 0 {
+		t.Errorf("rebooted event after a failed report")
+	}
+	// The failure clears: the next reboot is accepted.
+	fc.ReportFunc = nil
+	reboot(t, h)
 }
 
 func TestDesiredPatches(t *testing.T) {
 	var logs syncBuffer
-	_, h, _ := start(t, device.Config{Log: zerolog.New(&logs).Level(zerolog.DebugLevel)})
+	_, h, rec := start(t, device.Config{Log: zerolog.New(&logs).Level(zerolog.DebugLevel)})
 	h.HandleTwin([]byte(`{"desired":{"interval":5,"$version":4},"reported":{"rebootTime":"2026-01-01T00:00:00Z","$version":9}}`))
 	h.HandleDesired(3, []byte(`{"interval":3,"$version":3}`))
 	h.HandleDesired(5, []byte(`{"interval":7,"$version":5}`))
 	h.HandleDesired(5, []byte(`{"interval":7,"$version":5}`))
 
+	// Patches the twin already contains, and repeats, are not applied.
 	var events []string
-	for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
-		var e map[string]any
-		if err := json.Unmarshal([]byte(line), &e); err != nil {
-			t.Fatalf("log line %q: %v", line, err)
-		}
-		s, _ := e["event"].(string)
-		if v, ok := e["version"]; ok {
-			s = fmt.Sprintf("%s %s %v", s, e["level"], v)
-		}
-		events = append(events, s)
+	for _, e := range rec.Events() {
+		events = append(events, fmt.Sprintf("%s %d", e.Kind, e.Version))
 	}
-	want := []string{"twin", "desired debug 3", "desired info 5", "desired debug 5"}
+	want := []string{"twin 4", "desired 5"}
 	if strings.Join(events, ",") != strings.Join(want, ",") {
-		t.Errorf("events = %q, want %q\nlogs:\n%s", events, want, logs.String())
+		t.Errorf("events = %q, want %q", events, want)
 	}
+	// People see the patch itself in the log.
 	if !strings.Contains(logs.String(), `"patch":{"interval":7,"$version":5}`) {
 		t.Errorf("desired patch not logged:\n%s", logs.String())
 	}

@@ -8,14 +8,19 @@ type EventKind string
 
 // Connection events, emitted by the transport (device/mqtt).
 const (
-	EventConnected     EventKind = "connected"      // a connection is up (Target, TokenExpires)
-	EventSubscribed    EventKind = "subscribed"     // methods, twin responses and desired patches subscribed (Filters)
-	EventDisconnected  EventKind = "disconnected"   // the connection ended (Reason, Err for a lost one)
-	EventConnectFailed EventKind = "connect_failed" // one connect attempt failed (Err)
-	EventRetrying      EventKind = "retrying"       // waiting before the next attempt (Attempt, Delay)
-	EventTokenRenewed  EventKind = "token_renewed"  // reconnected with a fresh SAS token (TokenExpires)
-	EventSuspended     EventKind = "suspended"      // staying offline until resumed
-	EventReported      EventKind = "reported"       // a reported-properties patch was acknowledged (Version)
+	EventConnected            EventKind = "connected"              // a connection is up (Target, Transport, TokenExpires)
+	EventSubscribed           EventKind = "subscribed"             // methods, twin responses and desired patches subscribed (Filters)
+	EventDisconnected         EventKind = "disconnected"           // the connection ended (Reason, Err for a lost one)
+	EventConnectFailed        EventKind = "connect_failed"         // one connect attempt failed (Target, Err)
+	EventRetrying             EventKind = "retrying"               // waiting before the next attempt (Attempt, Delay)
+	EventTokenRenewed         EventKind = "token_renewed"          // reconnected with a fresh SAS token (TokenExpires)
+	EventSuspended            EventKind = "suspended"              // staying offline until resumed
+	EventResumed              EventKind = "resumed"                // a suspend ended; reconnecting
+	EventReported             EventKind = "reported"               // a reported-properties patch was acknowledged (Version)
+	EventReportRetry          EventKind = "report_retry"           // a patch will be resent: no answer (Err) or the hub was busy (Status)
+	EventReportRejected       EventKind = "report_rejected"        // the hub refused a patch for good (Status, Err)
+	EventTwinGetFailed        EventKind = "twin_get_failed"        // the twin could not be read after a connect (Err)
+	EventMethodResponseFailed EventKind = "method_response_failed" // a method answer could not be sent (Method, Err)
 )
 
 // Device events, emitted by Device.
@@ -41,10 +46,11 @@ type Event struct {
 	Attempt      int           // retrying: the attempt about to be made (1 is the first retry)
 	Delay        time.Duration // retrying: the wait; reboot_started: the time offline
 	Target       string        // connected: host:port dialled
+	Transport    string        // connected: "mqtt" or "mqtt-ws"
 	Filters      []string      // subscribed
 	TokenExpires time.Time     // connected, token_renewed
 	Method       string        // method_received, method
-	Status       int           // method: the status answered
+	Status       int           // method: the status answered; report_retry, report_rejected: the hub's
 	Version      int64         // reported: the reported $version; twin, desired: the desired $version
 	RebootTime   string        // rebooted
 }

@@ -17,16 +17,28 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/dmctl/dmctl/device"
+	"github.com/dmctl/dmctl/device/devicetest"
 	"github.com/dmctl/dmctl/device/fleet"
 	"github.com/dmctl/dmctl/device/mqtt"
 	"github.com/dmctl/dmctl/hub/hubtest"
 	"github.com/dmctl/dmctl/internal/iothub"
+	"github.com/dmctl/dmctl/internal/retry"
 	"github.com/dmctl/dmctl/sas"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-func fastBackoff(int) time.Duration { return 5 * time.Millisecond }
+// patience bounds every wait in these tests.
+const patience = 15 * time.Second
+
+// within returns a context that ends after d (and with the test).
+func within(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(t.Context(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+var fastBackoff = retry.Constant(5 * time.Millisecond)
 
 // devices registers n devices on srv and returns their connection strings.
 func devices(t *testing.T, srv *hubtest.Server, prefix string, n int) []*sas.ConnectionString {
@@ -45,7 +57,8 @@ func devices(t *testing.T, srv *hubtest.Server, prefix string, n int) []*sas.Con
 type running struct {
 	f    *fleet.Fleet
 	logs *syncBuffer
-	stop func() error // cancels Run and returns its result
+	ev   *devicetest.Recorder // every device's events
+	stop func() error         // cancels Run and returns its result
 }
 
 // start runs a fleet until the test ends (or stop is called) and waits
@@ -53,6 +66,7 @@ type running struct {
 func start(t *testing.T, srv *hubtest.Server, css []*sas.ConnectionString, level zerolog.Level) *running {
 	t.Helper()
 	logs := &syncBuffer{}
+	rec := devicetest.NewRecorder()
 	log := zerolog.New(io.MultiWriter(logs, zerolog.NewTestWriter(t))).Level(level)
 	f, err := fleet.New(fleet.Config{
 		Devices:     css,
@@ -60,6 +74,7 @@ func start(t *testing.T, srv *hubtest.Server, css []*sas.ConnectionString, level
 		Device:      device.Config{RebootDelay: device.NoRebootDelay},
 		ConnectRate: 2000,
 		Log:         log,
+		OnEvent:     rec.Record,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -72,7 +87,11 @@ func start(t *testing.T, srv *hubtest.Server, css []*sas.ConnectionString, level
 	stop := func() error {
 		once.Do(func() {
 			cancel()
-			runErr = <-done
+			select {
+			case runErr = <-done:
+			case <-time.After(patience):
+				runErr = fmt.Errorf("fleet Run did not return within %v of its cancel", patience)
+			}
 		})
 		return runErr
 	}
@@ -86,13 +105,15 @@ func start(t *testing.T, srv *hubtest.Server, css []*sas.ConnectionString, level
 	case err := <-done:
 		done <- err
 		t.Fatalf("fleet stopped before every device connected: %v", err)
+	case <-time.After(patience):
+		t.Fatalf("not every device connected within %v: %+v", patience, f.Stats())
 	}
-	return &running{f: f, logs: logs, stop: stop}
+	return &running{f: f, logs: logs, ev: rec, stop: stop}
 }
 
 func invoke(t *testing.T, srv *hubtest.Server, id, method, payload string) (int, []byte) {
 	t.Helper()
-	status, body, err := srv.Hub().Devices().Invoke(t.Context(), id, method, []byte(payload), 10*time.Second, 10*time.Second)
+	status, body, err := srv.Hub().Devices().Invoke(within(t, patience), id, method, []byte(payload), 10*time.Second, 10*time.Second)
 	if err != nil {
 		t.Fatalf("invoke %s on %s: %v", method, id, err)
 	}
@@ -104,7 +125,7 @@ func invoke(t *testing.T, srv *hubtest.Server, id, method, payload string) (int,
 func waitAllSubscribed(t *testing.T, srv *hubtest.Server, css []*sas.ConnectionString) {
 	t.Helper()
 	for _, cs := range css {
-		if err := srv.WaitSubscribed(t.Context(), cs.DeviceID, iothub.MethodRequestTopic(device.RebootMethod, "1")); err != nil {
+		if err := srv.WaitSubscribed(within(t, patience), cs.DeviceID, iothub.MethodRequestTopic(device.RebootMethod, "1")); err != nil {
 			t.Fatalf("device %s never subscribed: %v", cs.DeviceID, err)
 		}
 	}
@@ -151,7 +172,7 @@ func TestFleetMethodsRebootsAndHubRestart(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			status, body, err := srv.Hub().Devices().Invoke(t.Context(), id, device.RebootMethod, []byte(`{"delaySeconds":0}`), 0, 10*time.Second)
+			status, body, err := srv.Hub().Devices().Invoke(within(t, patience), id, device.RebootMethod, []byte(`{"delaySeconds":0}`), 0, 10*time.Second)
 			if err != nil {
 				results[i] = err.Error()
 				return
@@ -167,23 +188,23 @@ func TestFleetMethodsRebootsAndHubRestart(t *testing.T) {
 	}
 	seen := map[string]bool{}
 	for _, id := range rebooted {
-		for {
-			if v, ok := rebootTime(t, srv, id); ok {
-				if _, err := time.Parse(time.RFC3339Nano, v); err != nil {
-					t.Fatalf("%s reported rebootTime %q: %v", id, v, err)
-				}
-				if seen[v] {
-					t.Fatalf("two devices reported the same rebootTime %q", v)
-				}
-				seen[v] = true
-				break
-			}
-			select {
-			case <-t.Context().Done():
-				t.Fatalf("%s never reported rebootTime", id)
-			case <-time.After(10 * time.Millisecond):
-			}
+		e := r.ev.WaitFor(t, "rebooted event from "+id, 1, patience, func(e device.Event) bool {
+			return e.Kind == device.EventRebooted && e.DeviceID == id
+		})
+		v, ok := rebootTime(t, srv, id)
+		if !ok || v != e.RebootTime {
+			t.Fatalf("%s: twin rebootTime %q, the rebooted event says %q", id, v, e.RebootTime)
 		}
+		if _, err := time.Parse(time.RFC3339Nano, v); err != nil {
+			t.Fatalf("%s reported rebootTime %q: %v", id, v, err)
+		}
+		if seen[v] {
+			t.Fatalf("two devices reported the same rebootTime %q", v)
+		}
+		seen[v] = true
+	}
+	if n := r.ev.Count(device.EventRebooted); n != len(rebooted) {
+		t.Fatalf("%d rebooted events, want %d", n, len(rebooted))
 	}
 	for _, cs := range css {
 		if _, ok := rebootTime(t, srv, cs.DeviceID); ok != contains(rebooted, cs.DeviceID) {
@@ -208,14 +229,21 @@ func TestFleetMethodsRebootsAndHubRestart(t *testing.T) {
 	}
 	for _, cs := range css {
 		if srv.Connected(cs.DeviceID) {
-			if err := srv.WaitConnected(t.Context(), cs.DeviceID, false); err != nil {
+			if err := srv.WaitConnected(within(t, patience), cs.DeviceID, false); err != nil {
 				t.Fatalf("%s still connected after stop: %v", cs.DeviceID, err)
 			}
 		}
 	}
 
-	// At info level the fleet speaks for its devices: state lines, no
-	// per-device connection events, never a key.
+	// Every device disconnected for the shutdown, and said so.
+	for _, cs := range css {
+		r.ev.WaitFor(t, "shutdown disconnect of "+cs.DeviceID, 1, patience, func(e device.Event) bool {
+			return e.Kind == device.EventDisconnected && e.Reason == "shutdown" && e.DeviceID == cs.DeviceID
+		})
+	}
+
+	// At info level the fleet speaks for its devices in the log: state
+	// lines, no per-device connection events, never a key.
 	logs := r.logs.String()
 	for _, want := range []string{`"event":"fleet"`, `"event":"fleet_ready"`, `"connected":50`, `"event":"fleet_stopped"`} {
 		if !strings.Contains(logs, want) {
@@ -229,7 +257,7 @@ func TestFleetMethodsRebootsAndHubRestart(t *testing.T) {
 	}
 }
 
-func TestFleetDebugLogsPerDevice(t *testing.T) {
+func TestFleetEventsPerDevice(t *testing.T) {
 	srv := hubtest.NewServer(t)
 	css := devices(t, srv, "g", 3)
 	r := start(t, srv, css, zerolog.DebugLevel)
@@ -239,15 +267,27 @@ func TestFleetDebugLogsPerDevice(t *testing.T) {
 	if err := r.stop(); err != nil {
 		t.Fatal(err)
 	}
-	logs := r.logs.String()
-	for _, want := range []string{
-		`"level":"debug","event":"connected",.*"device":"g000"`,
-		`"level":"debug","event":"method","method":"nope","status":404,"device":"g001"`,
-		`"level":"debug","event":"disconnected","reason":"shutdown","device":"g002"`,
+	for _, want := range []struct {
+		what string
+		ok   func(device.Event) bool
+	}{
+		{"connected event from g000", func(e device.Event) bool {
+			return e.Kind == device.EventConnected && e.DeviceID == "g000" && e.Target == r.f.Target()
+		}},
+		{"method event from g001 answering nope with 404", func(e device.Event) bool {
+			return e.Kind == device.EventMethodAnswered && e.DeviceID == "g001" && e.Method == "nope" && e.Status == 404
+		}},
+		{"shutdown disconnect of g002", func(e device.Event) bool {
+			return e.Kind == device.EventDisconnected && e.DeviceID == "g002" && e.Reason == "shutdown"
+		}},
 	} {
-		if !regexp.MustCompile(want).MatchString(logs) {
-			t.Errorf("logs lack %s", want)
+		if len(r.ev.Matching(want.ok)) != 1 {
+			t.Errorf("want one %s; events: %+v", want.what, r.ev.Events())
 		}
+	}
+	// For people, debug lines name their device.
+	if !regexp.MustCompile(`"level":"debug","event":"method",.*"device":"g001"`).MatchString(r.logs.String()) {
+		t.Errorf("debug logs do not name the device that answered")
 	}
 }
 
@@ -264,7 +304,11 @@ func TestFleetStopsOnRefusedCredentials(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = f.Run(t.Context())
+	ctx := within(t, patience)
+	err = f.Run(ctx)
+	if ctx.Err() != nil {
+		t.Fatalf("Run did not stop on its own within %v", patience)
+	}
 	var de *fleet.DeviceError
 	if !errors.As(err, &de) || de.DeviceID != "h001" || !errors.Is(err, device.ErrUnauthorized) {
 		t.Fatalf("Run = %v, want a DeviceError for h001 wrapping ErrUnauthorized", err)

@@ -2,39 +2,10 @@ package mqtt_test
 
 import (
 	"testing"
-	"time"
 
 	"github.com/dmctl/dmctl/device/mqtt"
 	"github.com/dmctl/dmctl/sas"
 )
-
-func TestExponentialBackoff(t *testing.T) {
-	b := mqtt.Exponential(100*time.Millisecond, time.Second)
-	for _, tt := range []struct {
-		attempt int
-		ceil    time.Duration
-	}{
-		{0, 100 * time.Millisecond},
-		{1, 100 * time.Millisecond},
-		{2, 200 * time.Millisecond},
-		{4, 800 * time.Millisecond},
-		{5, time.Second},
-		{64, time.Second},
-		{1 << 30, time.Second},
-	} {
-		seen := map[time.Duration]bool{}
-		for range 200 {
-			d := b(tt.attempt)
-			if d < 0 || d > tt.ceil {
-				t.Fatalf("attempt %d: %s outside [0, %s]", tt.attempt, d, tt.ceil)
-			}
-			seen[d] = true
-		}
-		if len(seen) < 2 {
-			t.Errorf("attempt %d: no jitter, always %v", tt.attempt, seen)
-		}
-	}
-}
 
 func TestNewTargets(t *testing.T) {
 	const key = "c2VjcmV0a2V5c2VjcmV0a2V5c2VjcmV0a2V5MDEyMzQ="

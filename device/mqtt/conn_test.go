@@ -22,9 +22,11 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/dmctl/dmctl/device"
+	"github.com/dmctl/dmctl/device/devicetest"
 	"github.com/dmctl/dmctl/device/mqtt"
 	"github.com/dmctl/dmctl/hub/hubtest"
 	"github.com/dmctl/dmctl/internal/iothub"
+	"github.com/dmctl/dmctl/internal/retry"
 	"github.com/dmctl/dmctl/sas"
 )
 
@@ -33,8 +35,31 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
+// patience bounds every wait in these tests: each fails on its own, saying
+// what it waited for, long before the go test timeout.
+const patience = 10 * time.Second
+
+// within returns a context that ends after d (and with the test).
+func within(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(t.Context(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// ack waits for a queued patch's outcome.
+func ack(t *testing.T, q <-chan error, what string) error {
+	t.Helper()
+	select {
+	case err := <-q:
+		return err
+	case <-time.After(patience):
+		t.Fatalf("%s: no acknowledgement within %v", what, patience)
+		return nil
+	}
+}
+
 // fastBackoff keeps reconnect tests quick.
-func fastBackoff(int) time.Duration { return time.Millisecond }
+var fastBackoff = retry.Constant(time.Millisecond)
 
 // rig is one simulated device running against a test hub.
 type rig struct {
@@ -42,7 +67,7 @@ type rig struct {
 	id   string
 	conn *mqtt.Conn
 	dev  *device.Device
-	logs *syncBuffer
+	ev   *devicetest.Recorder
 }
 
 // startDevice registers id on srv and runs a device for it until the test
@@ -56,8 +81,8 @@ func startDevice(t *testing.T, srv *hubtest.Server, id string, cfg mqtt.Config, 
 		}
 		cfg.ConnectionString = cs
 	}
-	r := &rig{srv: srv, id: id, logs: &syncBuffer{}}
-	log := zerolog.New(io.MultiWriter(r.logs, zerolog.NewTestWriter(t))).Level(zerolog.DebugLevel).With().Timestamp().Logger()
+	r := &rig{srv: srv, id: id, ev: devicetest.NewRecorder()}
+	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.DebugLevel).With().Timestamp().Logger()
 	if cfg.RootCAs == nil {
 		cfg.RootCAs = srv.CAPool()
 	}
@@ -67,6 +92,8 @@ func startDevice(t *testing.T, srv *hubtest.Server, id string, cfg mqtt.Config, 
 	cfg.ClientType = "dmctl/test"
 	cfg.Log = log
 	dcfg.Log = log
+	cfg.OnEvent = r.ev.Record
+	dcfg.OnEvent = r.ev.Record
 	conn, err := mqtt.New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -80,8 +107,13 @@ func startDevice(t *testing.T, srv *hubtest.Server, id string, cfg mqtt.Config, 
 	go func() { done <- r.dev.Run(ctx) }()
 	t.Cleanup(func() {
 		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("device Run: %v", err)
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("device Run: %v", err)
+			}
+		case <-time.After(patience):
+			t.Errorf("device Run did not return within %v of its cancel", patience)
 		}
 	})
 	select {
@@ -89,25 +121,19 @@ func startDevice(t *testing.T, srv *hubtest.Server, id string, cfg mqtt.Config, 
 	case err := <-done:
 		done <- err
 		t.Fatalf("device stopped before connecting: %v", err)
+	case <-time.After(patience):
+		t.Fatalf("device %s not connected within %v", id, patience)
 	}
 	return r
 }
 
-// count returns how many log lines carry event.
-func (r *rig) count(event string) int {
-	return strings.Count(r.logs.String(), `"event":"`+event+`"`)
-}
+// count returns how many events of kind the device and its connection emitted.
+func (r *rig) count(kind device.EventKind) int { return r.ev.Count(kind) }
 
-// waitEvent waits until event has been logged n times.
-func (r *rig) waitEvent(t *testing.T, event string, n int) {
+// waitEvent waits until the n-th event of kind.
+func (r *rig) waitEvent(t *testing.T, kind device.EventKind, n int) device.Event {
 	t.Helper()
-	for r.count(event) < n {
-		select {
-		case <-t.Context().Done():
-			t.Fatalf("event %q logged %d times, want %d", event, r.count(event), n)
-		case <-time.After(2 * time.Millisecond):
-		}
-	}
+	return r.ev.Wait(t, kind, n, patience)
 }
 
 // hubREST calls the hub's service API as iothubowner.
@@ -138,7 +164,8 @@ func (h *hubREST) do(t *testing.T, method, path string, body any) (int, []byte) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	req, err := http.NewRequestWithContext(t.Context(), method, h.base+path+"?api-version="+iothub.APIVersion, bytes.NewReader(b))
+	// Long enough for a method call's connect and response timeouts.
+	req, err := http.NewRequestWithContext(within(t, 45*time.Second), method, h.base+path+"?api-version="+iothub.APIVersion, bytes.NewReader(b))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -195,14 +222,15 @@ func reported(t *testing.T, srv *hubtest.Server, id string) map[string]any {
 // waitReported waits until the device's reported property key satisfies ok.
 func waitReported(t *testing.T, srv *hubtest.Server, id, key string, ok func(any) bool) any {
 	t.Helper()
+	deadline := time.After(patience)
 	for {
 		v, present := reported(t, srv, id)[key]
 		if present && ok(v) {
 			return v
 		}
 		select {
-		case <-t.Context().Done():
-			t.Fatalf("reported %s = %v, never as expected", key, v)
+		case <-deadline:
+			t.Fatalf("reported %s = %v, not as expected within %v", key, v, patience)
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
@@ -228,7 +256,7 @@ func TestMethodRoundTrip(t *testing.T) {
 	}
 
 	// A body that is not JSON can only come from the hub itself.
-	status, body, err := srv.Hub().Devices().Invoke(t.Context(), "d1", "echo", []byte("{oops"), time.Second, 10*time.Second)
+	status, body, err := srv.Hub().Devices().Invoke(within(t, patience), "d1", "echo", []byte("{oops"), time.Second, 10*time.Second)
 	if err != nil || status != 400 || !strings.Contains(string(body), `"payload is not valid JSON"`) {
 		t.Errorf("non-JSON payload = %d %s %v, want 400", status, body, err)
 	}
@@ -236,23 +264,29 @@ func TestMethodRoundTrip(t *testing.T) {
 	if _, ok := reported(t, srv, "d1")[device.RebootTimeProperty]; ok {
 		t.Errorf("rebootTime reported on first start")
 	}
-	if r.count("connected") != 1 || r.count("subscribed") != 1 {
-		t.Errorf("connected %d times, subscribed %d times, want 1 each", r.count("connected"), r.count("subscribed"))
+	if r.count(device.EventConnected) != 1 || r.count(device.EventSubscribed) != 1 {
+		t.Errorf("connected %d times, subscribed %d times, want 1 each", r.count(device.EventConnected), r.count(device.EventSubscribed))
+	}
+	var statuses []int
+	for _, e := range r.ev.Matching(func(e device.Event) bool { return e.Kind == device.EventMethodAnswered }) {
+		statuses = append(statuses, e.Status)
+	}
+	if fmt.Sprint(statuses) != "[200 200 404 400]" {
+		t.Errorf("method events with statuses %v, want [200 200 404 400]", statuses)
 	}
 }
 
 func TestDesiredPatchReachesDevice(t *testing.T) {
 	srv := hubtest.NewServer(t)
 	r := startDevice(t, srv, "d1", mqtt.Config{}, device.Config{})
-	r.waitEvent(t, "twin", 1) // the twin read after connect
+	twin := r.waitEvent(t, device.EventTwin, 1) // the twin read after connect
 	status, body := newREST(t, srv).do(t, http.MethodPatch, "/twins/d1",
 		map[string]any{"properties": map[string]any{"desired": map[string]any{"interval": 42}}})
 	if status != http.StatusOK {
 		t.Fatalf("patch desired: HTTP %d %s", status, body)
 	}
-	r.waitEvent(t, "desired", 1)
-	if !strings.Contains(r.logs.String(), `"interval":42`) {
-		t.Errorf("desired patch not logged:\n%s", r.logs.String())
+	if d := r.waitEvent(t, device.EventDesired, 1); d.Version <= twin.Version || d.DeviceID != "d1" {
+		t.Errorf("desired event %+v: want device d1 and a $version above the twin's %d", d, twin.Version)
 	}
 }
 
@@ -267,20 +301,25 @@ func TestRebootCycle(t *testing.T) {
 	if err := json.Unmarshal(res.Payload, &ack); res.Status != 200 || err != nil || ack.DelaySeconds != 1 {
 		t.Fatalf("rebootDevice = %d %s, want 200 with delaySeconds 1", res.Status, res.Payload)
 	}
-	if err := srv.WaitConnected(t.Context(), "d1", false); err != nil {
-		t.Fatalf("device never went offline: %v", err)
+	if err := srv.WaitConnected(within(t, patience), "d1", false); err != nil {
+		t.Fatalf("device not offline within %v: %v", patience, err)
 	}
-	if err := srv.WaitConnected(t.Context(), "d1", true); err != nil {
-		t.Fatalf("device never came back: %v", err)
+	if err := srv.WaitConnected(within(t, patience), "d1", true); err != nil {
+		t.Fatalf("device not back within %v: %v", patience, err)
 	}
 	v := waitReported(t, srv, "d1", device.RebootTimeProperty, func(any) bool { return true })
 	rt, err := time.Parse(time.RFC3339Nano, v.(string))
 	if err != nil || rt.Before(before) {
 		t.Errorf("rebootTime %v: not RFC 3339 or before the request (%v)", v, err)
 	}
-	r.waitEvent(t, "rebooted", 1)
-	if r.count("suspended") != 1 || r.count("resumed") != 1 || r.count("connected") != 2 {
-		t.Errorf("suspended %d, resumed %d, connected %d; want 1, 1, 2", r.count("suspended"), r.count("resumed"), r.count("connected"))
+	if e := r.waitEvent(t, device.EventRebooted, 1); e.RebootTime != v {
+		t.Errorf("rebooted event says rebootTime %q, the twin %q", e.RebootTime, v)
+	}
+	if e := r.waitEvent(t, device.EventRebootStarted, 1); e.Delay != time.Second {
+		t.Errorf("reboot_started delay %v, want 1s", e.Delay)
+	}
+	if r.count(device.EventSuspended) != 1 || r.count(device.EventResumed) != 1 || r.count(device.EventConnected) != 2 {
+		t.Errorf("suspended %d, resumed %d, connected %d; want 1, 1, 2", r.count(device.EventSuspended), r.count(device.EventResumed), r.count(device.EventConnected))
 	}
 
 	// A second reboot reports a new, later value.
@@ -296,7 +335,11 @@ func TestSASRenewalKeepsMethodsWorking(t *testing.T) {
 	r := startDevice(t, srv, "d1", mqtt.Config{SASTTL: 3 * time.Second}, device.Config{})
 	rest := newREST(t, srv)
 	calls := 0
-	for r.count("token_renewed") < 2 {
+	deadline := time.Now().Add(patience)
+	for r.count(device.EventTokenRenewed) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d token renewals within %v, want 2 (SASTTL 3 s)", r.count(device.EventTokenRenewed), patience)
+		}
 		res := rest.invoke(t, "d1", "echo", fmt.Sprintf(`{"n":%d}`, calls), 10)
 		if res.Status != 200 || string(res.Payload) != fmt.Sprintf(`{"n":%d}`, calls) {
 			t.Fatalf("call %d during renewals = %d %s", calls, res.Status, res.Payload)
@@ -307,29 +350,31 @@ func TestSASRenewalKeepsMethodsWorking(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := <-q; err != nil {
+	if err := ack(t, q, "report after renewal"); err != nil {
 		t.Fatalf("report after renewal: %v", err)
 	}
-	if r.count("retrying") != 0 || r.count("connect_failed") != 0 {
-		t.Errorf("renewal went through failed connects:\n%s", r.logs.String())
+	if r.count(device.EventRetrying) != 0 || r.count(device.EventConnectFailed) != 0 {
+		t.Errorf("renewal went through failed connects: %+v", r.ev.Matching(func(e device.Event) bool {
+			return e.Kind == device.EventRetrying || e.Kind == device.EventConnectFailed
+		}))
 	}
 	t.Logf("%d method calls answered across %d token renewals; longest switch %s",
-		calls, r.count("token_renewed"), longestRenewal(t, r.logs.String()))
+		calls, r.count(device.EventTokenRenewed), longestRenewal(r.ev.Events()))
 }
 
 func TestHubRestart(t *testing.T) {
 	for _, tt := range []struct {
 		name    string
-		backoff func(int) time.Duration
+		backoff retry.Backoff
 	}{
 		{"1ms backoff", fastBackoff},
-		{"default backoff", mqtt.Exponential(mqtt.DefaultBaseBackoff, mqtt.DefaultMaxBackoff)},
+		{"default backoff", retry.Exponential(mqtt.DefaultBaseBackoff, mqtt.DefaultMaxBackoff)},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			srv := hubtest.NewServer(t)
 			r := startDevice(t, srv, "d1", mqtt.Config{Backoff: tt.backoff}, device.Config{})
 			rest := newREST(t, srv)
-			r.waitEvent(t, "twin", 1)
+			r.waitEvent(t, device.EventTwin, 1)
 
 			q, err := r.conn.Queue([]byte(`{"aroundRestart":1}`))
 			if err != nil {
@@ -338,12 +383,12 @@ func TestHubRestart(t *testing.T) {
 			start := time.Now()
 			srv.Restart(t)
 			restarted := time.Now()
-			r.waitEvent(t, "connected", 2)
+			r.waitEvent(t, device.EventConnected, 2)
 			t.Logf("hub restart took %s; device connected again %s after the hub was back",
 				restarted.Sub(start).Round(time.Millisecond), time.Since(restarted).Round(time.Millisecond))
-			r.waitEvent(t, "twin", 2) // re-read after reconnect
+			r.waitEvent(t, device.EventTwin, 2) // re-read after reconnect
 
-			if err := <-q; err != nil {
+			if err := ack(t, q, "patch queued around the restart"); err != nil {
 				t.Fatalf("patch queued around the restart: %v", err)
 			}
 			if got := fmt.Sprint(reported(t, srv, "d1")["aroundRestart"]); got != "1" {
@@ -352,8 +397,8 @@ func TestHubRestart(t *testing.T) {
 			if res := rest.invoke(t, "d1", "echo", `"again"`, 10); res.Status != 200 || string(res.Payload) != `"again"` {
 				t.Errorf("method after restart = %d %s (not re-subscribed?)", res.Status, res.Payload)
 			}
-			if r.count("disconnected") < 1 {
-				t.Errorf("no disconnected event:\n%s", r.logs.String())
+			if lost := r.ev.Matching(func(e device.Event) bool { return e.Kind == device.EventDisconnected && e.Err != nil }); len(lost) < 1 {
+				t.Errorf("no disconnected event with the error that ended the link: %+v", r.ev.Events())
 			}
 		})
 	}
@@ -362,11 +407,11 @@ func TestHubRestart(t *testing.T) {
 func TestOfflineReportsKeptInOrder(t *testing.T) {
 	srv := hubtest.NewServer(t)
 	r := startDevice(t, srv, "d1", mqtt.Config{}, device.Config{})
-	if err := r.conn.Suspend(t.Context()); err != nil {
-		t.Fatal(err)
+	if err := r.conn.Suspend(within(t, patience)); err != nil {
+		t.Fatalf("Suspend: %v", err)
 	}
-	if err := srv.WaitConnected(t.Context(), "d1", false); err != nil {
-		t.Fatal(err)
+	if err := srv.WaitConnected(within(t, patience), "d1", false); err != nil {
+		t.Fatalf("device not offline within %v after Suspend: %v", patience, err)
 	}
 	var acks []<-chan error
 	for n := 1; n <= 5; n++ {
@@ -381,11 +426,11 @@ func TestOfflineReportsKeptInOrder(t *testing.T) {
 		t.Fatalf("patch acknowledged while offline: %v", err)
 	default:
 	}
-	if err := r.conn.Resume(t.Context()); err != nil {
-		t.Fatal(err)
+	if err := r.conn.Resume(within(t, patience)); err != nil {
+		t.Fatalf("Resume: %v", err)
 	}
 	for i, q := range acks {
-		if err := <-q; err != nil {
+		if err := ack(t, q, fmt.Sprintf("patch %d", i+1)); err != nil {
 			t.Fatalf("patch %d: %v", i+1, err)
 		}
 	}
@@ -405,11 +450,14 @@ func TestReportRejected(t *testing.T) {
 	r := startDevice(t, srv, "d1", mqtt.Config{}, device.Config{})
 	// Twin documents nest at most a few levels; a deep one is refused.
 	deep := strings.Repeat(`{"a":`, 20) + "1" + strings.Repeat("}", 20)
-	if err := r.conn.Report(t.Context(), []byte(deep)); err == nil {
+	if err := r.conn.Report(within(t, patience), []byte(deep)); err == nil {
 		t.Fatal("a patch the hub refuses was reported as acknowledged")
 	}
+	if e := r.waitEvent(t, device.EventReportRejected, 1); e.Status != 400 || e.Err == nil {
+		t.Errorf("report_rejected event %+v, want status 400 and the error", e)
+	}
 	// The queue moves on.
-	if err := r.conn.Report(t.Context(), []byte(`{"ok":true}`)); err != nil {
+	if err := r.conn.Report(within(t, patience), []byte(`{"ok":true}`)); err != nil {
 		t.Fatalf("patch after a refused one: %v", err)
 	}
 }
@@ -420,10 +468,10 @@ func TestWebSockets(t *testing.T) {
 	if res := newREST(t, srv).invoke(t, "d1", "echo", `{"ws":true}`, 0); res.Status != 200 || string(res.Payload) != `{"ws":true}` {
 		t.Errorf("echo over WebSockets = %d %s", res.Status, res.Payload)
 	}
-	if !strings.Contains(r.logs.String(), `"transport":"mqtt-ws"`) {
-		t.Errorf("connected event does not name mqtt-ws:\n%s", r.logs.String())
+	if e := r.waitEvent(t, device.EventConnected, 1); e.Transport != "mqtt-ws" || e.Target != r.conn.Target() {
+		t.Errorf("connected event %+v, want transport mqtt-ws to %s", e, r.conn.Target())
 	}
-	if err := r.conn.Report(t.Context(), []byte(`{"ws":1}`)); err != nil {
+	if err := r.conn.Report(within(t, patience), []byte(`{"ws":1}`)); err != nil {
 		t.Errorf("report over WebSockets: %v", err)
 	}
 }
@@ -450,20 +498,22 @@ func (p *connectProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.WriteHeader(http.StatusOK)
-	down, _, err := http.NewResponseController(w).Hijack()
+	// Read the client through the hijacked buffer: bytes it sent right
+	// after the 200 (its TLS hello) may already be in it.
+	down, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
 		up.Close()
 		return
 	}
 	p.wg.Add(2)
-	pipe := func(dst, src net.Conn) {
+	pipe := func(dst net.Conn, src io.Reader, srcConn net.Conn) {
 		defer p.wg.Done()
 		_, _ = io.Copy(dst, src)
 		dst.Close()
-		src.Close()
+		srcConn.Close()
 	}
-	go pipe(up, down)
-	go pipe(down, up)
+	go pipe(up, brw.Reader, down)
+	go pipe(down, up, up)
 }
 
 func TestWebSocketsThroughProxy(t *testing.T) {
@@ -488,23 +538,15 @@ func TestWebSocketsThroughProxy(t *testing.T) {
 }
 
 // longestRenewal is the longest time from a renewal disconnect to the
-// token_renewed event, read from the JSON logs.
-func longestRenewal(t *testing.T, logs string) time.Duration {
+// token_renewed event.
+func longestRenewal(events []device.Event) time.Duration {
 	var longest time.Duration
 	var from time.Time
-	for _, line := range strings.Split(logs, "\n") {
-		var e struct {
-			Event  string    `json:"event"`
-			Reason string    `json:"reason"`
-			Time   time.Time `json:"time"`
-		}
-		if json.Unmarshal([]byte(line), &e) != nil {
-			continue
-		}
+	for _, e := range events {
 		switch {
-		case e.Event == "disconnected" && e.Reason == "token renewal":
+		case e.Kind == device.EventDisconnected && e.Reason == "token renewal":
 			from = e.Time
-		case e.Event == "token_renewed" && !from.IsZero():
+		case e.Kind == device.EventTokenRenewed && !from.IsZero():
 			longest = max(longest, e.Time.Sub(from))
 		}
 	}
@@ -519,7 +561,12 @@ func runOnce(t *testing.T, cfg mqtt.Config) error {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return device.New(conn, device.Config{}).Run(t.Context())
+	ctx := within(t, patience)
+	err = device.New(conn, device.Config{}).Run(ctx)
+	if ctx.Err() != nil {
+		t.Fatalf("Run did not stop on its own within %v", patience)
+	}
+	return err
 }
 
 func TestRefusedCredentials(t *testing.T) {
@@ -557,40 +604,42 @@ func TestShutdownDisconnects(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, err := mqtt.New(mqtt.Config{ConnectionString: cs, RootCAs: srv.CAPool()})
+	rec := devicetest.NewRecorder()
+	conn, err := mqtt.New(mqtt.Config{ConnectionString: cs, RootCAs: srv.CAPool(), OnEvent: rec.Record})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() { done <- device.New(conn, device.Config{}).Run(ctx) }()
-	<-conn.Ready()
+	select {
+	case <-conn.Ready():
+	case err := <-done:
+		t.Fatalf("Run stopped before connecting: %v", err)
+	case <-time.After(patience):
+		t.Fatalf("not connected within %v", patience)
+	}
 	cancel()
-	if err := <-done; err != nil {
-		t.Fatalf("Run after cancel = %v, want nil", err)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run after cancel = %v, want nil", err)
+		}
+	case <-time.After(patience):
+		t.Fatalf("Run did not return within %v of its cancel", patience)
 	}
-	if err := srv.WaitConnected(t.Context(), "d1", false); err != nil {
-		t.Fatal(err)
+	n := len(rec.Events())
+	if last := rec.Events()[n-1]; last.Kind != device.EventDisconnected || last.Reason != "shutdown" {
+		t.Errorf("last event %+v, want disconnected (shutdown)", last)
 	}
-	if err := conn.Report(t.Context(), []byte(`{}`)); !errors.Is(err, mqtt.ErrClosed) {
+	if err := srv.WaitConnected(within(t, patience), "d1", false); err != nil {
+		t.Fatalf("hub still sees the device %v after Run returned: %v", patience, err)
+	}
+	time.Sleep(10 * time.Millisecond)
+	if len(rec.Events()) != n {
+		t.Errorf("events after Run returned: %+v", rec.Events()[n:])
+	}
+	if err := conn.Report(within(t, patience), []byte(`{}`)); !errors.Is(err, mqtt.ErrClosed) {
 		t.Errorf("Report after Run = %v, want ErrClosed", err)
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for a logger and a reader at once.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

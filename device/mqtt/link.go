@@ -9,15 +9,27 @@ import (
 	"sync"
 	"time"
 
-	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/eclipse/paho.mqtt.golang/packets"
 )
 
 // A link is one MQTT 3.1.1 connection, from CONNACK to close. Packets are
 // framed by paho's packets package; the connection itself is kept lean
 // because a fleet holds thousands of them: one goroutine reads (and routes
-// PUBLISH, SUBACK, UNSUBACK, PINGRESP), writers share a mutex, and the
-// keep-alive is a timer that costs no goroutine while it waits.
+// PUBLISH, SUBACK, UNSUBACK, PUBREL, PINGRESP), writers share a mutex, and
+// the keep-alive is a timer that costs no goroutine while it waits.
+//
+// Any failure ends the link for good: a read error or a malformed or
+// truncated packet, a write error in any packet (SUBSCRIBE, UNSUBSCRIBE,
+// PUBLISH, PINGREQ, an acknowledgement), a missing PINGRESP. The lost
+// callback then runs once and every waiting request returns an error.
+//
+// Inbound QoS 1 messages are acknowledged (PUBACK, same packet ID) and
+// delivered. IoT Hub never sends QoS 2 to a QoS 0 subscription, but MQTT
+// 3.1.1 (4.3.3) lets a client receive it, and the link does so the way the
+// standard describes: it stores the packet ID, delivers the message once,
+// answers PUBREC, and on PUBREL forgets the ID and answers PUBCOMP; a
+// resent PUBLISH with a stored ID gets PUBREC again and is not delivered a
+// second time.
 type link struct {
 	conn         net.Conn
 	route        func(topic string, payload []byte) // called on the reader goroutine; must not block
@@ -29,7 +41,8 @@ type link struct {
 	wmu sync.Mutex // one packet written at a time
 
 	mu      sync.Mutex
-	closed  bool // close called, or the link failed
+	closed  bool  // close called, or the link failed
+	err     error // why the link ended; set with closed
 	nextID  uint16
 	acks    map[uint16]chan packets.ControlPacket
 	pingOut bool      // a PINGREQ awaits its PINGRESP
@@ -37,11 +50,13 @@ type link struct {
 	timer   *time.Timer
 	tickMu  sync.Mutex // held by a running keep-alive tick
 
+	qos2 map[uint16]bool // inbound QoS 2 IDs between PUBREC and PUBREL; reader goroutine only
+
 	dead chan struct{} // closed when the link is closed or failed
 	done chan struct{} // closed when the reader has returned
 }
 
-// linkConfig is what dialLink needs besides the connection's Config.
+// linkConfig is what a link needs besides the connection's Config.
 type linkConfig struct {
 	clientID, username, password string
 	route                        func(topic string, payload []byte)
@@ -52,35 +67,53 @@ type linkConfig struct {
 const pingTimeoutMax = 10 * time.Second
 
 // dialLink connects (TLS or WebSockets), sends CONNECT and waits for a
-// CONNACK that accepts. Refusals are packets.ConnErrors values.
+// CONNACK that accepts, all within ConnectTimeout. Refusals are
+// packets.ConnErrors values.
 func (c *Conn) dialLink(parent context.Context, lc linkConfig) (*link, error) {
 	ctx, cancel := context.WithTimeout(parent, c.cfg.ConnectTimeout)
 	defer cancel()
-	var conn net.Conn
-	var err error
-	switch c.cfg.Transport {
-	case TransportWebSockets:
-		conn, err = paho.NewWebsocket(c.broker, c.tlsConf, c.cfg.ConnectTimeout, nil, &paho.WebsocketOptions{Proxy: c.cfg.Proxy})
-	default:
-		d := tls.Dialer{NetDialer: &net.Dialer{}, Config: c.tlsConf}
-		conn, err = d.DialContext(ctx, "tcp", c.target)
-	}
+	conn, err := c.dialConn(ctx)
 	if err != nil {
+		if parent.Err() != nil {
+			return nil, parent.Err()
+		}
 		return nil, err
 	}
-	// The CONNECT exchange ends at the deadline or when ctx ends.
-	deadline, _ := ctx.Deadline()
-	_ = conn.SetDeadline(deadline)
-	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
-	ack, err := connect(conn, lc, c.cfg.KeepAlive)
-	if err != nil || !stop() {
-		_ = conn.Close()
+	l, err := openLink(ctx, conn, lc, c.cfg.KeepAlive, c.cfg.RequestTimeout)
+	if err != nil {
 		switch {
 		case parent.Err() != nil:
 			return nil, parent.Err()
 		case ctx.Err() != nil:
 			return nil, fmt.Errorf("no CONNACK within %s", c.cfg.ConnectTimeout)
 		}
+		return nil, err
+	}
+	return l, nil
+}
+
+// dialTransport opens the byte stream MQTT runs on: TLS to the target, or
+// a WebSocket over TLS (through Config.Proxy). Cancelling ctx aborts it.
+func (c *Conn) dialTransport(ctx context.Context) (net.Conn, error) {
+	if c.cfg.Transport == TransportWebSockets {
+		return dialWebSocket(ctx, c.broker, c.tlsConf, c.cfg.Proxy)
+	}
+	d := tls.Dialer{NetDialer: &net.Dialer{}, Config: c.tlsConf}
+	return d.DialContext(ctx, "tcp", c.target)
+}
+
+// openLink runs the CONNECT exchange on conn, bounded by ctx, and starts
+// the link's reader and keep-alive. conn is closed if it fails.
+func openLink(ctx context.Context, conn net.Conn, lc linkConfig, keepAlive, writeTimeout time.Duration) (*link, error) {
+	deadline, _ := ctx.Deadline()
+	_ = conn.SetDeadline(deadline)
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
+	ack, err := connect(conn, lc, keepAlive)
+	if !stop() && err == nil {
+		err = ctx.Err() // ctx ended as the CONNACK came: the deadline is spoilt
+	}
+	if err != nil {
+		_ = conn.Close()
 		return nil, err
 	}
 	_ = conn.SetDeadline(time.Time{})
@@ -95,9 +128,10 @@ func (c *Conn) dialLink(parent context.Context, lc linkConfig) (*link, error) {
 		conn:         conn,
 		route:        lc.route,
 		lost:         lc.lost,
-		writeTimeout: c.cfg.RequestTimeout,
-		pingEvery:    c.cfg.KeepAlive * 9 / 10, // MQTT: a packet within every keep-alive period
+		writeTimeout: writeTimeout,
+		pingEvery:    keepAlive * 9 / 10, // MQTT: a packet within every keep-alive period
 		acks:         make(map[uint16]chan packets.ControlPacket),
+		qos2:         make(map[uint16]bool),
 		dead:         make(chan struct{}),
 		done:         make(chan struct{}),
 	}
@@ -146,15 +180,16 @@ func (l *link) read() {
 		}
 		switch p := p.(type) {
 		case *packets.PublishPacket:
-			if p.Qos > 0 {
-				ack := packets.NewControlPacket(packets.Puback).(*packets.PubackPacket)
-				ack.MessageID = p.MessageID
-				if err := l.write(ack); err != nil {
-					l.fail(err)
-					return
-				}
+			if !l.receive(p) {
+				return
 			}
-			l.route(p.TopicName, p.Payload)
+		case *packets.PubrelPacket:
+			delete(l.qos2, p.MessageID)
+			comp := packets.NewControlPacket(packets.Pubcomp).(*packets.PubcompPacket)
+			comp.MessageID = p.MessageID
+			if l.write(comp) != nil {
+				return
+			}
 		case *packets.SubackPacket:
 			l.ack(p.MessageID, p)
 		case *packets.UnsubackPacket:
@@ -165,6 +200,36 @@ func (l *link) read() {
 			l.mu.Unlock()
 		}
 	}
+}
+
+// receive acknowledges and delivers one inbound PUBLISH by its QoS. It
+// returns false if the link failed.
+func (l *link) receive(p *packets.PublishPacket) bool {
+	switch p.Qos {
+	case 0:
+		l.route(p.TopicName, p.Payload)
+	case 1:
+		ack := packets.NewControlPacket(packets.Puback).(*packets.PubackPacket)
+		ack.MessageID = p.MessageID
+		if l.write(ack) != nil {
+			return false
+		}
+		l.route(p.TopicName, p.Payload)
+	case 2:
+		if !l.qos2[p.MessageID] {
+			l.qos2[p.MessageID] = true
+			l.route(p.TopicName, p.Payload)
+		}
+		rec := packets.NewControlPacket(packets.Pubrec).(*packets.PubrecPacket)
+		rec.MessageID = p.MessageID
+		if l.write(rec) != nil {
+			return false
+		}
+	default:
+		l.fail(fmt.Errorf("PUBLISH with QoS %d", p.Qos))
+		return false
+	}
+	return true
 }
 
 func (l *link) ack(id uint16, p packets.ControlPacket) {
@@ -202,17 +267,41 @@ func (l *link) tick() {
 	l.pingOut, l.pingAt = true, now
 	l.timer.Reset(l.pingTimeout)
 	l.mu.Unlock()
-	if err := l.write(packets.NewControlPacket(packets.Pingreq)); err != nil {
-		l.fail(err)
-	}
+	_ = l.write(packets.NewControlPacket(packets.Pingreq)) // a failure fails the link
 }
 
-// write sends one packet, bounded by writeTimeout.
+// write sends one packet, bounded by writeTimeout. A write that fails
+// fails the link: the packet may be half sent, so the stream is unusable.
 func (l *link) write(p packets.ControlPacket) error {
 	l.wmu.Lock()
-	defer l.wmu.Unlock()
 	_ = l.conn.SetWriteDeadline(time.Now().Add(l.writeTimeout))
-	return p.Write(l.conn)
+	err := p.Write(l.conn)
+	l.wmu.Unlock()
+	if err != nil {
+		err = fmt.Errorf("send %s: %w", packetName(p), err)
+		l.fail(err)
+	}
+	return err
+}
+
+func packetName(p packets.ControlPacket) string {
+	switch p.(type) {
+	case *packets.SubscribePacket:
+		return "SUBSCRIBE"
+	case *packets.UnsubscribePacket:
+		return "UNSUBSCRIBE"
+	case *packets.PublishPacket:
+		return "PUBLISH"
+	case *packets.PingreqPacket:
+		return "PINGREQ"
+	case *packets.PubackPacket:
+		return "PUBACK"
+	case *packets.PubrecPacket:
+		return "PUBREC"
+	case *packets.PubcompPacket:
+		return "PUBCOMP"
+	}
+	return fmt.Sprintf("%T", p)
 }
 
 // fail ends a link that broke; the lost callback runs unless close came first.
@@ -222,7 +311,7 @@ func (l *link) fail(err error) {
 		l.mu.Unlock()
 		return
 	}
-	l.closed = true
+	l.closed, l.err = true, err
 	l.timer.Stop()
 	close(l.dead)
 	l.mu.Unlock()
@@ -232,6 +321,16 @@ func (l *link) fail(err error) {
 
 var errLinkClosed = errors.New("connection closed")
 
+// failure is the error a request on an ended link returns.
+func (l *link) failure() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.err == nil || l.err == errLinkClosed {
+		return errLinkClosed
+	}
+	return fmt.Errorf("%w: %w", errLinkClosed, l.err)
+}
+
 // request writes a packet that the hub acknowledges by message ID and waits
 // for the acknowledgement.
 func (l *link) request(ctx context.Context, build func(id uint16) packets.ControlPacket) (packets.ControlPacket, error) {
@@ -239,7 +338,7 @@ func (l *link) request(ctx context.Context, build func(id uint16) packets.Contro
 	l.mu.Lock()
 	if l.closed {
 		l.mu.Unlock()
-		return nil, errLinkClosed
+		return nil, l.failure()
 	}
 	for {
 		l.nextID++
@@ -262,7 +361,7 @@ func (l *link) request(ctx context.Context, build func(id uint16) packets.Contro
 	case p := <-ch:
 		return p, nil
 	case <-l.dead:
-		return nil, errLinkClosed
+		return nil, l.failure()
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
@@ -302,15 +401,11 @@ func (l *link) publish(topic string, payload []byte) error {
 	closed := l.closed
 	l.mu.Unlock()
 	if closed {
-		return errLinkClosed
+		return l.failure()
 	}
 	pp := packets.NewControlPacket(packets.Publish).(*packets.PublishPacket)
 	pp.TopicName, pp.Payload = topic, payload
-	if err := l.write(pp); err != nil {
-		l.fail(err)
-		return err
-	}
-	return nil
+	return l.write(pp)
 }
 
 // close sends DISCONNECT (planned) or not, closes the connection and waits
@@ -319,7 +414,7 @@ func (l *link) close(planned bool) {
 	l.mu.Lock()
 	wasOpen := !l.closed
 	if wasOpen {
-		l.closed = true
+		l.closed, l.err = true, errLinkClosed
 		l.timer.Stop()
 		close(l.dead)
 	}

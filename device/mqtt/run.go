@@ -1,0 +1,400 @@
+package mqtt
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/eclipse/paho.mqtt.golang/packets"
+
+	"github.com/dmctl/dmctl/device"
+	"github.com/dmctl/dmctl/internal/iothub"
+	"github.com/dmctl/dmctl/sas"
+)
+
+// Run implements device.Conn. It may be called once.
+func (c *Conn) Run(ctx context.Context, h device.Handler) error {
+	if !c.started.CompareAndSwap(false, true) {
+		return errors.New("mqtt: Run called twice")
+	}
+	defer close(c.done)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	c.mu.Lock()
+	c.runCtx, c.handler = ctx, h
+	c.startReporterLocked()
+	c.mu.Unlock()
+	err := c.loop(ctx)
+	cancel()
+	c.mu.Lock()
+	c.runCtx = nil // no worker starts from now on
+	c.mu.Unlock()
+	c.wg.Wait()
+	c.setState(StateStopped)
+	return err
+}
+
+// loop connects, waits for the session to end, and connects again.
+func (c *Conn) loop(ctx context.Context) error {
+	attempt := 0        // failed attempts since the last stable session
+	connected := false  // a connect has succeeded once
+	renewing := false   // the last session ended for token renewal
+	suspended := false  // Suspend is in force
+	retryAfter := false // wait before the next attempt
+	for {
+		if suspended {
+			c.setState(StateSuspended)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-c.resumeCh:
+				suspended = false
+				c.info().Str("event", "resumed").Msg("reconnecting")
+				c.emit(device.Event{Kind: device.EventResumed})
+			case req := <-c.suspendCh:
+				close(req)
+				continue
+			}
+		}
+		if retryAfter {
+			attempt++
+			c.setState(StateRetrying)
+			d := c.cfg.Backoff(attempt)
+			c.warn().Str("event", "retrying").Int("attempt", attempt).Str("in", d.String()).Msg("reconnecting")
+			c.emit(device.Event{Kind: device.EventRetrying, Attempt: attempt, Delay: d})
+			t := time.NewTimer(d)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return nil
+			case req := <-c.suspendCh:
+				t.Stop()
+				c.enterSuspend(req, "offline")
+				suspended = true
+				retryAfter = false
+				continue
+			case <-t.C:
+			}
+		}
+		c.setState(StateConnecting)
+		if c.cfg.Gate != nil {
+			if err := c.cfg.Gate(ctx); err != nil {
+				return nil
+			}
+		}
+		s, err := c.dialAside(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if !connected && (errors.Is(err, device.ErrUnauthorized) || errors.Is(err, device.ErrUntrusted)) {
+				return err
+			}
+			c.warn().Str("event", "connect_failed").Str("target", c.target).Err(err).Msg("connect failed")
+			c.emit(device.Event{Kind: device.EventConnectFailed, Target: c.target, Err: err})
+			retryAfter = true
+			continue
+		}
+		retryAfter = false
+		connectedAt := time.Now()
+		c.setState(StateConnected)
+		if renewing {
+			c.info().Str("event", "token_renewed").Time("expires", s.expiry).Msg("reconnected with a new token")
+			c.emit(device.Event{Kind: device.EventTokenRenewed, TokenExpires: s.expiry})
+			renewing = false
+		}
+		if !connected {
+			connected = true
+			close(c.ready)
+		}
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			c.syncTwin(ctx, s)
+		}()
+
+		var renew <-chan time.Time
+		var renewTimer *time.Timer
+		if c.cs.SharedAccessKey != "" {
+			renewTimer = time.NewTimer(s.renewAt.Sub(c.cfg.Now()))
+			renew = renewTimer.C
+		}
+		stopRenew := func() {
+			if renewTimer != nil {
+				renewTimer.Stop()
+			}
+		}
+		select {
+		case <-ctx.Done():
+			stopRenew()
+			c.endSession(s, true)
+			c.info().Str("event", "disconnected").Str("reason", "shutdown").Msg("disconnected")
+			c.emit(device.Event{Kind: device.EventDisconnected, Reason: "shutdown"})
+			return nil
+		case <-s.dead:
+			stopRenew()
+			c.endSession(s, false)
+			c.warn().Str("event", "disconnected").Str("reason", reason(s.deadErr)).Msg("connection lost")
+			c.emit(device.Event{Kind: device.EventDisconnected, Reason: reason(s.deadErr), Err: s.deadErr})
+			retryAfter = true
+			if time.Since(connectedAt) >= stableSession {
+				attempt = 0
+			}
+		case <-renew:
+			c.quiesce(ctx, s)
+			c.endSession(s, true)
+			c.info().Str("event", "disconnected").Str("reason", "token renewal").Msg("renewing the token")
+			c.emit(device.Event{Kind: device.EventDisconnected, Reason: "token renewal"})
+			renewing = true
+			attempt = 0
+		case req := <-c.suspendCh:
+			stopRenew()
+			c.quiesce(ctx, s)
+			c.endSession(s, true)
+			c.info().Str("event", "disconnected").Str("reason", "suspended").Msg("disconnected")
+			c.emit(device.Event{Kind: device.EventDisconnected, Reason: "suspended"})
+			c.enterSuspend(req, "suspended")
+			suspended = true
+			attempt = 0
+		}
+	}
+}
+
+func reason(err error) string {
+	if err == nil {
+		return "unknown"
+	}
+	return err.Error()
+}
+
+// enterSuspend forgets a stale Resume and acknowledges the Suspend.
+func (c *Conn) enterSuspend(req chan struct{}, state string) {
+	select {
+	case <-c.resumeCh:
+	default:
+	}
+	c.info().Str("event", "suspended").Str("state", state).Msg("staying offline until resumed")
+	c.emit(device.Event{Kind: device.EventSuspended})
+	close(req)
+}
+
+// dialAside runs dial on a goroutine of its own and waits for it. The TLS
+// handshake needs a deep stack, and Run's goroutine, parked for the life of
+// every connection, would keep the stack it once grew to.
+func (c *Conn) dialAside(ctx context.Context) (*session, error) {
+	type result struct {
+		s   *session
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		s, err := c.dial(ctx)
+		ch <- result{s, err}
+	}()
+	r := <-ch
+	return r.s, r.err
+}
+
+// dial makes one connect attempt: new link, fresh token, CONNECT,
+// SUBSCRIBE. On success the session is current.
+func (c *Conn) dial(ctx context.Context) (*session, error) {
+	// A token's expiry has whole seconds: round up so that it lives at
+	// least SASTTL, then read back what the token really says.
+	minted := c.cfg.Now()
+	expiry := minted.Add(c.cfg.SASTTL).Add(time.Second - 1).Truncate(time.Second)
+	token, err := c.cs.Token(expiry)
+	if err != nil {
+		return nil, fmt.Errorf("mint token for %s: %w", c.cs.DeviceID, err)
+	}
+	if t, err := sas.ParseToken(token); err == nil {
+		expiry = t.Expiry
+	}
+	s := &session{dead: make(chan struct{}), down: make(chan struct{}), expiry: expiry,
+		renewAt: minted.Add(time.Duration(float64(expiry.Sub(minted)) * RenewAt))}
+	l, err := c.dialLink(ctx, linkConfig{
+		clientID: iothub.ClientID(c.cs.DeviceID, c.cs.ModuleID),
+		username: iothub.Username(c.cs.HostName, c.cs.DeviceID, c.cs.ModuleID, c.cfg.ClientType),
+		password: token,
+		route:    c.route,
+		lost:     s.markDead,
+	})
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, c.connectError(err)
+	}
+	s.link = l
+	filters := []string{iothub.MethodsFilter, iothub.TwinResFilter, iothub.DesiredFilter}
+	sctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
+	granted, err := l.subscribe(sctx, filters, []byte{0, 0, 0})
+	cancel()
+	if err != nil {
+		l.close(true)
+		return nil, fmt.Errorf("subscribe: %w", err)
+	}
+	for i, q := range granted {
+		if q == 0x80 {
+			l.close(true)
+			return nil, fmt.Errorf("subscribe: hub refused %s", filters[i])
+		}
+	}
+	c.mu.Lock()
+	c.sess = s
+	close(c.up)
+	c.mu.Unlock()
+	ev := c.info().Str("event", "connected").Str("target", c.target).Str("transport", string(c.cfg.Transport))
+	if !c.cfg.Quiet { // a fleet's logger names the device in every event
+		ev = ev.Str("device", c.cs.DeviceID)
+	}
+	ev.Time("token_expires", expiry).Msg("connected")
+	c.info().Str("event", "subscribed").Strs("filters", filters).Msg("subscribed")
+	c.emit(device.Event{Kind: device.EventConnected, Target: c.target, Transport: string(c.cfg.Transport), TokenExpires: expiry})
+	c.emit(device.Event{Kind: device.EventSubscribed, Filters: filters})
+	return s, nil
+}
+
+func (c *Conn) connectError(err error) error {
+	where := fmt.Sprintf("connect to %s as %s", c.target, c.cs.DeviceID)
+	var cve *tls.CertificateVerificationError
+	var uae x509.UnknownAuthorityError
+	var hne x509.HostnameError
+	var cie x509.CertificateInvalidError
+	switch {
+	case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
+		return err
+	case isRefused(err):
+		return fmt.Errorf("%s: %v: %w", where, err, device.ErrUnauthorized)
+	case errors.As(err, &cve), errors.As(err, &uae), errors.As(err, &hne), errors.As(err, &cie):
+		return fmt.Errorf("%s: %v: %w", where, err, device.ErrUntrusted)
+	}
+	return fmt.Errorf("%s: %w", where, err)
+}
+
+// isRefused reports a CONNACK that refused the credentials (4 or 5).
+func isRefused(err error) bool {
+	return errors.Is(err, packets.ErrorRefusedBadUsernameOrPassword) || errors.Is(err, packets.ErrorRefusedNotAuthorised)
+}
+
+// endSession makes s no longer current; planned sessions are disconnected.
+func (c *Conn) endSession(s *session, planned bool) {
+	c.mu.Lock()
+	if c.sess == s {
+		c.sess = nil
+		c.up = make(chan struct{})
+	}
+	c.mu.Unlock()
+	close(s.down)
+	s.link.close(planned)
+}
+
+// current returns the live session, or nil and a channel closed when one is up.
+func (c *Conn) current() (*session, <-chan struct{}) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.sess, c.up
+}
+
+// waitSession waits until a session is live.
+func (c *Conn) waitSession(ctx context.Context) *session {
+	for {
+		s, up := c.current()
+		if s != nil {
+			return s
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-up:
+		}
+	}
+}
+
+// quiesce prepares a planned disconnect without losing a method call: it
+// unsubscribes from method requests (so the hub sends no new ones to this
+// connection), reads the twin as a barrier (the link routes messages in
+// order, so every request the hub sent before the unsubscribe has been
+// queued by the time the answer arrives), and waits for the queued calls
+// to be answered on this connection.
+func (c *Conn) quiesce(ctx context.Context, s *session) {
+	qctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
+	defer cancel()
+	if err := s.link.unsubscribe(qctx, iothub.MethodsFilter); err == nil {
+		if _, err := c.request(qctx, s, iothub.TwinGetTopic, []byte(" ")); err != nil {
+			c.log.Debug().Str("event", "quiesce").Err(err).Msg("no twin answer before disconnecting")
+		}
+	} else {
+		c.log.Debug().Str("event", "quiesce").Err(err).Msg("could not unsubscribe before disconnecting")
+	}
+	c.drain(ctx, s)
+}
+
+// drain waits until every method call received so far has been answered,
+// at most DrainTimeout, and stops early if the session drops.
+func (c *Conn) drain(ctx context.Context, s *session) {
+	t := time.NewTimer(c.cfg.DrainTimeout)
+	defer t.Stop()
+	for {
+		c.mu.Lock()
+		n := c.inflight
+		c.mu.Unlock()
+		if n == 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.dead:
+			return
+		case <-t.C:
+			c.warn().Str("event", "drain_timeout").Int("in_flight", n).Msg("method calls still running at disconnect")
+			return
+		case <-c.drained:
+		}
+	}
+}
+
+// Suspend implements device.Conn. It needs Run to be running and must not
+// be called from a method handler (it waits for handlers to finish).
+func (c *Conn) Suspend(ctx context.Context) error {
+	req := make(chan struct{})
+	select {
+	case c.suspendCh <- req:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-c.done:
+		return ErrClosed
+	}
+	select {
+	case <-req:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-c.done:
+		return ErrClosed
+	}
+}
+
+// Resume implements device.Conn.
+func (c *Conn) Resume(ctx context.Context) error {
+	select {
+	case c.resumeCh <- struct{}{}:
+	default:
+	}
+	for {
+		s, up := c.current()
+		if s != nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-c.done:
+			return ErrClosed
+		case <-up:
+		}
+	}
+}
