@@ -6,7 +6,8 @@
 // rebootDevice answers 200 at once with {"message":...,"delaySeconds":N},
 // then goes offline (Conn.Suspend) for the reboot delay (Config.RebootDelay,
 // default 20 s; a payload {"delaySeconds": N} with an integer N in 0..3600
-// overrides it), comes back (Conn.Resume) and reports rebootTime as
+// overrides it, also when sent as a JSON string holding the object, as
+// service SDKs that take the payload as text do), comes back (Conn.Resume) and reports rebootTime as
 // time.Now().UTC() in RFC 3339 with nanoseconds, so two reboots never report
 // the same value. A rebootDevice call while a reboot is under way gets 409
 // and starts nothing. The device never reports rebootTime on a plain start.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -282,9 +283,19 @@ func (d *Device) parseRebootPayload(payload json.RawMessage) (time.Duration, err
 	if string(payload) == "null" {
 		return d.delay, nil
 	}
+	// Service SDKs that take the payload as text (the Python tutorial's
+	// CloudToDeviceMethod(payload='{"method_number":"42"}')) send a JSON
+	// string that holds the object.
+	var text string
+	if json.Unmarshal(payload, &text) == nil {
+		if strings.TrimSpace(text) == "" {
+			return d.delay, nil
+		}
+		payload = json.RawMessage(text)
+	}
 	var p map[string]json.RawMessage
-	if err := json.Unmarshal(payload, &p); err != nil {
-		return 0, errors.New(`payload must be a JSON object such as {"delaySeconds": 20}`)
+	if err := json.Unmarshal(payload, &p); err != nil || p == nil && text != "" {
+		return 0, errors.New(`payload must be a JSON object such as {"delaySeconds": 20}, or a JSON string holding one`)
 	}
 	raw, ok := p["delaySeconds"]
 	if !ok || string(raw) == "null" {

@@ -211,6 +211,25 @@ func TestRebootCycle(t *testing.T) {
 	}
 }
 
+// TestRebootPayloadAsJSONText: the Python tutorial's service sends its
+// payload as a JSON string holding an object; the device reads the object.
+func TestRebootPayloadAsJSONText(t *testing.T) {
+	for _, tt := range []struct {
+		payload   string
+		wantDelay float64
+	}{
+		{`"{\"method_number\":\"42\"}"`, 7},
+		{`"{\"delaySeconds\": 5}"`, 5},
+		{`""`, 7},
+	} {
+		_, h, _ := start(t, device.Config{RebootDelay: 7 * time.Second})
+		status, body := h.HandleMethod(t.Context(), device.MethodRequest{Name: device.RebootMethod, Payload: []byte(tt.payload)})
+		if status != 200 || decode(t, body)["delaySeconds"] != tt.wantDelay {
+			t.Errorf("payload %s: status %d body %s, want 200 with delaySeconds %v", tt.payload, status, body, tt.wantDelay)
+		}
+	}
+}
+
 func TestRebootDelayFromConfigAndPayload(t *testing.T) {
 	_, h, _ := start(t, device.Config{RebootDelay: 7 * time.Second})
 	// Rejected payloads start no reboot; the last case starts one that is
@@ -226,6 +245,9 @@ func TestRebootDelayFromConfigAndPayload(t *testing.T) {
 		{`{"delaySeconds": 1.5}`, 400, 0},
 		{`[1]`, 400, 0},
 		{`"soon"`, 400, 0},
+		{`"[1]"`, 400, 0},
+		{`"null"`, 400, 0},
+		{`"{\"delaySeconds\": -1}"`, 400, 0},
 		{`{"delaySeconds": 3600}`, 200, 3600},
 	}
 	for _, tt := range tests {
@@ -241,7 +263,7 @@ func TestRebootDelayFromConfigAndPayload(t *testing.T) {
 			m := decode(t, body)
 			want := "delaySeconds must be an integer from 0 to 3600"
 			if !strings.Contains(tt.payload, "delaySeconds") {
-				want = `payload must be a JSON object such as {"delaySeconds": 20}`
+				want = `payload must be a JSON object such as {"delaySeconds": 20}, or a JSON string holding one`
 			}
 			if m["method"] != device.RebootMethod || m["error"] != want {
 				t.Errorf("payload %s: 400 body %s, want error %q naming the method", tt.payload, body, want)

@@ -1,14 +1,12 @@
 package cli
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"strings"
 	"sync"
 	"time"
 
@@ -79,35 +77,22 @@ func (n *narrator) say(side, format string, args ...any) {
 	fmt.Fprintf(n.w, "%5.2fs  %-9s %s\n", el, "["+side+"]", fmt.Sprintf(format, args...))
 }
 
-// deviceEvents turns the simulated device's log events into narration.
-// It is an io.Writer for a JSON zerolog logger.
-type deviceEvents struct {
-	n *narrator
-}
-
-func (d deviceEvents) Write(p []byte) (int, error) {
-	for _, line := range bytes.Split(bytes.TrimSpace(p), []byte("\n")) {
-		var ev map[string]any
-		if json.Unmarshal(line, &ev) != nil {
-			continue
-		}
-		str := func(k string) string { s, _ := ev[k].(string); return s }
-		switch str("event") {
-		case "connected":
-			d.n.say("device", "connected to %s over %s", str("target"), str("transport"))
-		case "subscribed":
-			d.n.say("device", "listening for direct methods and twin updates")
-		case "reboot_accepted":
-			d.n.say("device", "rebootDevice received: answering 200, rebooting for %s", str("delay"))
-		case "reboot_started":
-			d.n.say("device", "rebooting: offline")
-		case "rebooted":
-			d.n.say("device", "back online, reported rebootTime %s", str("rebootTime"))
-		case "connect_failed", "reboot_failed", "report_rejected", "method_response_failed":
-			d.n.say("device", "%s: %s", str("message"), str("error"))
-		}
+// narrate turns the simulated device's typed events into narration.
+func (n *narrator) narrate(ev device.Event) {
+	switch ev.Kind {
+	case device.EventConnected:
+		n.say("device", "connected to %s over %s", ev.Target, ev.Transport)
+	case device.EventSubscribed:
+		n.say("device", "listening for direct methods and twin updates")
+	case device.EventMethodAnswered:
+		n.say("device", "%s received: answering %d", ev.Method, ev.Status)
+	case device.EventRebootStarted:
+		n.say("device", "rebooting: offline for %s", ev.Delay)
+	case device.EventRebooted:
+		n.say("device", "back online, reported rebootTime %s", ev.RebootTime)
+	case device.EventConnectFailed, device.EventRebootFailed, device.EventReportRejected, device.EventMethodResponseFailed:
+		n.say("device", "%s: %v", ev.Kind, ev.Err)
 	}
-	return len(p), nil
 }
 
 func runDemo(c *cli.Context) error {
@@ -173,12 +158,12 @@ func runDemo(c *cli.Context) error {
 		return err
 	}
 
-	devLog := zerolog.New(io.MultiWriter(deviceEvents{n}, levelWriter{log})).With().Timestamp().Logger()
 	conn, err := mqtt.New(mqtt.Config{
 		ConnectionString: devCS,
 		RootCAs:          h.CAPool(),
 		ClientType:       "dmctl/" + resolveVersion(),
-		Log:              devLog,
+		Log:              log,
+		OnEvent:          n.narrate,
 	})
 	if err != nil {
 		return err
@@ -187,7 +172,7 @@ func runDemo(c *cli.Context) error {
 	if rebootDelay == 0 {
 		rebootDelay = device.NoRebootDelay
 	}
-	dev := device.New(conn, device.Config{RebootDelay: rebootDelay, Log: devLog})
+	dev := device.New(conn, device.Config{RebootDelay: rebootDelay, Log: log, OnEvent: n.narrate})
 	devCtx, stopDevice := context.WithCancel(ctx)
 	devDone := make(chan error, 1)
 	go func() { devDone <- dev.Run(devCtx) }()
@@ -273,35 +258,6 @@ func keepRunning(c *cli.Context, h *hub.Server, dir, deviceCS string, devDone ch
 		}
 		return nil
 	}
-}
-
-// levelWriter forwards device log lines to the app's logger when they pass
-// its level, so warnings still reach stderr in the demo.
-type levelWriter struct{ log zerolog.Logger }
-
-func (l levelWriter) Write(p []byte) (int, error) {
-	for _, line := range bytes.Split(bytes.TrimSpace(p), []byte("\n")) {
-		var ev struct {
-			Level string `json:"level"`
-		}
-		if json.Unmarshal(line, &ev) != nil {
-			continue
-		}
-		lvl, err := zerolog.ParseLevel(ev.Level)
-		if err != nil || lvl < l.log.GetLevel() || l.log.GetLevel() == zerolog.Disabled {
-			continue
-		}
-		var fields map[string]any
-		if json.Unmarshal(line, &fields) != nil {
-			continue
-		}
-		msg, _ := fields["message"].(string)
-		delete(fields, "message")
-		delete(fields, "level")
-		delete(fields, "time")
-		l.log.WithLevel(lvl).Fields(fields).Msg(strings.TrimSpace(msg))
-	}
-	return len(p), nil
 }
 
 // logLevelChosen reports whether --log-level was given (flag or env).
