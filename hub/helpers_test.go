@@ -4,20 +4,20 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/url"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/dmctl/dmctl/hub/hubtest"
-	"github.com/dmctl/dmctl/internal/iothub"
-	"github.com/dmctl/dmctl/sas"
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/gorilla/websocket"
+
+	"github.com/dmctl/dmctl/hub/hubtest"
+	"github.com/dmctl/dmctl/internal/iothub"
+	"github.com/dmctl/dmctl/internal/wsstream"
+	"github.com/dmctl/dmctl/sas"
 )
 
 // testCtx bounds a test's waits.
@@ -108,7 +108,7 @@ func dial(t *testing.T, hs *hubtest.Server, o connOpts) (*device, byte, error) {
 				_ = ws.Close()
 				return nil, fmt.Errorf("server chose subprotocol %q", resp.Header.Get("Sec-Websocket-Protocol"))
 			}
-			return newClientWSConn(ws), nil
+			return wsstream.New(ws, 0), nil
 		})
 	default:
 		t.Fatalf("unknown transport %q", o.transport)
@@ -224,54 +224,6 @@ func policyToken(t *testing.T, hs *hubtest.Server) string {
 	}
 	return tok
 }
-
-// clientWSConn is the device side of MQTT over WebSockets for the "MQTT"
-// subprotocol test.
-type clientWSConn struct {
-	*websocket.Conn
-	r io.Reader
-}
-
-func newClientWSConn(ws *websocket.Conn) *clientWSConn { return &clientWSConn{Conn: ws} }
-
-func (c *clientWSConn) Read(p []byte) (int, error) {
-	for {
-		if c.r == nil {
-			_, r, err := c.NextReader()
-			if err != nil {
-				return 0, err
-			}
-			c.r = r
-		}
-		n, err := c.r.Read(p)
-		if err != nil {
-			c.r = nil
-			if n > 0 || isEOF(err) {
-				if n > 0 {
-					return n, nil
-				}
-				continue
-			}
-			return n, err
-		}
-		return n, nil
-	}
-}
-
-func isEOF(err error) bool { return errors.Is(err, io.EOF) }
-
-func (c *clientWSConn) Write(p []byte) (int, error) {
-	if err := c.WriteMessage(websocket.BinaryMessage, p); err != nil {
-		return 0, err
-	}
-	return len(p), nil
-}
-
-func (c *clientWSConn) SetDeadline(t time.Time) error {
-	return errors.Join(c.SetReadDeadline(t), c.SetWriteDeadline(t))
-}
-
-var _ net.Conn = (*clientWSConn)(nil)
 
 type (
 	pahoClient  = paho.Client

@@ -4,13 +4,14 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/url"
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/dmctl/dmctl/internal/wsstream"
 )
 
 // dialWebSocket opens MQTT over a WebSocket (subprotocol "mqtt") at
@@ -48,48 +49,5 @@ func dialWebSocket(ctx context.Context, wsURL string, tlsConf *tls.Config, proxy
 		_ = ws.Close()
 		return nil, ctx.Err()
 	}
-	return &wsConn{Conn: ws}, nil
-}
-
-// wsConn is a WebSocket as a byte stream: every Write is one binary
-// message, Read runs across message boundaries. The link reads on one
-// goroutine and serializes its writes, as gorilla/websocket requires.
-type wsConn struct {
-	*websocket.Conn
-	r io.Reader // the message being read, if any
-}
-
-func (c *wsConn) Read(p []byte) (int, error) {
-	for {
-		if c.r == nil {
-			_, r, err := c.NextReader()
-			if err != nil {
-				return 0, err
-			}
-			c.r = r
-		}
-		n, err := c.r.Read(p)
-		if err == io.EOF {
-			c.r = nil
-			if n == 0 {
-				continue
-			}
-			err = nil
-		}
-		return n, err
-	}
-}
-
-func (c *wsConn) Write(p []byte) (int, error) {
-	if err := c.WriteMessage(websocket.BinaryMessage, p); err != nil {
-		return 0, err
-	}
-	return len(p), nil
-}
-
-func (c *wsConn) SetDeadline(t time.Time) error {
-	if err := c.SetReadDeadline(t); err != nil {
-		return err
-	}
-	return c.SetWriteDeadline(t)
+	return wsstream.New(ws, 0), nil
 }
