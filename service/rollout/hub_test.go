@@ -127,7 +127,7 @@ func TestHubFleetReboot100(t *testing.T) {
 	res, err := rollout.Run(servicetest.Context(t), c, rollout.Options{
 		Condition:    "tags.site = 'lab'",
 		PollInterval: 100 * time.Millisecond,
-		WaitTimeout:  30 * time.Second,
+		WaitTimeout:  10 * time.Second,
 		Progress: func(p rollout.Progress) {
 			mu.Lock()
 			defer mu.Unlock()
@@ -186,7 +186,7 @@ func TestHubFleetReboot100(t *testing.T) {
 	// A second fleet reboot has the first one's times as baselines.
 	waitAll(t, h, ids)
 	res2, err := rollout.Run(servicetest.Context(t), c, rollout.Options{
-		Condition: "tags.site = 'lab'", PollInterval: 100 * time.Millisecond, WaitTimeout: 30 * time.Second,
+		Condition: "tags.site = 'lab'", PollInterval: 100 * time.Millisecond, WaitTimeout: 10 * time.Second,
 		Waves: []rollout.Step{{Count: 10}, {Percent: 100}},
 	})
 	if err != nil {
@@ -243,7 +243,7 @@ func TestHubFleetStagedRolloutAborts(t *testing.T) {
 		AbortFailureRate: 0.05,
 		JobIDPrefix:      "staged",
 		PollInterval:     50 * time.Millisecond,
-		WaitTimeout:      30 * time.Second,
+		WaitTimeout:      5 * time.Second,
 	})
 	var dse *service.DeviceStatusError
 	if !errors.As(err, &dse) || dse.Status != 500 {
@@ -281,7 +281,7 @@ func TestHubFleetStagedRolloutAborts(t *testing.T) {
 		Waves:            []rollout.Step{{Count: 2}, {Percent: 50}, {Percent: 100}},
 		AbortFailureRate: -1,
 		PollInterval:     50 * time.Millisecond,
-		WaitTimeout:      30 * time.Second,
+		WaitTimeout:      5 * time.Second,
 	})
 	if !errors.As(err, &dse) {
 		t.Fatalf("err = %v, want a DeviceStatusError", err)
