@@ -203,7 +203,7 @@ func TestPythonTutorialDeviceFullReboot(t *testing.T) { tutorialReboot(t, 20) }
 // and returns the method's answer and the new rebootTime it saw.
 func runTutorialService(t *testing.T, ctx context.Context, py, caFile, serviceCS, id string) (status float64, rebootTime string) {
 	t.Helper()
-	r := runProc(t, ctx, "tutorial_service.py "+id, pythonEnv(caFile, "IOTHUB_CONNECTION_STRING="+serviceCS, "WAIT_SECONDS=60"),
+	r := runProc(t, ctx, "tutorial_service.py "+id, pythonEnv(caFile, "IOTHUB_CONNECTION_STRING="+serviceCS, "WAIT_SECONDS=20"),
 		py, filepath.Join(pythonDir(), "tutorial_service.py"), id)
 	if r.code != 0 {
 		t.Fatalf("the tutorial's Python service did not see a new rebootTime: %s", r)
