@@ -133,6 +133,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		Commands: commands(),
 	}
 	app.Metadata = map[string]any{}
+	setHelp(app.Commands, "")
 	setUsageErrors(app.Commands)
 	addHelpCommands(app)
 	app.OnUsageError = onUsageError

@@ -18,7 +18,7 @@ func serviceQueryCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "query",
 		Usage:     "run an IoT Hub query over twins and print every result, all pages",
-		ArgsUsage: `[flags] "SELECT ... FROM devices [WHERE ...]"`,
+		ArgsUsage: `"SELECT ... FROM devices [WHERE ...]"`,
 		Description: `Text output prints one JSON document per line, or a table when every row
 is a flat projection (e.g. SELECT deviceId, properties.reported.rebootTime AS
 rebootTime FROM devices). JSON output is one array.`,

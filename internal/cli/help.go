@@ -1,0 +1,250 @@
+package cli
+
+import (
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+)
+
+// examples are the EXAMPLES section of each leaf command's help, by the
+// command's path under dmctl. A line starting with "#" says what the next
+// command line does. TestHelpExamples checks every leaf command has some and
+// that each line names that command and flags it has.
+var examples = map[string][]string{
+	"device run": {
+		"# run one device from IOTHUB_DEVICE_CONNECTION_STRING, rebooting in 5 s",
+		"dmctl device run --reboot-delay 5s",
+		"# run a fleet, one connection string per line, 200 connects per second",
+		"dmctl device run --connection-strings-file fleet.txt --connect-rate 200/s",
+	},
+	"service reboot": {
+		"# reboot one device and wait until its twin shows the new rebootTime",
+		"dmctl service reboot --device myDeviceId",
+		"# reboot a fleet in two waves, stopping if more than 5% of a wave fails",
+		"dmctl service reboot --query \"tags.site = 'lab'\" --waves 10%,100% --abort-failure-rate 5%",
+	},
+	"service invoke": {
+		"dmctl service invoke --device myDeviceId --method rebootDevice --payload '{\"delaySeconds\":1}'",
+		"dmctl service invoke -d myDeviceId -m getStatus --response-timeout 10s",
+	},
+	"service twin show": {
+		"dmctl service twin show --device myDeviceId",
+		"dmctl service twin show -d myDeviceId -o json",
+	},
+	"service twin update": {
+		"dmctl service twin update --device myDeviceId --tags '{\"site\":\"lab\"}'",
+		"dmctl service twin update --device myDeviceId --desired '{\"telemetryInterval\":30}'",
+	},
+	"service device create": {
+		"# register one device and keep its connection string",
+		"dmctl service device create --device myDeviceId",
+		"# register sim-0001 ... sim-0100, tagged, one connection string per line",
+		"dmctl service device create --count 100 --prefix sim --tags '{\"site\":\"lab\"}'",
+	},
+	"service device show": {
+		"dmctl service device show --device myDeviceId",
+	},
+	"service device list": {
+		"dmctl service device list --top 10",
+		"dmctl service device ls -o json",
+	},
+	"service device delete": {
+		"dmctl service device delete --device myDeviceId",
+	},
+	"service device connection-string": {
+		"dmctl service device connection-string --device myDeviceId --key secondary",
+	},
+	"service device wait": {
+		"dmctl service device wait --device myDeviceId --timeout 30s",
+		"dmctl service device wait --query \"tags.site = 'lab'\" --state disconnected",
+	},
+	"service query": {
+		"dmctl service query \"SELECT * FROM devices WHERE tags.site = 'lab'\"",
+		"dmctl service query --top 10 \"SELECT deviceId, properties.reported.rebootTime FROM devices\"",
+	},
+	"service job show": {
+		"dmctl service job show --job dmctl-reboot-20260101T120000Z-w1 --devices",
+	},
+	"service job list": {
+		"dmctl service job list --type method --status running",
+	},
+	"service job cancel": {
+		"dmctl service job cancel --job dmctl-reboot-20260101T120000Z-w1",
+	},
+	"hub serve": {
+		"# serve on a free loopback port and record the address",
+		"dmctl hub serve --data ./hub-data --listen 127.0.0.1:0 --ready-file hub.json",
+	},
+	"hub connection-string": {
+		"dmctl hub connection-string --data ./hub-data --ready-file hub.json",
+	},
+	"hub wait": {
+		"dmctl hub wait --ready-file hub.json --timeout 10s",
+	},
+	"sas token": {
+		"# a device token from IOTHUB_DEVICE_CONNECTION_STRING, valid for an hour",
+		"dmctl sas token --ttl 1h",
+		"dmctl sas token --connection-string \"$IOTHUB_CONNECTION_STRING\" --expiry 2030-01-01T00:00:00Z",
+	},
+	"sas inspect": {
+		"dmctl sas inspect \"$TOKEN\"",
+		"dmctl sas token | dmctl sas inspect -",
+	},
+	"demo": {
+		"dmctl demo",
+		"dmctl demo --reboot-delay 2s -o json",
+	},
+}
+
+// requiredFlags marks, in help, flags a command cannot run without. The
+// commands check them themselves (a missing one is a usage error with a hint,
+// exit 2), so they are not urfave/cli Required flags.
+var requiredFlags = map[string]map[string]string{
+	"service reboot":                   {"device": "required unless --query"},
+	"service invoke":                   {"device": "required", "method": "required"},
+	"service twin show":                {"device": "required"},
+	"service twin update":              {"device": "required"},
+	"service device create":            {"device": "required unless --count"},
+	"service device show":              {"device": "required"},
+	"service device delete":            {"device": "required"},
+	"service device connection-string": {"device": "required"},
+	"service device wait":              {"device": "required unless --query"},
+	"service job show":                 {"job": "required"},
+	"service job cancel":               {"job": "required"},
+}
+
+// setHelp prepares the command tree under the app for help, completion and
+// the global flags: each leaf command gets its EXAMPLES and a mark on its
+// required flags, bool flags whose default is false stop saying so, show
+// commands answer to get and list commands to ls, and every command takes
+// --log-level and --log-format after its name too.
+func setHelp(cmds []*cli.Command, parent string) {
+	for _, c := range cmds {
+		path := strings.TrimSpace(parent + " " + c.Name)
+		switch c.Name {
+		case "show":
+			c.Aliases = append(c.Aliases, "get")
+		case "list":
+			c.Aliases = append(c.Aliases, "ls")
+		}
+		for _, f := range c.Flags {
+			markFlag(f, requiredFlags[path])
+		}
+		c.Flags = append(c.Flags, commandLogFlags()...)
+		c.Before = chainBefore(c.Before, commandLogger)
+		if len(c.Subcommands) == 0 {
+			c.CustomHelpTemplate = cli.CommandHelpTemplate + examplesTemplate(examples[path])
+			c.BashComplete = leafComplete(c)
+		}
+		setHelp(c.Subcommands, path)
+	}
+}
+
+// examplesTemplate renders lines as a help template section; each line is
+// a quoted template string, so braces in it are printed as they are.
+func examplesTemplate(lines []string) string {
+	if len(lines) == 0 {
+		return ""
+	}
+	var b strings.Builder
+	b.WriteString("\nEXAMPLES:")
+	for _, l := range lines {
+		b.WriteString("\n   {{" + strconv.Quote(l) + "}}")
+	}
+	b.WriteString("\n")
+	return b.String()
+}
+
+// markFlag appends "(required...)" to a flag's usage where the command needs
+// it, and drops "(default: false)" from bool flags.
+func markFlag(f cli.Flag, required map[string]string) {
+	note := required[f.Names()[0]]
+	if r, ok := f.(cli.RequiredFlag); ok && r.IsRequired() && note == "" {
+		note = "required"
+	}
+	suffix := ""
+	if note != "" {
+		suffix = " (" + note + ")"
+	}
+	switch f := f.(type) {
+	case *cli.StringFlag:
+		f.Usage += suffix
+	case *cli.IntFlag:
+		f.Usage += suffix
+	case *cli.DurationFlag:
+		f.Usage += suffix
+	case *cli.BoolFlag:
+		f.Usage += suffix
+		if !f.Value && f.DefaultText == "" {
+			f.DisableDefaultText = true
+		}
+	}
+}
+
+// commandLogFlags are --log-level and --log-format as every command takes
+// them; the app's own (shown in 'dmctl --help') carry the environment
+// variables and defaults.
+func commandLogFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "log-level", Hidden: true},
+		&cli.StringFlag{Name: "log-format", Hidden: true},
+	}
+}
+
+func chainBefore(first, then cli.BeforeFunc) cli.BeforeFunc {
+	if first == nil {
+		return then
+	}
+	return func(c *cli.Context) error {
+		if err := first(c); err != nil {
+			return err
+		}
+		return then(c)
+	}
+}
+
+// commandLogger rebuilds the logger when --log-level or --log-format was
+// given after a command's name: the one given nearest the end of the
+// command line wins, then the app's (flag, environment or default).
+func commandLogger(c *cli.Context) error {
+	lineage := c.Lineage()
+	root := lineage[len(lineage)-1]
+	given := false
+	pick := func(name string) string {
+		for _, ctx := range lineage[:len(lineage)-1] {
+			if ctx.Command == nil {
+				continue
+			}
+			for _, n := range ctx.LocalFlagNames() {
+				if n == name {
+					given = true
+					return ctx.String(name)
+				}
+			}
+		}
+		return root.String(name)
+	}
+	level, format := pick("log-level"), pick("log-format")
+	if !given {
+		return nil
+	}
+	l, err := newLogger(c.App.ErrWriter, level, format)
+	if err != nil {
+		return err
+	}
+	c.App.Metadata[loggerKey] = l
+	return nil
+}
+
+// leafComplete completes a leaf command's flags after a "-"; a leaf has no
+// words of its own to offer (its help subcommand is not one).
+func leafComplete(cmd *cli.Command) cli.BashCompleteFunc {
+	flags := cli.DefaultCompleteWithFlags(cmd)
+	return func(c *cli.Context) {
+		if n := len(os.Args); n > 2 && strings.HasPrefix(os.Args[n-2], "-") {
+			flags(c)
+		}
+	}
+}
