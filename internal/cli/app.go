@@ -139,7 +139,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 	app.OnUsageError = onUsageError
 	app.Action = func(c *cli.Context) error {
 		if c.NArg() > 0 {
-			return usageErrorf("run 'dmctl --help' for the list of commands", "unknown command %q", c.Args().First())
+			return unknownCommand(c)
 		}
 		return cli.ShowAppHelp(c)
 	}
@@ -158,7 +158,7 @@ func commands() []*cli.Command {
 }
 
 func onUsageError(c *cli.Context, err error, _ bool) error {
-	return usageErrorf("run '"+c.Command.HelpName+" --help' for usage", "%v", err)
+	return usageErrorf(flagSuggestion(c, err)+"run '"+c.Command.HelpName+" --help' for usage", "%v", err)
 }
 
 // setUsageErrors makes flag-parsing errors of every command, and unknown
@@ -171,8 +171,7 @@ func setUsageErrors(cmds []*cli.Command) {
 		if cmd.Action == nil && len(cmd.Subcommands) > 0 {
 			cmd.Action = func(c *cli.Context) error {
 				if c.NArg() > 0 {
-					return usageErrorf("run '"+c.Command.HelpName+" --help' for the list of commands",
-						"unknown command %q", c.Args().First())
+					return unknownCommand(c)
 				}
 				return cli.ShowSubcommandHelp(c)
 			}
