@@ -154,6 +154,8 @@ func commands() []*cli.Command {
 		hubCommand(),
 		sasCommand(),
 		demoCommand(),
+		completionCommand(),
+		manCommand(),
 	}
 }
 

@@ -96,6 +96,15 @@ var examples = map[string][]string{
 		"dmctl demo",
 		"dmctl demo --reboot-delay 2s -o json",
 	},
+	"completion": {
+		"# bash: load completion now, or add this line to ~/.bashrc",
+		"source <(dmctl completion bash)",
+		"dmctl completion zsh > \"${fpath[1]}/_dmctl\"",
+		"dmctl completion fish > ~/.config/fish/completions/dmctl.fish",
+	},
+	"man": {
+		"dmctl man > dmctl.1 && man ./dmctl.1",
+	},
 }
 
 // requiredFlags marks, in help, flags a command cannot run without. The
