@@ -176,6 +176,7 @@ func setUsageErrors(cmds []*cli.Command) {
 				return cli.ShowSubcommandHelp(c)
 			}
 		}
+		rejectArgs(cmd)
 		setUsageErrors(cmd.Subcommands)
 	}
 }
@@ -200,7 +201,7 @@ func newLogger(w io.Writer, level, format string) (zerolog.Logger, error) {
 		return zerolog.Nop(), usageErrorf("use console or json", "invalid --log-format %q", format)
 	}
 	if format == "console" {
-		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly}
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly, NoColor: osNoColor()}
 	}
 	return zerolog.New(w).Level(lvl).With().Timestamp().Logger(), nil
 }
@@ -223,7 +224,7 @@ func outputFlag() cli.Flag {
 		Usage:   "result format: text or json",
 		Value:   "text",
 		Action: func(_ *cli.Context, v string) error {
-			if v != "text" && v != "json" {
+			if v = strings.ToLower(v); v != "text" && v != "json" {
 				return usageErrorf("use -o text or -o json", "invalid --output %q", v)
 			}
 			return nil
@@ -232,7 +233,7 @@ func outputFlag() cli.Flag {
 }
 
 // jsonOutput reports whether the command was asked for JSON results.
-func jsonOutput(c *cli.Context) bool { return c.String("output") == "json" }
+func jsonOutput(c *cli.Context) bool { return strings.EqualFold(c.String("output"), "json") }
 
 // printJSON writes v as indented JSON and a newline.
 func printJSON(w io.Writer, v any) error {
