@@ -83,52 +83,36 @@ type ConnectionString struct {
 //
 //   - the whole string in quotes ('...' or "...", as pasted from a shell
 //     line): no key is named;
-//
 //   - an element without '=' or with an empty key name (no key is named: the
 //     element may be a pasted secret);
-//
 //   - a known key name spelled in another case ("hostname", "X509");
-//
 //   - a known key given twice;
-//
 //   - a known key with an empty value;
-//
 //   - HostName that is not host or host:port (port 1-65535);
-//
 //   - GatewayHostName that is not host or host:port;
-//
 //   - DeviceId / ModuleId longer than 128 characters or with characters
 //     outside ASCII letters, digits and -:.+%_#*?!(),=@$';
-//
 //   - SharedAccessKeyName with characters outside ASCII letters, digits and -._~;
-//
 //   - SharedAccessKey that is not padded standard base64 or decodes to more
 //     than 64 bytes;
-//
 //   - SharedAccessSignature that is not a well-formed token (see ParseToken);
-//
 //   - x509 with a value other than "true" (any case);
-//
 //   - missing HostName;
-//
 //   - ModuleId without DeviceId;
-//
 //   - neither DeviceId nor SharedAccessKeyName (no kind);
-//
 //   - SharedAccessKey together with x509 or SharedAccessSignature, or
 //     SharedAccessSignature together with x509;
-//
 //   - a device or module string with none of SharedAccessKey,
 //     SharedAccessSignature and x509;
-//
 //   - SharedAccessKeyName without SharedAccessKey;
-//
 //   - a service string (no DeviceId) without SharedAccessKey, or with
 //     SharedAccessSignature or x509.
 //
-// When the string also has unknown keys, the refusal's Reason goes on to
-// name them: by name (with the known key it resembles) when the name is
-// within two edits of a known key name, otherwise by element number only.
+// When the string also has unknown keys, the refusal names them: by name
+// (with the known key it resembles) when the name is within two edits of a
+// known key name, otherwise by element number only. When the refusal is a
+// missing key, the unknown keys lead and the FieldError's Key is the known
+// key the first of them resembles ("" when none does).
 func Parse(s string) (*ConnectionString, error) {
 	c := new(ConnectionString)
 	seen := make(map[string]bool)
