@@ -224,7 +224,7 @@ func outputFlag() cli.Flag {
 		Usage:   "result format: text or json",
 		Value:   "text",
 		Action: func(_ *cli.Context, v string) error {
-			if v = strings.ToLower(v); v != "text" && v != "json" {
+			if l := strings.ToLower(v); l != "text" && l != "json" {
 				return usageErrorf("use -o text or -o json", "invalid --output %q", v)
 			}
 			return nil
