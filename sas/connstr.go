@@ -78,9 +78,11 @@ type ConnectionString struct {
 // Syntax: the string (surrounding white space removed) is split on ';',
 // empty elements are skipped, each element is split at its first '=' (so a
 // SharedAccessSignature value keeps its '=' and '&'). Key names are
-// case-sensitive; unknown keys are ignored. Every refusal is a *FieldError
-// naming the key:
+// case-sensitive; unknown keys are ignored, but named in a refusal (see
+// below). Every refusal is a *FieldError naming the key:
 //
+//   - the whole string in quotes ('...' or "...", as pasted from a shell
+//     line): no key is named;
 //   - an element without '=' or with an empty key name (no key is named: the
 //     element may be a pasted secret);
 //   - a known key name spelled in another case ("hostname", "X509");
@@ -105,6 +107,12 @@ type ConnectionString struct {
 //   - SharedAccessKeyName without SharedAccessKey;
 //   - a service string (no DeviceId) without SharedAccessKey, or with
 //     SharedAccessSignature or x509.
+//
+// When the string also has unknown keys, the refusal names them: by name
+// (with the known key it resembles) when the name is within two edits of a
+// known key name, otherwise by element number only. When the refusal is a
+// missing key, the unknown keys lead and the FieldError's Key is the known
+// key the first of them resembles ("" when none does).
 func Parse(s string) (*ConnectionString, error) {
 	c := new(ConnectionString)
 	seen := make(map[string]bool)
@@ -112,6 +120,10 @@ func Parse(s string) (*ConnectionString, error) {
 	if s == "" {
 		return nil, &FieldError{Key: keyHostName, Reason: "missing (connection string is empty)"}
 	}
+	if q := s[0]; (q == '\'' || q == '"') && len(s) > 1 && s[len(s)-1] == q {
+		return nil, &FieldError{Reason: fmt.Sprintf("the whole string is quoted (it starts and ends with %c): remove the quotes", q)}
+	}
+	var unknown []unknownKey
 	n := 0
 	for elem := range strings.SplitSeq(s, ";") {
 		if elem == "" {
@@ -150,7 +162,10 @@ func Parse(s string) (*ConnectionString, error) {
 					return nil, &FieldError{Key: known, Reason: fmt.Sprintf("spelled %q; key names are case-sensitive", k)}
 				}
 			}
-			continue // unknown keys are kept by the SDKs and ignored
+			// Unknown keys are kept by the SDKs and ignored; they are
+			// named only if a refusal follows.
+			unknown = append(unknown, unknownKey{n, k})
+			continue
 		}
 		if seen[k] {
 			return nil, &FieldError{Key: k, Reason: "given more than once"}
@@ -169,9 +184,75 @@ func Parse(s string) (*ConnectionString, error) {
 		c.X509 = true
 	}
 	if err := c.validate(); err != nil {
-		return nil, err
+		return nil, explainUnknown(err, unknown)
 	}
 	return c, nil
+}
+
+// unknownKey is an element whose key name Parse does not know.
+type unknownKey struct {
+	elem int
+	name string
+}
+
+// explainUnknown tells, on a refusal, about the unknown keys of the string.
+// A key reported missing is most often one of them misspelled, so then the
+// unknown key leads: the FieldError names the known key it resembles (or no
+// key), and the missing key follows. A name is echoed only when it is within
+// two edits of a known key name (so it is not a pasted secret); otherwise
+// only its element number is given.
+func explainUnknown(err error, unknown []unknownKey) error {
+	var fe *FieldError
+	if len(unknown) == 0 || !errors.As(err, &fe) {
+		return err
+	}
+	key := ""
+	var notes []string
+	for _, u := range unknown {
+		if known := nearKey(u.name); known != "" {
+			notes = append(notes, fmt.Sprintf("element %d has the unknown key %q (did you mean %s?)", u.elem, u.name, known))
+			if key == "" {
+				key = known
+			}
+		} else {
+			notes = append(notes, fmt.Sprintf("element %d has an unknown key name (known: %s)", u.elem, strings.Join(knownKeys, ", ")))
+		}
+	}
+	if !strings.HasPrefix(fe.Reason, "missing") {
+		return &FieldError{Key: fe.Key, Reason: fe.Reason + "; " + strings.Join(notes, "; ")}
+	}
+	return &FieldError{Key: key, Reason: strings.Join(notes, "; ") + "; so " + fe.Key + " is " + fe.Reason}
+}
+
+// nearKey returns the known key name within two edits of name, or "".
+func nearKey(name string) string {
+	for _, k := range knownKeys {
+		if editDistance(strings.ToLower(name), strings.ToLower(k)) <= 2 {
+			return k
+		}
+	}
+	return ""
+}
+
+// editDistance is the Levenshtein distance between two strings, by byte.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }
 
 // ParseDevice parses a device or module connection string.

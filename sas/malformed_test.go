@@ -70,6 +70,11 @@ func TestRefusals(t *testing.T) {
 		{"cs service without key", parse(host + ";SharedAccessKeyName=iothubowner"), ErrMalformed, "SharedAccessKey"},
 		{"cs service with x509", parse(host + ";SharedAccessKeyName=iothubowner;x509=true"), ErrMalformed, "x509"},
 		{"cs service with SAS", parse(host + ";SharedAccessKeyName=iothubowner;SharedAccessSignature=" + vectorC), ErrMalformed, "SharedAccessSignature"},
+		{"cs quoted in single quotes", parse("'" + dev + ";" + key + "'"), ErrMalformed, ""},
+		{"cs quoted in double quotes", parse(`"` + dev + ";" + key + `"`), ErrMalformed, ""},
+		{"cs misspelled policy key is named, not a missing DeviceId", parse(host + ";SharedAccessKeyNam=iothubowner;" + key), ErrMalformed, "SharedAccessKeyName"},
+		{"cs unknown key names no known key", parse(host + ";Policy=iothubowner;" + key), ErrMalformed, ""},
+		{"cs unknown key that is a pasted secret", parse(dev + ";" + key + ";" + testKey[:len(testKey)-1] + "=;x509=false"), ErrMalformed, "x509"},
 		{"ParseService of device", func() error { _, err := ParseService(dev + ";" + key); return err }, ErrMalformed, "DeviceId"},
 		{"ParseDevice of service", func() error {
 			_, err := ParseDevice(host + ";SharedAccessKeyName=iothubowner;" + key)
@@ -164,5 +169,42 @@ func TestRefusals(t *testing.T) {
 	}
 	if len(tests) < 25 {
 		t.Fatalf("only %d cases", len(tests))
+	}
+}
+
+// TestRefusalMessages checks what the refusals that are easy to misread say:
+// a quoted string is reported as quoted, an unknown key is named (when it
+// resembles a known one) ahead of the key it leaves missing, and an unknown
+// key that resembles none is reported by position only.
+func TestRefusalMessages(t *testing.T) {
+	const host = "HostName=myhub.azure-devices.net"
+	key := "SharedAccessKey=" + testKey
+	tests := []struct {
+		in        string
+		want, not []string
+	}{
+		{"'" + host + ";DeviceId=d;" + key + "'", []string{"quoted", "remove the quotes"}, []string{"HostName", testKey}},
+		{`"` + host + ";DeviceId=d;" + key + `"`, []string{"quoted"}, []string{"HostName", testKey}},
+		{host + ";SharedAccessKeyNam=iothubowner;" + key,
+			[]string{`SharedAccessKeyName: element 2 has the unknown key "SharedAccessKeyNam" (did you mean SharedAccessKeyName?)`, "so DeviceId is missing"}, []string{testKey}},
+		{host + ";DeviceId=d;SharedAccesKey=" + testKey, []string{`"SharedAccesKey" (did you mean SharedAccessKey?)`}, []string{testKey}},
+		{host + ";Policy=iothubowner;" + key, []string{"element 2 has an unknown key name (known: HostName, ", "so DeviceId is missing"}, []string{"Policy", "iothubowner", testKey}},
+		{host + ";" + testKey[:20] + "=x;DeviceId=a/b;" + key, []string{"DeviceId: only ASCII", "element 2 has an unknown key name"}, []string{testKey[:20]}},
+	}
+	for _, tt := range tests {
+		_, err := Parse(tt.in)
+		if err == nil {
+			t.Fatalf("Parse(%q): no error", tt.in)
+		}
+		for _, w := range tt.want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("Parse(%q) = %q, want it to contain %q", tt.in, err, w)
+			}
+		}
+		for _, n := range tt.not {
+			if strings.Contains(err.Error(), n) {
+				t.Errorf("Parse(%q) = %q, must not contain %q", tt.in, err, n)
+			}
+		}
 	}
 }

@@ -178,6 +178,7 @@ func setUsageErrors(cmds []*cli.Command) {
 				return cli.ShowSubcommandHelp(c)
 			}
 		}
+		rejectArgs(cmd)
 		setUsageErrors(cmd.Subcommands)
 	}
 }
@@ -202,7 +203,7 @@ func newLogger(w io.Writer, level, format string) (zerolog.Logger, error) {
 		return zerolog.Nop(), usageErrorf("use console or json", "invalid --log-format %q", format)
 	}
 	if format == "console" {
-		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly}
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly, NoColor: osNoColor()}
 	}
 	return zerolog.New(w).Level(lvl).With().Timestamp().Logger(), nil
 }
@@ -225,7 +226,7 @@ func outputFlag() cli.Flag {
 		Usage:   "result format: text or json",
 		Value:   "text",
 		Action: func(_ *cli.Context, v string) error {
-			if v != "text" && v != "json" {
+			if l := strings.ToLower(v); l != "text" && l != "json" {
 				return usageErrorf("use -o text or -o json", "invalid --output %q", v)
 			}
 			return nil
@@ -234,7 +235,7 @@ func outputFlag() cli.Flag {
 }
 
 // jsonOutput reports whether the command was asked for JSON results.
-func jsonOutput(c *cli.Context) bool { return c.String("output") == "json" }
+func jsonOutput(c *cli.Context) bool { return strings.EqualFold(c.String("output"), "json") }
 
 // printJSON writes v as indented JSON and a newline.
 func printJSON(w io.Writer, v any) error {

@@ -146,7 +146,7 @@ func runDemo(c *cli.Context) error {
 
 	d, err := svc.CreateDevice(ctx, id)
 	if err != nil {
-		return serviceError(err, id)
+		return serviceError(err, id, 0)
 	}
 	devCSText, err := svc.DeviceConnectionString(d, service.PrimaryKey)
 	if err != nil {
@@ -215,7 +215,7 @@ func runDemo(c *cli.Context) error {
 		},
 	})
 	if err != nil {
-		return serviceError(err, id)
+		return serviceError(err, id, 0)
 	}
 	if jsonOutput(c) {
 		if err := printJSON(c.App.Writer, rebootJSON(res)); err != nil {

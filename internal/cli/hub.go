@@ -260,7 +260,7 @@ func hubWaitCommand() *cli.Command {
 and the hub accepts connections on its first address, so scripts never need
 sleep. Exits 1 when --timeout passes first.`,
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "ready-file", Usage: "the `file` given to 'dmctl hub serve --ready-file'", Required: true},
+			&cli.StringFlag{Name: "ready-file", Usage: "the `file` given to 'dmctl hub serve --ready-file' (required)"},
 			&cli.DurationFlag{Name: "timeout", Usage: "how long to wait", Value: 30 * time.Second},
 			outputFlag(),
 		},
@@ -269,6 +269,9 @@ sleep. Exits 1 when --timeout passes first.`,
 }
 
 func hubWait(c *cli.Context) error {
+	if c.String("ready-file") == "" {
+		return usageErrorf("give the file the hub writes: dmctl hub wait --ready-file F (after 'dmctl hub serve --ready-file F')", "missing --ready-file")
+	}
 	timeout := c.Duration("timeout")
 	if timeout <= 0 {
 		return usageErrorf("use a positive duration, e.g. --timeout 30s", "invalid --timeout %v", timeout)

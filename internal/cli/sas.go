@@ -208,7 +208,7 @@ func newTokenInfo(t *sas.Token, now time.Time) tokenInfo {
 // printToken prints the token itself (text) or the token with its fields
 // (json). Printing the token is the command's purpose.
 func printToken(c *cli.Context, s string, t *sas.Token) error {
-	if c.String("output") == "json" {
+	if jsonOutput(c) {
 		info := newTokenInfo(t, time.Now())
 		info.Token = s
 		return printJSON(c.App.Writer, info)
@@ -258,7 +258,7 @@ func runSASInspect(c *cli.Context) error {
 	}
 	now := time.Now()
 	info := newTokenInfo(t, now)
-	if c.String("output") == "json" {
+	if jsonOutput(c) {
 		return printJSON(c.App.Writer, info)
 	}
 	keyName := t.KeyName

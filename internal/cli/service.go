@@ -129,9 +129,30 @@ func jsonFlag(c *cli.Context, name, def string) (json.RawMessage, error) {
 	}
 	var buf bytes.Buffer
 	if err := json.Compact(&buf, text); err != nil {
-		return nil, usageErrorf(fmt.Sprintf(`--%s takes JSON, e.g. --%s '{"delay": 5}', or @FILE`, name, name), "--%s is not valid JSON: %v", name, err)
+		return nil, usageErrorf(fmt.Sprintf(`--%s takes JSON, e.g. --%s '%s', or @FILE`, name, name, jsonExample(c, name)), "--%s is not valid JSON: %v", name, err)
 	}
 	return buf.Bytes(), nil
+}
+
+// jsonExample is a JSON value for a flag's hint, with only keys the
+// receiver knows: rebootDevice's delaySeconds for its payload, a generic
+// object for anything else.
+func jsonExample(c *cli.Context, name string) string {
+	if name == "payload" && (c.Command.Name == "reboot" || c.String("method") == service.RebootMethod) {
+		return `{"delaySeconds": 5}`
+	}
+	return `{"key": "value"}`
+}
+
+// queryError makes the hub's refusal of a query (HTTP 400, with the
+// parser's message) a usage error with a hint on the query language.
+func queryError(err error) error {
+	var ae *service.APIError
+	if err == nil || hinted(err) || !errors.As(err, &ae) || ae.Status != 400 {
+		return err
+	}
+	return &exitError{err: err, code: exitUsage,
+		hint: `check the query: SELECT <fields or *> FROM devices [WHERE <condition>], strings in single quotes, e.g. "SELECT * FROM devices WHERE tags.site = 'lab'"`}
 }
 
 // maxJSONFlagFile bounds what a JSON flag reads from a file or stdin.
@@ -188,7 +209,8 @@ func methodTimeout(c *cli.Context, name string, minimum time.Duration) (time.Dur
 
 // serviceError adds a hint for the failures a user can fix; an error that
 // has a hint (or an exit code) of its own already is left alone.
-func serviceError(err error, deviceID string) error {
+// connectTimeout is the --connect-timeout the command was given (0: none).
+func serviceError(err error, deviceID string, connectTimeout time.Duration) error {
 	var (
 		dse *service.DeviceStatusError
 		uae x509.UnknownAuthorityError
@@ -210,6 +232,8 @@ func serviceError(err error, deviceID string) error {
 		return withHint(err, "the hub refused the credentials: check the connection string's SharedAccessKeyName and SharedAccessKey, and that the policy has the rights the command needs (ServiceConnect, RegistryRead/RegistryWrite)")
 	case errors.Is(err, service.ErrDeviceNotFound):
 		return withHint(err, fmt.Sprintf("no device %q in the hub's registry: check --device, or register it with 'dmctl service device create --device %s'", deviceID, deviceID))
+	case errors.Is(err, service.ErrDeviceNotOnline) && connectTimeout > 0:
+		return withHint(err, fmt.Sprintf("the hub waited --connect-timeout %v and the device did not connect and subscribe to direct methods: check that it runs against this hub (the HostName of its connection string) and that its log shows it connected; 'dmctl service device wait --device ID' waits for it", connectTimeout))
 	case errors.Is(err, service.ErrDeviceNotOnline):
 		return withHint(err, "the device is not connected, or has not subscribed to direct methods: start it (e.g. 'dmctl device run'), or let the hub wait for it with --connect-timeout")
 	case errors.Is(err, service.ErrMethodTimeout):

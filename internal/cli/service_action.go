@@ -42,7 +42,7 @@ func serviceAction[A any](parse func(*cli.Context) (A, error), call serviceCall[
 		if perr := printResult(c, jsonValue, text); perr != nil && err == nil {
 			err = perr
 		}
-		return serviceError(err, c.String("device"))
+		return serviceError(err, c.String("device"), c.Duration("connect-timeout"))
 	}
 }
 

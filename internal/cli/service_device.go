@@ -259,7 +259,7 @@ func serviceDeviceShowCommand() *cli.Command {
 				}
 				for _, kv := range [][2]string{
 					{"Device ID", d.DeviceID}, {"Status", d.Status}, {"Connection state", d.ConnectionState},
-					{"Connection state updated", d.ConnectionStateUpdatedTime}, {"Last activity", d.LastActivityTime},
+					{"Connection state updated", textTime(d.ConnectionStateUpdatedTime)}, {"Last activity", textTime(d.LastActivityTime)},
 					{"Authentication", auth}, {"ETag", d.ETag}, {"Generation ID", d.GenerationID},
 				} {
 					fmt.Fprintf(tw, "%s:\t%s\n", kv[0], kv[1])
@@ -289,7 +289,7 @@ func serviceDeviceListCommand() *cli.Command {
 				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 				fmt.Fprintln(tw, "DEVICE ID\tSTATUS\tCONNECTION\tLAST ACTIVITY")
 				for _, d := range ds {
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", d.DeviceID, d.Status, d.ConnectionState, d.LastActivityTime)
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", d.DeviceID, d.Status, d.ConnectionState, textTime(d.LastActivityTime))
 				}
 				return tw.Flush()
 			}, nil

@@ -76,7 +76,7 @@ func runServiceQuery(c *cli.Context, s *service.Client, a queryArgs) (any, func(
 		return nil
 	})
 	if err != nil || stream {
-		return nil, nil, err
+		return nil, nil, queryError(err)
 	}
 	return rows, func(w io.Writer) error { return printRows(w, rows) }, nil
 }

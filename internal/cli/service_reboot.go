@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -152,6 +153,9 @@ func rebootDevice(c *cli.Context, s *service.Client, a rebootArgs) (any, func(io
 		}
 	}
 	res, err := s.Reboot(c.Context, id, opts)
+	if errors.Is(err, context.Canceled) {
+		err = interruptedReboot(id, res, err)
+	}
 	if res == nil {
 		return nil, nil, err
 	}
@@ -169,6 +173,23 @@ func rebootDevice(c *cli.Context, s *service.Client, a rebootArgs) (any, func(io
 		}
 		return nil
 	}, err
+}
+
+// interruptedReboot says what state an interrupted reboot was left in,
+// instead of "context canceled"; the exit code stays 130. res is nil when
+// the device had not answered yet.
+func interruptedReboot(id string, res *service.RebootResult, err error) error {
+	check := fmt.Sprintf("check later with 'dmctl service twin show --device %s' (properties.reported.rebootTime)", id)
+	if res == nil {
+		return &exitError{err: fmt.Errorf("interrupted before device %s answered rebootDevice: the reboot may or may not have been requested", id),
+			code: exitInterrupted, hint: check}
+	}
+	was := "no rebootTime reported before"
+	if res.HasPreviousTime {
+		was = "it was " + res.PreviousRebootTime + " before"
+	}
+	return &exitError{err: fmt.Errorf("interrupted while waiting for the reboot of device %s: the device answered %d, its new rebootTime is not confirmed yet (%s)", id, res.Status, was),
+		code: exitInterrupted, hint: "the device may still be rebooting: " + check}
 }
 
 func printRebootAnswer(w io.Writer, r service.RebootResult) {

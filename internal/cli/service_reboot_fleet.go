@@ -116,7 +116,7 @@ func fleetError(err error) error {
 	case errors.Is(err, service.ErrJobAlreadyExists):
 		return withHint(err, "a job with that id exists already: choose another --job-prefix")
 	}
-	return serviceError(err, "")
+	return serviceError(err, "", 0)
 }
 
 // fleetProgress shows a fleet reboot's progress on stderr: one live line on

@@ -12,15 +12,14 @@ import (
 func serviceTwinShowCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "show",
-		Usage: "print a device twin",
+		Usage: "print a device twin: a summary, or the whole twin with -o json",
 		Flags: serviceFlags(deviceFlag()),
 		Action: serviceAction(requireDevice, func(c *cli.Context, s *service.Client, id string) (any, func(io.Writer) error, error) {
 			twin, err := s.Twin(c.Context, id)
 			if err != nil {
 				return nil, nil, err
 			}
-			// The twin is JSON whatever -o says.
-			return twin, func(w io.Writer) error { return printJSON(w, twin) }, nil
+			return twin, func(w io.Writer) error { return printTwinText(w, twin) }, nil
 		}),
 	}
 }

@@ -3,10 +3,14 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"os"
+	"strings"
 	"time"
 
+	"github.com/mattn/go-isatty"
 	"github.com/urfave/cli/v2"
 
 	"github.com/dmctl/dmctl/internal/iothub"
@@ -24,7 +28,9 @@ With --query COND instead of --device, waits until every device matching the
 twin query condition (such as "tags.site = 'lab'" or "deviceId IN ['a','b']")
 is in that state, counting with two COUNT() queries per poll. Exits 0 once it is, or with the
 device-offline code (5) when --timeout passes first (when waiting for
-"connected").`,
+"connected"); the error then says how many devices were in the state and
+names the first few that were not. A --query that matches no device fails
+at once. On a terminal, stderr shows a live "N/M connected" line.`,
 		Flags: serviceFlags(deviceFlag(),
 			&cli.StringFlag{Name: "query", Usage: "a twin query condition (WHERE clause) picking the devices to wait for"},
 			&cli.StringFlag{Name: "state", Usage: "connected or disconnected", Value: "connected"},
@@ -65,7 +71,8 @@ func parseWaitArgs(c *cli.Context) (waitArgs, error) {
 }
 
 // waitForState polls until the device (or every device of the query) is
-// in the state asked for, or --timeout passes.
+// in the state asked for, or --timeout passes. On a terminal, stderr shows a
+// live "N/M connected" line while it waits.
 func waitForState(c *cli.Context, client *service.Client, a waitArgs) (any, func(io.Writer) error, error) {
 	ctx, cancel := context.WithTimeout(c.Context, a.timeout)
 	defer cancel()
@@ -73,43 +80,61 @@ func waitForState(c *cli.Context, client *service.Client, a waitArgs) (any, func
 	tick := time.NewTicker(a.interval)
 	defer tick.Stop()
 	id, cond, state := a.id, a.cond, c.String("state")
-	what := "device " + id
-	if cond != "" {
-		what = "devices where " + cond
-	}
+	live := newLiveLine(c.App.ErrWriter)
+	defer live.clear()
+	in, total := 0, 0 // of the last poll that succeeded
 	for {
-		done, n, err := false, 0, error(nil)
+		var err error
 		if cond != "" {
-			done, n, err = queryInState(ctx, client, cond, a.want)
+			var n, m int
+			if n, m, err = queryInState(ctx, client, cond, a.want); err == nil {
+				in, total = n, m
+				if total == 0 {
+					return nil, nil, withHint(fmt.Errorf("no device matches %s", cond),
+						fmt.Sprintf(`check the condition, e.g. with: dmctl service query "SELECT deviceId FROM devices WHERE %s"`, cond))
+				}
+			}
 		} else {
 			var d *iothub.Device
-			d, err = client.Device(ctx, id)
-			done, n = err == nil && d.ConnectionState == a.want, 1
+			if d, err = client.Device(ctx, id); err == nil {
+				in, total = 0, 1
+				if d.ConnectionState == a.want {
+					in = 1
+				}
+			}
 		}
 		switch {
-		case err == nil && done:
+		case err == nil && in == total:
+			live.clear()
 			out := map[string]any{"connectionState": a.want, "waitedMs": time.Since(start).Milliseconds()}
 			line := fmt.Sprintf("device %s is %s", id, state)
 			if cond != "" {
-				out["query"], out["devices"] = cond, n
-				line = fmt.Sprintf("%d devices are %s", n, state)
+				out["query"], out["devices"] = cond, total
+				line = fmt.Sprintf("%d devices are %s", total, state)
 			} else {
 				out["deviceId"] = id
 			}
 			return out, printLine(line), nil
-		case err != nil && ctx.Err() == nil:
+		case err == nil:
+			live.show(waitLine(in, total, state, time.Since(start)))
+		case ctx.Err() == nil:
 			if cond != "" {
-				return nil, nil, withHint(err, "check the --query condition: it is the WHERE clause of a twin query")
+				return nil, nil, queryConditionError(err)
 			}
 			return nil, nil, err
 		}
 		select {
 		case <-tick.C:
 		case <-ctx.Done():
+			live.clear()
 			if c.Context.Err() != nil {
 				return nil, nil, c.Context.Err()
 			}
-			err := fmt.Errorf("%s: not %s after %v", what, state, a.timeout)
+			err := fmt.Errorf("device %s: not %s after %v", id, state, a.timeout)
+			if cond != "" {
+				err = fmt.Errorf("devices where %s: %d of %d %s after %v%s", cond, in, total, state, a.timeout,
+					notInState(c.Context, client, cond, a.want, state, total-in))
+			}
 			if a.want == "Connected" {
 				return nil, nil, &exitError{err: err, code: exitDeviceOffline,
 					hint: "start the device (e.g. 'dmctl device run'), or raise --timeout"}
@@ -119,9 +144,66 @@ func waitForState(c *cli.Context, client *service.Client, a waitArgs) (any, func
 	}
 }
 
-// queryInState reports whether every device matching cond is in state, and
-// how many match.
-func queryInState(ctx context.Context, client *service.Client, cond, state string) (bool, int, error) {
+// queryConditionError adds the hint for a --query the hub refused; the
+// hub's parser refusing it (HTTP 400) is a usage error.
+func queryConditionError(err error) error {
+	const hint = "check the --query condition: it is the WHERE clause of a twin query, e.g. \"tags.site = 'lab'\""
+	var ae *service.APIError
+	if errors.As(err, &ae) && ae.Status == 400 {
+		return &exitError{err: err, hint: hint, code: exitUsage}
+	}
+	return withHint(err, hint)
+}
+
+// waitLine renders the live progress line of device wait.
+func waitLine(in, total int, state string, elapsed time.Duration) string {
+	return fmt.Sprintf("%d/%d %s (%v)", in, total, state, elapsed.Round(100*time.Millisecond))
+}
+
+// maxNamed is how many devices not in the state a timeout names.
+const maxNamed = 5
+
+// notInState names, for the timeout error, the devices of cond not in
+// want: "; not connected: a, b and 3 more". It reads them with one more
+// query, bounded in time; "" when that fails or none is left.
+func notInState(ctx context.Context, client *service.Client, cond, want, state string, missing int) string {
+	if missing <= 0 {
+		return ""
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var ids []string
+	q := fmt.Sprintf("SELECT TOP %d deviceId FROM devices WHERE (%s) AND connectionState != %s", maxNamed, cond, service.QuoteString(want))
+	err := client.Query(ctx, q, 0, func(row json.RawMessage) error {
+		var r struct {
+			DeviceID string `json:"deviceId"`
+		}
+		if err := json.Unmarshal(row, &r); err != nil {
+			return err
+		}
+		ids = append(ids, r.DeviceID)
+		if len(ids) >= maxNamed {
+			return service.ErrStopQuery
+		}
+		return nil
+	})
+	if err != nil || len(ids) == 0 {
+		return ""
+	}
+	return "; not " + state + ": " + nameSome(ids, max(missing, len(ids)))
+}
+
+// nameSome lists ids, the first few of total: "a, b, c and 4 more".
+func nameSome(ids []string, total int) string {
+	list := strings.Join(ids, ", ")
+	if more := total - len(ids); more > 0 {
+		list += fmt.Sprintf(" and %d more", more)
+	}
+	return list
+}
+
+// queryInState counts the devices matching cond, and those of them in state.
+func queryInState(ctx context.Context, client *service.Client, cond, state string) (in, total int, err error) {
 	count := func(where string) (int, error) {
 		var n int
 		err := client.Query(ctx, "SELECT COUNT() AS n FROM devices WHERE "+where, 0, func(row json.RawMessage) error {
@@ -136,13 +218,39 @@ func queryInState(ctx context.Context, client *service.Client, cond, state strin
 		})
 		return n, err
 	}
-	total, err := count("(" + cond + ")")
-	if err != nil {
-		return false, 0, err
+	if total, err = count("(" + cond + ")"); err != nil {
+		return 0, 0, err
 	}
-	in, err := count("(" + cond + ") AND connectionState = " + service.QuoteString(state))
-	if err != nil {
-		return false, 0, err
+	if in, err = count("(" + cond + ") AND connectionState = " + service.QuoteString(state)); err != nil {
+		return 0, 0, err
 	}
-	return total > 0 && in == total, total, nil
+	return in, total, nil
+}
+
+// liveLine is one line of progress on a terminal, rewritten in place; on
+// anything else it writes nothing.
+type liveLine struct {
+	w     io.Writer
+	tty   bool
+	shown bool
+}
+
+func newLiveLine(w io.Writer) *liveLine {
+	f, ok := w.(*os.File)
+	return &liveLine{w: w, tty: ok && (isatty.IsTerminal(f.Fd()) || isatty.IsCygwinTerminal(f.Fd()))}
+}
+
+func (l *liveLine) show(line string) {
+	if l.tty {
+		fmt.Fprint(l.w, "\r\x1b[K"+line)
+		l.shown = true
+	}
+}
+
+// clear removes the line, so that what follows starts on a clean line.
+func (l *liveLine) clear() {
+	if l.shown {
+		fmt.Fprint(l.w, "\r\x1b[K")
+		l.shown = false
+	}
 }
