@@ -99,14 +99,18 @@ example --listen 127.0.0.1:8883 --listen 127.0.0.1:443) where the system
 allows it.
 
 The data folder defaults to $XDG_DATA_HOME/dmctl/hub, else
-~/.local/share/dmctl/hub.`,
+~/.local/share/dmctl/hub. While the hub runs, hub.json in it records the
+bound addresses and hostname (what 'dmctl hub connection-string' reads); it
+is removed when the hub stops, and ignored when no hub holds the folder. The
+ports are bound before anything is written: a busy port leaves no data
+folder behind.`,
 		Flags: []cli.Flag{
 			hubDataFlag(),
 			hubListenFlag(),
 			hubHostnameFlag(),
 			&cli.StringFlag{Name: "tls-cert", Usage: "serve this PEM certificate (chain) instead of the generated one"},
 			&cli.StringFlag{Name: "tls-key", Usage: "the key of --tls-cert (PEM)"},
-			&cli.StringFlag{Name: "ready-file", Usage: "once listening, write the bound addresses and CA path to this `file` (JSON)"},
+			&cli.StringFlag{Name: "ready-file", Usage: "once listening, write the bound addresses, CA path and data folder to this `file` (JSON)"},
 			outputFlag(),
 		},
 		Action: hubServe,
