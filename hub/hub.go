@@ -96,8 +96,10 @@ type Server struct {
 	jobsWG sync.WaitGroup
 }
 
-// New opens the store and loads or creates the TLS material. It does not
-// listen yet.
+// New binds every listen address, then opens the store and loads or creates
+// the TLS material. Binding comes first so that a busy port fails before
+// anything is written to the data folder. Connections are served only after
+// Start.
 func New(cfg Config) (*Server, error) {
 	if cfg.DataDir == "" {
 		return nil, errors.New("hub: data directory is required")
@@ -114,29 +116,43 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Hostname == "" {
 		cfg.Hostname = DefaultHostname
 	}
+	listeners, err := listenAll(cfg.Listen)
+	if err != nil {
+		return nil, err
+	}
+	closeListeners := func() {
+		for _, l := range listeners {
+			_ = l.Close()
+		}
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		closeListeners()
 		return nil, fmt.Errorf("hub: data directory: %w", err)
 	}
 	now := time.Now
 	st, err := store.Open(filepath.Join(cfg.DataDir, dbFile), now)
 	if err != nil {
+		closeListeners()
 		return nil, fmt.Errorf("hub: open store: %w", err)
 	}
 	if err := writeOwnerKey(cfg.DataDir, st); err != nil {
+		closeListeners()
 		_ = st.Close()
 		return nil, err
 	}
 	mat, err := loadTLS(cfg.DataDir, cfg.TLSCert, cfg.TLSKey, serverNames(cfg.Hostname, cfg.Listen), now())
 	if err != nil {
+		closeListeners()
 		_ = st.Close()
 		return nil, err
 	}
 	s := &Server{
-		cfg:    cfg,
-		log:    cfg.Log,
-		store:  st,
-		tlsMat: mat,
-		now:    now,
+		cfg:       cfg,
+		log:       cfg.Log,
+		store:     st,
+		tlsMat:    mat,
+		now:       now,
+		listeners: listeners,
 		tlsCfg: &tls.Config{
 			MinVersion:   tls.VersionTLS12,
 			Certificates: []tls.Certificate{mat.cert},
@@ -147,8 +163,25 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// Start listens on every configured address and serves in the background
-// until Close. ctx bounds only the start itself.
+// listenAll binds every address, or none: on a failure the ones bound so
+// far are closed.
+func listenAll(addrs []string) ([]net.Listener, error) {
+	var lns []net.Listener
+	for _, a := range addrs {
+		ln, err := net.Listen("tcp", a)
+		if err != nil {
+			for _, l := range lns {
+				_ = l.Close()
+			}
+			return nil, fmt.Errorf("hub: listen on %s: %w", a, err)
+		}
+		lns = append(lns, ln)
+	}
+	return lns, nil
+}
+
+// Start serves on the listeners New bound, in the background until Close.
+// ctx bounds only the start itself.
 func (s *Server) Start(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -158,17 +191,11 @@ func (s *Server) Start(ctx context.Context) error {
 	if s.started {
 		return errors.New("hub: server already started")
 	}
-	var lc net.ListenConfig
-	for _, a := range s.cfg.Listen {
-		ln, err := lc.Listen(ctx, "tcp", a)
-		if err != nil {
-			for _, l := range s.listeners {
-				_ = l.Close()
-			}
-			s.listeners, s.addrs = nil, nil
-			return fmt.Errorf("hub: listen on %s: %w", a, err)
-		}
-		s.listeners = append(s.listeners, ln)
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.addrs = nil
+	for _, ln := range s.listeners {
 		s.addrs = append(s.addrs, ln.Addr().String())
 	}
 
@@ -437,25 +464,34 @@ func writeOwnerKey(dir string, st *store.Store) error {
 	return writeFileAtomic(path, []byte(p.PrimaryKey+"\n"), 0o600)
 }
 
+// ErrNoHub: the data folder holds no hub (no registry): it never ran there.
+var ErrNoHub = errors.New("no hub in this data folder")
+
+// Running reports whether a hub has the data of dataDir open now (it holds
+// the store's lock).
+func Running(dataDir string) bool {
+	return store.InUse(filepath.Join(dataDir, dbFile))
+}
+
 // OwnerConnectionString returns the iothubowner connection string of the
 // hub whose data lives in dataDir, with HostName=hostname:port (port 443 and
-// 0 are left out). It works while that hub is running, and creates the
-// store if the hub never ran.
+// 0 are left out). It works while that hub is running; it fails with
+// ErrNoHub when the hub never ran in dataDir, and creates nothing.
 func OwnerConnectionString(dataDir, hostname string, port int) (string, error) {
 	if hostname == "" {
 		hostname = DefaultHostname
 	}
 	hp := hostPort(hostname, port)
-	_, dbErr := os.Stat(filepath.Join(dataDir, dbFile))
-	if dbErr == nil {
-		if b, err := os.ReadFile(filepath.Join(dataDir, ownerKeyFile)); err == nil {
-			if key := strings.TrimSpace(string(b)); key != "" {
-				return formatServiceCS(hp, key), nil
-			}
+	if _, err := os.Stat(filepath.Join(dataDir, dbFile)); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return "", fmt.Errorf("%s: %w", dataDir, ErrNoHub)
 		}
-	}
-	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return "", fmt.Errorf("hub: data directory: %w", err)
+	}
+	if b, err := os.ReadFile(filepath.Join(dataDir, ownerKeyFile)); err == nil {
+		if key := strings.TrimSpace(string(b)); key != "" {
+			return formatServiceCS(hp, key), nil
+		}
 	}
 	st, err := store.Open(filepath.Join(dataDir, dbFile), time.Now)
 	if err != nil {

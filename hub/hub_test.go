@@ -8,6 +8,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -709,5 +711,29 @@ func TestRegistryChangeDisconnectsDevice(t *testing.T) {
 				t.Fatal("the device stayed connected")
 			}
 		})
+	}
+}
+
+func TestNewOnBusyPortWritesNothing(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	dir := filepath.Join(t.TempDir(), "data")
+	if _, err := hub.New(hub.Config{DataDir: dir, Listen: []string{ln.Addr().String()}}); err == nil {
+		t.Fatal("New bound a busy port")
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the data folder exists after a failed bind: %v", err)
+	}
+	if hub.Running(dir) {
+		t.Error("Running on a folder with no hub")
+	}
+	if _, err := hub.OwnerConnectionString(dir, "", 8883); !errors.Is(err, hub.ErrNoHub) {
+		t.Errorf("OwnerConnectionString on a folder with no hub: %v, want ErrNoHub", err)
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("OwnerConnectionString created the data folder: %v", err)
 	}
 }

@@ -129,6 +129,20 @@ type entry struct {
 	qdoc atomic.Pointer[queryDoc]
 }
 
+// InUse reports whether a store at path is open in some process now: it
+// holds the file's lock. A missing file is not in use.
+func InUse(path string) bool {
+	if _, err := os.Stat(path); err != nil {
+		return false
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: 100 * time.Millisecond})
+	if err != nil {
+		return errors.Is(err, bolt.ErrTimeout)
+	}
+	_ = db.Close()
+	return false
+}
+
 // Open opens (creating if needed) the bbolt file at path. now is the clock
 // (nil means time.Now). On first open the default policies are created with
 // random keys; they are kept across restarts. Devices recorded as connected

@@ -99,26 +99,39 @@ example --listen 127.0.0.1:8883 --listen 127.0.0.1:443) where the system
 allows it.
 
 The data folder defaults to $XDG_DATA_HOME/dmctl/hub, else
-~/.local/share/dmctl/hub.`,
+~/.local/share/dmctl/hub. While the hub runs, hub.json in it records the
+bound addresses and hostname (what 'dmctl hub connection-string' reads); it
+is removed when the hub stops, and ignored when no hub holds the folder. The
+ports are bound before anything is written: a busy port leaves no data
+folder behind.`,
 		Flags: []cli.Flag{
 			hubDataFlag(),
 			hubListenFlag(),
 			hubHostnameFlag(),
 			&cli.StringFlag{Name: "tls-cert", Usage: "serve this PEM certificate (chain) instead of the generated one"},
 			&cli.StringFlag{Name: "tls-key", Usage: "the key of --tls-cert (PEM)"},
-			&cli.StringFlag{Name: "ready-file", Usage: "once listening, write the bound addresses and CA path to this `file` (JSON)"},
+			&cli.StringFlag{Name: "ready-file", Usage: "once listening, write the bound addresses, CA path and data folder to this `file` (JSON)"},
 			outputFlag(),
 		},
 		Action: hubServe,
 	}
 }
 
-// readyInfo is what --ready-file holds.
+// readyInfo is what --ready-file holds, and what a running hub keeps in
+// its data folder (hubStateFile).
 type readyInfo struct {
 	Addrs    []string `json:"addrs"`
 	Hostname string   `json:"hostname"`
 	CAFile   string   `json:"caFile,omitempty"`
+	DataDir  string   `json:"dataDir,omitempty"` // absolute
 }
+
+// hubStateFile, in the data folder, holds the readyInfo of the hub running
+// there: written (atomically) once it listens, removed when it stops. A hub
+// that did not stop cleanly leaves it behind; it is stale when no hub holds
+// the data folder's store (hub.Running), and the next 'hub serve' replaces
+// it.
+const hubStateFile = "hub.json"
 
 func hubServe(c *cli.Context) error {
 	if c.NArg() > 0 {
@@ -141,21 +154,39 @@ func hubServe(c *cli.Context) error {
 			return usageErrorf("use host:port, for example --listen 127.0.0.1:8883", "invalid --listen %q", a)
 		}
 	}
+	// New binds the ports before it touches the data folder: a busy port
+	// leaves nothing behind.
 	h, err := hub.New(cfg)
 	if err != nil {
+		var oe *net.OpError
+		if errors.As(err, &oe) && oe.Op == "listen" {
+			return withHint(err, fmt.Sprintf("another program uses %s (or binding it is not allowed): stop it, or choose another port with --listen, e.g. --listen 127.0.0.1:0 for any free one", oe.Addr))
+		}
 		return withHint(err, "check that the data folder is writable and that no other hub uses it")
 	}
+	state := filepath.Join(cfg.DataDir, hubStateFile)
+	_ = os.Remove(state) // left by a hub that did not stop cleanly; this one holds the folder now
 	ctx := c.Context
 	if err := h.Start(ctx); err != nil {
 		_ = h.Close()
 		return withHint(err, "is another program using the port? choose another with --listen")
 	}
+	dataDir, err := filepath.Abs(cfg.DataDir)
+	if err != nil {
+		_ = h.Close()
+		return err
+	}
+	info := readyInfo{Addrs: h.Addrs(), Hostname: h.Hostname(), CAFile: h.CAFile(), DataDir: dataDir}
 	readyFile := c.String("ready-file")
-	err = announce(c, h)
+	err = writeReadyFile(state, info)
+	if err == nil {
+		err = announce(c, h)
+	}
 	if err == nil && readyFile != "" {
-		err = writeReadyFile(readyFile, readyInfo{Addrs: h.Addrs(), Hostname: h.Hostname(), CAFile: h.CAFile()})
+		err = writeReadyFile(readyFile, info)
 	}
 	if err != nil {
+		_ = os.Remove(state)
 		_ = h.Close()
 		return err
 	}
@@ -163,6 +194,7 @@ func hubServe(c *cli.Context) error {
 	if readyFile != "" {
 		_ = os.Remove(readyFile)
 	}
+	_ = os.Remove(state)
 	return h.Close()
 }
 
@@ -209,47 +241,92 @@ func hubConnectionStringCommand() *cli.Command {
 		Name:  "connection-string",
 		Usage: "print the local hub's iothubowner (service) connection string",
 		Description: `Prints HostName=<hostname>:<port>;SharedAccessKeyName=iothubowner;SharedAccessKey=...
-as the only line on stdout. The port is that of the first --listen (default
-8883), or of the running hub with --ready-file. Works while the hub runs;
-creates the registry if it never ran.`,
+as the only line on stdout. The port and hostname are those of the hub
+running on the data folder (it records them in hub.json there while it
+runs), else those of --ready-file, else of the first --listen (default
+8883); --listen and --hostname always win. A --ready-file written by
+'hub serve' names its data folder, so --data is not needed with it.
+
+It only reads: a data folder where no hub ever ran is refused (start one
+with 'dmctl hub serve --data D', which creates it).`,
 		Flags: []cli.Flag{
 			hubDataFlag(),
 			hubListenFlag(),
 			hubHostnameFlag(),
-			&cli.StringFlag{Name: "ready-file", Usage: "take the port and hostname of the running hub from its ready `file` (see 'hub serve --ready-file')"},
+			&cli.StringFlag{Name: "ready-file", Usage: "take the data folder, port and hostname of the running hub from its ready `file` (see 'hub serve --ready-file')"},
 		},
-		Action: func(c *cli.Context) error {
-			if c.NArg() > 0 {
-				return usageErrorf("run 'dmctl hub connection-string --help' for usage", "unexpected argument %q", c.Args().First())
-			}
-			addr := hub.DefaultListen
-			if l := c.StringSlice("listen"); len(l) > 0 {
-				addr = l[0]
-			}
-			hostname := c.String("hostname")
-			if f := c.String("ready-file"); f != "" {
-				info, err := readReadyFile(f)
-				if err != nil {
-					return withHint(err, "start the hub with 'dmctl hub serve --ready-file "+f+"' and wait for it with 'dmctl hub wait'")
-				}
-				addr = info.Addrs[0]
-				if !c.IsSet("hostname") && info.Hostname != "" {
-					hostname = info.Hostname
-				}
-			}
-			_, p, err := net.SplitHostPort(addr)
-			port, perr := strconv.Atoi(p)
-			if err != nil || perr != nil || port < 0 || port > 65535 {
-				return usageErrorf("use host:port, for example --listen 127.0.0.1:8883", "invalid --listen %q", addr)
-			}
-			cs, err := hub.OwnerConnectionString(hubDataDir(c), hostname, port)
-			if err != nil {
-				return withHint(err, "check --data: it must be the hub's data folder")
-			}
-			_, err = fmt.Fprintln(c.App.Writer, cs)
-			return err
-		},
+		Action: hubConnectionString,
 	}
+}
+
+func hubConnectionString(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return usageErrorf("run 'dmctl hub connection-string --help' for usage", "unexpected argument %q", c.Args().First())
+	}
+	dataDir := hubDataDir(c)
+	var running *readyInfo
+	if f := c.String("ready-file"); f != "" {
+		info, err := readReadyFile(f)
+		if err != nil {
+			return withHint(err, "start the hub with 'dmctl hub serve --ready-file "+f+"' and wait for it with 'dmctl hub wait'")
+		}
+		if info.DataDir != "" {
+			if c.String("data") == "" {
+				dataDir = info.DataDir
+			} else if !samePath(c.String("data"), info.DataDir) {
+				return usageErrorf("leave out --data (the ready file names the hub's data folder), or give the ready file of the hub of "+c.String("data"),
+					"--ready-file %s is that of the hub of %s, not of --data %s", f, info.DataDir, c.String("data"))
+			}
+		}
+		running = &info
+	} else if info, err := readReadyFile(filepath.Join(dataDir, hubStateFile)); err == nil && hub.Running(dataDir) {
+		running = &info
+	}
+	addr := hub.DefaultListen
+	hostname := c.String("hostname")
+	switch l := c.StringSlice("listen"); {
+	case len(l) > 0:
+		addr = l[0]
+	case running != nil:
+		addr = running.Addrs[0]
+	}
+	if running != nil && !c.IsSet("hostname") && running.Hostname != "" {
+		hostname = running.Hostname
+	}
+	_, p, err := net.SplitHostPort(addr)
+	port, perr := strconv.Atoi(p)
+	if err != nil || perr != nil || port < 0 || port > 65535 {
+		return usageErrorf("use host:port, for example --listen 127.0.0.1:8883", "invalid --listen %q", addr)
+	}
+	cs, err := hub.OwnerConnectionString(dataDir, hostname, port)
+	if errors.Is(err, hub.ErrNoHub) {
+		return usageErrorf(fmt.Sprintf("check --data; to create a hub there, start it: dmctl hub serve --data %s", shellQuote(dataDir)),
+			"no hub in %s (no hub ever ran there)", dataDir)
+	}
+	if err != nil {
+		return withHint(err, "check --data: it must be the hub's data folder")
+	}
+	if running == nil && !c.IsSet("listen") {
+		log := loggerFrom(c)
+		log.Warn().Str("data", dataDir).Int("port", port).Msg("no hub is running on this data folder; the connection string names the default port (--listen)")
+	}
+	_, err = fmt.Fprintln(c.App.Writer, cs)
+	return err
+}
+
+// samePath reports whether a and b name the same folder.
+func samePath(a, b string) bool {
+	aa, err1 := filepath.Abs(a)
+	bb, err2 := filepath.Abs(b)
+	if err1 != nil || err2 != nil {
+		return filepath.Clean(a) == filepath.Clean(b)
+	}
+	if aa == bb {
+		return true
+	}
+	ia, err1 := os.Stat(aa)
+	ib, err2 := os.Stat(bb)
+	return err1 == nil && err2 == nil && os.SameFile(ia, ib)
 }
 
 func hubWaitCommand() *cli.Command {

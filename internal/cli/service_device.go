@@ -30,15 +30,23 @@ the largest number (--count 100 --prefix sim: sim-0001 ... sim-0100;
 Text output is one device connection string per line, in name order, and
 nothing else, so it can be piped into 'dmctl device run
 --connection-strings-file -'. The strings hold the devices' keys. Devices are
-created --concurrency at a time; a device that fails (e.g. it exists already)
-is reported on stderr, the others are still created and printed, and the
-command exits non-zero. -o json prints {"created": [...], "failed": [...]}.`,
+created --concurrency at a time; a device that fails is reported on stderr,
+the others are still created, and the command exits non-zero. Text is
+printed only when every device was created (or printed), so a failed run
+never leaves a partial list; -o json prints {"created": [...], "existing":
+[...], "failed": [...]} either way.
+
+A device that exists already fails the command (--if-exists fail, the
+default). With --if-exists print its connection string is printed as if it
+had been created, and the device is left as it is (--tags is not applied to
+it), so the same command can be run again.`,
 		Flags: serviceFlags(deviceFlag(),
 			&cli.IntFlag{Name: "count", Aliases: []string{"n"}, Usage: "create this many devices named PREFIX-NNNN"},
 			&cli.StringFlag{Name: "prefix", Usage: "with --count: the device name prefix"},
 			&cli.IntFlag{Name: "start", Usage: "with --count: the first number", Value: 1},
 			&cli.IntFlag{Name: "concurrency", Usage: "with --count: creates in flight", Value: service.DefaultCreateConcurrency},
 			&cli.StringFlag{Name: "tags", Usage: `twin tags to set on every new device, as a JSON object (e.g. '{"site":"lab"}')`},
+			&cli.StringFlag{Name: "if-exists", Usage: "for a device that exists already: `fail` or print (its connection string, leaving it as it is)", Value: "fail"},
 		),
 		Action: func(c *cli.Context) error {
 			if c.IsSet("count") {
@@ -51,8 +59,21 @@ command exits non-zero. -o json prints {"created": [...], "failed": [...]}.`,
 
 // createOne is the device and tags of a one-device create.
 type createOne struct {
-	id   string
-	tags json.RawMessage
+	id          string
+	tags        json.RawMessage
+	printExists bool
+}
+
+// ifExistsFlag reads --if-exists: true for print.
+func ifExistsFlag(c *cli.Context) (bool, error) {
+	switch v := c.String("if-exists"); v {
+	case "fail":
+		return false, nil
+	case "print":
+		return true, nil
+	default:
+		return false, usageErrorf("use --if-exists fail or --if-exists print", "invalid --if-exists %q", v)
+	}
 }
 
 func createOneArgs(c *cli.Context) (createOne, error) {
@@ -69,19 +90,28 @@ func createOneArgs(c *cli.Context) (createOne, error) {
 	if err != nil {
 		return createOne{}, err
 	}
-	return createOne{id, tags}, nil
+	printExists, err := ifExistsFlag(c)
+	if err != nil {
+		return createOne{}, err
+	}
+	return createOne{id, tags, printExists}, nil
 }
 
 func createDevice(c *cli.Context, s *service.Client, a createOne) (any, func(io.Writer) error, error) {
 	id := a.id
 	d, err := s.CreateDevice(c.Context, id)
+	existing := false
+	if errors.Is(err, service.ErrDeviceAlreadyExists) && a.printExists {
+		d, err = s.Device(c.Context, id)
+		existing = true
+	}
 	if err != nil {
 		if errors.Is(err, service.ErrDeviceAlreadyExists) {
-			return nil, nil, withHint(err, fmt.Sprintf("print its connection string with 'dmctl service device connection-string --device %s'", id))
+			return nil, nil, withHint(err, fmt.Sprintf("print its connection string with 'dmctl service device connection-string --device %s', or add --if-exists print", id))
 		}
 		return nil, nil, err
 	}
-	if a.tags != nil {
+	if a.tags != nil && !existing {
 		if _, err := s.UpdateTwin(c.Context, id, service.TwinPatch{Tags: a.tags}, "*"); err != nil {
 			return nil, nil, fmt.Errorf("device %q created, but its tags were not set: %w", id, err)
 		}
@@ -93,8 +123,9 @@ func createDevice(c *cli.Context, s *service.Client, a createOne) (any, func(io.
 	out := struct {
 		DeviceID         string         `json:"deviceId"`
 		ConnectionString string         `json:"connectionString"`
+		Existing         bool           `json:"existing,omitempty"`
 		Device           *iothub.Device `json:"device"`
-	}{d.DeviceID, cs, d}
+	}{d.DeviceID, cs, existing, d}
 	return out, printLine(cs), nil
 }
 
@@ -114,6 +145,7 @@ type createMany struct {
 	n, start, conc int
 	prefix         string
 	tags           json.RawMessage
+	printExists    bool
 }
 
 func createManyArgs(c *cli.Context) (createMany, error) {
@@ -131,19 +163,28 @@ func createManyArgs(c *cli.Context) (createMany, error) {
 		return a, usageErrorf("--concurrency takes a number from 1 to 256", "invalid --concurrency %d", a.conc)
 	}
 	var err error
+	if a.printExists, err = ifExistsFlag(c); err != nil {
+		return a, err
+	}
 	a.tags, err = jsonObjectFlag(c, "tags")
 	return a, err
 }
 
-// createDevices creates the devices --concurrency at a time. The ones
-// created are printed even when others failed.
+// createDevices creates the devices --concurrency at a time. With
+// --if-exists print, the identities of those that exist already are read
+// instead. The text output (every connection string) is printed only when
+// no device failed; JSON always.
 func createDevices(c *cli.Context, s *service.Client, a createMany) (any, func(io.Writer) error, error) {
 	log := loggerFrom(c)
 	ids := service.SequentialIDs(a.prefix, a.start, a.n)
 	began := time.Now()
 	results := s.CreateDevices(c.Context, ids, a.conc)
+	existing := make([]bool, len(results))
+	if a.printExists {
+		readExisting(c.Context, s, results, existing, a.conc)
+	}
 	if a.tags != nil {
-		tagCreated(c.Context, s, results, a.tags, a.conc)
+		tagCreated(c.Context, s, results, existing, a.tags, a.conc)
 	}
 
 	type created struct {
@@ -155,11 +196,13 @@ func createDevices(c *cli.Context, s *service.Client, a createMany) (any, func(i
 		Error    string `json:"error"`
 	}
 	out := struct {
-		Created []created `json:"created"`
-		Failed  []failed  `json:"failed"`
-	}{Created: []created{}, Failed: []failed{}}
+		Created  []created `json:"created"`
+		Existing []created `json:"existing"`
+		Failed   []failed  `json:"failed"`
+	}{Created: []created{}, Existing: []created{}, Failed: []failed{}}
+	var lines []string // every connection string, in name order
 	var firstErr error
-	for _, r := range results {
+	for i, r := range results {
 		err := r.Err
 		var cs string
 		if err == nil {
@@ -173,20 +216,24 @@ func createDevices(c *cli.Context, s *service.Client, a createMany) (any, func(i
 			log.Error().Str("device", r.DeviceID).Err(err).Msg("device not created")
 			continue
 		}
-		out.Created = append(out.Created, created{r.DeviceID, cs})
-	}
-	log.Info().Int("created", len(out.Created)).Int("failed", len(out.Failed)).Dur("took", time.Since(began)).Msg("devices created")
-	text := func(w io.Writer) error {
-		var b strings.Builder
-		for _, d := range out.Created {
-			b.WriteString(d.ConnectionString)
-			b.WriteByte('\n')
+		lines = append(lines, cs)
+		if existing[i] {
+			out.Existing = append(out.Existing, created{r.DeviceID, cs})
+		} else {
+			out.Created = append(out.Created, created{r.DeviceID, cs})
 		}
-		_, err := io.WriteString(w, b.String())
-		return err
 	}
+	log.Info().Int("created", len(out.Created)).Int("existing", len(out.Existing)).Int("failed", len(out.Failed)).Dur("took", time.Since(began)).Msg("devices created")
 	if firstErr == nil {
-		return out, text, nil
+		return out, func(w io.Writer) error {
+			var b strings.Builder
+			for _, l := range lines {
+				b.WriteString(l)
+				b.WriteByte('\n')
+			}
+			_, err := io.WriteString(w, b.String())
+			return err
+		}, nil
 	}
 	names := make([]string, 0, min(len(out.Failed), 5))
 	for _, f := range out.Failed[:min(len(out.Failed), 5)] {
@@ -196,17 +243,36 @@ func createDevices(c *cli.Context, s *service.Client, a createMany) (any, func(i
 	if len(out.Failed) > len(names) {
 		more = fmt.Sprintf(" and %d more", len(out.Failed)-len(names))
 	}
-	err := fmt.Errorf("created %d of %d devices; %d failed (%s%s); first failure: %w",
-		len(out.Created), a.n, len(out.Failed), strings.Join(names, ", "), more, firstErr)
-	if errors.Is(firstErr, service.ErrDeviceAlreadyExists) {
-		err = withHint(err, "some names are taken: pick another --prefix, continue the numbering with --start, or print existing connection strings with 'dmctl service device connection-string'")
+	nothing := ""
+	if !jsonOutput(c) {
+		nothing = "; no connection string printed"
 	}
-	return out, text, err
+	err := fmt.Errorf("created %d of %d devices; %d failed (%s%s)%s; first failure: %w",
+		len(out.Created), a.n, len(out.Failed), strings.Join(names, ", "), more, nothing, firstErr)
+	if errors.Is(firstErr, service.ErrDeviceAlreadyExists) {
+		err = withHint(err, "some names are taken: add --if-exists print to print theirs too, pick another --prefix, or continue the numbering with --start")
+	} else {
+		err = withHint(err, "run the same command again with --if-exists print: it prints the devices created so far and creates the rest")
+	}
+	return out, nil, err
 }
 
-// tagCreated sets tags on every device that was created, conc at a time; a
-// device whose tags could not be set counts as failed.
-func tagCreated(ctx context.Context, client *service.Client, results []service.CreateResult, tags json.RawMessage, conc int) {
+// readExisting replaces, conc at a time, every "already exists" result by
+// the identity the hub has, and marks it in existing.
+func readExisting(ctx context.Context, client *service.Client, results []service.CreateResult, existing []bool, conc int) {
+	forEach(results, conc, func(i int) bool { return errors.Is(results[i].Err, service.ErrDeviceAlreadyExists) }, func(i int) {
+		r := &results[i]
+		d, err := client.Device(ctx, r.DeviceID)
+		if err != nil {
+			r.Err = fmt.Errorf("device %q exists, but it could not be read: %w", r.DeviceID, err)
+			return
+		}
+		r.Device, r.Err, existing[i] = d, nil, true
+	})
+}
+
+// forEach runs do(i), conc at a time, for every result i that pick picks.
+func forEach(results []service.CreateResult, conc int, pick func(int) bool, do func(int)) {
 	next := make(chan int)
 	var wg sync.WaitGroup
 	for range min(conc, len(results)) {
@@ -214,20 +280,29 @@ func tagCreated(ctx context.Context, client *service.Client, results []service.C
 		go func() {
 			defer wg.Done()
 			for i := range next {
-				r := &results[i]
-				if _, err := client.UpdateTwin(ctx, r.DeviceID, service.TwinPatch{Tags: tags}, "*"); err != nil {
-					r.Err = fmt.Errorf("device %q created, but its tags were not set: %w", r.DeviceID, err)
-				}
+				do(i)
 			}
 		}()
 	}
 	for i := range results {
-		if results[i].Err == nil {
+		if pick(i) {
 			next <- i
 		}
 	}
 	close(next)
 	wg.Wait()
+}
+
+// tagCreated sets tags on every device that was created (not on the
+// existing ones), conc at a time; a device whose tags could not be set
+// counts as failed.
+func tagCreated(ctx context.Context, client *service.Client, results []service.CreateResult, existing []bool, tags json.RawMessage, conc int) {
+	forEach(results, conc, func(i int) bool { return results[i].Err == nil && !existing[i] }, func(i int) {
+		r := &results[i]
+		if _, err := client.UpdateTwin(ctx, r.DeviceID, service.TwinPatch{Tags: tags}, "*"); err != nil {
+			r.Err = fmt.Errorf("device %q created, but its tags were not set: %w", r.DeviceID, err)
+		}
+	})
 }
 
 // redactKeys drops an identity's symmetric keys from output that is not
