@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/dmctl/dmctl/internal/editdist"
 )
 
 // Kind tells which identity a connection string describes.
@@ -227,32 +229,11 @@ func explainUnknown(err error, unknown []unknownKey) error {
 // nearKey returns the known key name within two edits of name, or "".
 func nearKey(name string) string {
 	for _, k := range knownKeys {
-		if editDistance(strings.ToLower(name), strings.ToLower(k)) <= 2 {
+		if editdist.Distance(strings.ToLower(name), strings.ToLower(k)) <= 2 {
 			return k
 		}
 	}
 	return ""
-}
-
-// editDistance is the Levenshtein distance between two strings, by byte.
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
 }
 
 // ParseDevice parses a device or module connection string.

@@ -4,6 +4,8 @@ import (
 	"strings"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/dmctl/dmctl/internal/editdist"
 )
 
 // unknownCommand is the usage error for a word that names no subcommand of
@@ -104,7 +106,7 @@ func suggest(word string, names []string) []string {
 	}
 	best, near := maxEdits+1, []string(nil)
 	for _, n := range uniq {
-		d := editDistance(word, n)
+		d := editdist.Distance(word, n)
 		switch {
 		case d < best:
 			best, near = d, []string{n}
@@ -139,31 +141,4 @@ func sharesParts(a, b string) bool {
 		a, b = b, a
 	}
 	return strings.HasPrefix(b, a+"-") || strings.HasSuffix(b, "-"+a) || strings.Contains(b, "-"+a+"-")
-}
-
-// editDistance is the Levenshtein distance of a and b, counting an adjacent
-// swap ("rebtoo") as one edit.
-func editDistance(a, b string) int {
-	ra, rb := []rune(a), []rune(b)
-	prev2 := make([]int, len(rb)+1)
-	prev := make([]int, len(rb)+1)
-	cur := make([]int, len(rb)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(ra); i++ {
-		cur[0] = i
-		for j := 1; j <= len(rb); j++ {
-			cost := 1
-			if ra[i-1] == rb[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-			if i > 1 && j > 1 && ra[i-1] == rb[j-2] && ra[i-2] == rb[j-1] {
-				cur[j] = min(cur[j], prev2[j-2]+1)
-			}
-		}
-		prev2, prev, cur = prev, cur, prev2
-	}
-	return prev[len(rb)]
 }
