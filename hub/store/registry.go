@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math/big"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -34,8 +35,13 @@ const (
 
 // record is the stored form of one device: identity and twin.
 // Records are never modified once published; writers change a clone.
+//
+// A module's record has ID "{deviceId}/{moduleId}" (its MQTT client id; a
+// device id never contains '/') and Mod set; its Status is always enabled.
 type record struct {
 	ID             string    `json:"id"`
+	Mod            string    `json:"mod,omitempty"`
+	ManagedBy      string    `json:"managedBy,omitempty"`
 	GenerationID   string    `json:"gen"`
 	IdentityVer    int64     `json:"iver"`
 	Status         string    `json:"status"`
@@ -51,6 +57,9 @@ type record struct {
 	ConnUpdated    time.Time `json:"connUpdated"`
 	LastActivity   time.Time `json:"lastActivity"`
 	C2DCount       int       `json:"c2d,omitempty"`
+	DeviceScope    string    `json:"scope,omitempty"`
+	ParentScopes   []string  `json:"parents,omitempty"`
+	ModelID        string    `json:"modelId,omitempty"`
 
 	TwinVersion     int64          `json:"tver"`
 	Tags            map[string]any `json:"tags"`
@@ -58,6 +67,14 @@ type record struct {
 	DesiredVersion  int64          `json:"dver"`
 	Reported        *node          `json:"reported"`
 	ReportedVersion int64          `json:"rver"`
+}
+
+// deviceID is the id of the device r is (or whose module r is).
+func (r *record) deviceID() string {
+	if r.Mod == "" {
+		return r.ID
+	}
+	return r.ID[:len(r.ID)-len(r.Mod)-1]
 }
 
 // clone copies the record shallowly: nested twin values are shared, which is
@@ -159,6 +176,9 @@ func applyIdentity(r *record, d iothub.Device, now time.Time, create bool) error
 	if d.Capabilities != nil {
 		r.IotEdge = d.Capabilities.IotEdge
 	}
+	if err := applyScopes(r, d); err != nil {
+		return err
+	}
 	a := d.Authentication
 	if a == nil {
 		if !create {
@@ -229,6 +249,8 @@ func (s *Store) device(r *record) iothub.Device {
 		CloudToDeviceMessageCount:  r.C2DCount,
 		Authentication:             &iothub.Authentication{Type: r.AuthType},
 		Capabilities:               &iothub.Capabilities{IotEdge: r.IotEdge},
+		DeviceScope:                r.DeviceScope,
+		ParentScopes:               slices.Clone(r.ParentScopes),
 	}
 	if r.StatusReason != nil {
 		v := *r.StatusReason
@@ -241,6 +263,33 @@ func (s *Store) device(r *record) iothub.Device {
 		d.Authentication.X509Thumbprint = thumbprints(r)
 	}
 	return d
+}
+
+// maxScopeLength bounds deviceScope and each parent scope.
+const maxScopeLength = 512
+
+// applyScopes stores deviceScope and parentScopes as given (an update that
+// omits them keeps the current ones). An edge device without a scope gets
+// its own, "ms-azure-iot-edge://{id}-{generationId}", as IoT Hub assigns.
+func applyScopes(r *record, d iothub.Device) error {
+	if d.DeviceScope != "" {
+		if len(d.DeviceScope) > maxScopeLength {
+			return invalid("deviceScope is longer than %d characters", maxScopeLength)
+		}
+		r.DeviceScope = d.DeviceScope
+	}
+	if d.ParentScopes != nil {
+		for _, p := range d.ParentScopes {
+			if p == "" || len(p) > maxScopeLength {
+				return invalid("parentScopes must hold non-empty scopes of at most %d characters", maxScopeLength)
+			}
+		}
+		r.ParentScopes = append([]string(nil), d.ParentScopes...)
+	}
+	if r.IotEdge && r.DeviceScope == "" {
+		r.DeviceScope = "ms-azure-iot-edge://" + r.ID + "-" + r.GenerationID
+	}
+	return nil
 }
 
 func thumbprints(r *record) *iothub.X509Thumbprint {
@@ -345,7 +394,7 @@ func (s *Store) DeviceKeys(id string) (primary, secondary string, err error) {
 	return e.rec.PrimaryKey, e.rec.SecondaryKey, nil
 }
 
-// DeleteDevice removes id and its twin. ifMatch is "", "*" or the identity etag.
+// DeleteDevice removes id, its twin and its modules. ifMatch is "", "*" or the identity etag.
 func (s *Store) DeleteDevice(id, ifMatch string) error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
@@ -356,16 +405,32 @@ func (s *Store) DeleteDevice(id, ifMatch string) error {
 	if !ETagMatches(ifMatch, identityETag(cur.rec.IdentityVer)) {
 		return fmt.Errorf("%w: device %q has etag %q", ErrPrecondition, id, identityETag(cur.rec.IdentityVer))
 	}
+	s.mu.RLock()
+	mods := moduleKeys(s.mods, id)
+	s.mu.RUnlock()
 	if err := s.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketDevices).Delete([]byte(id))
+		b := tx.Bucket(bucketDevices)
+		for _, k := range mods {
+			if err := b.Delete([]byte(k)); err != nil {
+				return err
+			}
+		}
+		return b.Delete([]byte(id))
 	}); err != nil {
 		return fmt.Errorf("store: delete device %q: %w", id, err)
 	}
 	s.mu.Lock()
 	delete(s.recs, id)
 	s.ids = removeID(s.ids, id)
+	for _, k := range mods {
+		delete(s.recs, k)
+		s.mods = removeID(s.mods, k)
+	}
 	s.mu.Unlock()
 	s.takeTouched(id)
+	for _, k := range mods {
+		s.takeTouched(k)
+	}
 	return nil
 }
 
@@ -403,7 +468,28 @@ func (s *Store) Count() int {
 	return len(s.ids)
 }
 
-// SetConnected records a connection change durably: connectionState,
+// SetModelID records the IoT Plug and Play model id an identity (device or
+// module key) announced when it connected; it shows in the twin as modelId.
+// An empty modelID keeps the current one.
+func (s *Store) SetModelID(id, modelID string) error {
+	if modelID == "" {
+		return nil
+	}
+	if len(modelID) > maxScopeLength {
+		return invalid("modelId is longer than %d characters", maxScopeLength)
+	}
+	_, err := s.mutate(id, func(r *record) error {
+		if r.ModelID == modelID {
+			return errSkip
+		}
+		r.ModelID = modelID
+		r.TwinVersion++
+		return nil
+	})
+	return err
+}
+
+// SetConnected records a connection change of a device or module key durably: connectionState,
 // connectionStateUpdatedTime and lastActivityTime.
 func (s *Store) SetConnected(id string, connected bool) error {
 	now := s.now().UTC()

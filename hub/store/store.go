@@ -27,6 +27,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -39,6 +40,8 @@ import (
 var (
 	ErrNotFound       = errors.New("store: device not found")
 	ErrExists         = errors.New("store: device already exists")
+	ErrModuleNotFound = errors.New("store: module not found")
+	ErrModuleExists   = errors.New("store: module already exists")
 	ErrPrecondition   = errors.New("store: etag does not match")
 	ErrPolicyNotFound = errors.New("store: policy not found")
 	ErrClosed         = errors.New("store: closed")
@@ -79,6 +82,7 @@ type Store struct {
 	mu     sync.RWMutex
 	recs   map[string]*entry
 	ids    []string // sorted device ids; replaced, never modified in place
+	mods   []string // sorted module keys "{device}/{module}"; likewise
 	closed bool
 
 	tmu     sync.Mutex
@@ -238,7 +242,11 @@ func (s *Store) load() error {
 				return fmt.Errorf("store: device %q: %w", k, err)
 			}
 			s.recs[r.ID] = e
-			s.ids = append(s.ids, r.ID)
+			if r.Mod != "" {
+				s.mods = append(s.mods, r.ID)
+			} else {
+				s.ids = append(s.ids, r.ID)
+			}
 			return nil
 		}); err != nil {
 			return err
@@ -249,6 +257,7 @@ func (s *Store) load() error {
 			}
 		}
 		sort.Strings(s.ids) // bbolt order is byte order already; keep the invariant explicit
+		sort.Strings(s.mods)
 		return nil
 	})
 }
@@ -343,6 +352,9 @@ func (s *Store) get(id string) (*entry, error) {
 	}
 	e := s.recs[id]
 	if e == nil {
+		if dev, mod, ok := strings.Cut(id, "/"); ok {
+			return nil, fmt.Errorf("%w: %q on device %q", ErrModuleNotFound, mod, dev)
+		}
 		return nil, fmt.Errorf("%w: %q", ErrNotFound, id)
 	}
 	return e, nil

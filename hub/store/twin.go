@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"slices"
 
 	"github.com/dmctl/dmctl/internal/iothub"
 )
@@ -30,7 +31,11 @@ func desiredChange(patch map[string]any, version int64) (*DesiredChange, error) 
 // twin renders the service view of r.
 func (s *Store) twin(r *record) iothub.Twin {
 	t := iothub.Twin{
-		DeviceID:                  r.ID,
+		DeviceID:                  r.deviceID(),
+		ModuleID:                  r.Mod,
+		ModelID:                   r.ModelID,
+		DeviceScope:               r.DeviceScope,
+		ParentScopes:              slices.Clone(r.ParentScopes),
 		ETag:                      twinETag(r.TwinVersion),
 		DeviceETag:                identityETag(r.IdentityVer),
 		Version:                   r.TwinVersion,

@@ -46,9 +46,11 @@ const (
 	CodeQuotaExceeded       = 403002
 	CodeDeviceNotFound      = 404001
 	CodeJobNotFound         = 404002
+	CodeModuleNotFound      = 404010
 	CodeDeviceNotOnline     = 404103
 	CodeDeviceAlreadyExists = 409001
 	CodeJobAlreadyExists    = 409104
+	CodeModuleAlreadyExists = 409301
 	CodePreconditionFailed  = 412001
 	CodeMessageTooLarge     = 413001
 	CodeThrottled           = 429001
@@ -64,9 +66,11 @@ var codeNames = map[int]string{
 	CodeQuotaExceeded:       "IotHubQuotaExceeded",
 	CodeDeviceNotFound:      "DeviceNotFound",
 	CodeJobNotFound:         "JobNotFound",
+	CodeModuleNotFound:      "ModuleNotFound",
 	CodeDeviceNotOnline:     "DeviceNotOnline",
 	CodeDeviceAlreadyExists: "DeviceAlreadyExists",
 	CodeJobAlreadyExists:    "JobAlreadyExists",
+	CodeModuleAlreadyExists: "ModuleAlreadyExistsOnDevice",
 	CodePreconditionFailed:  "PreconditionFailed",
 	CodeMessageTooLarge:     "MessageTooLarge",
 	CodeThrottled:           "ThrottlingException",
@@ -248,6 +252,10 @@ type Device struct {
 	CloudToDeviceMessageCount  int             `json:"cloudToDeviceMessageCount"`
 	Authentication             *Authentication `json:"authentication,omitempty"`
 	Capabilities               *Capabilities   `json:"capabilities,omitempty"`
+	// DeviceScope is an edge device's own scope, or the scope of a
+	// non-edge device's parent; ParentScopes names an edge device's parents.
+	DeviceScope  string   `json:"deviceScope,omitempty"`
+	ParentScopes []string `json:"parentScopes,omitempty"`
 }
 
 // Twin is a device twin as the REST API renders it.
@@ -267,6 +275,8 @@ type Twin struct {
 	X509Thumbprint            *X509Thumbprint `json:"x509Thumbprint"`
 	ModelID                   string          `json:"modelId"`
 	Capabilities              *Capabilities   `json:"capabilities,omitempty"`
+	DeviceScope               string          `json:"deviceScope,omitempty"`
+	ParentScopes              []string        `json:"parentScopes,omitempty"`
 	Tags                      map[string]any  `json:"tags,omitempty"`
 	Properties                TwinProperties  `json:"properties"`
 }

@@ -30,6 +30,7 @@ const (
 	ridParam       = "$rid"
 	versionParam   = "$version"
 	apiVersionPara = "api-version"
+	modelIDParam   = "model-id"
 )
 
 // MethodRequestTopic is the hub-to-device topic of a direct method call:
@@ -229,6 +230,29 @@ func ParseUsername(u string) (host, deviceID, moduleID string, ok bool) {
 		return "", "", "", false
 	}
 	return host, deviceID, moduleID, true
+}
+
+// UsernameModelID returns the "model-id" parameter of an MQTT username (an
+// IoT Plug and Play device announcing its model), decoded, or "".
+func UsernameModelID(u string) string {
+	_, q := splitQuery(u)
+	v, ok := queryValue(q, modelIDParam)
+	if !ok {
+		return ""
+	}
+	if d, err := url.QueryUnescape(v); err == nil {
+		return d
+	}
+	return v
+}
+
+// WithModelID appends the "model-id" parameter to an MQTT username built by
+// Username; an empty modelID leaves it unchanged.
+func WithModelID(username, modelID string) string {
+	if modelID == "" {
+		return username
+	}
+	return username + "&" + modelIDParam + "=" + url.QueryEscape(modelID)
 }
 
 // splitQuery splits "path/?a=b" into "path/" and "a=b".

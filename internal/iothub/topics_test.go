@@ -124,3 +124,20 @@ func FuzzParseMethodRequestTopic(f *testing.F) {
 		}
 	})
 }
+
+func TestUsernameModelID(t *testing.T) {
+	u := WithModelID(Username("h.example", "d1", "m1", "dmctl/1"), "dtmi:com:example:Thermostat;1")
+	if got := UsernameModelID(u); got != "dtmi:com:example:Thermostat;1" {
+		t.Fatalf("UsernameModelID(%q) = %q", u, got)
+	}
+	if _, dev, mod, ok := ParseUsername(u); !ok || dev != "d1" || mod != "m1" {
+		t.Fatalf("ParseUsername(%q) = %q %q %v", u, dev, mod, ok)
+	}
+	// The form the Python SDK sends: model-id after api-version, unescaped.
+	if got := UsernameModelID("h/d1/?api-version=2021-04-12&model-id=dtmi:a:b;1"); got != "dtmi:a:b;1" {
+		t.Fatalf("got %q", got)
+	}
+	if got := UsernameModelID("h/d1/?api-version=2021-04-12"); got != "" {
+		t.Fatalf("no model-id: got %q", got)
+	}
+}
