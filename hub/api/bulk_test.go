@@ -141,7 +141,9 @@ func TestBulkRegistryRefusals(t *testing.T) {
 		{"malformed JSON", `[{"id":`, 400, "IotHubFormatError"},
 		{"unknown import mode", `[{"id":"a","importMode":"create"},{"id":"b","importMode":"upsert"}]`, 400, "ArgumentInvalid"},
 		{"no import mode", `[{"id":"a"}]`, 400, "ArgumentInvalid"},
-		{"twin import mode", `[{"id":"a","importMode":"updateTwin","tags":{"x":1}}]`, 400, "ArgumentInvalid"},
+		{"twin import mode", `[{"id":"a","importMode":"updateTwin"}]`, 400, "ArgumentInvalid"},
+		{"tags on create", `[{"id":"a","importMode":"create","tags":{"x":1}}]`, 400, "ArgumentInvalid"},
+		{"desired on create", `[{"id":"a","importMode":"create","properties":{"desired":{"x":1}}}]`, 400, "ArgumentInvalid"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			wantStyleA(t, e.do("POST", "/devices", owner, tc.body), tc.status, tc.code)
@@ -149,6 +151,13 @@ func TestBulkRegistryRefusals(t *testing.T) {
 	}
 	if n := e.store.Count(); n != 0 {
 		t.Errorf("refused requests created %d devices", n)
+	}
+	// Twin members set to null (as some serialisers send them) are fine.
+	if r := e.do("POST", "/devices", owner, `[{"id":"nulls","importMode":"create","tags":null,"properties":null,"twinETag":null}]`); r.status != 200 {
+		t.Fatalf("null twin members: %s", r)
+	}
+	if err := e.store.DeleteDevice("nulls", ""); err != nil {
+		t.Fatal(err)
 	}
 	// Exactly 100 is accepted.
 	if r := e.do("POST", "/devices", owner, "["+strings.Join(many[:iothub.MaxBulkDevices], ",")+"]"); r.status != 200 {
