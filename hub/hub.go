@@ -56,13 +56,22 @@ const (
 
 // Config configures a Server. DataDir is required; every other field has a
 // working zero value.
+//
+// Devices and modules of authentication type certificateAuthority log in
+// with a client certificate that chains to a trusted device CA: the
+// certificates of the X509CAFiles and of every *.pem file in
+// DataDir/x509-ca (DeviceCADir). Both are read once, by New; a file that
+// cannot be read or holds no certificate makes New fail (ErrDeviceCA).
 type Config struct {
-	DataDir  string   // holds ca.pem, ca-key.pem, server.pem, server-key.pem, hub.db
+	DataDir  string   // holds ca.pem, ca-key.pem, server.pem, server-key.pem, hub.db, x509-ca/
 	Listen   []string // host:port to listen on; default ["127.0.0.1:8883"]; port 0 picks one
 	Hostname string   // the hub's name in connection strings and SAS audiences; default "localhost"
 	TLSCert  string   // optional PEM certificate (chain) to serve instead of the generated one
 	TLSKey   string   // its key
-	Log      zerolog.Logger
+	// X509CAFiles are PEM files of device CA certificates to trust, one
+	// or more certificates each (dmctl hub serve --x509-ca).
+	X509CAFiles []string
+	Log         zerolog.Logger
 }
 
 // Server is a local IoT Hub. Create it with New, run it with Serve (or
@@ -73,7 +82,9 @@ type Server struct {
 	store  *store.Store
 	tlsMat *tlsMaterial
 	tlsCfg *tls.Config
-	now    func() time.Time
+	// deviceCAs are the trusted device CAs; nil when there are none.
+	deviceCAs *x509.CertPool
+	now       func() time.Time
 
 	mu        sync.Mutex
 	started   bool
@@ -116,6 +127,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Hostname == "" {
 		cfg.Hostname = DefaultHostname
 	}
+	cfg.X509CAFiles = slices.Clone(cfg.X509CAFiles)
 	listeners, err := listenAll(cfg.Listen)
 	if err != nil {
 		return nil, err
@@ -146,16 +158,28 @@ func New(cfg Config) (*Server, error) {
 		_ = st.Close()
 		return nil, err
 	}
+	cas, err := loadDeviceCAs(cfg.DataDir, cfg.X509CAFiles)
+	if err != nil {
+		closeListeners()
+		_ = st.Close()
+		return nil, err
+	}
 	s := &Server{
 		cfg:       cfg,
 		log:       cfg.Log,
 		store:     st,
 		tlsMat:    mat,
+		deviceCAs: cas,
 		now:       now,
 		listeners: listeners,
 		tlsCfg: &tls.Config{
 			MinVersion:   tls.VersionTLS12,
 			Certificates: []tls.Certificate{mat.cert},
+			// X.509 devices present a certificate; SAS devices, services
+			// and browsers need not. The hub checks certificates itself,
+			// at MQTT CONNECT, against the registry; advertising no CA
+			// names keeps clients from withholding a self-signed one.
+			ClientAuth: tls.RequestClientCert,
 		},
 		inflight: make(map[net.Conn]struct{}),
 	}
