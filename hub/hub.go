@@ -107,8 +107,8 @@ type Server struct {
 	jobsWG sync.WaitGroup
 }
 
-// New binds every listen address, then opens the store and loads or creates
-// the TLS material. Binding comes first so that a busy port fails before
+// New binds every listen address, reads the trusted device CAs, then opens
+// the store and loads or creates the TLS material. Binding comes first so that a busy port fails before
 // anything is written to the data folder. Connections are served only after
 // Start.
 func New(cfg Config) (*Server, error) {
@@ -137,6 +137,13 @@ func New(cfg Config) (*Server, error) {
 			_ = l.Close()
 		}
 	}
+	// Device CAs are read before the data folder is touched: a bad file
+	// leaves nothing behind.
+	cas, err := loadDeviceCAs(cfg.DataDir, cfg.X509CAFiles)
+	if err != nil {
+		closeListeners()
+		return nil, err
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		closeListeners()
 		return nil, fmt.Errorf("hub: data directory: %w", err)
@@ -153,12 +160,6 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	mat, err := loadTLS(cfg.DataDir, cfg.TLSCert, cfg.TLSKey, serverNames(cfg.Hostname, cfg.Listen), now())
-	if err != nil {
-		closeListeners()
-		_ = st.Close()
-		return nil, err
-	}
-	cas, err := loadDeviceCAs(cfg.DataDir, cfg.X509CAFiles)
 	if err != nil {
 		closeListeners()
 		_ = st.Close()
