@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
 	"net/url"
 	"strings"
 	"testing"
@@ -40,6 +41,7 @@ type connOpts struct {
 	password  string
 	transport string           // "tls" (default), "ws" (subprotocol mqtt), "wsMQTT" (subprotocol MQTT)
 	cert      *tls.Certificate // client certificate to present in the TLS handshake
+	origin    string           // Origin header of the WebSocket handshake ("ws" only)
 }
 
 // token mints a device SAS for the hub's HostName.
@@ -101,6 +103,9 @@ func dial(t *testing.T, hs *hubtest.Server, o connOpts) (*device, byte, error) {
 		opts.AddBroker("tls://" + hs.Addr())
 	case "ws":
 		opts.AddBroker("wss://" + hs.Addr() + "/$iothub/websocket")
+		if o.origin != "" {
+			opts.SetHTTPHeaders(http.Header{"Origin": []string{o.origin}})
+		}
 	case "wsMQTT":
 		opts.AddBroker("wss://" + hs.Addr() + "/$iothub/websocket")
 		opts.SetCustomOpenConnectionFn(func(u *url.URL, _ paho.ClientOptions) (net.Conn, error) {

@@ -44,7 +44,7 @@ func (s *Server) httpHandler(rest http.Handler) http.Handler {
 		c := &wsConn{Conn: wsstream.New(ws, writeTimeout)}
 		if hc, ok := ws.NetConn().(*hubConn); ok {
 			c.serverName = hc.serverName
-			if sameOrigin(r) {
+			if s.sameOrigin(r) {
 				c.peerCerts = hc.peerCerts
 			}
 		}
@@ -54,24 +54,30 @@ func (s *Server) httpHandler(rest http.Handler) http.Handler {
 }
 
 // sameOrigin reports whether a WebSocket request comes from no web page
-// (no Origin, as SDKs send) or from a page of the hub itself. A client
+// (no Origin) or from a page served under one of the hub's own names (the
+// request's Host, the configured hostname, the loopback names). A client
 // certificate is a browser's ambient credential: a page of another site
 // must not log in with it, so the hub forgets the certificate of a
 // cross-origin WebSocket (SAS logins are unaffected).
-func sameOrigin(r *http.Request) bool {
+func (s *Server) sameOrigin(r *http.Request) bool {
 	origin := r.Header.Get("Origin")
 	if origin == "" {
 		return true
 	}
 	u, err := url.Parse(origin)
-	if err != nil {
+	if err != nil || u.Hostname() == "" {
 		return false
 	}
 	host := r.Host
 	if h, _, err := net.SplitHostPort(r.Host); err == nil {
 		host = h
 	}
-	return strings.EqualFold(u.Hostname(), strings.Trim(host, "[]"))
+	for _, h := range append(s.hosts(), strings.Trim(host, "[]")) {
+		if strings.EqualFold(u.Hostname(), h) {
+			return true
+		}
+	}
+	return false
 }
 
 // wsConn is MQTT over a WebSocket as a byte stream, with the TLS server
