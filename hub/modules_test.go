@@ -76,6 +76,24 @@ func TestModuleTwinAndMethod(t *testing.T) {
 			if _, _, err := hs.Hub().Devices().Invoke(ctx, "d1", "ping", nil, 0, time.Second); !errors.Is(err, hubapi.ErrDeviceNotOnline) {
 				t.Fatalf("invoke on the device: %v", err)
 			}
+
+			// A desired change of the module's twin reaches the module;
+			// one of the device's twin does not.
+			m.subscribe(t, iothub.DesiredFilter)
+			desired := func(v float64) iothub.Twin {
+				return iothub.Twin{Properties: iothub.TwinProperties{Desired: map[string]any{"interval": v}}}
+			}
+			if _, _, err := hs.Store().PatchTwin("d1", desired(1), "*"); err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := hs.Store().PatchTwin("d1/m1", desired(5), "*"); err != nil {
+				t.Fatal(err)
+			}
+			msg := m.next(ctx, t)
+			var patch map[string]any
+			if err := json.Unmarshal(msg.Payload(), &patch); err != nil || msg.Topic() != "$iothub/twin/PATCH/properties/desired/?$version=2" || patch["interval"] != 5.0 {
+				t.Fatalf("desired patch %s %s", msg.Topic(), msg.Payload())
+			}
 		})
 	}
 }
