@@ -1,7 +1,8 @@
 // Package hub is dmctl's local Azure IoT Hub stand-in: one TLS port per
 // listen address that serves MQTT 3.1.1 (devices), the HTTPS REST API
-// (services) and MQTT over WebSockets, with IoT Hub's topics, SAS
-// authentication and semantics for direct methods and twins.
+// (services) and MQTT over WebSockets, with IoT Hub's topics, SAS and
+// X.509 authentication of devices and modules, and semantics for direct
+// methods and twins.
 //
 // The MQTT framing is done by the embedded mochi-mqtt broker. The hub owns
 // the sockets and TLS, tells MQTT from HTTP by the first byte after the
@@ -396,7 +397,8 @@ func (s *Server) CAPool() *x509.CertPool {
 // Store is the hub's state.
 func (s *Server) Store() *store.Store { return s.store }
 
-// Connected reports whether the device has a live MQTT connection.
+// Connected reports whether the device (or the module of key
+// "{deviceId}/{moduleId}") has a live MQTT connection.
 func (s *Server) Connected(deviceID string) bool {
 	s.mu.Lock()
 	b := s.broker
@@ -418,8 +420,8 @@ func (s *Server) ConnectionChanged() <-chan struct{} {
 	return b.changed()
 }
 
-// Subscribed reports whether the device has a live MQTT connection with a
-// subscription matching topic (for example a method request topic).
+// Subscribed reports whether the device (or module key) has a live MQTT
+// connection with a subscription matching topic (for example a method request topic).
 func (s *Server) Subscribed(deviceID, topic string) bool {
 	s.mu.Lock()
 	b := s.broker

@@ -233,6 +233,7 @@ func TestX509Refused(t *testing.T) {
 	createX509Device(t, hs, "ca", caAuth)
 	createX509Device(t, hs, "ca2", caAuth)
 	createX509Module(t, hs, "ca", "m1", caAuth)
+	createX509Device(t, hs, "none", &iothub.Authentication{Type: iothub.AuthNone})
 	sasCS := hs.CreateDevice(t, "sas")
 	hs.CreateDevice(t, "host")
 	createX509Module(t, hs, "host", "m1", selfSigned(a.sha1(), ""))
@@ -262,6 +263,7 @@ func TestX509Refused(t *testing.T) {
 		{"CA-signed module, CN is the module id", "ca/m1", newCert(t, trusted, certOpts{cn: "m1"}), ""},
 		{"CA-signed module, CN is the device id", "ca/m1", newCert(t, trusted, certOpts{cn: "ca"}), ""},
 		{"SAS device with a certificate and no password", "sas", a, ""},
+		{"authentication type none", "none", a, ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -395,4 +397,25 @@ func TestX509CrossOriginWebSocket(t *testing.T) {
 		t.Fatalf("SAS device from another origin: rc=%d err=%v", rc, err)
 	}
 	d.c.Disconnect(0)
+}
+
+// A certificate login ends when the certificate does, as a SAS login ends
+// with its token.
+func TestX509CertificateExpiryDisconnects(t *testing.T) {
+	ctx := testCtx(t)
+	hs := hubtest.NewServer(t)
+	c := newCert(t, nil, certOpts{cn: "d1", notAfter: time.Now().Add(3 * time.Second)})
+	createX509Device(t, hs, "d1", selfSigned(c.sha1(), ""))
+	d, rc := dialX509(t, hs, "d1", "tls", c)
+	if rc != 0 {
+		t.Fatalf("CONNACK %d", rc)
+	}
+	select {
+	case <-d.lost:
+	case <-ctx.Done():
+		t.Fatal("still connected after the certificate expired")
+	}
+	if time.Now().Before(c.cert.NotAfter) {
+		t.Fatalf("disconnected before the certificate expired at %s", c.cert.NotAfter)
+	}
 }
