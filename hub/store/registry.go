@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/binary"
+	"encoding/hex"
 	"fmt"
 	"math/big"
 	"slices"
@@ -139,6 +140,19 @@ func validKey(name, k string) error {
 	return nil
 }
 
+// validThumbprint accepts what IoT Hub does: the hex SHA-1 (40 digits) or
+// SHA-256 (64 digits) of a certificate, in either case, ':' separators allowed.
+func validThumbprint(name, t string) error {
+	h := strings.ReplaceAll(strings.TrimSpace(t), ":", "")
+	if len(h) != 40 && len(h) != 64 {
+		return invalid("%s must be a SHA-1 (40 hex digits) or SHA-256 (64 hex digits) thumbprint, not %d characters", name, len(h))
+	}
+	if _, err := hex.DecodeString(h); err != nil {
+		return invalid("%s is not hexadecimal", name)
+	}
+	return nil
+}
+
 func newGenerationID() string {
 	n, err := rand.Int(rand.Reader, big.NewInt(1e18))
 	if err != nil {
@@ -223,9 +237,15 @@ func applyIdentity(r *record, d iothub.Device, now time.Time, create bool) error
 				return invalid("authentication type selfSigned needs x509Thumbprint.primaryThumbprint")
 			}
 			p := *a.X509Thumbprint.PrimaryThumbprint
+			if err := validThumbprint("primaryThumbprint", p); err != nil {
+				return err
+			}
 			r.PrimaryThumb = &p
-			if s := a.X509Thumbprint.SecondaryThumbprint; s != nil {
+			if s := a.X509Thumbprint.SecondaryThumbprint; s != nil && *s != "" {
 				v := *s
+				if err := validThumbprint("secondaryThumbprint", v); err != nil {
+					return err
+				}
 				r.SecondaryThumb = &v
 			}
 		}

@@ -212,6 +212,9 @@ func TestCreateDeviceBadInput(t *testing.T) {
 		{DeviceID: "d", Authentication: &iothub.Authentication{Type: "sas", SymmetricKey: &iothub.SymmetricKey{PrimaryKey: short}}},
 		{DeviceID: "d", Authentication: &iothub.Authentication{Type: "magic"}},
 		{DeviceID: "d", Authentication: &iothub.Authentication{Type: "selfSigned"}},
+		{DeviceID: "d", Authentication: selfSigned("ABCD", "")},                         // too short
+		{DeviceID: "d", Authentication: selfSigned(strings.Repeat("G", 40), "")},        // not hex
+		{DeviceID: "d", Authentication: selfSigned(strings.Repeat("A", 40), "0123456")}, // bad secondary
 	}
 	for i, d := range cases {
 		_, err := s.CreateDevice(d)
@@ -224,6 +227,23 @@ func TestCreateDeviceBadInput(t *testing.T) {
 	}
 	if _, err := s.Device("d"); !errors.Is(err, ErrNotFound) {
 		t.Error("a refused device was stored")
+	}
+}
+
+func selfSigned(primary, secondary string) *iothub.Authentication {
+	return &iothub.Authentication{Type: "selfSigned", X509Thumbprint: &iothub.X509Thumbprint{PrimaryThumbprint: &primary, SecondaryThumbprint: &secondary}}
+}
+
+func TestThumbprintForms(t *testing.T) {
+	s, _ := newStore(t)
+	sha1 := strings.Repeat("ab", 20)
+	sha256 := strings.Repeat("CD:", 31) + "CD"
+	d, err := s.CreateDevice(iothub.Device{DeviceID: "x", Authentication: selfSigned(sha1, sha256)})
+	if err != nil {
+		t.Fatalf("SHA-1 primary and colon-separated SHA-256 secondary: %v", err)
+	}
+	if got := *d.Authentication.X509Thumbprint.SecondaryThumbprint; got != sha256 {
+		t.Fatalf("secondary = %q, stored as given expected", got)
 	}
 }
 
