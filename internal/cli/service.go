@@ -253,9 +253,16 @@ func serviceError(err error, deviceID string, connectTimeout time.Duration) erro
 }
 
 // moduleError gives a missing module its hint and exit code 4 (no such
-// identity, as for a device); other errors are left to serviceError.
+// identity, as for a device), and a module that is not online a hint of its
+// own; other errors are left to serviceError.
 func moduleError(err error, deviceID, moduleID string) error {
-	if err == nil || hinted(err) || !errors.Is(err, service.ErrModuleNotFound) {
+	if err == nil || hinted(err) || moduleID == "" {
+		return err
+	}
+	if errors.Is(err, service.ErrDeviceNotOnline) {
+		return withHint(err, fmt.Sprintf("the module is not connected, or has not subscribed to direct methods: run it with its own connection string ('dmctl service module connection-string --device %s --module %s' prints it), or let the hub wait for it with --connect-timeout", deviceID, moduleID))
+	}
+	if !errors.Is(err, service.ErrModuleNotFound) {
 		return err
 	}
 	return &exitError{err: err, code: exitDeviceNotFound,

@@ -87,15 +87,20 @@ func serviceModuleCreateCommand() *cli.Command {
 		Usage: "register a module identity on a device and print it (keys left out; see connection-string)",
 		Description: `Registers --module on --device, which must exist. With --auth sas (the
 default) the hub generates the module's keys; x509-thumbprint and x509-ca
-work as for 'dmctl service device create'.`,
-		Flags:  serviceFlags(append([]cli.Flag{deviceFlag(), moduleFlag("module id")}, authFlags()...)...),
+work as for 'dmctl service device create'. A module that exists already
+fails the command (--if-exists fail, the default); with --if-exists print it
+is printed as it is, so the same command can be run again.`,
+		Flags: serviceFlags(append([]cli.Flag{deviceFlag(), moduleFlag("module id"),
+			&cli.StringFlag{Name: "if-exists", Usage: "for a module that exists already: `fail` or print (it, leaving it as it is)", Value: "fail"},
+		}, authFlags()...)...),
 		Action: serviceAction(moduleCreateArgs, createModule),
 	}
 }
 
 type moduleCreate struct {
 	moduleID
-	auth *iothub.Authentication
+	auth        *iothub.Authentication
+	printExists bool
 }
 
 func moduleCreateArgs(c *cli.Context) (moduleCreate, error) {
@@ -107,18 +112,31 @@ func moduleCreateArgs(c *cli.Context) (moduleCreate, error) {
 	if err != nil {
 		return moduleCreate{}, err
 	}
-	return moduleCreate{id, auth}, nil
+	printExists, err := ifExistsFlag(c)
+	if err != nil {
+		return moduleCreate{}, err
+	}
+	return moduleCreate{id, auth, printExists}, nil
 }
 
 func createModule(c *cli.Context, s *service.Client, a moduleCreate) (any, func(io.Writer) error, error) {
 	m, err := s.CreateModule(c.Context, a.device, a.module, a.auth)
+	existing := false
+	if errors.Is(err, service.ErrModuleAlreadyExists) && a.printExists {
+		m, err = s.Module(c.Context, a.device, a.module)
+		existing = true
+	}
 	if err != nil {
 		if errors.Is(err, service.ErrModuleAlreadyExists) {
-			err = withHint(err, fmt.Sprintf("print its connection string with 'dmctl service module connection-string --device %s --module %s', or delete it first", a.device, a.module))
+			err = withHint(err, fmt.Sprintf("print its connection string with 'dmctl service module connection-string --device %s --module %s', or add --if-exists print", a.device, a.module))
 		}
 		return nil, nil, err
 	}
-	return redactModuleKeys(*m), printModuleText(m), nil
+	out := struct {
+		iothub.Module
+		Existing bool `json:"existing,omitempty"`
+	}{redactModuleKeys(*m), existing}
+	return out, printModuleText(m), nil
 }
 
 // redactModuleKeys drops a module's symmetric keys from output that is not
