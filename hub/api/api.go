@@ -1,7 +1,15 @@
 // Package api serves the local hub's service-side REST API: direct methods,
-// twins, the identity registry, twin and device-job queries and jobs (v2),
-// with SAS authentication against the shared access policies and IoT Hub's
-// error bodies.
+// twins, the identity registry (devices, modules, bulk operations,
+// statistics), twin, module-twin and device-job queries and jobs (v2), with
+// SAS authentication against the shared access policies and IoT Hub's error
+// bodies.
+//
+// Module routes mirror the device ones, with the same rights: identities
+// under /devices/{id}/modules, twins under /twins/{id}/modules/{mid}, direct
+// methods at /twins/{id}/modules/{mid}/methods. An unknown device answers
+// 404 DeviceNotFound before any module lookup; an unknown module 404
+// ModuleNotFound. GET /statistics/devices needs RegistryRead,
+// GET /statistics/service ServiceConnect, POST /devices (bulk) RegistryWrite.
 //
 // Rights: jobs are created and cancelled with RegistryWrite or
 // ServiceConnect, except direct-method jobs, which need ServiceConnect (the

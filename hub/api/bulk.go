@@ -1,6 +1,7 @@
 package api
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"strings"
@@ -19,8 +20,10 @@ import (
 // A request that is not such an array, or that names an unknown import
 // mode, fails as a whole with 400 ArgumentInvalid and changes nothing
 // (importMode is an enum in IoT Hub's API, so the real hub cannot read
-// such a body either). updateTwin and updateTwinIfMatchETag are refused the
-// same way: the local hub does not import twins in bulk.
+// such a body either). updateTwin and updateTwinIfMatchETag, and entries
+// carrying tags, properties or twinETag, are refused the same way: the
+// local hub does not import twins in bulk, and says so rather than drop
+// them.
 //
 // Otherwise every entry that can be applied is applied and the answer is a
 // BulkRegistryOperationResult: 200 when all entries were applied, 400 with
@@ -29,9 +32,17 @@ import (
 // SDK deserialises both; the Node SDK reports the 400 as an ArgumentError
 // whose responseBody is the result.
 func (s *server) bulkDevices(w http.ResponseWriter, r *http.Request) {
-	var ops []iothub.ExportImportDevice
-	if !s.readJSON(w, r, &ops) {
+	var entries []bulkEntry
+	if !s.readJSON(w, r, &entries) {
 		return
+	}
+	ops := make([]iothub.ExportImportDevice, len(entries))
+	for i, e := range entries {
+		if present(e.Tags) || present(e.Properties) || present(e.TwinETag) {
+			s.failCode(w, iothub.CodeArgumentInvalid, fmt.Sprintf("entry %d (id %q): tags, properties and twinETag in bulk entries are not supported by the local hub (set them with PATCH /twins/{id})", i, e.ID))
+			return
+		}
+		ops[i] = e.ExportImportDevice
 	}
 	if len(ops) == 0 {
 		s.failCode(w, iothub.CodeArgumentInvalid, "the request must be a JSON array of 1 to 100 devices")
@@ -60,6 +71,9 @@ func (s *server) bulkDevices(w http.ResponseWriter, r *http.Request) {
 	// before the import, which removes the modules.
 	var revoke []string
 	for _, op := range ops {
+		if mode, _ := store.ImportMode(op.ImportMode); mode == iothub.ImportCreate {
+			continue
+		}
 		key := op.ID
 		if op.ModuleID != "" {
 			key = store.ModuleKey(op.ID, op.ModuleID)
@@ -82,4 +96,18 @@ func (s *server) bulkDevices(w http.ResponseWriter, r *http.Request) {
 		status = http.StatusBadRequest
 	}
 	writeJSON(w, status, res)
+}
+
+// bulkEntry is an ExportImportDevice as it arrives, with the twin members
+// the local hub refuses.
+type bulkEntry struct {
+	iothub.ExportImportDevice
+	Tags       json.RawMessage `json:"tags"`
+	Properties json.RawMessage `json:"properties"`
+	TwinETag   json.RawMessage `json:"twinETag"`
+}
+
+// present reports whether a member was given with a value other than null.
+func present(v json.RawMessage) bool {
+	return len(v) > 0 && string(v) != "null"
 }
