@@ -41,6 +41,10 @@ var (
 	ErrThrottled = &APIError{Status: 429}
 	// ErrDeviceAlreadyExists matches 409001 (create of an existing id).
 	ErrDeviceAlreadyExists = &APIError{Code: iothub.CodeDeviceAlreadyExists}
+	// ErrModuleNotFound matches IoT Hub error 404010.
+	ErrModuleNotFound = &APIError{Code: iothub.CodeModuleNotFound}
+	// ErrModuleAlreadyExists matches 409301 (create of an existing module).
+	ErrModuleAlreadyExists = &APIError{Code: iothub.CodeModuleAlreadyExists}
 )
 
 // ErrRebootNotConfirmed: the device did not report a new rebootTime before
@@ -112,6 +116,10 @@ func describe(e *APIError) string {
 		return "throttled"
 	case e.Is(ErrDeviceAlreadyExists):
 		return "device already exists"
+	case e.Is(ErrModuleNotFound):
+		return "module not found"
+	case e.Is(ErrModuleAlreadyExists):
+		return "module already exists"
 	}
 	return ""
 }

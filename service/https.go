@@ -25,6 +25,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -237,6 +238,10 @@ type request struct {
 	// request, so even a create may be sent again.
 	retryThrottledOnly bool
 	timeout            time.Duration // per attempt; 0 means requestTimeout
+	// answers are non-2xx statuses whose body is the call's answer, not an
+	// error (the bulk registry's 400 carries per-device errors); the caller
+	// reads response.status.
+	answers []int
 }
 
 // response is a successful call's outcome.
@@ -366,7 +371,7 @@ func (c *Client) once(ctx context.Context, r request, rawURL string, payload []b
 	ev := c.log.Debug().Str("method", r.method).Str("path", r.path).Str("request_id", rid).
 		Int("attempt", attempt).Int("status", resp.StatusCode).Dur("elapsed", time.Since(start))
 
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+	if (resp.StatusCode < 200 || resp.StatusCode > 299) && !slices.Contains(r.answers, resp.StatusCode) {
 		raw, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, MaxResponseBody))
 		ae := newAPIError(resp.StatusCode, raw, resp.Header.Get("iothub-errorcode"))

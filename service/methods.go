@@ -29,8 +29,22 @@ func (c *Client) InvokeMethod(ctx context.Context, deviceID string, req iothub.M
 	if deviceID == "" {
 		return nil, fmt.Errorf("invoke %q: empty device id", req.MethodName)
 	}
+	return c.invoke(ctx, deviceID, "", req)
+}
+
+// InvokeModuleMethod is InvokeMethod for a module of a device (POST
+// /twins/{id}/modules/{mid}/methods).
+func (c *Client) InvokeModuleMethod(ctx context.Context, deviceID, moduleID string, req iothub.MethodRequest) (*iothub.MethodResult, error) {
+	if err := needModule(deviceID, moduleID); err != nil {
+		return nil, fmt.Errorf("invoke %q: %w", req.MethodName, err)
+	}
+	return c.invoke(ctx, deviceID, moduleID, req)
+}
+
+func (c *Client) invoke(ctx context.Context, deviceID, moduleID string, req iothub.MethodRequest) (*iothub.MethodResult, error) {
+	who := identity(deviceID, moduleID)
 	if req.MethodName == "" {
-		return nil, fmt.Errorf("invoke on device %q: empty method name", deviceID)
+		return nil, fmt.Errorf("invoke on %s: empty method name", who)
 	}
 	wait := DefaultResponseTimeout
 	if req.ResponseTimeoutInSeconds != nil {
@@ -41,16 +55,16 @@ func (c *Client) InvokeMethod(ctx context.Context, deviceID string, req iothub.M
 	}
 	resp, err := c.do(ctx, request{
 		method:  "POST",
-		path:    "/twins/" + seg(deviceID) + "/methods",
+		path:    twinPath(deviceID, moduleID) + "/methods",
 		body:    req,
 		timeout: wait + invokeGrace,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("invoke %q on device %q: %w", req.MethodName, deviceID, err)
+		return nil, fmt.Errorf("invoke %q on %s: %w", req.MethodName, who, err)
 	}
 	var res iothub.MethodResult
 	if err := decode(resp, &res); err != nil {
-		return nil, fmt.Errorf("invoke %q on device %q: %w", req.MethodName, deviceID, err)
+		return nil, fmt.Errorf("invoke %q on %s: %w", req.MethodName, who, err)
 	}
 	return &res, nil
 }

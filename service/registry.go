@@ -15,11 +15,17 @@ import (
 // its keys. An existing id fails with an *APIError of code 409001. Retried
 // only when the hub throttles (429: the request was not run).
 func (c *Client) CreateDevice(ctx context.Context, deviceID string) (*iothub.Device, error) {
-	body := iothub.Device{
-		DeviceID:       deviceID,
-		Status:         "enabled",
-		Authentication: &iothub.Authentication{Type: "sas", SymmetricKey: &iothub.SymmetricKey{}},
+	return c.CreateDeviceWith(ctx, deviceID, nil)
+}
+
+// CreateDeviceWith registers a device that authenticates as auth says
+// (SASAuth, ThumbprintAuth, CAAuth); nil means SASAuth(). Errors and
+// retries are CreateDevice's.
+func (c *Client) CreateDeviceWith(ctx context.Context, deviceID string, auth *iothub.Authentication) (*iothub.Device, error) {
+	if auth == nil {
+		auth = SASAuth()
 	}
+	body := iothub.Device{DeviceID: deviceID, Status: "enabled", Authentication: auth}
 	resp, err := c.do(ctx, request{method: "PUT", path: "/devices/" + seg(deviceID), body: createBody(body), retry: true, retryThrottledOnly: true})
 	if err != nil {
 		return nil, fmt.Errorf("create device %q: %w", deviceID, err)
@@ -95,24 +101,45 @@ const (
 )
 
 // ErrNoSymmetricKey: the identity does not authenticate with a symmetric key.
-var ErrNoSymmetricKey = errors.New("service: device has no symmetric key (not a SAS identity)")
+var ErrNoSymmetricKey = errors.New("service: the identity has no symmetric key (not a SAS identity)")
 
 // DeviceConnectionString builds the device connection string for d with the
 // chosen key and this client's HostName:
 // "HostName=...;DeviceId=...;SharedAccessKey=...". It holds a secret: print
-// it only on purpose.
+// it only on purpose. An X.509 device's is "HostName=...;DeviceId=...;x509=true"
+// (its secret is the certificate's key, which the hub never sees).
 func (c *Client) DeviceConnectionString(d *iothub.Device, which KeyKind) (string, error) {
-	if d == nil || d.Authentication == nil || d.Authentication.SymmetricKey == nil {
+	if d == nil {
 		return "", fmt.Errorf("connection string for device: %w", ErrNoSymmetricKey)
 	}
-	key := d.Authentication.SymmetricKey.PrimaryKey
+	cs, err := c.connectionString(d.DeviceID, "", d.Authentication, which)
+	if err != nil {
+		return "", fmt.Errorf("connection string for device %q: %w", d.DeviceID, err)
+	}
+	return cs, nil
+}
+
+// connectionString renders an identity's connection string for the key
+// which, or with x509=true for a certificate identity.
+func (c *Client) connectionString(deviceID, moduleID string, a *iothub.Authentication, which KeyKind) (string, error) {
+	s := "HostName=" + c.cs.HostName + ";DeviceId=" + deviceID
+	if moduleID != "" {
+		s += ";ModuleId=" + moduleID
+	}
+	if a != nil && IsX509(a.Type) {
+		return s + ";x509=true", nil
+	}
+	if a == nil || a.SymmetricKey == nil {
+		return "", ErrNoSymmetricKey
+	}
+	key := a.SymmetricKey.PrimaryKey
 	if which == SecondaryKey {
-		key = d.Authentication.SymmetricKey.SecondaryKey
+		key = a.SymmetricKey.SecondaryKey
 	}
 	if key == "" {
-		return "", fmt.Errorf("connection string for device %q: %w", d.DeviceID, ErrNoSymmetricKey)
+		return "", ErrNoSymmetricKey
 	}
-	return "HostName=" + c.cs.HostName + ";DeviceId=" + d.DeviceID + ";SharedAccessKey=" + key, nil
+	return s + ";SharedAccessKey=" + key, nil
 }
 
 // CreateResult is the outcome of one device of CreateDevices: the created

@@ -10,13 +10,26 @@ import (
 
 // Twin reads a device twin (GET /twins/{id}); retried on 429/500/503.
 func (c *Client) Twin(ctx context.Context, deviceID string) (*iothub.Twin, error) {
-	resp, err := c.do(ctx, request{method: "GET", path: "/twins/" + seg(deviceID), retry: true})
+	return c.twin(ctx, deviceID, "")
+}
+
+// ModuleTwin reads a module twin (GET /twins/{id}/modules/{mid}); retried
+// on 429/500/503.
+func (c *Client) ModuleTwin(ctx context.Context, deviceID, moduleID string) (*iothub.Twin, error) {
+	if err := needModule(deviceID, moduleID); err != nil {
+		return nil, fmt.Errorf("get module twin: %w", err)
+	}
+	return c.twin(ctx, deviceID, moduleID)
+}
+
+func (c *Client) twin(ctx context.Context, deviceID, moduleID string) (*iothub.Twin, error) {
+	resp, err := c.do(ctx, request{method: "GET", path: twinPath(deviceID, moduleID), retry: true})
 	if err != nil {
-		return nil, fmt.Errorf("get twin of device %q: %w", deviceID, err)
+		return nil, fmt.Errorf("get twin of %s: %w", identity(deviceID, moduleID), err)
 	}
 	var t iothub.Twin
 	if err := decode(resp, &t); err != nil {
-		return nil, fmt.Errorf("get twin of device %q: %w", deviceID, err)
+		return nil, fmt.Errorf("get twin of %s: %w", identity(deviceID, moduleID), err)
 	}
 	return &t, nil
 }
@@ -48,18 +61,47 @@ func (p TwinPatch) MarshalJSON() ([]byte, error) {
 // still etag ("" or "*": unconditionally) and returns the updated twin. A
 // stale etag fails with ErrPreconditionFailed. Not retried.
 func (c *Client) UpdateTwin(ctx context.Context, deviceID string, patch TwinPatch, etag string) (*iothub.Twin, error) {
+	return c.updateTwin(ctx, deviceID, "", patch, etag)
+}
+
+// UpdateModuleTwin is UpdateTwin for a module twin (PATCH
+// /twins/{id}/modules/{mid}).
+func (c *Client) UpdateModuleTwin(ctx context.Context, deviceID, moduleID string, patch TwinPatch, etag string) (*iothub.Twin, error) {
+	if err := needModule(deviceID, moduleID); err != nil {
+		return nil, fmt.Errorf("update module twin: %w", err)
+	}
+	return c.updateTwin(ctx, deviceID, moduleID, patch, etag)
+}
+
+func (c *Client) updateTwin(ctx context.Context, deviceID, moduleID string, patch TwinPatch, etag string) (*iothub.Twin, error) {
 	resp, err := c.do(ctx, request{
 		method: "PATCH",
-		path:   "/twins/" + seg(deviceID),
+		path:   twinPath(deviceID, moduleID),
 		body:   patch,
 		header: map[string][]string{"If-Match": {ifMatch(etag)}},
 	})
 	if err != nil {
-		return nil, fmt.Errorf("update twin of device %q: %w", deviceID, err)
+		return nil, fmt.Errorf("update twin of %s: %w", identity(deviceID, moduleID), err)
 	}
 	var t iothub.Twin
 	if err := decode(resp, &t); err != nil {
-		return nil, fmt.Errorf("update twin of device %q: %w", deviceID, err)
+		return nil, fmt.Errorf("update twin of %s: %w", identity(deviceID, moduleID), err)
 	}
 	return &t, nil
+}
+
+// twinPath is /twins/{id}, or /twins/{id}/modules/{mid} for a module.
+func twinPath(deviceID, moduleID string) string {
+	if moduleID == "" {
+		return "/twins/" + seg(deviceID)
+	}
+	return "/twins/" + seg(deviceID) + "/modules/" + seg(moduleID)
+}
+
+// identity names a device, or a module of one, in error messages.
+func identity(deviceID, moduleID string) string {
+	if moduleID == "" {
+		return fmt.Sprintf("device %q", deviceID)
+	}
+	return fmt.Sprintf("module %q of device %q", moduleID, deviceID)
 }

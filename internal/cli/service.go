@@ -24,7 +24,7 @@ const serviceCSHint = "pass --connection-string or set IOTHUB_CONNECTION_STRING 
 func serviceCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "service",
-		Usage: "call IoT Hub's service API: reboot and invoke methods, twins, devices, queries",
+		Usage: "call IoT Hub's service API: reboot and invoke methods, twins, devices, modules, queries, statistics",
 		Description: `Talks HTTPS to the hub named by the service connection string
 (--connection-string or IOTHUB_CONNECTION_STRING). HostName may carry a port
 (HostName=localhost:8883 for the local hub); without one, 443 is used. Add
@@ -34,7 +34,7 @@ trust for a private CA with --ca-file or DMCTL_CA_FILE; HTTPS_PROXY is honoured.
 			serviceInvokeCommand(),
 			{
 				Name:        "twin",
-				Usage:       "read and update device twins",
+				Usage:       "read and update device and module twins",
 				Subcommands: []*cli.Command{serviceTwinShowCommand(), serviceTwinUpdateCommand()},
 			},
 			{
@@ -45,7 +45,9 @@ trust for a private CA with --ca-file or DMCTL_CA_FILE; HTTPS_PROXY is honoured.
 					serviceDeviceDeleteCommand(), serviceDeviceCSCommand(), serviceDeviceWaitCommand(),
 				},
 			},
+			serviceModuleCommand(),
 			serviceQueryCommand(),
+			serviceStatsCommand(),
 			{
 				Name:  "job",
 				Usage: "show, list and cancel IoT Hub jobs (jobs v2)",
@@ -248,6 +250,23 @@ func serviceError(err error, deviceID string, connectTimeout time.Duration) erro
 		return withHint(err, "cannot reach the hub: check HostName (and its port) in the connection string, and that the hub is running")
 	}
 	return err
+}
+
+// moduleError gives a missing module its hint and exit code 4 (no such
+// identity, as for a device), and a module that is not online a hint of its
+// own; other errors are left to serviceError.
+func moduleError(err error, deviceID, moduleID string) error {
+	if err == nil || hinted(err) || moduleID == "" {
+		return err
+	}
+	if errors.Is(err, service.ErrDeviceNotOnline) {
+		return withHint(err, fmt.Sprintf("the module is not connected, or has not subscribed to direct methods: run it with its own connection string ('dmctl service module connection-string --device %s --module %s' prints it), or let the hub wait for it with --connect-timeout", deviceID, moduleID))
+	}
+	if !errors.Is(err, service.ErrModuleNotFound) {
+		return err
+	}
+	return &exitError{err: err, code: exitDeviceNotFound,
+		hint: fmt.Sprintf("no module %q on device %q: check --module, list the device's modules with 'dmctl service module list --device %s', or register it with 'dmctl service module create --device %s --module %s'", moduleID, deviceID, deviceID, deviceID, moduleID)}
 }
 
 // compactJSON renders a payload on one line; text that is not JSON is kept.

@@ -25,8 +25,8 @@ type serviceCall[A any] func(c *cli.Context, s *service.Client, args A) (jsonVal
 //     closed at the end;
 //  3. call does the work;
 //  4. its result is printed as -o asks;
-//  5. its error goes through serviceError, with --device for the hints
-//     that name the device.
+//  5. its error goes through moduleError and serviceError, with --device
+//     and --module for the hints that name them.
 func serviceAction[A any](parse func(*cli.Context) (A, error), call serviceCall[A]) cli.ActionFunc {
 	return func(c *cli.Context) error {
 		args, err := parse(c)
@@ -42,6 +42,7 @@ func serviceAction[A any](parse func(*cli.Context) (A, error), call serviceCall[
 		if perr := printResult(c, jsonValue, text); perr != nil && err == nil {
 			err = perr
 		}
+		err = moduleError(err, c.String("device"), c.String("module"))
 		return serviceError(err, c.String("device"), c.Duration("connect-timeout"))
 	}
 }

@@ -6,16 +6,23 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/dmctl/dmctl/internal/iothub"
 	"github.com/dmctl/dmctl/service"
 )
 
 func serviceTwinShowCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "show",
-		Usage: "print a device twin: a summary, or the whole twin with -o json",
-		Flags: serviceFlags(deviceFlag()),
+		Usage: "print a device (or module) twin: a summary, or the whole twin with -o json",
+		Flags: serviceFlags(deviceFlag(), moduleFlag("show the twin of this module of the device")),
 		Action: serviceAction(requireDevice, func(c *cli.Context, s *service.Client, id string) (any, func(io.Writer) error, error) {
-			twin, err := s.Twin(c.Context, id)
+			var twin *iothub.Twin
+			var err error
+			if m := c.String("module"); m != "" {
+				twin, err = s.ModuleTwin(c.Context, id, m)
+			} else {
+				twin, err = s.Twin(c.Context, id)
+			}
 			if err != nil {
 				return nil, nil, err
 			}
@@ -27,23 +34,35 @@ func serviceTwinShowCommand() *cli.Command {
 func serviceTwinUpdateCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "update",
-		Usage: "merge tags and desired properties into a device twin",
+		Usage: "merge tags and desired properties into a device (or module) twin",
 		Description: `Patches the twin: members of --tags and --desired are merged in, and a
 member set to null is removed. With --etag the update applies only if the
-twin still has that etag (exit code 1 with a hint otherwise).`,
+twin still has that etag (exit code 1 with a hint otherwise). With --module
+the module's twin is patched.`,
 		Flags: serviceFlags(
 			deviceFlag(),
+			moduleFlag("update the twin of this module of the device"),
 			&cli.StringFlag{Name: "desired", Usage: "desired properties to merge (JSON object)"},
 			&cli.StringFlag{Name: "tags", Usage: "tags to merge (JSON object)"},
 			&cli.StringFlag{Name: "etag", Usage: "update only if the twin's etag is still this one"},
 		),
 		Action: serviceAction(twinUpdateArgs, func(c *cli.Context, s *service.Client, a twinUpdate) (any, func(io.Writer) error, error) {
-			twin, err := s.UpdateTwin(c.Context, a.id, a.patch, c.String("etag"))
+			var twin *iothub.Twin
+			var err error
+			if a.module != "" {
+				twin, err = s.UpdateModuleTwin(c.Context, a.id, a.module, a.patch, c.String("etag"))
+			} else {
+				twin, err = s.UpdateTwin(c.Context, a.id, a.patch, c.String("etag"))
+			}
 			if err != nil {
 				return nil, nil, err
 			}
 			return twin, func(w io.Writer) error {
-				_, err := fmt.Fprintf(w, "Updated the twin of device %s (version %d, etag %s).\n", twin.DeviceID, twin.Version, twin.ETag)
+				who := "device " + twin.DeviceID
+				if a.module != "" {
+					who = "module " + a.module + " of device " + twin.DeviceID
+				}
+				_, err := fmt.Fprintf(w, "Updated the twin of %s (version %d, etag %s).\n", who, twin.Version, twin.ETag)
 				return err
 			}, nil
 		}),
@@ -51,8 +70,8 @@ twin still has that etag (exit code 1 with a hint otherwise).`,
 }
 
 type twinUpdate struct {
-	id    string
-	patch service.TwinPatch
+	id, module string
+	patch      service.TwinPatch
 }
 
 func twinUpdateArgs(c *cli.Context) (twinUpdate, error) {
@@ -71,5 +90,5 @@ func twinUpdateArgs(c *cli.Context) (twinUpdate, error) {
 	if desired == nil && tags == nil {
 		return twinUpdate{}, usageErrorf(`give --desired '{"key": value}' and/or --tags '{"key": value}'`, "nothing to update")
 	}
-	return twinUpdate{id, service.TwinPatch{Tags: tags, Desired: desired}}, nil
+	return twinUpdate{id, c.String("module"), service.TwinPatch{Tags: tags, Desired: desired}}, nil
 }

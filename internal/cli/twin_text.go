@@ -25,10 +25,15 @@ func textTime(s string) string {
 // one member a line, values as compact JSON.
 func printTwinText(w io.Writer, t *iothub.Twin) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	for _, kv := range [][2]string{
-		{"Device ID", t.DeviceID}, {"Status", t.Status}, {"Connection state", t.ConnectionState},
+	rows := [][2]string{{"Device ID", t.DeviceID}}
+	if t.ModuleID != "" {
+		rows = append(rows, [2]string{"Module ID", t.ModuleID})
+	}
+	rows = append(rows, [][2]string{
+		{"Status", t.Status}, {"Connection state", t.ConnectionState},
 		{"Last activity", textTime(t.LastActivityTime)}, {"Twin version", fmt.Sprint(t.Version)}, {"ETag", t.ETag},
-	} {
+	}...)
+	for _, kv := range rows {
 		fmt.Fprintf(tw, "%s:\t%s\n", kv[0], kv[1])
 	}
 	if err := tw.Flush(); err != nil {
