@@ -53,6 +53,11 @@ func moduleNotFoundText(id, mid string) string {
 // putModule serves PUT /devices/{id}/modules/{mid}: create without If-Match,
 // update with it.
 func (s *server) putModule(w http.ResponseWriter, r *http.Request) {
+	// A module id that cannot exist is bad input here, not a missing module.
+	if err := store.ValidModuleID(r.PathValue("mid")); err != nil {
+		s.storeError(w, r, r.PathValue("id"), err)
+		return
+	}
 	id, mid, _, ok := s.moduleKey(w, r)
 	if !ok {
 		return

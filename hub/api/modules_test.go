@@ -80,7 +80,7 @@ func TestModuleIdentities(t *testing.T) {
 		{"moduleId mismatch", "/devices/d1/modules/m3", `{"moduleId":"other"}`, nil, 400, "ArgumentInvalid"},
 		{"deviceId mismatch", "/devices/d1/modules/m3", `{"deviceId":"empty"}`, nil, 400, "ArgumentInvalid"},
 		{"bad module id", "/devices/d1/modules/" + url.PathEscape("a b"), `{}`, nil, 400, "ArgumentInvalid"},
-		{"module id with slash", "/devices/d1/modules/" + url.PathEscape("a/b"), `{}`, nil, 404, "ModuleNotFound"},
+		{"module id with slash", "/devices/d1/modules/" + url.PathEscape("a/b"), `{}`, nil, 400, "ArgumentInvalid"},
 		{"bad key", "/devices/d1/modules/m3", `{"authentication":{"type":"sas","symmetricKey":{"primaryKey":"short"}}}`, nil, 400, "ArgumentInvalid"},
 		{"malformed JSON", "/devices/d1/modules/m3", `{"moduleId":`, nil, 400, "IotHubFormatError"},
 	} {
