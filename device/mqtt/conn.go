@@ -19,10 +19,11 @@
 // every TLS handshake (MQTT and WebSockets alike) with no MQTT password.
 //
 // The connection is a policy: Run owns the loop. Every connect uses a new
-// link with a freshly minted SAS as password, subscribes to the method,
-// twin-response and desired-property topics (QoS 0), then reads the twin.
-// After a drop it reconnects with exponential backoff and full jitter, capped
-// at MaxBackoff; the backoff starts over once a connection has lasted 30 s.
+// link with a freshly minted SAS as password (none for x509), subscribes to
+// the method, twin-response and desired-property topics (QoS 0), then reads
+// the twin. After a drop it reconnects with exponential backoff and full
+// jitter, capped at MaxBackoff; the backoff starts over once a connection
+// has lasted 30 s.
 // Config.Gate, when set, is waited for before every attempt (a fleet's
 // shared connect-rate limiter). The first connect is the exception:
 // refused credentials (CONNACK 4 or 5) or an untrusted hub certificate end
