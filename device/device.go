@@ -43,7 +43,8 @@ type Config struct {
 	Log zerolog.Logger
 	// OnEvent, when set, receives the device's events (method_received,
 	// method, reboot_started, rebooted, reboot_failed, twin, desired),
-	// with DeviceID set when the Conn has a DeviceID method. It is called
+	// with DeviceID (and ModuleID) set when the Conn has a DeviceID (and a
+	// ModuleID) method. It is called
 	// on goroutines that Run owns (the connection's and the reboot's),
 	// possibly several at once, never after Run has returned, and must
 	// return quickly. Events carry no secrets.
@@ -65,9 +66,10 @@ type Device struct {
 	log   zerolog.Logger
 	quiet bool
 	now   func() time.Time
-	// onEvent and id: Config.OnEvent and the device it names.
+	// onEvent, id and module: Config.OnEvent and the identity it names.
 	onEvent func(Event)
 	id      string
+	module  string
 
 	wg sync.WaitGroup // the reboot in progress, if any
 
@@ -90,6 +92,9 @@ func New(conn Conn, cfg Config) *Device {
 	}
 	if c, ok := conn.(interface{ DeviceID() string }); ok {
 		d.id = c.DeviceID()
+	}
+	if c, ok := conn.(interface{ ModuleID() string }); ok {
+		d.module = c.ModuleID()
 	}
 	switch {
 	case d.delay == 0:
@@ -125,6 +130,7 @@ func (d *Device) emit(e Event) {
 	}
 	e.Time = time.Now()
 	e.DeviceID = d.id
+	e.ModuleID = d.module
 	d.onEvent(e)
 }
 

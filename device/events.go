@@ -40,6 +40,7 @@ type Event struct {
 	Kind     EventKind
 	Time     time.Time
 	DeviceID string
+	ModuleID string // set when the identity is a module of DeviceID
 
 	Reason       string        // disconnected: "shutdown", "token renewal", "suspended", or why it was lost
 	Err          error         // connect_failed, disconnected (lost), reboot_failed

@@ -114,7 +114,7 @@ type Fleet struct {
 }
 
 type member struct {
-	id    string
+	id    string // identity(cs)
 	conn  *mqtt.Conn
 	dev   *device.Device
 	state atomic.Int32 // mqtt.State; written by the member's Run goroutine only
@@ -178,7 +178,7 @@ func New(cfg Config) (*Fleet, error) {
 			return nil, fmt.Errorf("fleet: device %d: identity %q already used by device %d", i+1, identity(cs), j)
 		}
 		seen[key] = i + 1
-		m := &member{id: cs.DeviceID}
+		m := &member{id: identity(cs)}
 		// Quiet: routine events are debug events, dropped before any field
 		// is built when the logger is above debug; failures still show. A
 		// hook adds the device (With would copy a context buffer per device).
@@ -193,7 +193,7 @@ func New(cfg Config) (*Fleet, error) {
 		cc.OnEvent = both(cfg.Conn.OnEvent, cfg.OnEvent)
 		conn, err := mqtt.New(cc)
 		if err != nil {
-			return nil, fmt.Errorf("fleet: device %d (%s): %w", i+1, cs.DeviceID, err)
+			return nil, fmt.Errorf("fleet: device %d (%s): %w", i+1, identity(cs), err)
 		}
 		dc := cfg.Device
 		dc.Log = log
@@ -233,7 +233,8 @@ func (h deviceHook) Run(e *zerolog.Event, _ zerolog.Level, _ string) { e.Str("de
 // Len is the number of devices.
 func (f *Fleet) Len() int { return len(f.members) }
 
-// DeviceIDs lists the devices in the order of Config.Devices.
+// DeviceIDs lists the identities in the order of Config.Devices: a device
+// by its id, a module as "{deviceId}/{moduleId}" (its MQTT client id).
 func (f *Fleet) DeviceIDs() []string {
 	ids := make([]string, len(f.members))
 	for i, m := range f.members {
@@ -245,8 +246,8 @@ func (f *Fleet) DeviceIDs() []string {
 // Target is the host:port the first device dials.
 func (f *Fleet) Target() string { return f.members[0].conn.Target() }
 
-// Device returns the device with the given ID, for adding method handlers
-// before Run; nil if there is none.
+// Device returns the device with the given identity (as DeviceIDs names
+// it), for adding method handlers before Run; nil if there is none.
 func (f *Fleet) Device(id string) *device.Device {
 	for _, m := range f.members {
 		if m.id == id {
@@ -304,7 +305,7 @@ func (f *Fleet) setState(m *member, s mqtt.State) {
 // DeviceError is a device that could not start: the hub refused its
 // credentials or could not be trusted on its first connect.
 type DeviceError struct {
-	DeviceID string
+	DeviceID string // the identity: "{deviceId}/{moduleId}" for a module
 	Err      error
 }
 

@@ -373,6 +373,43 @@ func TestStatsBeforeRun(t *testing.T) {
 	}
 }
 
+// A fleet holds a device and its modules side by side, each named by its
+// identity; an x509 identity needs a certificate a fleet does not have.
+func TestModulesInAFleet(t *testing.T) {
+	var css []*sas.ConnectionString
+	for _, s := range []string{
+		"HostName=localhost:1;DeviceId=a;SharedAccessKey=c2VjcmV0LWtleQ==",
+		"HostName=localhost:1;DeviceId=a;ModuleId=m1;SharedAccessKey=c2VjcmV0LWtleQ==",
+		"HostName=localhost:1;DeviceId=a;ModuleId=m2;SharedAccessKey=c2VjcmV0LWtleQ==",
+	} {
+		c, err := sas.ParseDevice(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		css = append(css, c)
+	}
+	f, err := fleet.New(fleet.Config{Devices: css})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := f.DeviceIDs(); len(got) != 3 || got[0] != "a" || got[1] != "a/m1" || got[2] != "a/m2" {
+		t.Fatalf("DeviceIDs = %q, want [a a/m1 a/m2]", got)
+	}
+	if f.Device("a/m2") == nil || f.Device("a/m2") == f.Device("a/m1") {
+		t.Fatal("Device does not find each module by its identity")
+	}
+	if _, err := fleet.New(fleet.Config{Devices: append(css, css[1])}); err == nil || !strings.Contains(err.Error(), `"a/m1" already used by device 2`) {
+		t.Fatalf("a module given twice: %v", err)
+	}
+	x, err := sas.ParseDevice("HostName=localhost:1;DeviceId=a;ModuleId=x;x509=true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fleet.New(fleet.Config{Devices: []*sas.ConnectionString{x}}); err == nil || !strings.Contains(err.Error(), "a/x is an x509 identity") {
+		t.Fatalf("an x509 module without certificate: %v", err)
+	}
+}
+
 func contains(list []string, s string) bool {
 	for _, v := range list {
 		if v == s {

@@ -11,11 +11,19 @@
 // traffic and send reported properties start when there is work and end
 // when it is done.
 //
+// The identity is a device or a module of one (ModuleId in the connection
+// string: client id "{device}/{module}", SAS audience
+// "{host}/devices/{device}/modules/{module}"; methods and twin use the same
+// topics), authenticated by a SAS token or, for an x509=true connection
+// string, by the client certificate of Config.Certificate, presented in
+// every TLS handshake (MQTT and WebSockets alike) with no MQTT password.
+//
 // The connection is a policy: Run owns the loop. Every connect uses a new
-// link with a freshly minted SAS as password, subscribes to the method,
-// twin-response and desired-property topics (QoS 0), then reads the twin.
-// After a drop it reconnects with exponential backoff and full jitter, capped
-// at MaxBackoff; the backoff starts over once a connection has lasted 30 s.
+// link with a freshly minted SAS as password (none for x509), subscribes to
+// the method, twin-response and desired-property topics (QoS 0), then reads
+// the twin. After a drop it reconnects with exponential backoff and full
+// jitter, capped at MaxBackoff; the backoff starts over once a connection
+// has lasted 30 s.
 // Config.Gate, when set, is waited for before every attempt (a fleet's
 // shared connect-rate limiter). The first connect is the exception:
 // refused credentials (CONNACK 4 or 5) or an untrusted hub certificate end
@@ -24,7 +32,8 @@
 //
 // The SAS is renewed at 80 % of its lifetime (SASTTL, default 1 h, so 12
 // minutes before expiry, like the C SDK) by a planned disconnect and
-// reconnect with a new password. Before a planned disconnect (renewal or
+// reconnect with a new password; a given SharedAccessSignature and a
+// certificate are never renewed. Before a planned disconnect (renewal or
 // Suspend) the connection unsubscribes from method requests, so the hub
 // holds new calls for the next connection (or fails them as "not online" when
 // the caller gave no connect timeout), reads the twin as an ordering barrier,
@@ -37,9 +46,10 @@
 // is kept; method handlers run on goroutines owned by Run, and every
 // goroutine ends before Run returns.
 //
-// Connection events go to Config.OnEvent as device.Event values, and are
-// logged for people with the same stable "event" values: connected
-// (target, transport, token_expires), subscribed (filters), disconnected
+// Connection events go to Config.OnEvent as device.Event values (with
+// DeviceID, and ModuleID for a module), and are logged for people with the
+// same stable "event" values: connected (target, transport, device, module,
+// token_expires or cert_expires), subscribed (filters), disconnected
 // (reason: shutdown, suspended, token renewal, or the network error),
 // connect_failed (error), retrying (attempt, in), token_renewed (expires),
 // suspended, resumed, twin_synced (debug), twin_get_failed,
@@ -65,6 +75,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/dmctl/dmctl/device"
+	"github.com/dmctl/dmctl/internal/iothub"
 	"github.com/dmctl/dmctl/internal/retry"
 	"github.com/dmctl/dmctl/sas"
 )
@@ -108,10 +119,20 @@ var ErrClosed = errors.New("mqtt: connection not running")
 // field takes its default.
 type Config struct {
 	// ConnectionString is a device or module identity with SharedAccessKey
-	// (tokens are minted per connect) or SharedAccessSignature (used as is
-	// and never renewed). GatewayHostName, when set, is dialled instead of
-	// HostName; the SAS audience and username keep HostName.
+	// (tokens are minted per connect), SharedAccessSignature (used as is
+	// and never renewed) or x509=true (Certificate is then required).
+	// GatewayHostName, when set, is dialled instead of HostName; the SAS
+	// audience and username keep HostName.
 	ConnectionString *sas.ConnectionString
+	// Certificate is the client certificate (with its private key) an
+	// x509=true identity presents in the TLS handshake, whatever CAs the
+	// hub says it accepts. It is required for x509 and refused otherwise.
+	// With TLSConfig set, New adds it to a copy.
+	Certificate *tls.Certificate
+	// ModelID is the IoT Plug and Play model the device announces
+	// ("dtmi:...;1"), sent as model-id in the MQTT username; empty sends
+	// none.
+	ModelID string
 	// Transport defaults to TransportMQTT.
 	Transport Transport
 	// RootCAs are the trusted roots; nil means the system roots.
@@ -199,10 +220,12 @@ type Conn struct {
 	cs      *sas.ConnectionString
 	log     zerolog.Logger
 	tlsConf *tls.Config
-	broker  string // the WebSocket URL
-	target  string // host:port shown in events
-	ridSeq  atomic.Uint64
-	started atomic.Bool
+	// certExpiry is the client certificate's NotAfter (x509 only).
+	certExpiry time.Time
+	broker     string // the WebSocket URL
+	target     string // host:port shown in events
+	ridSeq     atomic.Uint64
+	started    atomic.Bool
 	// dialConn opens the transport: dialTransport unless a test replaces it.
 	dialConn func(ctx context.Context) (net.Conn, error)
 
@@ -237,7 +260,7 @@ type session struct {
 	deadOnce sync.Once
 	deadErr  error         // why, set before dead is closed
 	down     chan struct{} // closed when the session has ended
-	expiry   time.Time     // token expiry
+	expiry   time.Time     // token expiry; zero for x509
 	// renewAt is when RenewAt of the token's lifetime has passed.
 	renewAt time.Time
 }
@@ -258,8 +281,19 @@ func New(cfg Config) (*Conn, error) {
 	if cs.DeviceID == "" {
 		return nil, errors.New("mqtt: connection string has no DeviceId")
 	}
-	if cs.SharedAccessKey == "" && cs.SharedAccessSignature == "" {
-		return nil, errors.New("mqtt: connection string has neither SharedAccessKey nor SharedAccessSignature (x509 is not supported)")
+	switch {
+	case cs.X509 && cfg.Certificate == nil:
+		return nil, fmt.Errorf("mqtt: %s is an x509 identity: it needs a client certificate", identity(cs))
+	case !cs.X509 && cfg.Certificate != nil:
+		return nil, fmt.Errorf("mqtt: %s authenticates with SAS: a client certificate needs an x509=true connection string", identity(cs))
+	case !cs.X509 && cs.SharedAccessKey == "" && cs.SharedAccessSignature == "":
+		return nil, errors.New("mqtt: connection string has none of SharedAccessKey, SharedAccessSignature and x509=true")
+	}
+	if cfg.Certificate != nil && (len(cfg.Certificate.Certificate) == 0 || cfg.Certificate.PrivateKey == nil) {
+		return nil, errors.New("mqtt: the client certificate has no certificate or no private key")
+	}
+	if err := CheckModelID(cfg.ModelID); err != nil {
+		return nil, fmt.Errorf("mqtt: %w", err)
 	}
 	if cfg.Transport == "" {
 		cfg.Transport = TransportMQTT
@@ -308,6 +342,20 @@ func New(cfg Config) (*Conn, error) {
 	if c.tlsConf == nil {
 		// ServerName set here spares crypto/tls a copy of the config per dial.
 		c.tlsConf = &tls.Config{RootCAs: cfg.RootCAs, MinVersion: tls.VersionTLS12, ServerName: ServerName(cs)}
+	} else if cfg.Certificate != nil {
+		c.tlsConf = c.tlsConf.Clone()
+	}
+	if cert := cfg.Certificate; cert != nil {
+		// Sent whatever the hub's certificate request lists as acceptable
+		// CAs (crypto/tls would otherwise skip a self-signed certificate
+		// when the hub names the CAs it trusts), as OpenSSL-based SDKs do.
+		c.tlsConf.Certificates = nil
+		c.tlsConf.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }
+		expiry, err := certificateExpiry(cert)
+		if err != nil {
+			return nil, fmt.Errorf("mqtt: client certificate: %w", err)
+		}
+		c.certExpiry = expiry
 	}
 	switch cfg.Transport {
 	case TransportMQTT:
@@ -365,6 +413,7 @@ func (c *Conn) emit(e device.Event) {
 	}
 	e.Time = time.Now()
 	e.DeviceID = c.cs.DeviceID
+	e.ModuleID = c.cs.ModuleID
 	c.cfg.OnEvent(e)
 }
 
@@ -374,8 +423,48 @@ func (c *Conn) setState(s State) {
 	}
 }
 
-// DeviceID is the identity the connection authenticates as.
+// DeviceID is the device the connection authenticates as (itself or one
+// of its modules).
 func (c *Conn) DeviceID() string { return c.cs.DeviceID }
+
+// ModuleID is the module the connection authenticates as, or "" for the
+// device itself.
+func (c *Conn) ModuleID() string { return c.cs.ModuleID }
+
+// identity names a device ("d") or a module ("d/m"), as its MQTT client id.
+func identity(cs *sas.ConnectionString) string {
+	return iothub.ClientID(cs.DeviceID, cs.ModuleID)
+}
+
+// CheckModelID loosely checks an IoT Plug and Play model id (DTMI): empty
+// (none), or "dtmi:" followed by printable ASCII without spaces. The hub
+// validates the rest.
+func CheckModelID(id string) error {
+	if id == "" {
+		return nil
+	}
+	if !strings.HasPrefix(id, "dtmi:") || len(id) == len("dtmi:") {
+		return fmt.Errorf("model id %q is not a DTMI: it must start with \"dtmi:\" (e.g. dtmi:com:example:Thermostat;1)", id)
+	}
+	for i := 0; i < len(id); i++ {
+		if id[i] <= ' ' || id[i] > '~' {
+			return fmt.Errorf("model id %q holds a space or a character outside printable ASCII", id)
+		}
+	}
+	return nil
+}
+
+// certificateExpiry returns the NotAfter of the certificate's leaf.
+func certificateExpiry(cert *tls.Certificate) (time.Time, error) {
+	leaf := cert.Leaf
+	if leaf == nil {
+		var err error
+		if leaf, err = x509.ParseCertificate(cert.Certificate[0]); err != nil {
+			return time.Time{}, err
+		}
+	}
+	return leaf.NotAfter, nil
+}
 
 // Target is the host:port the connection dials.
 func (c *Conn) Target() string { return c.target }

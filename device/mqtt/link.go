@@ -58,7 +58,7 @@ type link struct {
 
 // linkConfig is what a link needs besides the connection's Config.
 type linkConfig struct {
-	clientID, username, password string
+	clientID, username, password string // password "": none sent
 	route                        func(topic string, payload []byte)
 	lost                         func(error)
 }
@@ -152,8 +152,12 @@ func connect(conn net.Conn, lc linkConfig, keepAlive time.Duration) (*packets.Co
 	cp.ClientIdentifier = lc.clientID
 	cp.UsernameFlag = true
 	cp.Username = lc.username
-	cp.PasswordFlag = true
-	cp.Password = []byte(lc.password)
+	// An x509 identity sends no password (and no password flag), as the
+	// SDKs do: the certificate of the TLS handshake authenticates it.
+	if lc.password != "" {
+		cp.PasswordFlag = true
+		cp.Password = []byte(lc.password)
+	}
 	cp.Keepalive = uint16(min(keepAlive/time.Second, 65535))
 	if err := cp.Write(conn); err != nil {
 		return nil, err

@@ -6,6 +6,8 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
+	"strings"
 	"time"
 
 	"github.com/eclipse/paho.mqtt.golang/packets"
@@ -198,25 +200,30 @@ func (c *Conn) dialAside(ctx context.Context) (*session, error) {
 	return r.s, r.err
 }
 
-// dial makes one connect attempt: new link, fresh token, CONNECT,
-// SUBSCRIBE. On success the session is current.
+// dial makes one connect attempt: new link, fresh token (none for x509),
+// CONNECT, SUBSCRIBE. On success the session is current.
 func (c *Conn) dial(ctx context.Context) (*session, error) {
-	// A token's expiry has whole seconds: round up so that it lives at
-	// least SASTTL, then read back what the token really says.
-	minted := c.cfg.Now()
-	expiry := minted.Add(c.cfg.SASTTL).Add(time.Second - 1).Truncate(time.Second)
-	token, err := c.cs.Token(expiry)
-	if err != nil {
-		return nil, fmt.Errorf("mint token for %s: %w", c.cs.DeviceID, err)
+	s := &session{dead: make(chan struct{}), down: make(chan struct{})}
+	var token string
+	if !c.cs.X509 {
+		// A token's expiry has whole seconds: round up so that it lives at
+		// least SASTTL, then read back what the token really says.
+		minted := c.cfg.Now()
+		expiry := minted.Add(c.cfg.SASTTL).Add(time.Second - 1).Truncate(time.Second)
+		var err error
+		token, err = c.cs.Token(expiry)
+		if err != nil {
+			return nil, fmt.Errorf("mint token for %s: %w", identity(c.cs), err)
+		}
+		if t, err := sas.ParseToken(token); err == nil {
+			expiry = t.Expiry
+		}
+		s.expiry = expiry
+		s.renewAt = minted.Add(time.Duration(float64(expiry.Sub(minted)) * RenewAt))
 	}
-	if t, err := sas.ParseToken(token); err == nil {
-		expiry = t.Expiry
-	}
-	s := &session{dead: make(chan struct{}), down: make(chan struct{}), expiry: expiry,
-		renewAt: minted.Add(time.Duration(float64(expiry.Sub(minted)) * RenewAt))}
 	l, err := c.dialLink(ctx, linkConfig{
 		clientID: iothub.ClientID(c.cs.DeviceID, c.cs.ModuleID),
-		username: iothub.Username(c.cs.HostName, c.cs.DeviceID, c.cs.ModuleID, c.cfg.ClientType),
+		username: iothub.WithModelID(iothub.Username(c.cs.HostName, c.cs.DeviceID, c.cs.ModuleID, c.cfg.ClientType), c.cfg.ModelID),
 		password: token,
 		route:    c.route,
 		lost:     s.markDead,
@@ -249,16 +256,24 @@ func (c *Conn) dial(ctx context.Context) (*session, error) {
 	ev := c.info().Str("event", "connected").Str("target", c.target).Str("transport", string(c.cfg.Transport))
 	if !c.cfg.Quiet { // a fleet's logger names the device in every event
 		ev = ev.Str("device", c.cs.DeviceID)
+		if c.cs.ModuleID != "" {
+			ev = ev.Str("module", c.cs.ModuleID)
+		}
 	}
-	ev.Time("token_expires", expiry).Msg("connected")
+	if c.cs.X509 {
+		ev = ev.Str("auth", "x509").Time("cert_expires", c.certExpiry)
+	} else {
+		ev = ev.Time("token_expires", s.expiry)
+	}
+	ev.Msg("connected")
 	c.info().Str("event", "subscribed").Strs("filters", filters).Msg("subscribed")
-	c.emit(device.Event{Kind: device.EventConnected, Target: c.target, Transport: string(c.cfg.Transport), TokenExpires: expiry})
+	c.emit(device.Event{Kind: device.EventConnected, Target: c.target, Transport: string(c.cfg.Transport), TokenExpires: s.expiry})
 	c.emit(device.Event{Kind: device.EventSubscribed, Filters: filters})
 	return s, nil
 }
 
 func (c *Conn) connectError(err error) error {
-	where := fmt.Sprintf("connect to %s as %s", c.target, c.cs.DeviceID)
+	where := fmt.Sprintf("connect to %s as %s", c.target, identity(c.cs))
 	var cve *tls.CertificateVerificationError
 	var uae x509.UnknownAuthorityError
 	var hne x509.HostnameError
@@ -268,6 +283,8 @@ func (c *Conn) connectError(err error) error {
 		return err
 	case isRefused(err):
 		return fmt.Errorf("%s: %v: %w", where, err, device.ErrUnauthorized)
+	case c.cs.X509 && isCertificateRefused(err):
+		return fmt.Errorf("%s: the hub refused the client certificate: %v: %w", where, err, device.ErrUnauthorized)
 	case errors.As(err, &cve), errors.As(err, &uae), errors.As(err, &hne), errors.As(err, &cie):
 		return fmt.Errorf("%s: %v: %w", where, err, device.ErrUntrusted)
 	}
@@ -277,6 +294,19 @@ func (c *Conn) connectError(err error) error {
 // isRefused reports a CONNACK that refused the credentials (4 or 5).
 func isRefused(err error) bool {
 	return errors.Is(err, packets.ErrorRefusedBadUsernameOrPassword) || errors.Is(err, packets.ErrorRefusedNotAuthorised)
+}
+
+// isCertificateRefused reports a TLS alert from the hub about the client
+// certificate (bad, unknown CA, expired, revoked, missing, ...): a hub that
+// checks certificates in the handshake refuses them so, instead of with a
+// CONNACK.
+func isCertificateRefused(err error) bool {
+	var oe *net.OpError
+	if !errors.As(err, &oe) || oe.Op != "remote error" || oe.Err == nil {
+		return false
+	}
+	msg := oe.Err.Error()
+	return strings.Contains(msg, "certificate") || strings.Contains(msg, "access denied")
 }
 
 // endSession makes s no longer current; planned sessions are disconnected.

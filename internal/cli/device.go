@@ -3,6 +3,7 @@ package cli
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -25,17 +26,22 @@ import (
 func deviceCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "device",
-		Usage: "simulated device that answers rebootDevice",
+		Usage: "simulated device that answers rebootDevice, and X.509 certificates for devices",
 		Subcommands: []*cli.Command{
 			{
 				Name:  "run",
-				Usage: "connect as a device, handle direct methods and reboots until interrupted",
+				Usage: "connect as a device or module, handle direct methods and reboots until interrupted",
 				Description: "Connects to IoT Hub over MQTT (TLS, port 8883) or MQTT over WebSockets (port 443;\n" +
 					"HTTPS_PROXY is honoured), answers rebootDevice with 200, goes offline for the\n" +
 					"reboot delay (a {\"delaySeconds\": N} payload overrides it, 0-3600), reconnects and\n" +
 					"reports rebootTime. Unknown methods are answered with 404, payloads that are not\n" +
 					"JSON with 400. Reconnects after any drop with capped exponential backoff and\n" +
 					"renews its SAS token at 80% of --sas-ttl. Stops cleanly on SIGINT/SIGTERM.\n\n" +
+					"A connection string with ModuleId connects as that module of the device (same\n" +
+					"methods and twin). One with x509=true instead of a key authenticates with the\n" +
+					"client certificate of --cert and --key (PEM; 'dmctl device cert create' makes\n" +
+					"them); there is no token to renew. --model-id announces an IoT Plug and Play\n" +
+					"model (dtmi:...;N).\n\n" +
 					"With --connection-strings-file, runs every device of the file (one connection string\n" +
 					"per line; blank lines and lines starting with # are ignored; - reads stdin) in this\n" +
 					"process, each with its own connection. Connects, reconnects included, are paced by\n" +
@@ -44,8 +50,20 @@ func deviceCommand() *cli.Command {
 				Flags: []cli.Flag{
 					&cli.StringFlag{
 						Name:    "connection-string",
-						Usage:   "device connection string (HostName=...;DeviceId=...;SharedAccessKey=...)",
+						Usage:   "device or module connection string (HostName=...;DeviceId=...[;ModuleId=...];SharedAccessKey=... or x509=true)",
 						EnvVars: []string{"IOTHUB_DEVICE_CONNECTION_STRING"},
+					},
+					&cli.StringFlag{
+						Name:  "cert",
+						Usage: "x509=true identity: its client certificate (PEM file)",
+					},
+					&cli.StringFlag{
+						Name:  "key",
+						Usage: "x509=true identity: the certificate's private key (PEM file)",
+					},
+					&cli.StringFlag{
+						Name:  "model-id",
+						Usage: "announce this IoT Plug and Play model id (DTMI, e.g. dtmi:com:example:Thermostat;1)",
 					},
 					&cli.StringFlag{
 						Name:  "connection-strings-file",
@@ -84,6 +102,7 @@ func deviceCommand() *cli.Command {
 				},
 				Action: runDevice,
 			},
+			deviceCertCommand(),
 		},
 	}
 }
@@ -103,6 +122,10 @@ func runDevice(c *cli.Context) error {
 			return usageErrorf("pass one device with --connection-string or many with --connection-strings-file",
 				"--connection-string and --connection-strings-file are mutually exclusive")
 		}
+		if c.IsSet("cert") || c.IsSet("key") {
+			return usageErrorf("run an x509 device on its own with --connection-string, --cert and --key",
+				"--cert and --key go with --connection-string, not --connection-strings-file")
+		}
 		return runFleet(c, file, opts)
 	}
 	if c.IsSet("connect-rate") {
@@ -116,29 +139,79 @@ func runDevice(c *cli.Context) error {
 	cs, err := sas.ParseDevice(raw)
 	if err != nil {
 		return withHint(fmt.Errorf("device connection string: %w", err),
-			"expected HostName=<hub>;DeviceId=<id>;SharedAccessKey=<base64 key>")
+			"expected HostName=<hub>;DeviceId=<id>;SharedAccessKey=<base64 key> (add ;ModuleId=<id> for a module, or use x509=true instead of the key with --cert and --key)")
 	}
+	log := loggerFrom(c)
 	cfg := opts.conn
 	cfg.ConnectionString = cs
 	cfg.RootCAs = opts.pool
-	cfg.Log = loggerFrom(c)
+	cfg.Log = log
+	if cfg.Certificate, err = clientCertificate(c, cs); err != nil {
+		return err
+	}
 	conn, err := mqtt.New(cfg)
 	if err != nil {
-		return usageErrorf("use a device connection string with SharedAccessKey or SharedAccessSignature", "%v", err)
+		return usageErrorf("use a device connection string with SharedAccessKey, SharedAccessSignature, or x509=true with --cert and --key", "%v", err)
 	}
 	dcfg := opts.device
-	dcfg.Log = loggerFrom(c)
+	dcfg.Log = log
 	dev := device.New(conn, dcfg)
 
 	ctx, cancel := context.WithCancel(c.Context)
 	defer cancel()
 	errc := make(chan error, 1)
 	go func() { errc <- dev.Run(ctx) }()
-	return awaitRun(conn.Ready(), errc, cancel, opts.readyFile, func() deviceReadyInfo {
-		fmt.Fprintf(c.App.Writer, "device %s connected to %s, waiting for direct methods (Ctrl-C to stop)\n",
-			cs.DeviceID, conn.Target())
-		return deviceReadyInfo{DeviceIDs: []string{cs.DeviceID}, Target: conn.Target()}
+	id, kind := cs.DeviceID, "device"
+	if cs.ModuleID != "" {
+		id, kind = cs.DeviceID+"/"+cs.ModuleID, "module"
+	}
+	err = awaitRun(conn.Ready(), errc, cancel, opts.readyFile, func() deviceReadyInfo {
+		fmt.Fprintf(c.App.Writer, "%s %s connected to %s, waiting for direct methods (Ctrl-C to stop)\n",
+			kind, id, conn.Target())
+		return deviceReadyInfo{DeviceIDs: []string{id}, Target: conn.Target()}
 	})
+	switch {
+	case !errors.Is(err, device.ErrUnauthorized):
+	case cs.X509:
+		return &exitError{err: err, code: exitAuth,
+			hint: "check that the " + kind + " is registered with this certificate's thumbprint ('dmctl device cert create' prints it) or with a CA the hub trusts (the certificate's CN must then be the device id), and that it is enabled"}
+	case cs.ModuleID != "":
+		return &exitError{err: err, code: exitAuth,
+			hint: "check DeviceId, ModuleId and SharedAccessKey ('dmctl service module connection-string' prints the current ones) and that the device is enabled"}
+	}
+	return err
+}
+
+// clientCertificate loads --cert and --key for an x509 identity, refuses
+// them for any other, and warns about a certificate that is not valid now.
+func clientCertificate(c *cli.Context, cs *sas.ConnectionString) (*tls.Certificate, error) {
+	certFile, keyFile := c.String("cert"), c.String("key")
+	switch {
+	case !cs.X509 && (certFile != "" || keyFile != ""):
+		return nil, usageErrorf("a client certificate goes with a connection string HostName=<hub>;DeviceId=<id>;x509=true; a SAS identity needs none",
+			"--cert and --key are for an x509=true identity; this connection string authenticates with SAS")
+	case !cs.X509:
+		return nil, nil
+	case certFile == "" && keyFile == "":
+		return nil, usageErrorf("give the certificate with --cert FILE and its private key with --key FILE ('dmctl device cert create --device "+cs.DeviceID+"' makes both)",
+			"the connection string is for an x509 identity: --cert and --key are required")
+	case certFile == "" || keyFile == "":
+		return nil, usageErrorf("give the certificate with --cert FILE and its private key with --key FILE", "--cert and --key go together")
+	}
+	cert, err := loadClientCert(certFile, keyFile)
+	if err != nil {
+		return nil, err
+	}
+	log := loggerFrom(c)
+	switch now := time.Now(); {
+	case now.After(cert.Leaf.NotAfter):
+		log.Warn().Time("not_after", cert.Leaf.NotAfter).
+			Msgf("the client certificate expired on %s: the hub will refuse it", cert.Leaf.NotAfter.UTC().Format(time.RFC3339))
+	case now.Before(cert.Leaf.NotBefore):
+		log.Warn().Time("not_before", cert.Leaf.NotBefore).
+			Msgf("the client certificate is not valid before %s: the hub will refuse it", cert.Leaf.NotBefore.UTC().Format(time.RFC3339))
+	}
+	return cert, nil
 }
 
 // awaitRun waits for a running device or fleet: once ready, it calls
@@ -204,6 +277,10 @@ func deviceRunOptions(c *cli.Context) (runOptions, error) {
 	if maxBackoff <= 0 {
 		return o, usageErrorf("use a positive duration, e.g. 60s", "invalid --max-backoff %s", maxBackoff)
 	}
+	modelID := c.String("model-id")
+	if err := mqtt.CheckModelID(modelID); err != nil {
+		return o, usageErrorf("a model id looks like dtmi:com:example:Thermostat;1", "invalid --model-id: %v", err)
+	}
 	pool, err := loadCAPool(c)
 	if err != nil {
 		return o, err
@@ -213,6 +290,7 @@ func deviceRunOptions(c *cli.Context) (runOptions, error) {
 		ClientType: "dmctl/" + resolveVersion(),
 		SASTTL:     ttl,
 		MaxBackoff: maxBackoff,
+		ModelID:    modelID,
 	}
 	o.device = device.Config{RebootDelay: delay}
 	o.pool = pool
@@ -305,7 +383,7 @@ func readConnectionStrings(c *cli.Context, file string) ([]*sas.ConnectionString
 }
 
 func parseConnectionStrings(r io.Reader, name string) ([]*sas.ConnectionString, error) {
-	const hint = "each line must be a device connection string HostName=<hub>;DeviceId=<id>;SharedAccessKey=<base64 key>; blank lines and lines starting with # are ignored"
+	const hint = "each line must be a device or module connection string HostName=<hub>;DeviceId=<id>[;ModuleId=<id>];SharedAccessKey=<base64 key>; blank lines and lines starting with # are ignored"
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 4096), 1<<20)
 	var css []*sas.ConnectionString
@@ -321,8 +399,9 @@ func parseConnectionStrings(r io.Reader, name string) ([]*sas.ConnectionString, 
 		if err != nil {
 			return nil, usageErrorf(hint, "%s:%d: %v", name, line, err)
 		}
-		if cs.SharedAccessKey == "" && cs.SharedAccessSignature == "" {
-			return nil, usageErrorf(hint, "%s:%d: no SharedAccessKey or SharedAccessSignature (x509 is not supported)", name, line)
+		if cs.X509 {
+			return nil, usageErrorf("run an x509 identity on its own: dmctl device run --connection-string ... --cert FILE --key FILE",
+				"%s:%d: an x509=true identity needs a client certificate, which a connection strings file cannot give", name, line)
 		}
 		id := cs.DeviceID
 		if cs.ModuleID != "" {
@@ -340,7 +419,8 @@ func parseConnectionStrings(r io.Reader, name string) ([]*sas.ConnectionString, 
 	return css, nil
 }
 
-// deviceReadyInfo is what --ready-file of 'dmctl device run' holds.
+// deviceReadyInfo is what --ready-file of 'dmctl device run' holds. A
+// module is listed as "{deviceId}/{moduleId}".
 type deviceReadyInfo struct {
 	DeviceIDs []string `json:"deviceIds"`
 	Target    string   `json:"target"`
