@@ -25,21 +25,6 @@ import (
 )
 
 // Help of the cert commands: the tables of help.go are filled from here.
-func init() {
-	examples["device cert create"] = []string{
-		"# a self-signed certificate for x509-thumbprint devices: d1-cert.pem and d1-key.pem",
-		"dmctl device cert create --device d1",
-		"# a certificate signed by your own CA (see create-ca), valid for 30 days",
-		"dmctl device cert create --device d2 --ca-cert ca-cert.pem --ca-key ca-key.pem --days 30",
-	}
-	examples["device cert create-ca"] = []string{
-		"# a CA to sign device certificates with (x509-ca devices): ca-cert.pem and ca-key.pem",
-		"dmctl device cert create-ca --name \"dmctl test CA\"",
-	}
-	requiredFlags["device cert create"] = map[string]string{"device": "required"}
-	requiredFlags["device cert create-ca"] = map[string]string{"name": "required"}
-}
-
 // Validity limits of the certificates dmctl makes.
 const (
 	defaultDeviceCertDays = 365
