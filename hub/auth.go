@@ -3,6 +3,7 @@ package hub
 import (
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"time"
 
@@ -68,17 +69,24 @@ type grant struct {
 	modelID string
 }
 
-// authenticate checks a CONNECT against the registry: client id and
-// username must name the same device or module, its device must exist and
+// authenticate checks a CONNECT against the registry: the username must
+// name this hub (one of its hosts, port ignored), client id and username
+// must name the same device or module, its device must exist and
 // be enabled, and the credential must be the one its authentication type
 // asks for: a SAS token in the password (sas), or no password and a TLS
 // client certificate (selfSigned, certificateAuthority). Every refusal is
 // CONNACK 5 (not authorized). The error text is safe to log.
 func (b *broker) authenticate(cl *mqtt.Client, pk packets.Packet) (grant, error) {
 	username := string(pk.Connect.Username)
-	_, dev, mod, ok := iothub.ParseUsername(username)
+	if !validText(username) {
+		return grant{}, errors.New("username is not valid UTF-8 or holds NUL")
+	}
+	host, dev, mod, ok := iothub.ParseUsername(username)
 	if !ok {
 		return grant{}, errors.New("malformed username")
+	}
+	if !b.s.answersTo(host) {
+		return grant{}, fmt.Errorf("username names host %q, which is not this hub", host)
 	}
 	key := iothub.ClientID(dev, mod)
 	if key != cl.ID {
@@ -98,10 +106,9 @@ func (b *broker) authenticate(cl *mqtt.Client, pk packets.Packet) (grant, error)
 		if auth.SymmetricKey == nil {
 			return grant{}, errors.New("identity has no symmetric keys")
 		}
+		// The audience is compared with the names the hub answers to,
+		// never with what the client asked for (its TLS server name).
 		hosts := b.s.hosts()
-		if hc, ok := cl.Net.Conn.(interface{ ServerName() string }); ok && hc.ServerName() != "" {
-			hosts = append(hosts, hc.ServerName())
-		}
 		path := "devices/" + dev
 		if mod != "" {
 			path += "/modules/" + mod
@@ -157,6 +164,26 @@ func (b *broker) registered(dev, mod string) (*iothub.Authentication, error) {
 		return nil, errors.New("identity has no authentication")
 	}
 	return auth, nil
+}
+
+// answersTo reports whether host (with or without a port) is one of the
+// names the hub answers to (hosts), ignoring case.
+func (s *Server) answersTo(host string) bool {
+	host = bareHost(host)
+	for _, h := range s.hosts() {
+		if strings.EqualFold(bareHost(h), host) {
+			return true
+		}
+	}
+	return false
+}
+
+// bareHost drops a port and IPv6 brackets: "[::1]:8883" -> "::1".
+func bareHost(host string) string {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	return strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
 }
 
 func enabled(status string) bool {

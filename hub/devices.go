@@ -33,6 +33,7 @@ type call struct {
 type methodResult struct {
 	status int
 	body   []byte
+	err    error // the answer was refused (hubapi.ErrResponseTooLarge)
 }
 
 func (c *call) cancel() {
@@ -89,6 +90,9 @@ func (b *broker) Invoke(ctx context.Context, deviceID, method string, payload []
 	defer timer.Stop()
 	select {
 	case r := <-c.result:
+		if r.err != nil {
+			return 0, nil, fmt.Errorf("invoke %q on %s: %w", method, describe(deviceID), r.err)
+		}
 		return r.status, r.body, nil
 	case <-timer.C:
 		return 0, nil, fmt.Errorf("invoke %q on %s: %w", method, describe(deviceID), hubapi.ErrTimeout)
@@ -135,7 +139,9 @@ func (b *broker) awaitSubscriber(ctx context.Context, deviceID, topic string, co
 }
 
 // methodResponse completes the pending call rid if deviceID is the device
-// it was sent to; other devices cannot answer for it.
+// it was sent to; other devices cannot answer for it. A payload over IoT
+// Hub's 128 KB limit is dropped and fails the call at once with
+// hubapi.ErrResponseTooLarge; the device stays connected.
 func (b *broker) methodResponse(deviceID, rid string, status int, body []byte) {
 	b.mu.Lock()
 	c, ok := b.pending[rid]
@@ -144,11 +150,16 @@ func (b *broker) methodResponse(deviceID, rid string, status int, body []byte) {
 		b.log.Debug().Func(ident(deviceID)).Str("rid", rid).Msg("method response matches no pending call")
 		return
 	}
-	if len(strings.TrimSpace(string(body))) == 0 {
-		body = []byte("null")
+	r := methodResult{status: status, body: append([]byte(nil), body...)}
+	switch {
+	case len(body) > iothub.MaxMethodPayload:
+		b.log.Info().Func(ident(deviceID)).Str("rid", rid).Int("bytes", len(body)).Msg("method response over 128 KB dropped")
+		r = methodResult{err: fmt.Errorf("%w (%d bytes)", hubapi.ErrResponseTooLarge, len(body))}
+	case len(strings.TrimSpace(string(body))) == 0:
+		r.body = []byte("null")
 	}
 	select {
-	case c.result <- methodResult{status: status, body: append([]byte(nil), body...)}:
+	case c.result <- r:
 	default: // already answered
 	}
 }

@@ -3,7 +3,6 @@ package hub
 import (
 	"bytes"
 	"errors"
-	"fmt"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -30,7 +29,9 @@ func (h *hook) Provides(b byte) bool {
 		mqtt.OnSessionEstablished,
 		mqtt.OnACLCheck,
 		mqtt.OnPacketRead,
+		mqtt.OnPacketEncode,
 		mqtt.OnPublish,
+		mqtt.OnSubscribe,
 		mqtt.OnSubscribed,
 		mqtt.OnUnsubscribed,
 	}, []byte{b})
@@ -135,28 +136,53 @@ func (b *broker) recordModelID(key, modelID string) {
 	}
 }
 
-// OnACLCheck confines an identity to IoT Hub's method and twin topics and
-// its own topic space (allowed), for publishes and subscriptions alike.
+// OnACLCheck confines an identity's subscriptions to IoT Hub's method and
+// twin topics and its own topic space (allowed), and its publishes to the
+// topics IoT Hub lets a device publish to (publishAllowed). A forbidden
+// publish never gets here: OnPacketRead ends its connection first.
 func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	ok := allowed(cl.ID, topic)
+	if write {
+		ok = publishAllowed(cl.ID, topic)
+	}
 	if !ok {
 		h.b.log.Debug().Func(ident(cl.ID)).Str("topic", topic).Bool("publish", write).Msg("denied by ACL")
 	}
 	return ok
 }
 
-// OnPacketRead records activity and disconnects on QoS 2 publishes,
-// which IoT Hub does not support.
+// OnPacketRead refuses any CONNECT but MQTT 3.1.1 (CONNACK 1), ends the
+// connection on a publish IoT Hub would not take (checkPublish) or an
+// oversized SUBSCRIBE (checkSubscribe), and records activity. A returned
+// ErrRejectPacket makes mochi close the connection without an answer.
 func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if pk.FixedHeader.Type != packets.Publish {
-		return pk, nil
+	switch pk.FixedHeader.Type {
+	case packets.Connect:
+		if pk.ProtocolVersion != mqttLevel311 || string(pk.Connect.ProtocolName) != "MQTT" {
+			h.b.log.Info().Str("remote", cl.Net.Remote).Int("level", int(pk.ProtocolVersion)).Msg("connection refused: not MQTT 3.1.1")
+			return pk, refuseVersion(cl, pk)
+		}
+	case packets.Subscribe:
+		if err := h.b.checkSubscribe(cl, pk); err != nil {
+			return pk, err
+		}
+	case packets.Publish:
+		if err := h.b.checkPublish(cl, pk); err != nil {
+			return pk, err
+		}
+		h.b.s.store.Touch(cl.ID)
 	}
-	if pk.FixedHeader.Qos == 2 {
-		h.b.log.Info().Func(ident(cl.ID)).Msg("QoS 2 publish is not supported; disconnecting")
-		return pk, fmt.Errorf("qos 2 publish: %w", packets.ErrRejectPacket)
-	}
-	h.b.s.store.Touch(cl.ID)
 	return pk, nil
+}
+
+// OnPacketEncode keeps every packet written within MQTT 3.1.1 (to311).
+func (h *hook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	return to311(pk)
+}
+
+// OnSubscribe bounds the session's subscriptions (capSubscriptions).
+func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	return capSubscriptions(cl, pk)
 }
 
 // OnPublish handles every publish itself and tells mochi to
