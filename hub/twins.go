@@ -2,6 +2,7 @@ package hub
 
 import (
 	"bytes"
+	"unicode/utf8"
 
 	"github.com/dmctl/dmctl/internal/iothub"
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -21,6 +22,13 @@ func (b *broker) twinPatch(cl *mqtt.Client, rid string, body []byte) {
 	if len(trimmed) == 0 || trimmed[0] != '{' || !jsonValid(trimmed) {
 		b.reply(cl, iothub.TwinResponseTopic(400, rid, 0),
 			twinErrorBody(iothub.CodeArgumentInvalid, "reported properties must be a JSON object"))
+		return
+	}
+	// JSON is UTF-8 (RFC 8259): invalid bytes are refused, not stored
+	// as U+FFFD.
+	if !utf8.Valid(trimmed) {
+		b.reply(cl, iothub.TwinResponseTopic(400, rid, 0),
+			twinErrorBody(iothub.CodeArgumentInvalid, "reported properties are not valid UTF-8"))
 		return
 	}
 	version, err := b.s.store.PatchReported(cl.ID, trimmed)

@@ -1,0 +1,21 @@
+package hub
+
+import "sync/atomic"
+
+// MQTTSubscriptions reports, for tests, how many topic filters the broker
+// keeps for the MQTT client id: in its session (live or kept after a clean
+// session 0 disconnect), and in the broker's whole topic index.
+func (s *Server) MQTTSubscriptions(clientID string) (session int, index int64) {
+	m := s.broker.mochi
+	if cl, ok := m.Clients.Get(clientID); ok {
+		session = cl.State.Subscriptions.Len()
+	}
+	return session, atomic.LoadInt64(&m.Info.Subscriptions)
+}
+
+// Limits are the broker's bounds, for tests.
+const (
+	MaxSubscriptions = maxSubscriptions
+	MaxFilterLen     = maxFilterLen
+	MaxMessageSize   = maxMessageSize
+)
