@@ -51,9 +51,20 @@ func (p rawPacket) String() string {
 	return fmt.Sprintf("type %d flags %#x body % x", p.typ, p.flags, p.body)
 }
 
-// rawDial opens a TLS connection to the hub, asking for serverName.
+// rawDial opens a TLS connection to the hub, asking for serverName, and
+// closes it when the test ends.
 func rawDial(t testing.TB, hs *hubtest.Server, serverName string) *rawConn {
 	t.Helper()
+	c, err := dialRaw(hs, serverName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.c.Close() })
+	return c
+}
+
+// dialRaw opens a TLS connection to the hub; the caller closes it.
+func dialRaw(hs *hubtest.Server, serverName string) (*rawConn, error) {
 	tc := tlsConfig(hs)
 	if serverName != "" && serverName != "localhost" {
 		// The hub's certificate does not name it; the test is about what
@@ -63,10 +74,9 @@ func rawDial(t testing.TB, hs *hubtest.Server, serverName string) *rawConn {
 	d := &net.Dialer{Timeout: 10 * time.Second}
 	c, err := tls.DialWithDialer(d, "tcp", hs.Addr(), tc)
 	if err != nil {
-		t.Fatalf("dial %s: %v", hs.Addr(), err)
+		return nil, fmt.Errorf("dial %s: %w", hs.Addr(), err)
 	}
-	t.Cleanup(func() { _ = c.Close() })
-	return &rawConn{c: c, r: bufio.NewReader(c)}
+	return &rawConn{c: c, r: bufio.NewReader(c)}, nil
 }
 
 func mqttStr(s string) []byte {
