@@ -64,6 +64,7 @@ func (iv *Interval) add(o *Interval) {
 
 // Report is the outcome of a soak.
 type Report struct {
+	Config    Config // as run, defaults filled in
 	Devices   int
 	Duration  time.Duration // of the load
 	Intervals []Interval

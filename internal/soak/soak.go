@@ -171,7 +171,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		return nil, err
 	}
 	defer fl.close()
-	rep := &Report{Devices: cfg.Devices, Duration: cfg.Duration}
+	rep := &Report{Config: cfg, Devices: cfg.Devices, Duration: cfg.Duration}
 	st := newStats(&cfg)
 	fl.stats = st
 
