@@ -23,6 +23,7 @@ func TestSmoke(t *testing.T) {
 	}
 	cfg := config{
 		NodeScale:   3,
+		SoakDevices: 20,
 		ConnectRate: 1000,
 		AliasAddr:   "127.0.0.2:443",
 		DataDir:     t.TempDir(),
