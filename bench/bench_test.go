@@ -23,6 +23,7 @@ func TestSmoke(t *testing.T) {
 	}
 	cfg := config{
 		NodeScale:   3,
+		SoakDevices: 20,
 		ConnectRate: 1000,
 		AliasAddr:   "127.0.0.2:443",
 		DataDir:     t.TempDir(),
@@ -101,9 +102,16 @@ func TestSmoke(t *testing.T) {
 		}
 	}
 
+	if s := res.Soak; s == nil {
+		t.Error("soak: not run")
+	} else if s.AckedWrites == 0 || s.LostAcked != 0 || s.Reconnected != s.Devices || s.Total.Calls == 0 {
+		t.Errorf("soak: %d acknowledged writes, %d lost, %d/%d devices reconnected, %d calls; want some writes, none lost, all back, some calls",
+			s.AckedWrites, s.LostAcked, s.Reconnected, s.Devices, s.Total.Calls)
+	}
+
 	md := res.Markdown(&cfg)
 	for _, s := range []string{"# dmctl benchmarks", "## Goals", "## 1. Direct-method round trip", "## 2. Throughput",
-		"## 3. Scale and memory", "## 4. Fleet reboot", "## 5. CLI", "| (a) dmctl service", res.Env.Go} {
+		"## 3. Scale and memory", "## 4. Fleet reboot", "## 5. CLI", "## 6. Soak", "| (a) dmctl service", res.Env.Go} {
 		if !strings.Contains(md, s) {
 			t.Errorf("report lacks %q", s)
 		}

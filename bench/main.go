@@ -4,6 +4,7 @@
 //
 //	go run ./bench            # full run (a few minutes)
 //	go run ./bench -smoke     # tiny sizes, seconds (what TestSmoke runs)
+//	go run ./bench -soak-only -out /tmp/soak.md   # only the soak (section 6)
 //
 // What it measures, in order:
 //  1. direct-method round trip on warm connections: dmctl service -> local
@@ -15,13 +16,18 @@
 //     connect all, RSS per device, hub RSS per connection;
 //  4. fleet reboot through IoT Hub jobs (dmctl service reboot --query);
 //  5. CLI wall time: dmctl service reboot --no-wait vs a one-shot azure-iothub
-//     script.
+//     script;
+//  6. a bounded soak (internal/soak): devices under sustained method calls
+//     and twin patches, the hub process SIGKILLed and restarted half-way;
+//     lost acknowledged writes and hub RSS per minute (-soak-only runs just
+//     this one).
 //
 // Sections 1, 2 and 5 run against a hub inside the bench process (so that
 // -profile covers hub, service client and device); sections 3 and 4 run the
 // hub (dmctl hub serve) and the device fleet (dmctl device run
 // --connection-strings-file) as separate processes so their memory can be
-// read from /proc.
+// read from /proc; section 6 runs the hub as a process (so it can be
+// SIGKILLed and its memory read) and the devices inside the bench.
 package main
 
 import (
@@ -65,7 +71,10 @@ type config struct {
 	Progress     io.Writer
 	SkipNodeMsg  string // why the Node peers are skipped, when they are
 	Smoke        bool
-	DeviceExtras int // unused devices registered on the scale hub (registry size)
+	DeviceExtras int           // unused devices registered on the scale hub (registry size)
+	SoakDevices  int           // soak devices (0: skip the soak)
+	SoakTime     time.Duration // soak load duration
+	SoakOnly     bool          // run only the soak
 }
 
 func main() {
@@ -91,8 +100,16 @@ func main() {
 	flag.StringVar(&cfg.Out, "out", "docs/benchmarks.md", "markdown report (\"\" prints only)")
 	flag.StringVar(&cfg.DataDir, "data", "", "directory for the hubs' data (default: a temporary directory)")
 	flag.BoolVar(&noNode, "no-node", false, "skip the official Node SDK peers")
+	flag.IntVar(&cfg.SoakDevices, "soak-devices", 2000, "devices of the soak (0 skips it)")
+	flag.DurationVar(&cfg.SoakTime, "soak-time", 3*time.Minute, "load duration of the soak (the hub is SIGKILLed half-way)")
+	flag.BoolVar(&cfg.SoakOnly, "soak-only", false, "run only the soak (section 6); the report goes to -out only when that is given")
 	flag.BoolVar(&cfg.Smoke, "smoke", false, "tiny sizes: checks that every measurement works, in seconds")
 	flag.Parse()
+	outSet := false
+	flag.Visit(func(f *flag.Flag) { outSet = outSet || f.Name == "out" })
+	if cfg.SoakOnly && !outSet {
+		cfg.Out = "" // a soak-only report must not replace docs/benchmarks.md
+	}
 
 	var err error
 	if cfg.Concurrency, err = parseInts(conc); err == nil {
@@ -152,6 +169,8 @@ func (c *config) smoke() {
 	c.NodeScale = min(c.NodeScale, 3)
 	c.RebootDelay = 100 * time.Millisecond
 	c.CLIRuns = 1
+	c.SoakDevices = min(c.SoakDevices, 20)
+	c.SoakTime = 4 * time.Second
 }
 
 func parseInts(s string) ([]int, error) {

@@ -123,8 +123,17 @@ func (r *results) Markdown(cfg *config) string {
 	w("Everything runs on this one machine over loopback TLS; client, hub and device share the cores.\n\n")
 
 	w("## Goals\n\n| goal | measured | met |\n| --- | --- | --- |\n")
-	for _, g := range r.goals() {
+	goals := []goal{r.soakGoal()}
+	if !cfg.SoakOnly {
+		goals = append(r.goals(), goals...)
+	}
+	for _, g := range goals {
 		w("| %s | %s | %s |\n", g.What, g.Measured, g.Met)
+	}
+	if cfg.SoakOnly {
+		r.soakMarkdown(w)
+		r.notesMarkdown(w)
+		return b.String()
 	}
 
 	w("\n## 1. Direct-method round trip, warm connections\n\n")
@@ -183,6 +192,12 @@ func (r *results) Markdown(cfg *config) string {
 		w("\nRatio: the Node script takes %.1f× dmctl's median.\n", float64(r.CLI[1].Median)/float64(r.CLI[0].Median))
 	}
 
+	r.soakMarkdown(w)
+	r.notesMarkdown(w)
+	return b.String()
+}
+
+func (r *results) notesMarkdown(w func(string, ...any)) {
 	if len(r.Notes) > 0 {
 		w("\n## Notes\n\n")
 		for _, n := range r.Notes {
@@ -192,7 +207,6 @@ func (r *results) Markdown(cfg *config) string {
 	if len(r.Profiles) > 0 {
 		w("\nCPU profiles written: %s.\n", strings.Join(r.Profiles, ", "))
 	}
-	return b.String()
 }
 
 func oneLine(s string) string {

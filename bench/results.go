@@ -1,6 +1,10 @@
 package main
 
-import "time"
+import (
+	"time"
+
+	"github.com/dmctl/dmctl/internal/soak"
+)
 
 type latencyRow struct {
 	Key  string // a, b, b2, b3, c
@@ -57,7 +61,8 @@ type results struct {
 	Scale             []scaleRow
 	Fleet             []fleetRow
 	CLI               []cliRow
-	Notes             []string // what was skipped or failed, and why
+	Soak              *soak.Report // nil when not run
+	Notes             []string     // what was skipped or failed, and why
 	Profiles          []string
 }
 

@@ -82,16 +82,21 @@ func run(ctx context.Context, cfg *config) (*results, error) {
 		return nil, err
 	}
 
-	p, err := startInProcess(ctx, cfg, res)
-	if err != nil {
-		return nil, fmt.Errorf("in-process hub: %w", err)
-	}
-	p.latency(ctx)
-	p.throughput(ctx)
-	p.cli(ctx, bin)
-	p.close()
+	if !cfg.SoakOnly {
+		p, err := startInProcess(ctx, cfg, res)
+		if err != nil {
+			return nil, fmt.Errorf("in-process hub: %w", err)
+		}
+		p.latency(ctx)
+		p.throughput(ctx)
+		p.cli(ctx, bin)
+		p.close()
 
-	scaleAndFleet(ctx, cfg, res, bin)
+		scaleAndFleet(ctx, cfg, res, bin)
+	}
+	if ctx.Err() == nil {
+		soakSection(ctx, cfg, res, bin)
+	}
 	res.Finished = time.Now().UTC()
 	return res, ctx.Err()
 }
