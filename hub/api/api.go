@@ -38,8 +38,9 @@ import (
 type Config struct {
 	Store   *store.Store
 	Devices hubapi.Devices
-	// Hosts returns the accepted SAS audience hosts (with or without port).
-	// The Host header of each request is accepted as well.
+	// Hosts returns the names the hub answers to: a token's sr host must be
+	// one of them (case-insensitive, ports ignored). The request's Host
+	// header and TLS server name play no part. Nil accepts no token.
 	Hosts func() []string
 	Now   func() time.Time // default time.Now
 	Log   zerolog.Logger   // default: the zero Logger writes nothing
@@ -75,7 +76,7 @@ func New(cfg Config) http.Handler {
 	}
 	mux := http.NewServeMux()
 	handle := func(pattern string, need store.Rights, h http.HandlerFunc) {
-		mux.Handle(pattern, s.require(need, h))
+		mux.Handle(pattern, s.checkPathIDs(pattern, s.require(need, h)))
 	}
 	either := func(r ...store.Rights) store.Rights {
 		var x store.Rights
