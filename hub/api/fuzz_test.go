@@ -18,9 +18,10 @@ import (
 
 // FuzzREST sends arbitrary requests (method, path, header lines, body, and
 // which credential) through the real handler over a real store, opened once
-// and reused by every input. No request may panic or get a 5xx (the store
-// stays open, so not even the documented 503), and every answer with a body
-// is JSON.
+// and reused by every input, and then through a handler whose store is
+// closed. No request may panic; over the open store none gets a 5xx, over
+// the closed one none gets a 5xx but the documented 503; every answer with
+// a body is JSON.
 func FuzzREST(f *testing.F) {
 	for _, c := range []struct {
 		method, path, headers, body string
@@ -49,14 +50,30 @@ func FuzzREST(f *testing.F) {
 	} {
 		f.Add(c.method, c.path, c.headers, []byte(c.body), c.auth)
 	}
-	st, err := store.Open(filepath.Join(f.TempDir(), "hub.db"), nil)
+	open := openFuzzStore(f, "hub.db")
+	f.Cleanup(func() { _ = open.Close() })
+	closed := openFuzzStore(f, "closed.db")
+	openTokens, closedTokens := tokensFor(f, open), tokensFor(f, closed)
+	if err := closed.Close(); err != nil {
+		f.Fatal(err)
+	}
+	fuzzREST(f, open, openTokens, closed, closedTokens)
+}
+
+// openFuzzStore opens a store in f's temp dir holding device d1.
+func openFuzzStore(f *testing.F, name string) *store.Store {
+	st, err := store.Open(filepath.Join(f.TempDir(), name), nil)
 	if err != nil {
 		f.Fatal(err)
 	}
-	f.Cleanup(func() { _ = st.Close() })
 	if _, err := st.CreateDevice(iothub.Device{DeviceID: "d1"}); err != nil {
 		f.Fatal(err)
 	}
+	return st
+}
+
+// tokensFor signs a token per policy of st ("" first: no credential).
+func tokensFor(f *testing.F, st *store.Store) []string {
 	tokens := []string{""}
 	for _, policy := range []string{"iothubowner", "service", "registryRead"} {
 		p, err := st.Policy(policy)
@@ -69,38 +86,51 @@ func FuzzREST(f *testing.F) {
 		}
 		tokens = append(tokens, tok)
 	}
-	h := New(Config{
-		Store:   st,
-		Devices: &fakeDevices{}, // every device is offline
-		Jobs:    &fakeJobs{},
-		Hosts:   func() []string { return []string{hubHost} },
-		Log:     zerolog.Nop(),
-	})
+	return tokens
+}
+
+func fuzzREST(f *testing.F, open *store.Store, openTokens []string, closed *store.Store, closedTokens []string) {
+	handler := func(st *store.Store) http.Handler {
+		return New(Config{
+			Store:   st,
+			Devices: &fakeDevices{}, // every device is offline
+			Jobs:    &fakeJobs{},
+			Hosts:   func() []string { return []string{hubHost} },
+			Log:     zerolog.Nop(),
+		})
+	}
+	hOpen, hClosed := handler(open), handler(closed)
 	f.Fuzz(func(t *testing.T, method, path, headers string, body []byte, auth uint8) {
-		req, err := http.NewRequest(method, "http://"+hubHost+path, bytes.NewReader(body))
-		if err != nil || !strings.HasPrefix(path, "/") {
-			return // not a request a client can send
-		}
-		for _, line := range strings.Split(headers, "\n") {
-			if k, v, ok := strings.Cut(line, ":"); ok {
-				req.Header.Set(strings.TrimSpace(k), strings.TrimSpace(v))
+		for _, c := range []struct {
+			h      http.Handler
+			tokens []string
+			ok5xx  int
+		}{{hOpen, openTokens, 0}, {hClosed, closedTokens, http.StatusServiceUnavailable}} {
+			req, err := http.NewRequest(method, "http://"+hubHost+path, bytes.NewReader(body))
+			if err != nil || !strings.HasPrefix(path, "/") {
+				return // not a request a client can send
 			}
-		}
-		if tok := tokens[int(auth)%len(tokens)]; tok != "" {
-			req.Header.Set("Authorization", tok)
-		}
-		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, req)
-		res := rec.Result()
-		if res.StatusCode >= 500 {
-			t.Fatalf("%s %q: %d %s", method, path, res.StatusCode, rec.Body.Bytes())
-		}
-		if b := rec.Body.Bytes(); len(b) > 0 {
-			if !json.Valid(b) {
-				t.Fatalf("%s %q: %d, body is not JSON: %q", method, path, res.StatusCode, b)
+			for _, line := range strings.Split(headers, "\n") {
+				if k, v, ok := strings.Cut(line, ":"); ok {
+					req.Header.Set(strings.TrimSpace(k), strings.TrimSpace(v))
+				}
 			}
-			if ct := res.Header.Get("Content-Type"); ct != contentTypeJSON {
-				t.Fatalf("%s %q: Content-Type %q", method, path, ct)
+			if tok := c.tokens[int(auth)%len(c.tokens)]; tok != "" {
+				req.Header.Set("Authorization", tok)
+			}
+			rec := httptest.NewRecorder()
+			c.h.ServeHTTP(rec, req)
+			res := rec.Result()
+			if res.StatusCode >= 500 && res.StatusCode != c.ok5xx {
+				t.Fatalf("%s %q (store closed: %v): %d %s", method, path, c.ok5xx != 0, res.StatusCode, rec.Body.Bytes())
+			}
+			if b := rec.Body.Bytes(); len(b) > 0 {
+				if !json.Valid(b) {
+					t.Fatalf("%s %q: %d, body is not JSON: %q", method, path, res.StatusCode, b)
+				}
+				if ct := res.Header.Get("Content-Type"); ct != contentTypeJSON {
+					t.Fatalf("%s %q: Content-Type %q", method, path, ct)
+				}
 			}
 		}
 	})

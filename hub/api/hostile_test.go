@@ -390,3 +390,31 @@ func TestHostileReportedPatchUTF8(t *testing.T) {
 		t.Fatalf("a surrogate pair is valid: %v", err)
 	}
 }
+
+// A request that reaches the store after it closed (the hub shutting down)
+// is 503, which the SDKs retry, not a 500.
+func TestHostileClosedStoreIs503(t *testing.T) {
+	e := newEnv(t)
+	e.create("d1")
+	tok := e.token("iothubowner")
+	if err := e.store.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ method, path, body string }{
+		{"GET", "/devices/d1", ""},
+		{"GET", "/twins/d1", ""},
+		{"PATCH", "/twins/d1", `{"tags":{"a":1}}`},
+		{"PUT", "/devices/d2", `{}`},
+		{"POST", "/devices/query", `{"query":"SELECT * FROM devices"}`},
+		{"POST", "/devices/query", `{"query":"SELECT deviceId FROM devices"}`},
+	} {
+		res := e.do(c.method, c.path, tok, c.body)
+		if res.status != 503 {
+			t.Errorf("%s %s on a closed store: %v, want 503", c.method, c.path, res)
+			continue
+		}
+		if name, _ := hubMessage(t, res); name != "ServiceUnavailable" {
+			t.Errorf("%s %s: error name %q, want ServiceUnavailable", c.method, c.path, name)
+		}
+	}
+}
