@@ -112,3 +112,91 @@ func FuzzParseToken(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseDeviceService checks that ParseDevice and ParseService split
+// what Parse accepts by kind, and refuse everything else with a
+// *FieldError matching ErrMalformed.
+func FuzzParseDeviceService(f *testing.F) {
+	for _, s := range []string{
+		"HostName=myhub.azure-devices.net;DeviceId=myDevice;SharedAccessKey=" + testKey,
+		"HostName=myhub.azure-devices.net;DeviceId=d;ModuleId=m;SharedAccessKey=" + testKey,
+		"HostName=myhub.azure-devices.net;SharedAccessKeyName=iothubowner;SharedAccessKey=" + testKey,
+		"HostName=h;DeviceId=d;SharedAccessKeyName=p;SharedAccessKey=" + testKey,
+		"HostName=h;DeviceId=caf\xe9;SharedAccessKey=" + testKey,
+		"HostName=h\x00;SharedAccessKeyName=p;SharedAccessKey=" + testKey,
+		"HostName=h;SharedAccessKeyName=p", "",
+	} {
+		f.Add(s)
+	}
+	malformed := func(t *testing.T, what, s string, err error) {
+		t.Helper()
+		var fe *FieldError
+		if !errors.Is(err, ErrMalformed) || !errors.As(err, &fe) {
+			t.Fatalf("%s(%q): error %T %v is not a *FieldError matching ErrMalformed", what, s, err, err)
+		}
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		c, perr := Parse(s)
+		d, derr := ParseDevice(s)
+		v, serr := ParseService(s)
+		if perr != nil {
+			malformed(t, "Parse", s, perr)
+			malformed(t, "ParseDevice", s, derr)
+			malformed(t, "ParseService", s, serr)
+			return
+		}
+		switch c.Kind() {
+		case KindService:
+			malformed(t, "ParseDevice", s, derr)
+			if serr != nil || *v != *c {
+				t.Fatalf("ParseService(%q) = %v, %v; Parse gave a service string", s, v, serr)
+			}
+		default:
+			malformed(t, "ParseService", s, serr)
+			if derr != nil || *d != *c {
+				t.Fatalf("ParseDevice(%q) = %v, %v; Parse gave a device string", s, d, derr)
+			}
+		}
+	})
+}
+
+// FuzzSignVerify signs arbitrary resources with arbitrary keys: Sign never
+// panics, refuses only with an error matching ErrMalformed, and a token it
+// makes parses and verifies for its own resource and key.
+func FuzzSignVerify(f *testing.F) {
+	f.Add(testKey, "myhub.azure-devices.net/devices/myDevice", "", int64(testSe))
+	f.Add(testKey, "myhub.azure-devices.net", "iothubowner", int64(testSe))
+	f.Add(testKey, "h:8883/devices/a%2Fb", "p&q=r", int64(1))
+	f.Add("not base64!", "h", "", int64(0))
+	f.Add("", "", "", int64(-1))
+	f.Fuzz(func(t *testing.T, key, resource, keyName string, se int64) {
+		if se < 0 || se > 1<<40 {
+			return // not an expiry a client can send
+		}
+		exp := time.Unix(se, 0)
+		tok, err := Sign(key, resource, keyName, exp)
+		if err != nil {
+			if !errors.Is(err, ErrMalformed) {
+				t.Fatalf("Sign(%q, %q, %q): error %v does not match ErrMalformed", key, resource, keyName, err)
+			}
+			return
+		}
+		p, err := ParseToken(tok)
+		if err != nil {
+			t.Fatalf("ParseToken of Sign's token %q: %v", tok, err)
+		}
+		if p.KeyName != keyName {
+			t.Fatalf("skn %q, signed as %q", p.KeyName, keyName)
+		}
+		host, path, _ := strings.Cut(p.Resource, "/")
+		if stripPort(host) == "" {
+			return // no host (":" is a port alone): no audience can accept it
+		}
+		if path != strings.Trim(path, "/") || strings.Contains(path, "//") {
+			return // a path no hub resource has
+		}
+		if _, err := Verify(tok, Audience{Hosts: []string{host}, Path: path}, exp, key); err != nil {
+			t.Fatalf("Verify of Sign(%q, %q, %q): %v", key, resource, keyName, err)
+		}
+	})
+}

@@ -16,6 +16,16 @@
 // right POST /twins/{id}/methods needs); jobs are read with RegistryRead,
 // RegistryWrite or ServiceConnect.
 //
+// Input no SDK sends: a body that is not UTF-8 JSON text (bytes that are
+// not UTF-8, \u escapes of unpaired surrogates) is 400 IotHubFormatError,
+// whatever the route, before anything is stored or sent to a device; an id
+// in the path that is not UTF-8 or holds a control character (NUL
+// included) is 400 ArgumentInvalid naming it. A direct-method payload over
+// iothub.MaxMethodPayload (131072 bytes of compact JSON) is 413
+// MessageTooLarge, and so is a device's answer over it
+// (hubapi.ErrResponseTooLarge). SAS tokens are accepted only for the names
+// in Config.Hosts.
+//
 // Every route ignores the api-version query parameter. Responses carry
 // "Content-Type: application/json; charset=utf-8". Errors use IoT Hub's
 // registry envelope ({"Message":"ErrorCode:<Name>;<text>",...}), except the
@@ -38,8 +48,9 @@ import (
 type Config struct {
 	Store   *store.Store
 	Devices hubapi.Devices
-	// Hosts returns the accepted SAS audience hosts (with or without port).
-	// The Host header of each request is accepted as well.
+	// Hosts returns the names the hub answers to: a token's sr host must be
+	// one of them (case-insensitive, ports ignored). The request's Host
+	// header and TLS server name play no part. Nil accepts no token.
 	Hosts func() []string
 	Now   func() time.Time // default time.Now
 	Log   zerolog.Logger   // default: the zero Logger writes nothing
@@ -75,7 +86,7 @@ func New(cfg Config) http.Handler {
 	}
 	mux := http.NewServeMux()
 	handle := func(pattern string, need store.Rights, h http.HandlerFunc) {
-		mux.Handle(pattern, s.require(need, h))
+		mux.Handle(pattern, s.checkPathIDs(pattern, s.require(need, h)))
 	}
 	either := func(r ...store.Rights) store.Rights {
 		var x store.Rights

@@ -22,7 +22,8 @@ const sasPrefix = "SharedAccessSignature "
 
 // authenticate verifies the Authorization header of every request: a SAS
 // token signed with a shared access policy key (skn), for the hub itself
-// (empty audience path), not expired. Device-key tokens are refused.
+// (empty audience path) and one of Config.Hosts, not expired. Device-key
+// tokens are refused.
 func (s *server) authenticate(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p, reason := s.verify(r)
@@ -55,12 +56,11 @@ func (s *server) verify(r *http.Request) (*principal, string) {
 	if err != nil {
 		return nil, "unknown policy " + quote(tok.KeyName)
 	}
+	// The audience is checked against the names the hub answers to, never
+	// against what the client says it called (Host header, TLS server name).
 	var hosts []string
 	if s.cfg.Hosts != nil {
-		hosts = append(hosts, s.cfg.Hosts()...)
-	}
-	if r.Host != "" {
-		hosts = append(hosts, r.Host)
+		hosts = s.cfg.Hosts()
 	}
 	if _, err := sas.Verify(h, sas.Audience{Hosts: hosts, Path: ""}, s.now(), pol.PrimaryKey, pol.SecondaryKey); err != nil {
 		return nil, "policy " + quote(pol.Name) + ": " + err.Error()

@@ -44,6 +44,9 @@ func (s *server) storeError(w http.ResponseWriter, r *http.Request, id string, e
 		s.failCode(w, iothub.CodeModuleNotFound, id)
 	case errors.Is(err, store.ErrModuleExists):
 		s.failCode(w, iothub.CodeModuleAlreadyExists, id)
+	case errors.Is(err, store.ErrClosed):
+		// The hub is shutting down; SDKs retry 503.
+		s.failCode(w, iothub.CodeServiceUnavailable, "the local hub is shutting down")
 	case errors.Is(err, store.ErrPrecondition):
 		s.failCode(w, iothub.CodePreconditionFailed, "Precondition failed: "+strings.TrimPrefix(err.Error(), store.ErrPrecondition.Error()+": "))
 	default:

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/dmctl/dmctl/hub/hubapi"
+	"github.com/dmctl/dmctl/hub/store"
 	"github.com/dmctl/dmctl/internal/iothub"
 )
 
@@ -19,6 +20,8 @@ import (
 const (
 	msgNotOnline = "The operation failed because the requested device isn't online or hasn't registered the direct method callback."
 	msgTimeout   = "Timed out waiting for the response from device."
+	// msgResponseTooLarge is the local hub's own wording.
+	msgResponseTooLarge = "The device's response is over the 128 KB limit of a direct method payload."
 )
 
 // readJSON reads a bounded request body and decodes it into v (unknown
@@ -32,6 +35,13 @@ func (s *server) readJSON(w http.ResponseWriter, r *http.Request, v any) bool {
 			return false
 		}
 		s.failCode(w, iothub.CodeIotHubFormatError, "cannot read the request body")
+		return false
+	}
+	// encoding/json would store bytes that are not UTF-8 as U+FFFD.
+	if err := store.CheckJSONText(body); err != nil {
+		var ve *store.ValidationError
+		errors.As(err, &ve)
+		s.failCode(w, ve.Code, ve.Msg)
 		return false
 	}
 	d := json.NewDecoder(bytes.NewReader(body))
@@ -124,6 +134,14 @@ func (s *server) invokeOn(w http.ResponseWriter, r *http.Request, target func() 
 	}
 	payload := []byte(req.Payload)
 	if len(payload) > iothub.MaxMethodPayload {
+		// The limit is on the JSON value, not on the client's layout:
+		// measure (and forward) it without insignificant whitespace.
+		var c bytes.Buffer
+		if err := json.Compact(&c, payload); err == nil {
+			payload = c.Bytes()
+		}
+	}
+	if len(payload) > iothub.MaxMethodPayload {
 		s.failCode(w, iothub.CodeMessageTooLarge, fmt.Sprintf("method payload is %d bytes, over the limit of %d bytes", len(payload), iothub.MaxMethodPayload))
 		return
 	}
@@ -151,6 +169,11 @@ func (s *server) invokeOn(w http.ResponseWriter, r *http.Request, target func() 
 	case errors.Is(err, hubapi.ErrTimeout):
 		s.failMethod(w, iothub.CodeGatewayTimeout, msgTimeout)
 		return
+	case errors.Is(err, hubapi.ErrResponseTooLarge):
+		// IoT Hub documents the 128 KB limit each way but no error for an
+		// answer over it; the local hub answers as for a request over it.
+		s.failMethod(w, iothub.CodeMessageTooLarge, msgResponseTooLarge)
+		return
 	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
 		// The caller went away; nobody reads the answer.
 		s.log.Debug().Str("device", id).Str("method", req.MethodName).Msg("direct method caller disconnected")
@@ -161,7 +184,9 @@ func (s *server) invokeOn(w http.ResponseWriter, r *http.Request, target func() 
 		return
 	}
 	res := iothub.MethodResult{Status: status, Payload: json.RawMessage("null")}
-	if b := bytes.TrimSpace(body); len(b) > 0 && json.Valid(b) {
+	// A device answer that is not JSON text (also: not UTF-8) is passed on
+	// as null, as any other non-JSON answer.
+	if b := bytes.TrimSpace(body); len(b) > 0 && json.Valid(b) && store.CheckJSONText(b) == nil {
 		res.Payload = b
 	}
 	writeJSON(w, http.StatusOK, res)

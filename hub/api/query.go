@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/dmctl/dmctl/hub/query"
+	"github.com/dmctl/dmctl/hub/store"
 	"github.com/dmctl/dmctl/internal/iothub"
 )
 
@@ -144,8 +145,7 @@ func (s *server) query(w http.ResponseWriter, r *http.Request) {
 	}
 	rows, err := s.run(q, limit)
 	if err != nil {
-		s.log.Error().Err(err).Msg("query failed")
-		s.failCode(w, iothub.CodeServerError, "the query could not be evaluated")
+		s.queryFailed(w, err)
 		return
 	}
 	if offset > len(rows) {
@@ -170,8 +170,7 @@ func (s *server) query(w http.ResponseWriter, r *http.Request) {
 func (s *server) queryPage(w http.ResponseWriter, q *query.Query, text string, pageSize, emitted int, after string) {
 	docs, err := s.deviceDocs(q, after, pageSize+1)
 	if err != nil {
-		s.log.Error().Err(err).Msg("query failed")
-		s.failCode(w, iothub.CodeServerError, "the query could not be evaluated")
+		s.queryFailed(w, err)
 		return
 	}
 	if top := q.Top(); top > 0 {
@@ -305,4 +304,15 @@ func jsonDoc(v any) (map[string]any, error) {
 		return nil, err
 	}
 	return m, nil
+}
+
+// queryFailed answers a query the store could not evaluate: 503 while the
+// hub shuts down, else 500.
+func (s *server) queryFailed(w http.ResponseWriter, err error) {
+	if errors.Is(err, store.ErrClosed) {
+		s.failCode(w, iothub.CodeServiceUnavailable, "the local hub is shutting down")
+		return
+	}
+	s.log.Error().Err(err).Msg("query failed")
+	s.failCode(w, iothub.CodeServerError, "the query could not be evaluated")
 }

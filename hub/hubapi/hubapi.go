@@ -22,7 +22,8 @@ type Devices interface {
 	// waits for its answer. The REST API passes the device id for
 	// POST /twins/{id}/methods and the module key for
 	// POST /twins/{id}/modules/{mid}/methods.
-	// Errors: ErrDeviceNotOnline (not connected or not subscribed within connectTimeout), ErrTimeout, ErrResponseTooLarge.
+	// Errors: ErrDeviceNotOnline (not connected or not subscribed within
+	// connectTimeout), ErrTimeout, ErrResponseTooLarge.
 	Invoke(ctx context.Context, identity, method string, payload []byte, connectTimeout, responseTimeout time.Duration) (status int, body []byte, err error)
 	// Revoke disconnects the device or module now if it is connected but
 	// no longer allowed to be (deleted, or disabled in the registry, or a

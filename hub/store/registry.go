@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/dmctl/dmctl/internal/iothub"
 	bolt "go.etcd.io/bbolt"
@@ -117,13 +118,16 @@ func ValidDeviceID(id string) error {
 	if len(id) > MaxDeviceIDLength {
 		return invalid("deviceId is %d characters long, over the limit of %d", len(id), MaxDeviceIDLength)
 	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
+	if !utf8.ValidString(id) {
+		return invalid("deviceId %q is not valid UTF-8", id)
+	}
+	// By rune, so that a non-ASCII character is named as itself.
+	for _, c := range id {
 		switch {
 		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
-		case strings.IndexByte("-.+%_#*?!(),=@$'", c) >= 0:
+		case c < utf8.RuneSelf && strings.IndexByte("-.+%_#*?!(),=@$'", byte(c)) >= 0:
 		default:
-			return invalid("deviceId %q contains %q, which is not allowed (use ASCII letters, digits and - . + %% _ # * ? ! ( ) , = @ $ ')", id, rune(c))
+			return invalid("deviceId %q contains %q, which is not allowed (use ASCII letters, digits and - . + %% _ # * ? ! ( ) , = @ $ ')", id, c)
 		}
 	}
 	return nil

@@ -147,8 +147,12 @@ func checkSize(section string, v any, limit int) error {
 
 // DecodeObject decodes a JSON object with numbers kept as json.Number.
 // Malformed JSON is a ValidationError with iothub.CodeIotHubFormatError;
-// valid JSON that is not an object has iothub.CodeArgumentInvalid.
+// valid JSON that is not an object has iothub.CodeArgumentInvalid. Text
+// that is not UTF-8 is malformed (CheckJSONText).
 func DecodeObject(b []byte) (map[string]any, error) {
+	if err := CheckJSONText(b); err != nil {
+		return nil, err
+	}
 	d := json.NewDecoder(bytes.NewReader(b))
 	d.UseNumber()
 	var v any

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Job types (JobResponse.type) of IoT Hub jobs v2.
@@ -353,10 +354,13 @@ func ValidJobID(id string) error {
 	if len(id) > MaxJobIDLength {
 		return fmt.Errorf("jobId is %d characters long, over the limit of %d", len(id), MaxJobIDLength)
 	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
+	if !utf8.ValidString(id) {
+		return fmt.Errorf("jobId %q is not valid UTF-8", id)
+	}
+	// By rune, so that a non-ASCII character is named as itself.
+	for _, c := range id {
 		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
-			return fmt.Errorf("jobId %q contains %q (use ASCII letters, digits and '-')", id, rune(c))
+			return fmt.Errorf("jobId %q contains %q (use ASCII letters, digits and '-')", id, c)
 		}
 	}
 	return nil

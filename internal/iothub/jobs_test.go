@@ -115,3 +115,20 @@ func TestJobResponseReadTolerant(t *testing.T) {
 		t.Errorf("row = %+v", row)
 	}
 }
+
+func TestValidJobIDNamesCharactersAsRunes(t *testing.T) {
+	for _, c := range []struct{ id, want string }{
+		{"été", `jobId "été" contains 'é'`},
+		{"j✓", `jobId "j✓" contains '✓'`},
+		{"caf\xe9", `jobId "caf\xe9" is not valid UTF-8`},
+		{"j\x00", `jobId "j\x00" contains '\x00'`},
+	} {
+		err := ValidJobID(c.id)
+		if err == nil || !strings.HasPrefix(err.Error(), c.want) {
+			t.Errorf("ValidJobID(%q) = %v, want %s...", c.id, err, c.want)
+		}
+	}
+	if err := ValidJobID("job-1"); err != nil {
+		t.Errorf("ValidJobID(job-1) = %v", err)
+	}
+}
