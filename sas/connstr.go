@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/dmctl/dmctl/internal/editdist"
+	"github.com/dmctl/dmctl/internal/iothub"
 )
 
 // Kind tells which identity a connection string describes.
@@ -542,18 +543,7 @@ func checkHost(h string) error {
 }
 
 // checkID applies IoT Hub's device and module id rules.
-func checkID(id string) error {
-	if len(id) > maxIDLen {
-		return fmt.Errorf("longer than %d characters", maxIDLen)
-	}
-	for i := 0; i < len(id); i++ {
-		ch := id[i]
-		if !isAlnum(ch) && !strings.ContainsRune(`-:.+%_#*?!(),=@$'`, rune(ch)) {
-			return fmt.Errorf("only ASCII letters, digits and -:.+%%_#*?!(),=@$' are allowed")
-		}
-	}
-	return nil
-}
+func checkID(id string) error { return iothub.CheckID(id) }
 
 func isAlnum(ch byte) bool {
 	return 'a' <= ch && ch <= 'z' || 'A' <= ch && ch <= 'Z' || '0' <= ch && ch <= '9'

@@ -189,7 +189,7 @@ func TestRefusalMessages(t *testing.T) {
 			[]string{`SharedAccessKeyName: element 2 has the unknown key "SharedAccessKeyNam" (did you mean SharedAccessKeyName?)`, "so DeviceId is missing"}, []string{testKey}},
 		{host + ";DeviceId=d;SharedAccesKey=" + testKey, []string{`"SharedAccesKey" (did you mean SharedAccessKey?)`}, []string{testKey}},
 		{host + ";Policy=iothubowner;" + key, []string{"element 2 has an unknown key name (known: HostName, ", "so DeviceId is missing"}, []string{"Policy", "iothubowner", testKey}},
-		{host + ";" + testKey[:20] + "=x;DeviceId=a/b;" + key, []string{"DeviceId: only ASCII", "element 2 has an unknown key name"}, []string{testKey[:20]}},
+		{host + ";" + testKey[:20] + "=x;DeviceId=a/b;" + key, []string{"DeviceId: contains '/', which is not allowed", "element 2 has an unknown key name"}, []string{testKey[:20]}},
 	}
 	for _, tt := range tests {
 		_, err := Parse(tt.in)

@@ -20,8 +20,8 @@ func ModuleKey(deviceID, moduleID string) string { return iothub.ClientID(device
 
 // ValidModuleID checks IoT Hub's module id rules, the same as a device id's.
 func ValidModuleID(id string) error {
-	if err := ValidDeviceID(id); err != nil {
-		return invalid("%s", strings.Replace(err.(*ValidationError).Msg, "deviceId", "moduleId", 1))
+	if err := iothub.CheckID(id); err != nil {
+		return invalid("moduleId %q %v", id, err)
 	}
 	return nil
 }

@@ -11,7 +11,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/dmctl/dmctl/internal/iothub"
 	bolt "go.etcd.io/bbolt"
@@ -27,7 +26,7 @@ const (
 	authSAS = "sas"
 
 	// MaxDeviceIDLength is the longest accepted device id, in characters.
-	MaxDeviceIDLength = 128
+	MaxDeviceIDLength = iothub.MaxIDLength
 	// MaxList is the most devices Devices returns.
 	MaxList = 1000
 
@@ -109,26 +108,10 @@ func ETagMatches(ifMatch, current string) bool {
 	return m == "" || m == "*" || m == current
 }
 
-// ValidDeviceID checks IoT Hub's device id rules: 1–128 ASCII letters,
-// digits and - . + % _ # * ? ! ( ) , = @ $ '.
+// ValidDeviceID checks IoT Hub's device id rules (iothub.CheckID).
 func ValidDeviceID(id string) error {
-	if id == "" {
-		return invalid("deviceId is empty")
-	}
-	if len(id) > MaxDeviceIDLength {
-		return invalid("deviceId is %d characters long, over the limit of %d", len(id), MaxDeviceIDLength)
-	}
-	if !utf8.ValidString(id) {
-		return invalid("deviceId %q is not valid UTF-8", id)
-	}
-	// By rune, so that a non-ASCII character is named as itself.
-	for _, c := range id {
-		switch {
-		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
-		case c < utf8.RuneSelf && strings.IndexByte("-.+%_#*?!(),=@$'", byte(c)) >= 0:
-		default:
-			return invalid("deviceId %q contains %q, which is not allowed (use ASCII letters, digits and - . + %% _ # * ? ! ( ) , = @ $ ')", id, c)
-		}
+	if err := iothub.CheckID(id); err != nil {
+		return invalid("deviceId %q %v", id, err)
 	}
 	return nil
 }

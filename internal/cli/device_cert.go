@@ -21,6 +21,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dmctl/dmctl/internal/iothub"
 	"github.com/urfave/cli/v2"
 )
 
@@ -110,7 +111,7 @@ func runDeviceCertCreate(c *cli.Context) error {
 	if id == "" {
 		return usageErrorf("name the device with --device ID", "missing --device")
 	}
-	if err := checkDeviceID(id); err != nil {
+	if err := iothub.CheckID(id); err != nil {
 		return usageErrorf("device ids are up to 128 ASCII letters, digits and - . + % _ # * ? ! ( ) , : = @ $ '", "invalid --device %q: %v", id, err)
 	}
 	days, err := certDays(c)
@@ -406,19 +407,4 @@ func hasPEMBlock(data []byte, ok func(typ string) bool) bool {
 			return true
 		}
 	}
-}
-
-// checkDeviceID applies IoT Hub's device id rules.
-func checkDeviceID(id string) error {
-	if len(id) > 128 {
-		return fmt.Errorf("longer than 128 characters")
-	}
-	for i := 0; i < len(id); i++ {
-		ch := id[i]
-		alnum := 'a' <= ch && ch <= 'z' || 'A' <= ch && ch <= 'Z' || '0' <= ch && ch <= '9'
-		if !alnum && !strings.ContainsRune(`-.+%_#*?!(),:=@$'`, rune(ch)) {
-			return fmt.Errorf("%q is not allowed", rune(ch))
-		}
-	}
-	return nil
 }
