@@ -1,0 +1,144 @@
+package faults_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dmctl/dmctl/device"
+	"github.com/dmctl/dmctl/device/fleet"
+	"github.com/dmctl/dmctl/device/mqtt"
+	"github.com/dmctl/dmctl/sas"
+)
+
+// attempts records, from the moment it is armed, the end of every connect
+// attempt (connected or connect_failed) and which devices are back.
+type attempts struct {
+	want int
+
+	mu          sync.Mutex
+	armed       time.Time
+	ends        []time.Time
+	back        map[string]bool
+	disconnects int
+	all         chan struct{} // closed when want devices are back
+}
+
+func (a *attempts) arm(at time.Time) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.armed, a.back, a.all = at, map[string]bool{}, make(chan struct{})
+}
+
+func (a *attempts) record(e device.Event) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.armed.IsZero() || e.Time.Before(a.armed) {
+		return
+	}
+	switch e.Kind {
+	case device.EventDisconnected:
+		a.disconnects++
+	case device.EventConnectFailed:
+		a.ends = append(a.ends, e.Time)
+	case device.EventConnected:
+		a.ends = append(a.ends, e.Time)
+		if !a.back[e.DeviceID] {
+			a.back[e.DeviceID] = true
+			if len(a.back) == a.want {
+				close(a.all)
+			}
+		}
+	}
+}
+
+// A fleet of 1,000 devices behind the proxy loses every connection at once
+// and comes back without a reconnect storm: the fleet's limiter (ConnectRate
+// per second, burst 1) spaces the attempts, so the k-th attempt after the
+// reset cannot end before (k-1)/rate after it.
+func TestFleetSurvivesResetOfEveryConnection(t *testing.T) {
+	const (
+		n = 1000
+		// --connect-rate: below what this machine can connect (some 140 a
+		// second under the race detector), so that a storm would show.
+		rate = 80.0
+	)
+	r := newRig(t)
+	css := make([]*sas.ConnectionString, n)
+	for i := range css {
+		css[i] = r.deviceCS(t, fmt.Sprintf("fleet-%04d", i))
+	}
+	a := &attempts{want: n}
+	f, err := fleet.New(fleet.Config{
+		Devices:     css,
+		Conn:        mqtt.Config{RootCAs: r.hub.CAPool(), MaxBackoff: 5 * time.Second},
+		Device:      device.Config{RebootDelay: device.NoRebootDelay},
+		ConnectRate: rate,
+		OnEvent:     a.record,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	started := time.Now()
+	done := make(chan error, 1)
+	go func() { done <- f.Run(ctx) }()
+	defer func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("fleet Run: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Error("the fleet did not stop within 30 s of its cancel")
+		}
+	}()
+	select {
+	case <-f.Ready():
+		t.Logf("%d devices connected through the proxy in %v", n, f.ReadyAt().Sub(started).Round(time.Millisecond))
+	case <-time.After(60 * time.Second):
+		t.Fatalf("the fleet was not connected within 60 s: %+v", f.Stats())
+	}
+
+	reset := time.Now()
+	a.arm(reset)
+	if err := r.dev.ResetAll(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-a.all:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("not every device was back within 60 s of the reset: %+v", f.Stats())
+	}
+
+	a.mu.Lock()
+	ends := slices.Clone(a.ends)
+	disconnects := a.disconnects
+	a.mu.Unlock()
+	slices.SortFunc(ends, func(x, y time.Time) int { return x.Compare(y) })
+	if disconnects < n {
+		t.Errorf("%d disconnected events after the reset, want at least %d (every connection)", disconnects, n)
+	}
+	// The limiter's promise: attempt k (from 1) starts no earlier than
+	// (k-1)/rate after the reset (one slot may be saved from before), and
+	// ends after it starts.
+	interval := time.Duration(float64(time.Second) / rate)
+	peak, lo := 0, 0
+	for k, at := range ends {
+		if earliest := reset.Add(time.Duration(k-1) * interval); at.Before(earliest) {
+			t.Fatalf("connect attempt %d after the reset ended %v after it, before the limiter allows (%v): a reconnect storm",
+				k+1, at.Sub(reset), earliest.Sub(reset))
+		}
+		for at.Sub(ends[lo]) >= time.Second {
+			lo++
+		}
+		peak = max(peak, k-lo+1)
+	}
+	last := ends[len(ends)-1].Sub(reset)
+	t.Logf("after the reset: %d disconnects, %d connect attempts, all %d devices back in %v; busiest second of attempt ends: %d (limit %g/s, on attempt starts); mean %.0f/s",
+		disconnects, len(ends), n, last.Round(time.Millisecond), peak, rate, float64(len(ends))/last.Seconds())
+}
