@@ -18,9 +18,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	toxiproxy "github.com/Shopify/toxiproxy/v2"
 	"github.com/Shopify/toxiproxy/v2/toxics"
@@ -183,4 +185,56 @@ func (t *resetFirst) Pipe(stub *toxics.ToxicStub) {
 	}
 }
 
-func init() { toxics.Register(ResetFirstType, new(resetFirst)) }
+// opensType is the toxic behind CountOpens.
+const opensType = "dmctl_count_opens"
+
+// Opens records when connections start through a proxy.
+type Opens struct {
+	mu    sync.Mutex
+	times []time.Time
+}
+
+// Pipe passes every chunk through; its start is a connection's start (or,
+// for connections already open, the moment the toxic was added).
+func (o *Opens) Pipe(stub *toxics.ToxicStub) {
+	o.mu.Lock()
+	o.times = append(o.times, time.Now())
+	o.mu.Unlock()
+	new(toxics.NoopToxic).Pipe(stub)
+}
+
+// Since returns the recorded starts after t, in order.
+func (o *Opens) Since(t time.Time) []time.Time {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	var out []time.Time
+	for _, at := range o.times {
+		if at.After(t) {
+			out = append(out, at)
+		}
+	}
+	slices.SortFunc(out, func(a, b time.Time) int { return a.Compare(b) })
+	return out
+}
+
+// CountOpens records the start of every connection the proxy opens to its
+// upstream from now on: the moment it accepted the client and dialled the
+// hub, the network's view of a connect attempt. Connections already open
+// are recorded once, now. Remove it with Remove(ctx, name).
+func (p *Proxy) CountOpens(name string) (*Opens, error) {
+	body, _ := json.Marshal(map[string]any{"name": name, "type": opensType, "stream": Upstream, "toxicity": 1.0})
+	w, err := p.p.Toxics.AddToxicJson(bytes.NewReader(body))
+	if err != nil {
+		return nil, fmt.Errorf("faults: add toxic %s: %w", name, err)
+	}
+	o, ok := w.Toxic.(*Opens)
+	if !ok {
+		return nil, fmt.Errorf("faults: toxic %s is a %T, not a connection counter", name, w.Toxic)
+	}
+	return o, nil
+}
+
+func init() {
+	toxics.Register(ResetFirstType, new(resetFirst))
+	toxics.Register(opensType, new(Opens))
+}
