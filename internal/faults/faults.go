@@ -163,6 +163,9 @@ func (p *Proxy) Close() {
 // dropped; every later connection passes untouched. It models a flapping
 // link that drops a given number of connections and then recovers, which
 // reset_peer (every connection, for as long as it is in place) cannot.
+// toxiproxy restarts a toxic on every open connection when a toxic is added
+// after it or the one after it is removed, which counts again: keep it
+// alone on its direction.
 const ResetFirstType = "dmctl_reset_first"
 
 // resetFirst implements ResetFirstType. One value serves every connection
@@ -220,7 +223,9 @@ func (o *Opens) Since(t time.Time) []time.Time {
 // CountOpens records the start of every connection the proxy opens to its
 // upstream from now on: the moment it accepted the client and dialled the
 // hub, the network's view of a connect attempt. Connections already open
-// are recorded once, now. Remove it with Remove(ctx, name).
+// are recorded once, now, and every open one again whenever a toxic is added
+// to the upstream chain after it (toxiproxy restarts the last toxic), so
+// count before adding more. Remove it with Remove(ctx, name).
 func (p *Proxy) CountOpens(name string) (*Opens, error) {
 	body, _ := json.Marshal(map[string]any{"name": name, "type": opensType, "stream": Upstream, "toxicity": 1.0})
 	w, err := p.p.Toxics.AddToxicJson(bytes.NewReader(body))
