@@ -29,6 +29,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -285,23 +286,45 @@ func (c *Client) do(ctx context.Context, r request) (*response, error) {
 			return resp, nil
 		}
 		var ae *APIError
-		if attempt >= tries || !errors.As(err, &ae) || !retryable(ae.Status) ||
-			(r.retryThrottledOnly && ae.Status != http.StatusTooManyRequests) {
+		switch {
+		case attempt >= tries:
+			return nil, err
+		case errors.As(err, &ae):
+			if !retryable(ae.Status) || (r.retryThrottledOnly && ae.Status != http.StatusTooManyRequests) {
+				return nil, err
+			}
+		case r.retryThrottledOnly || ctx.Err() != nil || !connectionLost(err):
+			// A create may have run before its connection dropped; and a
+			// caller that gave up gets its own error.
 			return nil, err
 		}
 		delay := c.backoff(attempt)
-		if ra := retryAfter(ae, c.now()); ra > delay {
-			delay = ra
+		if ae != nil {
+			if ra := retryAfter(ae, c.now()); ra > delay {
+				delay = ra
+			}
 		}
 		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < delay {
 			return nil, err // no time left to wait for another try
 		}
-		c.log.Info().Str("method", r.method).Str("path", r.path).Int("status", ae.Status).
-			Int("attempt", attempt).Dur("delay", delay).Msg("hub busy, retrying request")
+		ev := c.log.Info().Str("method", r.method).Str("path", r.path).Int("attempt", attempt).Dur("delay", delay)
+		if ae != nil {
+			ev.Int("status", ae.Status).Msg("hub busy, retrying request")
+		} else {
+			ev.AnErr("cause", err).Msg("connection lost, retrying request")
+		}
 		if serr := c.sleep(ctx, delay); serr != nil {
 			return nil, fmt.Errorf("%w (while waiting to retry after: %v)", serr, err)
 		}
 	}
+}
+
+// connectionLost reports an attempt that failed because its connection
+// was refused, reset or closed before the whole answer came back.
+func connectionLost(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED) ||
+		errors.Is(err, syscall.EPIPE)
 }
 
 func retryable(status int) bool {
