@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
@@ -148,8 +149,8 @@ func startHubServe(t *testing.T, ctx context.Context, dmctl, host string, flags 
 	argv := append([]string{dmctl, "hub", "serve", "--data", data, "--hostname", host,
 		"--listen", host + ":8883", "--listen", host + ":443", "--ready-file", ready}, flags...)
 	p := startProc(t, ctx, "dmctl hub serve "+host, nil, argv...)
-	if err := waitFile(ctx, ready); err != nil {
-		t.Fatalf("dmctl hub serve did not get ready: %v\n%s", err, p.stderrText())
+	if err := waitReadyFile(ctx, p, ready); err != nil {
+		t.Fatal(err)
 	}
 	r := runProc(t, ctx, "dmctl hub connection-string", nil, dmctl, "hub", "connection-string", "--data", data, "--ready-file", ready)
 	if r.code != 0 {
@@ -163,6 +164,26 @@ func startHubServe(t *testing.T, ctx context.Context, dmctl, host string, flags 
 	h.ownerKey = cs.SharedAccessKey
 	h.serviceCS = "HostName=" + host + ";SharedAccessKeyName=" + cs.SharedAccessKeyName + ";SharedAccessKey=" + cs.SharedAccessKey
 	return h
+}
+
+// waitReadyFile waits until p writes its ready file, failing as soon as p
+// exits (a flag it does not know, a port it cannot bind).
+func waitReadyFile(ctx context.Context, p *proc, path string) error {
+	ctx, cancel := context.WithTimeout(ctx, waitStep)
+	defer cancel()
+	for {
+		if fi, err := os.Stat(path); err == nil && fi.Size() > 0 {
+			return nil
+		}
+		if p.hasExited() {
+			return fmt.Errorf("%s exited before it wrote %s:\n%s", p.name, path, p.stderrText())
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s wrote no %s within %v: %w\n%s", p.name, path, waitStep, ctx.Err(), p.stderrText())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // rest calls this hub's REST API on 443 as iothubowner.
