@@ -2,14 +2,15 @@ package compat
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
-	"net/url"
 	"testing"
 	"time"
 
 	"github.com/dmctl/dmctl/hub/store"
+	"github.com/dmctl/dmctl/internal/iothub"
 )
 
 // TestOfficialModules: azure-iothub manages module identities and module
@@ -60,12 +61,16 @@ func TestOfficialModules(t *testing.T) {
 	}
 
 	// The module twin as a plain REST client sees it.
-	status, body, err := rest(ctx, "GET", "/twins/"+url.PathEscape(dev.id)+"/modules/"+url.PathEscape(moduleID), nil, nil)
+	status, body, err := rest(ctx, "GET", moduleTwinPath(dev.id, moduleID), nil, nil)
 	if err != nil || status != http.StatusOK {
 		t.Fatalf("GET module twin: HTTP %d %s %v", status, body, err)
 	}
-	if !containsCode(body, report) {
-		t.Errorf("module twin lacks the reported moduleCheck=%d: %s", report, body)
+	var tw iothub.Twin
+	if err := json.Unmarshal(body, &tw); err != nil {
+		t.Fatalf("GET module twin: %v in %s", err, body)
+	}
+	if tw.ModuleID != moduleID || tw.Properties.Reported["moduleCheck"] != float64(report) {
+		t.Errorf("module twin of %q has reported %v, want %s with moduleCheck=%d", tw.ModuleID, tw.Properties.Reported, moduleID, report)
 	}
 
 	run := newID("run")

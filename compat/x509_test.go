@@ -228,9 +228,9 @@ func (h hubServe) rest(ctx context.Context, method, path string, body any) (int,
 // TestOfficialX509CA: devices whose certificates a CA given to `dmctl hub
 // serve --x509-ca` signed (CN = device id) log in with the official Node and
 // Python device SDKs; a wrong CN or an unknown CA is refused. The hub runs
-// on 127.0.0.4 (the SDKs' fixed ports are taken on 127.0.0.1 and 127.0.0.3).
+// on 127.0.0.3's ports 8883 and 443, the SDKs' fixed ones. Not parallel:
+// TestPythonTutorialThroughHubServe uses the same address later.
 func TestOfficialX509CA(t *testing.T) {
-	t.Parallel()
 	dmctl := requireDmctl(t, "hub serve", "hub connection-string")
 	py := requirePython(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -238,7 +238,7 @@ func TestOfficialX509CA(t *testing.T) {
 	dir := t.TempDir()
 	ca := newTestCert(t, dir, "device-ca", certOpts{cn: "dmctl compat device CA", ca: true})
 	stranger := newTestCert(t, dir, "stranger-ca", certOpts{cn: "not trusted", ca: true})
-	h := startHubServe(t, ctx, dmctl, "127.0.0.4", "--x509-ca", ca.certFile)
+	h := startHubServe(t, ctx, dmctl, "127.0.0.3", "--x509-ca", ca.certFile)
 	nodeEnv := []string{"NODE_EXTRA_CA_CERTS=" + h.caFile}
 
 	register := func(t *testing.T, id string) {
