@@ -119,6 +119,37 @@ func TestOfficialX509SelfSigned(t *testing.T) {
 		}
 	})
 
+	t.Run("module with a SHA-1 thumbprint: method and reported properties", func(t *testing.T) {
+		t.Parallel()
+		dev := registerDevice(t, "sdk-x509mod")
+		const moduleID = "x509module"
+		c := newTestCert(t, dir, dev.id+"-module", certOpts{cn: dev.id + "/" + moduleID})
+		tp := c.sha1Thumbprint()
+		if _, err := env.hub.Store().CreateModule(iothub.Module{DeviceID: dev.id, ModuleID: moduleID,
+			Authentication: &iothub.Authentication{Type: iothub.AuthSelfSigned, X509Thumbprint: &iothub.X509Thumbprint{PrimaryThumbprint: &tp}}}); err != nil {
+			t.Fatalf("registering the X.509 module: %v", err)
+		}
+		cs := "HostName=localhost;DeviceId=" + dev.id + ";ModuleId=" + moduleID + ";x509=true"
+		p := startProc(t, ctx, "module_sdk.js x509", []string{"MODULE_CONNECTION_STRING=" + cs},
+			nodeArgv("module_sdk.js", "--report", "29", "--cert", c.certFile, "--key", c.keyFile)...)
+		if _, err := p.waitEvent(ctx, "ready", nil); err != nil {
+			t.Fatalf("the X.509 ModuleClient never got ready: %v", err)
+		}
+		req := map[string]any{"methodName": "echo", "payload": map[string]any{"x509": true}, "responseTimeoutInSeconds": 10}
+		status, body, err := rest(ctx, "POST", moduleTwinPath(dev.id, moduleID)+"/methods", req, nil)
+		want := fmt.Sprintf(`{"status":200,"payload":{"echo":{"x509":true},"module":%q}}`, moduleID)
+		if err != nil || status != http.StatusOK || !jsonEqual(body, []byte(want)) {
+			t.Errorf("echo on the X.509 module: HTTP %d %s %v, want 200 %s", status, body, err, want)
+		}
+		if v, err := waitReported(ctx, moduleTwinPath(dev.id, moduleID), "moduleCheck"); err != nil || v != 29.0 {
+			t.Errorf("module twin reported moduleCheck = %v (%v), want 29", v, err)
+		}
+		p.closeStdin()
+		if code, err := p.wait(ctx); err != nil || code != 0 {
+			t.Errorf("module script exit code %d (%v), want 0", code, err)
+		}
+	})
+
 	t.Run("thumbprint mismatch is refused", func(t *testing.T) {
 		t.Parallel()
 		id := newID("sdk-x509-bad")

@@ -137,6 +137,27 @@ def test_x509_self_signed_device(registry, hostname, ca_pem, shutdown_later):
         registry.delete_device(device_id)
 
 
+def test_x509_module(registry, device, hostname, ca_pem, shutdown_later):
+    module_id = "py-x509-module"
+    created = registry.create_module_with_x509(
+        device["id"], module_id, None, os.environ["X509_MODULE_THUMBPRINT"], None
+    )
+    assert created.authentication.type == "selfSigned"
+    client = IoTHubModuleClient.create_from_x509_certificate(
+        x509=X509(os.environ["X509_MODULE_CERT_FILE"], os.environ["X509_MODULE_KEY_FILE"]),
+        hostname=hostname,
+        device_id=device["id"],
+        module_id=module_id,
+        server_verification_cert=ca_pem,
+        connection_retry=False,
+    )
+    shutdown_later(client)
+    client.connect()
+    client.patch_twin_reported_properties({"x509Module": True})
+    assert registry.get_module_twin(device["id"], module_id).properties.reported["x509Module"] is True
+    client.shutdown()
+
+
 def sas_auth():
     return AuthenticationMechanism(
         type="sas", symmetric_key=SymmetricKey(primary_key=new_key(), secondary_key=new_key())
