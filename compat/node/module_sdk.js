@@ -3,10 +3,8 @@
 // by MODULE_CONNECTION_STRING (HostName=localhost;DeviceId=D;ModuleId=M;
 // SharedAccessKey=...).
 //
-// Usage: node module_sdk.js [--report N] [--cert FILE --key FILE] [--timeout SECONDS]
+// Usage: node module_sdk.js [--report N] [--timeout SECONDS]
 //
-// With --cert/--key the connection string says x509=true and the PEM files
-// go to setOptions({cert, key}) before open.
 // It connects, registers the direct methods (onMethod), reads the module
 // twin, patches the reported property {"moduleCheck": N} and listens for
 // desired patches. Output is JSON lines on stdout:
@@ -16,7 +14,6 @@
 //   {"ok":true, "event":"closed"}              last line, after a clean close (stdin ended)
 // Methods: echo -> 200 {"echo": payload, "module": moduleId}; fail -> 500.
 
-const fs = require('fs');
 const lib = require('./lib');
 const { ModuleClient } = require('azure-iot-device');
 const { Mqtt } = require('azure-iot-device-mqtt');
@@ -67,12 +64,6 @@ async function close() {
 }
 
 async function main() {
-  if (!!args.cert !== !!args.key) {
-    throw new Error('--cert and --key go together');
-  }
-  if (args.cert) {
-    await client.setOptions({ cert: fs.readFileSync(args.cert, 'utf8'), key: fs.readFileSync(args.key, 'utf8') });
-  }
   await client.open();
   lib.log('module connected');
   // onMethod subscribes in the background; wait for the SUBACK so that the
