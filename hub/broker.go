@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/dmctl/dmctl/hub/store"
 	"github.com/dmctl/dmctl/internal/iothub"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -44,12 +45,12 @@ type broker struct {
 
 	mu       sync.Mutex
 	closed   bool
-	conns    map[net.Conn]string    // every connection handed to mochi -> device id once known
-	tokenExp map[net.Conn]time.Time // SAS expiry of authenticated connections without a session yet
-	sessions map[string]*session    // current session of each device
-	change   chan struct{}          // closed and replaced on every change
-	pending  map[string]*call       // method calls by request id
-	wg       sync.WaitGroup         // one per connection handed to mochi
+	conns    map[net.Conn]string // every connection handed to mochi -> identity key once known
+	granted  map[net.Conn]grant  // authenticated connections without a session yet
+	sessions map[string]*session // current session of each identity (device id or module key)
+	change   chan struct{}       // closed and replaced on every change
+	pending  map[string]*call    // method calls by request id
+	wg       sync.WaitGroup      // one per connection handed to mochi
 
 	timers sync.WaitGroup // token expiry callbacks that are running
 
@@ -85,7 +86,7 @@ func newBroker(s *Server) (*broker, error) {
 		log:      s.log.With().Str("component", "mqtt").Logger(),
 		mochi:    m,
 		conns:    make(map[net.Conn]string),
-		tokenExp: make(map[net.Conn]time.Time),
+		granted:  make(map[net.Conn]grant),
 		sessions: make(map[string]*session),
 		change:   make(chan struct{}),
 		pending:  make(map[string]*call),
@@ -133,12 +134,15 @@ func (b *broker) handoff(c net.Conn) {
 	}
 }
 
-// session is the current connection of a device.
+// session is the current connection of an identity.
 type session struct {
 	cl *mqtt.Client
-	// expiry disconnects the device when its SAS token expires, as IoT
-	// Hub does.
+	// expiry disconnects the client when its SAS token expires, as IoT
+	// Hub does, or its certificate.
 	expiry *time.Timer
+	// modelID is the model id the client announced, recorded with the
+	// connection.
+	modelID string
 	// live is set once the CONNACK went out and the connection is
 	// recorded in the store.
 	live bool
@@ -159,7 +163,7 @@ func (b *broker) connEnded(c net.Conn) {
 	b.mu.Lock()
 	id := b.conns[c]
 	delete(b.conns, c)
-	delete(b.tokenExp, c)
+	delete(b.granted, c)
 	b.mu.Unlock()
 	if id == "" {
 		return
@@ -169,8 +173,8 @@ func (b *broker) connEnded(c net.Conn) {
 	if !b.isSession(id, c) {
 		return // replaced by a newer connection
 	}
-	if err := b.s.store.SetConnected(id, false); err != nil && !errors.Is(err, errStoreNotFound) {
-		b.log.Warn().Err(err).Str("device", id).Msg("record disconnection")
+	if err := b.s.store.SetConnected(id, false); err != nil && !errors.Is(err, errStoreNotFound) && !errors.Is(err, store.ErrModuleNotFound) {
+		b.log.Warn().Err(err).Func(ident(id)).Msg("record disconnection")
 	}
 	b.mu.Lock()
 	if sess, ok := b.sessions[id]; ok && sess.cl.Net.Conn == c {
@@ -179,7 +183,7 @@ func (b *broker) connEnded(c net.Conn) {
 		b.signalLocked()
 	}
 	b.mu.Unlock()
-	b.log.Info().Str("device", id).Msg("device disconnected")
+	b.log.Info().Func(ident(id)).Msg(kind(id) + " disconnected")
 }
 
 // isSession reports whether c is the connection of id's current session.
@@ -321,14 +325,14 @@ func (b *broker) handlePublish(cl *mqtt.Client, pk packets.Packet) {
 	case strings.HasPrefix(topic, "$iothub/methods/res/"):
 		status, rid, ok := iothub.ParseMethodResponseTopic(topic)
 		if !ok {
-			b.log.Debug().Str("device", id).Str("topic", topic).Msg("malformed method response topic")
+			b.log.Debug().Func(ident(id)).Str("topic", topic).Msg("malformed method response topic")
 			return
 		}
 		b.methodResponse(id, rid, status, pk.Payload)
 	case strings.HasPrefix(topic, "$iothub/twin/"):
 		op, rid, ok := iothub.ParseTwinRequestTopic(topic)
 		if !ok {
-			b.log.Debug().Str("device", id).Str("topic", topic).Msg("unsupported twin topic")
+			b.log.Debug().Func(ident(id)).Str("topic", topic).Msg("unsupported twin topic")
 			return
 		}
 		switch op {
@@ -337,22 +341,9 @@ func (b *broker) handlePublish(cl *mqtt.Client, pk packets.Packet) {
 		case iothub.TwinPatchReported:
 			b.twinPatch(cl, rid, pk.Payload)
 		}
-	case deviceTopic(id, topic) && isTelemetry(id, topic):
-		b.log.Debug().Str("device", id).Int("bytes", len(pk.Payload)).Msg("telemetry received and dropped")
+	case isTelemetry(id, topic):
+		b.log.Debug().Func(ident(id)).Int("bytes", len(pk.Payload)).Msg("telemetry received and dropped")
 	default:
-		b.log.Debug().Str("device", id).Str("topic", topic).Msg("publish to unsupported topic dropped")
+		b.log.Debug().Func(ident(id)).Str("topic", topic).Msg("publish to unsupported topic dropped")
 	}
-}
-
-func isTelemetry(id, topic string) bool {
-	rest := strings.TrimPrefix(topic, "devices/"+id+"/")
-	if strings.HasPrefix(rest, "messages/events/") || rest == "messages/events" {
-		return true
-	}
-	if m, ok := strings.CutPrefix(rest, "modules/"); ok {
-		if _, after, ok := strings.Cut(m, "/"); ok {
-			return strings.HasPrefix(after, "messages/events")
-		}
-	}
-	return false
 }

@@ -23,9 +23,9 @@ var ErrShuttingDown = errors.New("hub: shutting down")
 // level ("", or containing '/', '+', '#', '?' or NUL).
 var ErrInvalidMethodName = errors.New("hub: invalid method name")
 
-// call is a direct method waiting for the device's answer.
+// call is a direct method waiting for the answer of an identity.
 type call struct {
-	device string
+	device string            // identity key
 	result chan methodResult // buffered, receives at most one value
 	done   chan struct{}     // closed by cancel
 }
@@ -45,31 +45,32 @@ func (c *call) cancel() {
 
 var _ hubapi.Devices = (*broker)(nil)
 
-// Invoke sends a direct method to a device and waits for its answer. It
+// Invoke sends a direct method to a device, or a module (deviceID is then
+// its key "{deviceId}/{moduleId}"), and waits for its answer. It
 // waits up to connectTimeout for the device to be connected and subscribed
 // to method requests (hubapi.ErrDeviceNotOnline otherwise), then up to
 // responseTimeout for the answer (hubapi.ErrTimeout). The request body is
 // payload as given.
 func (b *broker) Invoke(ctx context.Context, deviceID, method string, payload []byte, connectTimeout, responseTimeout time.Duration) (int, []byte, error) {
 	if method == "" || strings.ContainsAny(method, "/+#?\x00") {
-		return 0, nil, fmt.Errorf("invoke %q on device %q: %w", method, deviceID, ErrInvalidMethodName)
+		return 0, nil, fmt.Errorf("invoke %q on %s: %w", method, describe(deviceID), ErrInvalidMethodName)
 	}
 	rid := strconv.FormatUint(b.rid.Add(1), 10)
 	topic := iothub.MethodRequestTopic(method, rid)
 
 	cl, err := b.awaitSubscriber(ctx, deviceID, topic, connectTimeout)
 	if err != nil {
-		return 0, nil, fmt.Errorf("invoke %q on device %q: %w", method, deviceID, err)
+		return 0, nil, fmt.Errorf("invoke %q on %s: %w", method, describe(deviceID), err)
 	}
 	if b.revoked(cl) {
-		return 0, nil, fmt.Errorf("invoke %q on device %q: %w", method, deviceID, hubapi.ErrDeviceNotOnline)
+		return 0, nil, fmt.Errorf("invoke %q on %s: %w", method, describe(deviceID), hubapi.ErrDeviceNotOnline)
 	}
 
 	c := &call{device: deviceID, result: make(chan methodResult, 1), done: make(chan struct{})}
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
-		return 0, nil, fmt.Errorf("invoke %q on device %q: %w", method, deviceID, ErrShuttingDown)
+		return 0, nil, fmt.Errorf("invoke %q on %s: %w", method, describe(deviceID), ErrShuttingDown)
 	}
 	b.pending[rid] = c
 	b.mu.Unlock()
@@ -80,9 +81,9 @@ func (b *broker) Invoke(ctx context.Context, deviceID, method string, payload []
 	}()
 
 	if ok, err := b.send(cl, topic, payload); err != nil || !ok {
-		return 0, nil, fmt.Errorf("invoke %q on device %q: %w", method, deviceID, hubapi.ErrDeviceNotOnline)
+		return 0, nil, fmt.Errorf("invoke %q on %s: %w", method, describe(deviceID), hubapi.ErrDeviceNotOnline)
 	}
-	b.log.Debug().Str("device", deviceID).Str("method", method).Str("rid", rid).Msg("method request sent")
+	b.log.Debug().Func(ident(deviceID)).Str("method", method).Str("rid", rid).Msg("method request sent")
 
 	timer := time.NewTimer(responseTimeout)
 	defer timer.Stop()
@@ -90,14 +91,14 @@ func (b *broker) Invoke(ctx context.Context, deviceID, method string, payload []
 	case r := <-c.result:
 		return r.status, r.body, nil
 	case <-timer.C:
-		return 0, nil, fmt.Errorf("invoke %q on device %q: %w", method, deviceID, hubapi.ErrTimeout)
+		return 0, nil, fmt.Errorf("invoke %q on %s: %w", method, describe(deviceID), hubapi.ErrTimeout)
 	case <-ctx.Done():
 		if b.s.ctx.Err() != nil {
-			return 0, nil, fmt.Errorf("invoke %q on device %q: %w", method, deviceID, ErrShuttingDown)
+			return 0, nil, fmt.Errorf("invoke %q on %s: %w", method, describe(deviceID), ErrShuttingDown)
 		}
-		return 0, nil, fmt.Errorf("invoke %q on device %q: %w", method, deviceID, ctx.Err())
+		return 0, nil, fmt.Errorf("invoke %q on %s: %w", method, describe(deviceID), ctx.Err())
 	case <-c.done:
-		return 0, nil, fmt.Errorf("invoke %q on device %q: %w", method, deviceID, ErrShuttingDown)
+		return 0, nil, fmt.Errorf("invoke %q on %s: %w", method, describe(deviceID), ErrShuttingDown)
 	}
 }
 
@@ -140,7 +141,7 @@ func (b *broker) methodResponse(deviceID, rid string, status int, body []byte) {
 	c, ok := b.pending[rid]
 	b.mu.Unlock()
 	if !ok || c.device != deviceID {
-		b.log.Debug().Str("device", deviceID).Str("rid", rid).Msg("method response matches no pending call")
+		b.log.Debug().Func(ident(deviceID)).Str("rid", rid).Msg("method response matches no pending call")
 		return
 	}
 	if len(strings.TrimSpace(string(body))) == 0 {
@@ -163,9 +164,9 @@ func (b *broker) NotifyDesired(deviceID string, version int64, patch []byte) {
 	sent, err := b.send(cl, iothub.DesiredPatchTopic(version), patch)
 	switch {
 	case err != nil:
-		b.log.Debug().Err(err).Str("device", deviceID).Msg("write desired patch")
+		b.log.Debug().Err(err).Func(ident(deviceID)).Msg("write desired patch")
 	case sent:
-		b.log.Debug().Str("device", deviceID).Int64("version", version).Msg("desired patch sent")
+		b.log.Debug().Func(ident(deviceID)).Int64("version", version).Msg("desired patch sent")
 	}
 }
 
@@ -176,6 +177,8 @@ func storeErrorCode(err error) (int, string) {
 	switch {
 	case errors.As(err, &ve):
 		return ve.Code, ve.Msg
+	case errors.Is(err, store.ErrModuleNotFound):
+		return iothub.CodeModuleNotFound, "module not found"
 	case errors.Is(err, store.ErrNotFound):
 		return iothub.CodeDeviceNotFound, "device not found"
 	default:

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
 	"net/url"
 	"strings"
 	"testing"
@@ -38,7 +39,9 @@ type connOpts struct {
 	clientID  string
 	username  string
 	password  string
-	transport string // "tls" (default), "ws" (subprotocol mqtt), "wsMQTT" (subprotocol MQTT)
+	transport string           // "tls" (default), "ws" (subprotocol mqtt), "wsMQTT" (subprotocol MQTT)
+	cert      *tls.Certificate // client certificate to present in the TLS handshake
+	origin    string           // Origin header of the WebSocket handshake ("ws" only)
 }
 
 // token mints a device SAS for the hub's HostName.
@@ -72,11 +75,15 @@ func tlsConfig(hs *hubtest.Server) *tls.Config {
 func dial(t *testing.T, hs *hubtest.Server, o connOpts) (*device, byte, error) {
 	t.Helper()
 	d := &device{id: o.clientID, msgs: make(chan paho.Message, 64), lost: make(chan error, 1)}
+	tc := tlsConfig(hs)
+	if o.cert != nil {
+		tc.Certificates = []tls.Certificate{*o.cert}
+	}
 	opts := paho.NewClientOptions().
 		SetClientID(o.clientID).
 		SetUsername(o.username).
 		SetPassword(o.password).
-		SetTLSConfig(tlsConfig(hs)).
+		SetTLSConfig(tc).
 		SetCleanSession(false).
 		SetProtocolVersion(4).
 		SetAutoReconnect(false).
@@ -96,10 +103,13 @@ func dial(t *testing.T, hs *hubtest.Server, o connOpts) (*device, byte, error) {
 		opts.AddBroker("tls://" + hs.Addr())
 	case "ws":
 		opts.AddBroker("wss://" + hs.Addr() + "/$iothub/websocket")
+		if o.origin != "" {
+			opts.SetHTTPHeaders(http.Header{"Origin": []string{o.origin}})
+		}
 	case "wsMQTT":
 		opts.AddBroker("wss://" + hs.Addr() + "/$iothub/websocket")
 		opts.SetCustomOpenConnectionFn(func(u *url.URL, _ paho.ClientOptions) (net.Conn, error) {
-			dialer := websocket.Dialer{TLSClientConfig: tlsConfig(hs), Subprotocols: []string{"MQTT"}, HandshakeTimeout: 10 * time.Second}
+			dialer := websocket.Dialer{TLSClientConfig: tc, Subprotocols: []string{"MQTT"}, HandshakeTimeout: 10 * time.Second}
 			ws, resp, err := dialer.Dial(u.String(), nil)
 			if err != nil {
 				return nil, err
@@ -126,21 +136,22 @@ func dial(t *testing.T, hs *hubtest.Server, o connOpts) (*device, byte, error) {
 	return d, rc, nil
 }
 
-// connectDevice connects as the device of connection string cs.
+// connectDevice connects as the device or module of connection string cs.
 func connectDevice(t *testing.T, hs *hubtest.Server, cs, transport string) *device {
 	t.Helper()
 	c, err := sas.ParseDevice(cs)
 	if err != nil {
 		t.Fatal(err)
 	}
+	id := iothub.ClientID(c.DeviceID, c.ModuleID)
 	d, rc, err := dial(t, hs, connOpts{
-		clientID:  c.DeviceID,
-		username:  iothub.Username(c.HostName, c.DeviceID, "", "dmctl-test/1"),
+		clientID:  id,
+		username:  iothub.Username(c.HostName, c.DeviceID, c.ModuleID, "dmctl-test/1"),
 		password:  token(t, hs, cs, time.Now().Add(time.Hour)),
 		transport: transport,
 	})
 	if err != nil {
-		t.Fatalf("connect %s: rc=%d: %v", c.DeviceID, rc, err)
+		t.Fatalf("connect %s: rc=%d: %v", id, rc, err)
 	}
 	return d
 }

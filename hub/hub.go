@@ -1,7 +1,8 @@
 // Package hub is dmctl's local Azure IoT Hub stand-in: one TLS port per
 // listen address that serves MQTT 3.1.1 (devices), the HTTPS REST API
-// (services) and MQTT over WebSockets, with IoT Hub's topics, SAS
-// authentication and semantics for direct methods and twins.
+// (services) and MQTT over WebSockets, with IoT Hub's topics, SAS and
+// X.509 authentication of devices and modules, and semantics for direct
+// methods and twins.
 //
 // The MQTT framing is done by the embedded mochi-mqtt broker. The hub owns
 // the sockets and TLS, tells MQTT from HTTP by the first byte after the
@@ -56,13 +57,22 @@ const (
 
 // Config configures a Server. DataDir is required; every other field has a
 // working zero value.
+//
+// Devices and modules of authentication type certificateAuthority log in
+// with a client certificate that chains to a trusted device CA: the
+// certificates of the X509CAFiles and of every *.pem file in
+// DataDir/x509-ca (DeviceCADir). Both are read once, by New; a file that
+// cannot be read or holds no certificate makes New fail (ErrDeviceCA).
 type Config struct {
-	DataDir  string   // holds ca.pem, ca-key.pem, server.pem, server-key.pem, hub.db
+	DataDir  string   // holds ca.pem, ca-key.pem, server.pem, server-key.pem, hub.db, x509-ca/
 	Listen   []string // host:port to listen on; default ["127.0.0.1:8883"]; port 0 picks one
 	Hostname string   // the hub's name in connection strings and SAS audiences; default "localhost"
 	TLSCert  string   // optional PEM certificate (chain) to serve instead of the generated one
 	TLSKey   string   // its key
-	Log      zerolog.Logger
+	// X509CAFiles are PEM files of device CA certificates to trust, one
+	// or more certificates each (dmctl hub serve --x509-ca).
+	X509CAFiles []string
+	Log         zerolog.Logger
 }
 
 // Server is a local IoT Hub. Create it with New, run it with Serve (or
@@ -73,7 +83,9 @@ type Server struct {
 	store  *store.Store
 	tlsMat *tlsMaterial
 	tlsCfg *tls.Config
-	now    func() time.Time
+	// deviceCAs are the trusted device CAs; nil when there are none.
+	deviceCAs *x509.CertPool
+	now       func() time.Time
 
 	mu        sync.Mutex
 	started   bool
@@ -96,8 +108,8 @@ type Server struct {
 	jobsWG sync.WaitGroup
 }
 
-// New binds every listen address, then opens the store and loads or creates
-// the TLS material. Binding comes first so that a busy port fails before
+// New binds every listen address, reads the trusted device CAs, then opens
+// the store and loads or creates the TLS material. Binding comes first so that a busy port fails before
 // anything is written to the data folder. Connections are served only after
 // Start.
 func New(cfg Config) (*Server, error) {
@@ -116,6 +128,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Hostname == "" {
 		cfg.Hostname = DefaultHostname
 	}
+	cfg.X509CAFiles = slices.Clone(cfg.X509CAFiles)
 	listeners, err := listenAll(cfg.Listen)
 	if err != nil {
 		return nil, err
@@ -124,6 +137,13 @@ func New(cfg Config) (*Server, error) {
 		for _, l := range listeners {
 			_ = l.Close()
 		}
+	}
+	// Device CAs are read before the data folder is touched: a bad file
+	// leaves nothing behind.
+	cas, err := loadDeviceCAs(cfg.DataDir, cfg.X509CAFiles)
+	if err != nil {
+		closeListeners()
+		return nil, err
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		closeListeners()
@@ -151,11 +171,17 @@ func New(cfg Config) (*Server, error) {
 		log:       cfg.Log,
 		store:     st,
 		tlsMat:    mat,
+		deviceCAs: cas,
 		now:       now,
 		listeners: listeners,
 		tlsCfg: &tls.Config{
 			MinVersion:   tls.VersionTLS12,
 			Certificates: []tls.Certificate{mat.cert},
+			// X.509 devices present a certificate; SAS devices, services
+			// and browsers need not. The hub checks certificates itself,
+			// at MQTT CONNECT, against the registry; advertising no CA
+			// names keeps clients from withholding a self-signed one.
+			ClientAuth: tls.RequestClientCert,
 		},
 		inflight: make(map[net.Conn]struct{}),
 	}
@@ -371,7 +397,8 @@ func (s *Server) CAPool() *x509.CertPool {
 // Store is the hub's state.
 func (s *Server) Store() *store.Store { return s.store }
 
-// Connected reports whether the device has a live MQTT connection.
+// Connected reports whether the device (or the module of key
+// "{deviceId}/{moduleId}") has a live MQTT connection.
 func (s *Server) Connected(deviceID string) bool {
 	s.mu.Lock()
 	b := s.broker
@@ -393,8 +420,8 @@ func (s *Server) ConnectionChanged() <-chan struct{} {
 	return b.changed()
 }
 
-// Subscribed reports whether the device has a live MQTT connection with a
-// subscription matching topic (for example a method request topic).
+// Subscribed reports whether the device (or module key) has a live MQTT
+// connection with a subscription matching topic (for example a method request topic).
 func (s *Server) Subscribed(deviceID, topic string) bool {
 	s.mu.Lock()
 	b := s.broker

@@ -3,6 +3,7 @@ package hub
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"log"
 	"net"
@@ -92,7 +93,8 @@ func (s *Server) handshake(raw net.Conn) {
 		_ = tc.Close()
 		return
 	}
-	c := &hubConn{Conn: tc, first: first[0], hasFirst: true, serverName: tc.ConnectionState().ServerName}
+	st := tc.ConnectionState()
+	c := &hubConn{Conn: tc, first: first[0], hasFirst: true, serverName: st.ServerName, peerCerts: st.PeerCertificates}
 	if first[0] == mqttConnectByte {
 		_ = tc.SetDeadline(time.Now().Add(connectTimeout))
 		s.broker.handoff(c)
@@ -105,13 +107,15 @@ func (s *Server) handshake(raw net.Conn) {
 }
 
 // hubConn is an accepted connection after TLS: it replays the byte read to
-// tell MQTT from HTTP, remembers the TLS server name the client asked for,
-// and bounds every write so a stalled peer cannot block the hub.
+// tell MQTT from HTTP, remembers the TLS server name the client asked for
+// and the client certificate chain it presented, and bounds every write so
+// a stalled peer cannot block the hub.
 type hubConn struct {
 	net.Conn
 	first      byte
 	hasFirst   bool
 	serverName string
+	peerCerts  []*x509.Certificate
 }
 
 func (c *hubConn) Read(p []byte) (int, error) {
@@ -125,6 +129,10 @@ func (c *hubConn) Read(p []byte) (int, error) {
 
 // ServerName is the TLS server name (SNI) the client asked for.
 func (c *hubConn) ServerName() string { return c.serverName }
+
+// PeerCertificates is the certificate chain the client presented in the
+// TLS handshake, leaf first; nil if it presented none.
+func (c *hubConn) PeerCertificates() []*x509.Certificate { return c.peerCerts }
 
 func (c *hubConn) Write(p []byte) (int, error) {
 	_ = c.Conn.SetWriteDeadline(time.Now().Add(writeTimeout))

@@ -36,7 +36,7 @@ func (b *broker) twinPatch(cl *mqtt.Client, rid string, body []byte) {
 func (b *broker) twinError(cl *mqtt.Client, rid string, err error) {
 	code, msg := storeErrorCode(err)
 	if code == iothub.CodeServerError {
-		b.log.Error().Err(err).Str("device", cl.ID).Msg("twin request failed")
+		b.log.Error().Err(err).Func(ident(cl.ID)).Msg("twin request failed")
 	}
 	b.reply(cl, iothub.TwinResponseTopic(iothub.HTTPStatus(code), rid, 0), twinErrorBody(code, msg))
 }
@@ -45,8 +45,8 @@ func (b *broker) reply(cl *mqtt.Client, topic string, body []byte) {
 	ok, err := b.send(cl, topic, body)
 	switch {
 	case err != nil:
-		b.log.Debug().Err(err).Str("device", cl.ID).Msg("write twin response")
+		b.log.Debug().Err(err).Func(ident(cl.ID)).Msg("write twin response")
 	case !ok:
-		b.log.Debug().Str("device", cl.ID).Str("topic", topic).Msg("twin response dropped: device is not subscribed")
+		b.log.Debug().Func(ident(cl.ID)).Str("topic", topic).Msg("twin response dropped: client is not subscribed")
 	}
 }

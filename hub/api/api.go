@@ -1,7 +1,15 @@
 // Package api serves the local hub's service-side REST API: direct methods,
-// twins, the identity registry, twin and device-job queries and jobs (v2),
-// with SAS authentication against the shared access policies and IoT Hub's
-// error bodies.
+// twins, the identity registry (devices, modules, bulk operations,
+// statistics), twin, module-twin and device-job queries and jobs (v2), with
+// SAS authentication against the shared access policies and IoT Hub's error
+// bodies.
+//
+// Module routes mirror the device ones, with the same rights: identities
+// under /devices/{id}/modules, twins under /twins/{id}/modules/{mid}, direct
+// methods at /twins/{id}/modules/{mid}/methods. An unknown device answers
+// 404 DeviceNotFound before any module lookup; an unknown module 404
+// ModuleNotFound. GET /statistics/devices needs RegistryRead,
+// GET /statistics/service ServiceConnect, POST /devices (bulk) RegistryWrite.
 //
 // Rights: jobs are created and cancelled with RegistryWrite or
 // ServiceConnect, except direct-method jobs, which need ServiceConnect (the
@@ -83,6 +91,17 @@ func New(cfg Config) http.Handler {
 	handle("PUT /devices/{id}", store.RegistryWrite, s.putDevice)
 	handle("GET /devices/{id}", store.RegistryRead, s.getDevice)
 	handle("DELETE /devices/{id}", store.RegistryWrite, s.deleteDevice)
+	handle("GET /devices/{id}/modules", store.RegistryRead, s.listModules)
+	handle("PUT /devices/{id}/modules/{mid}", store.RegistryWrite, s.putModule)
+	handle("GET /devices/{id}/modules/{mid}", store.RegistryRead, s.getModule)
+	handle("DELETE /devices/{id}/modules/{mid}", store.RegistryWrite, s.deleteModule)
+	handle("POST /twins/{id}/modules/{mid}/methods", store.ServiceConnect, s.invokeModule)
+	handle("GET /twins/{id}/modules/{mid}", either(store.RegistryRead, store.ServiceConnect), s.getModuleTwin)
+	handle("PATCH /twins/{id}/modules/{mid}", either(store.RegistryWrite, store.ServiceConnect), s.patchModuleTwin)
+	handle("PUT /twins/{id}/modules/{mid}", either(store.RegistryWrite, store.ServiceConnect), s.replaceModuleTwin)
+	handle("POST /devices", store.RegistryWrite, s.bulkDevices)
+	handle("GET /statistics/devices", store.RegistryRead, s.deviceStatistics)
+	handle("GET /statistics/service", store.ServiceConnect, s.serviceStatistics)
 	handle("GET /devices", store.RegistryRead, s.listDevices)
 	// The Node service SDK's Registry.list asks for "/devices/".
 	handle("GET /devices/{$}", store.RegistryRead, s.listDevices)

@@ -36,6 +36,7 @@ type fakeDevices struct {
 
 	mu       sync.Mutex
 	notified []notification
+	revoked  []string
 }
 
 type notification struct {
@@ -51,7 +52,20 @@ func (f *fakeDevices) Invoke(ctx context.Context, id, method string, payload []b
 	return f.InvokeFunc(ctx, id, method, payload, connect, response)
 }
 
-func (f *fakeDevices) Revoke(string) {}
+func (f *fakeDevices) Revoke(id string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.revoked = append(f.revoked, id)
+}
+
+// takeRevoked returns and forgets the identities revoked so far.
+func (f *fakeDevices) takeRevoked() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	r := f.revoked
+	f.revoked = nil
+	return r
+}
 
 func (f *fakeDevices) NotifyDesired(id string, version int64, patch []byte) {
 	f.mu.Lock()
@@ -268,9 +282,22 @@ func TestRightsMatrix(t *testing.T) {
 		{"device list", "GET", "/devices", "", []string{"iothubowner", "registryRead", "registryReadWrite"}, 200},
 		{"device delete", "DELETE", "/devices/del-%s", "", []string{"iothubowner", "registryReadWrite"}, 204},
 		{"query", "POST", "/devices/query", `{"query":"SELECT * FROM devices"}`, []string{"iothubowner", "service", "registryRead", "registryReadWrite"}, 200},
+		{"module list", "GET", "/devices/d1/modules", "", []string{"iothubowner", "registryRead", "registryReadWrite"}, 200},
+		{"module create", "PUT", "/devices/d1/modules/new-%s", `{}`, []string{"iothubowner", "registryReadWrite"}, 200},
+		{"module get", "GET", "/devices/d1/modules/m1", "", []string{"iothubowner", "registryRead", "registryReadWrite"}, 200},
+		{"module delete", "DELETE", "/devices/d1/modules/del-%s", "", []string{"iothubowner", "registryReadWrite"}, 204},
+		{"module twin get", "GET", "/twins/d1/modules/m1", "", []string{"iothubowner", "service", "registryRead", "registryReadWrite"}, 200},
+		{"module twin patch", "PATCH", "/twins/d1/modules/m1", `{"tags":{"a":1}}`, []string{"iothubowner", "service", "registryReadWrite"}, 200},
+		{"module twin put", "PUT", "/twins/d1/modules/m1", `{"tags":{"a":2}}`, []string{"iothubowner", "service", "registryReadWrite"}, 200},
+		{"module invoke", "POST", "/twins/d1/modules/m1/methods", `{"methodName":"m"}`, []string{"iothubowner", "service"}, 200},
+		{"bulk registry", "POST", "/devices", `[{"id":"bulk-%s","importMode":"create"}]`, []string{"iothubowner", "registryReadWrite"}, 200},
+		{"registry statistics", "GET", "/statistics/devices", "", []string{"iothubowner", "registryRead", "registryReadWrite"}, 200},
+		{"service statistics", "GET", "/statistics/service", "", []string{"iothubowner", "service"}, 200},
 	}
+	e.createModule("d1", "m1")
 	for _, p := range policies {
 		e.create("del-" + p)
+		e.createModule("d1", "del-"+p)
 	}
 	for _, rt := range routes {
 		for _, p := range policies {
@@ -279,7 +306,11 @@ func TestRightsMatrix(t *testing.T) {
 				if strings.Contains(path, "%s") {
 					path = fmt.Sprintf(path, p)
 				}
-				r := e.do(rt.method, path+"?api-version=2021-04-12", e.token(p), rt.body)
+				body := rt.body
+				if strings.Contains(body, "%s") {
+					body = fmt.Sprintf(body, p)
+				}
+				r := e.do(rt.method, path+"?api-version=2021-04-12", e.token(p), body)
 				allowed := false
 				for _, a := range rt.allowed {
 					allowed = allowed || a == p
@@ -783,7 +814,7 @@ func TestRouting(t *testing.T) {
 		t.Errorf("Allow = %q", allow)
 	}
 	wantStyleA(t, e.do("GET", "/twins/d1/methods", owner, ""), 405, "MethodNotAllowed")
-	wantStyleA(t, e.do("POST", "/devices", owner, "{}"), 405, "MethodNotAllowed")
+	wantStyleA(t, e.do("PATCH", "/devices", owner, "{}"), 405, "MethodNotAllowed")
 	// Any api-version, or none, is accepted.
 	for _, v := range []string{"", "?api-version=2016-11-14", "?api-version=whatever"} {
 		if r := e.do("GET", "/twins/d1"+v, owner, ""); r.status != 200 {

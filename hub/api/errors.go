@@ -2,6 +2,7 @@ package api
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 
@@ -39,10 +40,27 @@ func (s *server) storeError(w http.ResponseWriter, r *http.Request, id string, e
 		s.failCode(w, iothub.CodeDeviceNotFound, id)
 	case errors.Is(err, store.ErrExists):
 		s.failCode(w, iothub.CodeDeviceAlreadyExists, "A device with ID '"+id+"' is already registered.")
+	case errors.Is(err, store.ErrModuleNotFound):
+		s.failCode(w, iothub.CodeModuleNotFound, id)
+	case errors.Is(err, store.ErrModuleExists):
+		s.failCode(w, iothub.CodeModuleAlreadyExists, id)
 	case errors.Is(err, store.ErrPrecondition):
 		s.failCode(w, iothub.CodePreconditionFailed, "Precondition failed: "+strings.TrimPrefix(err.Error(), store.ErrPrecondition.Error()+": "))
 	default:
 		s.log.Error().Err(err).Str("method", r.Method).Str("path", r.URL.Path).Msg("rest request failed")
 		s.failCode(w, iothub.CodeServerError, "internal error in the local hub")
+	}
+}
+
+// moduleError is storeError for the module mid of device id: the module
+// errors name both.
+func (s *server) moduleError(w http.ResponseWriter, r *http.Request, id, mid string, err error) {
+	switch {
+	case errors.Is(err, store.ErrModuleNotFound):
+		s.failCode(w, iothub.CodeModuleNotFound, moduleNotFoundText(id, mid))
+	case errors.Is(err, store.ErrModuleExists):
+		s.failCode(w, iothub.CodeModuleAlreadyExists, fmt.Sprintf("A module with ID '%s' is already registered on device '%s'.", mid, id))
+	default:
+		s.storeError(w, r, id, err)
 	}
 }

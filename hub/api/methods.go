@@ -65,7 +65,39 @@ func validMethodName(n string) error {
 
 // invoke serves POST /twins/{id}/methods.
 func (s *server) invoke(w http.ResponseWriter, r *http.Request) {
-	id := r.PathValue("id")
+	s.invokeOn(w, r, func() (string, bool) {
+		id, ok := s.deviceID(w, r)
+		if !ok {
+			return "", false
+		}
+		if _, err := s.cfg.Store.Device(id); err != nil {
+			s.storeError(w, r, id, err)
+			return "", false
+		}
+		return id, true
+	})
+}
+
+// invokeModule serves POST /twins/{id}/modules/{mid}/methods: the method
+// goes to the module's own connection (client id "{id}/{mid}").
+func (s *server) invokeModule(w http.ResponseWriter, r *http.Request) {
+	s.invokeOn(w, r, func() (string, bool) {
+		id, mid, key, ok := s.moduleKey(w, r)
+		if !ok {
+			return "", false
+		}
+		if _, err := s.cfg.Store.Module(id, mid); err != nil {
+			s.moduleError(w, r, id, mid, err)
+			return "", false
+		}
+		return key, true
+	})
+}
+
+// invokeOn validates a direct-method request, then resolves its target
+// (a device id or a module key; target answers the request itself when
+// there is none) and calls it.
+func (s *server) invokeOn(w http.ResponseWriter, r *http.Request, target func() (string, bool)) {
 	var req iothub.MethodRequest
 	if !s.readJSON(w, r, &req) {
 		return
@@ -101,8 +133,8 @@ func (s *server) invoke(w http.ResponseWriter, r *http.Request) {
 		// device SDK answer 400 on its own).
 		payload = []byte("null")
 	}
-	if _, err := s.cfg.Store.Device(id); err != nil {
-		s.storeError(w, r, id, err)
+	id, ok := target()
+	if !ok {
 		return
 	}
 	if s.cfg.Devices == nil {

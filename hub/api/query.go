@@ -193,9 +193,8 @@ func (s *server) queryPage(w http.ResponseWriter, q *query.Query, text string, p
 	writeJSON(w, http.StatusOK, page)
 }
 
-// run evaluates q over the twins or the device job rows. Modules are not
-// kept by the local hub, so that collection is always empty.
-// With limit > 0 it stops after that many matching documents.
+// run evaluates q over the device twins, the module twins or the device
+// job rows. With limit > 0 it stops after that many matching documents.
 func (s *server) run(q *query.Query, limit int) ([]any, error) {
 	var docs []map[string]any
 	switch q.Collection() {
@@ -217,6 +216,16 @@ func (s *server) run(q *query.Query, limit int) ([]any, error) {
 		}
 		if ferr != nil {
 			return nil, ferr
+		}
+	case query.CollectionModules:
+		err := s.cfg.Store.ForEachModuleTwinDoc(func(doc map[string]any) bool {
+			if q.Match(doc) {
+				docs = append(docs, doc)
+			}
+			return limit <= 0 || len(docs) < limit
+		})
+		if err != nil {
+			return nil, err
 		}
 	case query.CollectionDevices:
 		var err error

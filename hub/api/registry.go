@@ -11,6 +11,8 @@ import (
 
 // putDevice serves PUT /devices/{id}: create without If-Match, update with it.
 func (s *server) putDevice(w http.ResponseWriter, r *http.Request) {
+	// The store refuses ids with '/' (400), so a module key cannot reach
+	// a module's record here.
 	id := r.PathValue("id")
 	var d iothub.Device
 	if !s.readJSON(w, r, &d) {
@@ -37,15 +39,22 @@ func (s *server) putDevice(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// A device disabled by this update loses its connection at once, as
-	// on IoT Hub.
-	s.cfg.Devices.Revoke(id)
+	// on IoT Hub, and so do its modules.
+	var mods []string
+	if out.Status == "disabled" {
+		mods = s.moduleKeysOf(id)
+	}
+	s.revokeDevice(id, mods)
 	setETag(w, out.ETag)
 	writeJSON(w, http.StatusOK, out)
 }
 
 // getDevice serves GET /devices/{id}.
 func (s *server) getDevice(w http.ResponseWriter, r *http.Request) {
-	id := r.PathValue("id")
+	id, ok := s.deviceID(w, r)
+	if !ok {
+		return
+	}
 	d, err := s.cfg.Store.Device(id)
 	if err != nil {
 		s.storeError(w, r, id, err)
@@ -57,12 +66,18 @@ func (s *server) getDevice(w http.ResponseWriter, r *http.Request) {
 
 // deleteDevice serves DELETE /devices/{id}; a missing If-Match means "*".
 func (s *server) deleteDevice(w http.ResponseWriter, r *http.Request) {
-	id := r.PathValue("id")
+	id, ok := s.deviceID(w, r)
+	if !ok {
+		return
+	}
+	// The delete takes the modules with it: list them first so that their
+	// connections can be revoked too.
+	mods := s.moduleKeysOf(id)
 	if err := s.cfg.Store.DeleteDevice(id, r.Header.Get("If-Match")); err != nil {
 		s.storeError(w, r, id, err)
 		return
 	}
-	s.cfg.Devices.Revoke(id)
+	s.revokeDevice(id, mods)
 	w.WriteHeader(http.StatusNoContent)
 }
 

@@ -13,14 +13,23 @@ import (
 )
 
 // Devices is the device side of the hub.
+//
+// Every method takes an identity: a device id, or a module key
+// "{deviceId}/{moduleId}" (store.ModuleKey, the module's MQTT client id),
+// which names the module's own connection. A device id never contains '/'.
 type Devices interface {
-	// Invoke sends a direct method to the connected device and waits for its answer.
+	// Invoke sends a direct method to the connected device or module and
+	// waits for its answer. The REST API passes the device id for
+	// POST /twins/{id}/methods and the module key for
+	// POST /twins/{id}/modules/{mid}/methods.
 	// Errors: ErrDeviceNotOnline (not connected or not subscribed within connectTimeout), ErrTimeout.
-	Invoke(ctx context.Context, deviceID, method string, payload []byte, connectTimeout, responseTimeout time.Duration) (status int, body []byte, err error)
-	// Revoke disconnects the device now if it is connected but no longer
-	// allowed to be (deleted or disabled in the registry); otherwise it
-	// does nothing.
-	Revoke(deviceID string)
+	Invoke(ctx context.Context, identity, method string, payload []byte, connectTimeout, responseTimeout time.Duration) (status int, body []byte, err error)
+	// Revoke disconnects the device or module now if it is connected but
+	// no longer allowed to be (deleted, or disabled in the registry, or a
+	// module whose device is); otherwise it does nothing. The REST API
+	// calls it for a device and each of its modules after the device is
+	// deleted or disabled, and for a module after it is deleted.
+	Revoke(identity string)
 }
 
 // Errors a Devices implementation returns from Invoke.

@@ -44,6 +44,12 @@ func WithDataDir(dir string) Option {
 	return func(c *hub.Config) { c.DataDir = dir }
 }
 
+// WithX509CA makes the hub trust the device CA certificates of these PEM
+// files (hub.Config.X509CAFiles).
+func WithX509CA(files ...string) Option {
+	return func(c *hub.Config) { c.X509CAFiles = append(c.X509CAFiles, files...) }
+}
+
 // NewServer starts a hub on 127.0.0.1 with an ephemeral port. It is closed
 // when the test ends.
 func NewServer(t testing.TB, opts ...Option) *Server {
@@ -151,6 +157,28 @@ func (s *Server) DeviceConnectionString(d iothub.Device) string {
 	return "HostName=" + s.HostName() + ";DeviceId=" + d.DeviceID + ";SharedAccessKey=" + key
 }
 
+// CreateModule registers module mod on the existing device dev with
+// generated keys and returns its connection string
+// (HostName=localhost:port;DeviceId=dev;ModuleId=mod;SharedAccessKey=...).
+func (s *Server) CreateModule(t testing.TB, dev, mod string) string {
+	t.Helper()
+	m, err := s.Store().CreateModule(iothub.Module{DeviceID: dev, ModuleID: mod})
+	if err != nil {
+		t.Fatalf("hubtest: create module %q on device %q: %v", mod, dev, err)
+	}
+	return s.ModuleConnectionString(m)
+}
+
+// ModuleConnectionString renders the connection string of a registered
+// module with its primary key.
+func (s *Server) ModuleConnectionString(m iothub.Module) string {
+	key := ""
+	if m.Authentication != nil && m.Authentication.SymmetricKey != nil {
+		key = m.Authentication.SymmetricKey.PrimaryKey
+	}
+	return "HostName=" + s.HostName() + ";DeviceId=" + m.DeviceID + ";ModuleId=" + m.ModuleID + ";SharedAccessKey=" + key
+}
+
 // Restart stops the hub and starts it again on the same port with the same
 // data, as a hub process restart would.
 func (s *Server) Restart(t testing.TB) {
@@ -169,7 +197,8 @@ func (s *Server) Restart(t testing.TB) {
 	s.restarted = make(chan struct{})
 }
 
-// Connected reports whether the device has a live MQTT connection.
+// Connected reports whether the device (or module key
+// "{deviceId}/{moduleId}") has a live MQTT connection.
 func (s *Server) Connected(id string) bool { return s.Hub().Connected(id) }
 
 // WaitConnected waits until the device's connection state is want, or ctx

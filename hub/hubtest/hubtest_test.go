@@ -129,3 +129,21 @@ func TestWaitConnectedHonoursContext(t *testing.T) {
 		t.Fatalf("WaitConnected(false): %v", err)
 	}
 }
+
+func TestCreateModule(t *testing.T) {
+	hs := hubtest.NewServer(t)
+	hs.CreateDevice(t, "d1")
+	cs := hs.CreateModule(t, "d1", "m1")
+	c, err := sas.ParseDevice(cs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := hs.Store().Module("d1", "m1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Kind() != sas.KindModule || c.DeviceID != "d1" || c.ModuleID != "m1" || c.HostName != hs.HostName() ||
+		c.SharedAccessKey != m.Authentication.SymmetricKey.PrimaryKey {
+		t.Fatalf("connection string %v does not name module m1 of d1 with its primary key", c)
+	}
+}

@@ -103,13 +103,21 @@ The data folder defaults to $XDG_DATA_HOME/dmctl/hub, else
 bound addresses and hostname (what 'dmctl hub connection-string' reads); it
 is removed when the hub stops, and ignored when no hub holds the folder. The
 ports are bound before anything is written: a busy port leaves no data
-folder behind.`,
+folder behind.
+
+Devices and modules whose authentication type is selfSigned log in with a
+client certificate whose SHA-1 or SHA-256 thumbprint is registered;
+certificateAuthority ones with a certificate that chains to a trusted
+device CA and whose subject CN is the device id ({deviceId}/{moduleId}
+for a module). The trusted CAs are those of every --x509-ca file and of
+every *.pem file in the data folder's x509-ca folder, read at start.`,
 		Flags: []cli.Flag{
 			hubDataFlag(),
 			hubListenFlag(),
 			hubHostnameFlag(),
 			&cli.StringFlag{Name: "tls-cert", Usage: "serve this PEM certificate (chain) instead of the generated one"},
 			&cli.StringFlag{Name: "tls-key", Usage: "the key of --tls-cert (PEM)"},
+			&cli.StringSliceFlag{Name: "x509-ca", Usage: "trust the device CA certificates of this PEM `file` (repeatable); the *.pem files of <data>/x509-ca are trusted too"},
 			&cli.StringFlag{Name: "ready-file", Usage: "once listening, write the bound addresses, CA path and data folder to this `file` (JSON)"},
 			outputFlag(),
 		},
@@ -148,6 +156,8 @@ func hubServe(c *cli.Context) error {
 		TLSCert:  c.String("tls-cert"),
 		TLSKey:   c.String("tls-key"),
 		Log:      log,
+
+		X509CAFiles: c.StringSlice("x509-ca"),
 	}
 	for _, a := range cfg.Listen {
 		if _, _, err := net.SplitHostPort(a); err != nil {
@@ -161,6 +171,9 @@ func hubServe(c *cli.Context) error {
 		var oe *net.OpError
 		if errors.As(err, &oe) && oe.Op == "listen" {
 			return withHint(err, fmt.Sprintf("another program uses %s (or binding it is not allowed): stop it, or choose another port with --listen, e.g. --listen 127.0.0.1:0 for any free one", oe.Addr))
+		}
+		if errors.Is(err, hub.ErrDeviceCA) {
+			return withHint(err, "each --x509-ca file, and each *.pem file in "+filepath.Join(cfg.DataDir, hub.DeviceCADir)+", must be a readable PEM file with one or more CA certificates")
 		}
 		return withHint(err, "check that the data folder is writable and that no other hub uses it")
 	}
