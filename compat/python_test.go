@@ -336,7 +336,15 @@ func TestOfficialPythonSDKs(t *testing.T) {
 	py := requirePython(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	r := runProc(t, ctx, "pytest", pythonEnv(env.caFile, "IOTHUB_CONNECTION_STRING="+pythonServiceCS(), "DEVICE_PREFIX="+newID("py")),
+	// The X.509 test registers this device with the certificate's thumbprint.
+	x509ID := newID("py-x509")
+	certDir := t.TempDir()
+	c := newTestCert(t, certDir, x509ID, certOpts{cn: x509ID})
+	// And an X.509 module (its device is the test's SAS device).
+	mc := newTestCert(t, certDir, "module", certOpts{cn: "module"})
+	r := runProc(t, ctx, "pytest", pythonEnv(env.caFile, "IOTHUB_CONNECTION_STRING="+pythonServiceCS(), "DEVICE_PREFIX="+newID("py"),
+		"X509_DEVICE_ID="+x509ID, "X509_THUMBPRINT="+c.sha1Thumbprint(), "X509_CERT_FILE="+c.certFile, "X509_KEY_FILE="+c.keyFile,
+		"X509_MODULE_THUMBPRINT="+mc.sha256Thumbprint(), "X509_MODULE_CERT_FILE="+mc.certFile, "X509_MODULE_KEY_FILE="+mc.keyFile),
 		py, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfEs", "--color=no", pythonDir())
 	if r.code != 0 {
 		t.Fatalf("pytest compat/python: %s", r)
@@ -349,6 +357,23 @@ func TestOfficialPythonSDKs(t *testing.T) {
 		t.Fatalf("pytest: %s", summary[0])
 	}
 	t.Logf("pytest: %s", summary[0])
+}
+
+// TestPythonStatistics runs compat/python/serial_statistics.py:
+// get_device_registry_statistics and get_service_statistics against the
+// whole hub's counts. Not parallel: no other test may change them meanwhile.
+func TestPythonStatistics(t *testing.T) {
+	py := requirePython(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	r := runProc(t, ctx, "pytest serial_statistics.py", pythonEnv(env.caFile, "IOTHUB_CONNECTION_STRING="+pythonServiceCS(), "DEVICE_PREFIX="+newID("pystats")),
+		py, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfEs", "--color=no", filepath.Join(pythonDir(), "serial_statistics.py"))
+	if r.code != 0 {
+		t.Fatalf("pytest serial_statistics.py: %s", r)
+	}
+	if !regexp.MustCompile(`(?m)^2 passed(, \d+ warnings?)? in [\d.]+s`).MatchString(r.stdout) {
+		t.Fatalf("pytest serial_statistics.py did not pass both tests:\n%s", r)
+	}
 }
 
 // TestReadmePythonBlock runs the README's "Use it from Python" block as it

@@ -12,8 +12,8 @@
 //     JobClient checks against the connected device ID (the official device
 //     script in mode check): a method job, a twin-update job, a cancelled
 //     future job, the job list and the per-device job rows. Output as checks.
-//   node service_sdk.js invoke --device ID --method M [--payload JSON] [--response-timeout S]
-//     Client.invokeDeviceMethod; prints {"ok":true,"status","payload"} or
+//   node service_sdk.js invoke --device ID [--module MID] --method M [--payload JSON] [--response-timeout S]
+//     Client.invokeDeviceMethod (on module MID of the device with --module); prints {"ok":true,"status","payload"} or
 //     {"ok":false,"error":{name,message,statusCode,body}} (exit 1).
 
 const lib = require('./lib');
@@ -31,11 +31,16 @@ function badKeyConnectionString(cs) {
   return cs.replace(/SharedAccessKey=[^;]*/, 'SharedAccessKey=' + Buffer.alloc(32, 7).toString('base64'));
 }
 
-function invoke(client, deviceId, params) {
+function invoke(client, deviceId, params, moduleId) {
   return new Promise((resolve) => {
-    client.invokeDeviceMethod(deviceId, params, (err, result, response) => {
+    const cb = (err, result, response) => {
       resolve({ err, result, statusCode: response ? response.statusCode : undefined });
-    });
+    };
+    if (moduleId) {
+      client.invokeDeviceMethod(deviceId, moduleId, params, cb);
+    } else {
+      client.invokeDeviceMethod(deviceId, params, cb);
+    }
   });
 }
 
@@ -388,7 +393,7 @@ async function runInvoke() {
   if (args.payload !== undefined) {
     params.payload = JSON.parse(args.payload);
   }
-  const r = await invoke(client, args.device, params);
+  const r = await invoke(client, args.device, params, args.module);
   if (r.err) {
     lib.fail(r.err);
     return;
