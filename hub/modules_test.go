@@ -247,6 +247,10 @@ func TestRegistryChangeDisconnectsModules(t *testing.T) {
 			hs.CreateDevice(t, "d2")
 			m := connectDevice(t, hs, hs.CreateModule(t, "d1", "m1"), "tls")
 			other := connectDevice(t, hs, hs.CreateModule(t, "d2", "m1"), "tls")
+			// CONNACK comes before the hub records the connection.
+			if err := hs.WaitConnected(ctx, "d2/m1", true); err != nil {
+				t.Fatal(err)
+			}
 			restCall(ctx, t, hs, tc.method, "/devices/d1", tc.body)
 			select {
 			case <-m.lost:
@@ -268,6 +272,10 @@ func TestRegistryChangeDisconnectsModules(t *testing.T) {
 		hs.CreateDevice(t, "d1")
 		m1 := connectDevice(t, hs, hs.CreateModule(t, "d1", "m1"), "tls")
 		connectDevice(t, hs, hs.CreateModule(t, "d1", "m2"), "tls")
+		// CONNACK comes before the hub records the connection.
+		if err := hs.WaitConnected(ctx, "d1/m2", true); err != nil {
+			t.Fatal(err)
+		}
 		if err := hs.Store().DeleteModule("d1", "m1", "*"); err != nil {
 			t.Fatal(err)
 		}
