@@ -97,7 +97,70 @@ function sleep(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
+function assert(cond, msg) {
+  if (!cond) {
+    throw new Error(msg);
+  }
+}
+
+// checkRunner collects named checks: each runs even if an earlier one failed.
+function checkRunner() {
+  const checks = [];
+  async function check(name, fn) {
+    try {
+      const detail = await fn();
+      checks.push({ name, ok: true, detail: detail === undefined ? null : detail });
+    } catch (err) {
+      log('check ' + name + ' failed: ' + (err.stack || err));
+      checks.push({ name, ok: false, error: describeError(err) });
+    }
+  }
+  return { checks, check };
+}
+
+// expectHTTPError wants the call to fail with HTTP status and, when code is
+// given, IoT Hub's error code in the body.
+async function expectHTTPError(promise, status, code) {
+  let v;
+  try {
+    v = await promise;
+  } catch (err) {
+    const d = describeError(err);
+    assert(d.statusCode === status, 'expected HTTP ' + status + ', got ' + JSON.stringify(d));
+    assert(!code || (d.body && d.body.indexOf(code) >= 0), 'expected ' + code + ' in the error body, got ' + JSON.stringify(d));
+    return d;
+  }
+  const got = v && v.httpResponse && v.httpResponse.statusCode;
+  throw new Error('expected HTTP ' + status + ', the call succeeded (HTTP ' + got + ')');
+}
+
+// waitFor polls fn (every 200 ms) until it returns a truthy value, which it
+// returns; after seconds it throws, naming what it waited for and the last
+// value or error seen.
+async function waitFor(what, seconds, fn) {
+  const deadline = Date.now() + seconds * 1000;
+  let last;
+  for (;;) {
+    try {
+      const v = await fn();
+      if (v) {
+        return v;
+      }
+      last = v;
+    } catch (err) {
+      last = describeError(err);
+    }
+    if (Date.now() > deadline) {
+      throw new Error('no ' + what + ' within ' + seconds + ' s (last: ' + JSON.stringify(last) + ')');
+    }
+    await sleep(200);
+  }
+}
+
 process.on('unhandledRejection', (err) => fail(err));
 process.on('uncaughtException', (err) => fail(err));
 
-module.exports = { parseArgs, env, emit, log, describeError, fail, finish, hardTimeout, sleep };
+module.exports = {
+  parseArgs, env, emit, log, describeError, fail, finish, hardTimeout, sleep,
+  assert, checkRunner, expectHTTPError, waitFor,
+};

@@ -27,6 +27,7 @@
 //     getTwin(D).modelId is ID; SELECT * FROM devices WHERE modelId = ID finds D.
 
 const lib = require('./lib');
+const { assert, checkRunner, expectHTTPError } = lib;
 const { Registry, Client } = require('azure-iothub');
 
 const argv = process.argv.slice(2);
@@ -37,47 +38,10 @@ lib.hardTimeout(Number(args.timeout || 40));
 const connectionString = lib.env('IOTHUB_CONNECTION_STRING');
 const registry = Registry.fromConnectionString(connectionString);
 
-function assert(cond, msg) {
-  if (!cond) {
-    throw new Error(msg);
-  }
-}
-
 function need(...names) {
   for (const n of names) {
     assert(args[n], '--' + n + ' is required');
   }
-}
-
-// checkRunner collects named checks: each runs even if an earlier one failed.
-function checkRunner() {
-  const checks = [];
-  async function check(name, fn) {
-    try {
-      const detail = await fn();
-      checks.push({ name, ok: true, detail: detail === undefined ? null : detail });
-    } catch (err) {
-      lib.log('check ' + name + ' failed: ' + (err.stack || err));
-      checks.push({ name, ok: false, error: lib.describeError(err) });
-    }
-  }
-  return { checks, check };
-}
-
-// expectHTTPError wants the call to fail with HTTP status and, when code is
-// given, IoT Hub's error code in the body.
-async function expectHTTPError(promise, status, code) {
-  let v;
-  try {
-    v = await promise;
-  } catch (err) {
-    const d = lib.describeError(err);
-    assert(d.statusCode === status, 'expected HTTP ' + status + ', got ' + JSON.stringify(d));
-    assert(!code || (d.body && d.body.indexOf(code) >= 0), 'expected ' + code + ' in the error body, got ' + JSON.stringify(d));
-    return d;
-  }
-  const got = v && v.httpResponse && v.httpResponse.statusCode;
-  throw new Error('expected HTTP ' + status + ', the call succeeded (HTTP ' + got + ')');
 }
 
 function invoke(client, deviceId, moduleId, params) {
