@@ -269,6 +269,8 @@ func TestPythonTutorialThroughHubServe(t *testing.T) {
 	t.Parallel()
 	py := requirePython(t)
 	dmctl := requireDmctl(t, "hub serve", "service device create")
+	loopback3.Lock()
+	defer loopback3.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	const host = "127.0.0.3"
