@@ -8,7 +8,8 @@
 // Node scripts in node/ next to dmctl's own binary. They need Node.js and npm
 // on PATH and permission to bind ports below 1024. The tests that run
 // `dmctl hub serve` as a hub of its own (the Python tutorial, the X.509 CA
-// devices) bind the same ports on 127.0.0.3, one test at a time. X.509
+// devices, the firmware campaign with --packages) bind the same ports on
+// 127.0.0.3, one test at a time. X.509
 // tests mint their certificates (ECDSA P-256) in temporary folders.
 //
 // Environment: COMPAT_DMCTL names a dmctl binary to test instead of building
