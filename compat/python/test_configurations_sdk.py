@@ -72,24 +72,19 @@ def test_configuration_lifecycle(configs, registry, device):
         assert config_id in [c.id for c in listed]
 
         # The configuration reaches the twin and is counted.
-        twin = wait_until(
-            "desired pyCfg on the targeted twin",
-            lambda: (lambda t: t if (t.properties.desired or {}).get("pyCfg") == {"run": run, "n": 1} else None)(
-                registry.get_twin(device["id"])
-            ),
-        )
-        assert twin.properties.desired["pyCfg"]["run"] == run
-        counted = wait_until(
-            "targetedCount 1 and appliedCount 1",
-            lambda: (
-                lambda c: c
-                if c.system_metrics
-                and c.system_metrics.results.get("targetedCount") == 1
-                and c.system_metrics.results.get("appliedCount") == 1
-                and c.metrics.results.get("applied") == 1
-                else None
-            )(configs.get_configuration(config_id)),
-        )
+        def twin_configured():
+            t = registry.get_twin(device["id"])
+            return t if (t.properties.desired or {}).get("pyCfg") == {"run": run, "n": 1} else None
+
+        wait_until("desired pyCfg on the targeted twin", twin_configured)
+        def counted_once():
+            c = configs.get_configuration(config_id)
+            system = (c.system_metrics and c.system_metrics.results) or {}
+            custom = (c.metrics and c.metrics.results) or {}
+            ok = system.get("targetedCount") == 1 and system.get("appliedCount") == 1 and custom.get("applied") == 1
+            return c if ok else None
+
+        counted = wait_until("targetedCount 1, appliedCount 1 and the custom metric 1", counted_once)
 
         # update_configuration with a stale etag is refused, with the current one it works.
         counted.priority = 7
