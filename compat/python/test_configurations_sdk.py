@@ -14,6 +14,7 @@ from azure.iot.hub.models import (
     ConfigurationContent,
     ConfigurationMetrics,
     ConfigurationQueriesTestInput,
+    QuerySpecification,
     Twin,
 )
 
@@ -85,6 +86,11 @@ def test_configuration_lifecycle(configs, registry, device):
             return c if ok else None
 
         counted = wait_until("targetedCount 1, appliedCount 1 and the custom metric 1", counted_once)
+
+        found = registry.query_iot_hub(
+            QuerySpecification(query="SELECT * FROM devices WHERE configurations.[[%s]].status = 'Applied'" % config_id)
+        )
+        assert [item.device_id for item in found.items] == [device["id"]]
 
         # update_configuration with a stale etag is refused, with the current one it works.
         counted.priority = 7
