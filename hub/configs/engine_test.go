@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -291,5 +292,33 @@ func TestTickAt10000Twins(t *testing.T) {
 	c, _ := f.st.Configuration("fw")
 	if c.SystemMetrics.Results[iothub.MetricAppliedCount] != n || c.Metrics.Results["applied"] != n || first.Updated != n || third.Updated != 0 {
 		t.Fatalf("metrics %v %v, updated %d then %d", c.SystemMetrics.Results, c.Metrics.Results, first.Updated, third.Updated)
+	}
+}
+
+// TestContentOverTheTwinLimitIsNotApplied: a twin whose desired properties
+// would pass 32 KB keeps its state and is not counted as applied.
+func TestContentOverTheTwinLimitIsNotApplied(t *testing.T) {
+	f := newFixture(t, "d1", "d2")
+	big := map[string]any{}
+	for i := range 8 {
+		big[fmt.Sprintf("blob%d", i)] = strings.Repeat("x", 4000)
+	}
+	if _, _, err := f.st.PatchTwin("d1", iothub.Twin{Properties: iothub.TwinProperties{Desired: big}}, ""); err != nil {
+		t.Fatal(err)
+	}
+	c := iothub.Configuration{ID: "big", TargetCondition: "*",
+		Content: iothub.ConfigurationContent{DeviceContent: map[string]any{"properties.desired.more": strings.Repeat("y", 4000)}}}
+	if _, err := f.st.CreateConfiguration(c); err != nil {
+		t.Fatal(err)
+	}
+	if st := f.tick(); st.Updated != 1 {
+		t.Errorf("updated %d twins, want 1 (d2 only)", st.Updated)
+	}
+	if d1 := f.twin("d1"); d1.Configurations != nil || d1.Properties.Desired["more"] != nil {
+		t.Errorf("d1 changed: %v", d1.Configurations)
+	}
+	got, _ := f.st.Configuration("big")
+	if r := got.SystemMetrics.Results; r[iothub.MetricTargetedCount] != 2 || r[iothub.MetricAppliedCount] != 1 {
+		t.Errorf("system metrics %v, want targeted 2 applied 1", r)
 	}
 }
