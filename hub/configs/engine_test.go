@@ -160,6 +160,23 @@ func TestMetricsAndQueryableStatus(t *testing.T) {
 	if c.Metrics.Results["current"] != 1 || c.Metrics.Results["applied"] != 2 {
 		t.Errorf("custom metrics %v, want current 1 applied 2", c.Metrics.Results)
 	}
+	// The system metrics' queries count what their results say.
+	for name, text := range c.SystemMetrics.Queries {
+		q, err := MetricQuery(text)
+		if err != nil {
+			t.Fatalf("system query %s: %v", name, err)
+		}
+		n := int64(0)
+		_ = f.st.ForEachTwinDoc(func(doc map[string]any) bool {
+			if q.Match(doc) {
+				n++
+			}
+			return true
+		})
+		if n != c.SystemMetrics.Results[name] || n != 2 {
+			t.Errorf("system query %s (%s) counts %d, result %d, want 2", name, text, n, c.SystemMetrics.Results[name])
+		}
+	}
 	q, err := query.Parse("SELECT deviceId FROM devices WHERE configurations.[[fw]].status = 'Applied'")
 	if err != nil {
 		t.Fatal(err)
