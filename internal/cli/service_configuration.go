@@ -41,11 +41,12 @@ func serviceConfigurationCreateCommand() *cli.Command {
 		Usage: "add a configuration: desired-property content, a target condition, a priority, labels and metric queries",
 		Description: `Takes the content and metrics as the Azure CLI does ('az iot hub
 configuration create'): --content is {"deviceContent": {...}} or
-{"moduleContent": {...}}, optionally wrapped in {"content": ...}, whose keys
+{"moduleContent": {...}} (one of them), or a document whose "content" member
+holds that (other members are left out, as az leaves them), whose keys
 are twin paths under properties.desired (e.g.
 {"deviceContent": {"properties.desired.firmware": {"fwVersion": "2.0"}}});
---metrics is {"queries": {"NAME": "QUERY"}}, optionally wrapped in
-{"metrics": ...}. Both take JSON or @FILE (@- for stdin). The hub applies the
+--metrics is {"queries": {"NAME": "QUERY"}}, or a document whose "metrics"
+member holds that. Both take JSON or @FILE (@- for stdin). The hub applies the
 configuration to every twin --target-condition picks (tags and properties,
 e.g. "tags.site='lab'"); of two configurations that target one twin, the
 higher --priority wins. Prints the configuration as the hub stored it. An
@@ -115,7 +116,10 @@ func parseConfigurationCreate(c *cli.Context) (iothub.Configuration, error) {
 
 const contentHint = `--content takes {"deviceContent": {"properties.desired.PATH": VALUE}} or {"moduleContent": {...}}, optionally inside {"content": ...}, e.g. --content '{"deviceContent": {"properties.desired.firmware": {"fwVersion": "2.0"}}}'`
 
-// contentFlag reads --content in either of the az CLI's shapes.
+// contentFlag reads --content as the az CLI does: a "content" member, when
+// present, holds the content (so a whole configuration document works too);
+// of that, deviceContent or moduleContent is taken, exactly one of them, and
+// other members are left out.
 func contentFlag(c *cli.Context) (iothub.ConfigurationContent, error) {
 	raw, err := jsonObjectFlag(c, "content")
 	if err != nil {
@@ -125,39 +129,43 @@ func contentFlag(c *cli.Context) (iothub.ConfigurationContent, error) {
 	if err := json.Unmarshal(raw, &top); err != nil {
 		return iothub.ConfigurationContent{}, usageErrorf(contentHint, "--content: %v", err)
 	}
-	if inner, ok := top["content"]; ok && len(top) == 1 {
+	if inner, ok := top["content"]; ok {
 		top = nil
 		if err := json.Unmarshal(inner, &top); err != nil || top == nil {
 			return iothub.ConfigurationContent{}, usageErrorf(contentHint, "--content: \"content\" is not a JSON object")
 		}
 	}
 	var out iothub.ConfigurationContent
-	for key, v := range top {
-		var m map[string]any
-		if err := json.Unmarshal(v, &m); err != nil || m == nil {
-			return out, usageErrorf(contentHint, "--content: %q is not a JSON object", key)
-		}
-		switch key {
-		case "deviceContent":
-			out.DeviceContent = m
-		case "moduleContent":
-			out.ModuleContent = m
-		case "modulesContent":
-			return out, usageErrorf("modulesContent is an IoT Edge deployment's; a device configuration takes deviceContent or moduleContent", "--content: modulesContent is not supported")
-		default:
-			return out, usageErrorf(contentHint, "--content: unknown member %q", key)
-		}
-		if len(m) == 0 {
-			return out, usageErrorf(contentHint, "--content: %s is empty", key)
-		}
-		for path := range m {
-			if !strings.HasPrefix(path, "properties.desired.") || len(path) == len("properties.desired.") {
-				return out, usageErrorf(contentHint, "--content: %s key %q is not a path under properties.desired", key, path)
-			}
+	_, dev := top["deviceContent"]
+	_, mod := top["moduleContent"]
+	switch {
+	case dev && mod:
+		return out, usageErrorf("a configuration targets device twins (deviceContent) or module twins (moduleContent): create one of each", "--content has both deviceContent and moduleContent")
+	case !dev && !mod && top["modulesContent"] != nil:
+		return out, usageErrorf("modulesContent is an IoT Edge deployment's; a device configuration takes deviceContent or moduleContent", "--content: modulesContent is not supported")
+	case !dev && !mod:
+		return out, usageErrorf(contentHint, "--content has neither deviceContent nor moduleContent")
+	}
+	key := "deviceContent"
+	if mod {
+		key = "moduleContent"
+	}
+	var m map[string]any
+	if err := json.Unmarshal(top[key], &m); err != nil || m == nil {
+		return out, usageErrorf(contentHint, "--content: %q is not a JSON object", key)
+	}
+	if len(m) == 0 {
+		return out, usageErrorf(contentHint, "--content: %s is empty", key)
+	}
+	for path := range m {
+		if path != "properties.desired" && !strings.HasPrefix(path, "properties.desired.") {
+			return out, usageErrorf(contentHint, "--content: %s key %q is not a path under properties.desired", key, path)
 		}
 	}
-	if out.DeviceContent == nil && out.ModuleContent == nil {
-		return out, usageErrorf(contentHint, "--content has neither deviceContent nor moduleContent")
+	if dev {
+		out.DeviceContent = m
+	} else {
+		out.ModuleContent = m
 	}
 	return out, nil
 }
@@ -188,7 +196,7 @@ func metricsFlagValue(c *cli.Context) (*iothub.ConfigurationMetrics, error) {
 	if err := json.Unmarshal(raw, &top); err != nil {
 		return nil, usageErrorf(metricsHint, "--metrics: %v", err)
 	}
-	if inner, ok := top["metrics"]; ok && len(top) == 1 {
+	if inner, ok := top["metrics"]; ok {
 		top = nil
 		if err := json.Unmarshal(inner, &top); err != nil || top == nil {
 			return nil, usageErrorf(metricsHint, "--metrics: \"metrics\" is not a JSON object")
@@ -197,11 +205,6 @@ func metricsFlagValue(c *cli.Context) (*iothub.ConfigurationMetrics, error) {
 	q, ok := top["queries"]
 	if !ok {
 		return nil, usageErrorf(metricsHint, "--metrics has no \"queries\"")
-	}
-	for key := range top {
-		if key != "queries" && key != "results" {
-			return nil, usageErrorf(metricsHint, "--metrics: unknown member %q", key)
-		}
 	}
 	var queries map[string]string
 	if err := json.Unmarshal(q, &queries); err != nil || queries == nil {

@@ -108,7 +108,7 @@ func TestConfigurationCommands(t *testing.T) {
 	// Both az shapes of --content and --metrics send the same configuration.
 	for i, shape := range []struct{ content, metrics, stdin string }{
 		{`{"deviceContent":{"properties.desired.firmware":{"fwVersion":"2.0"}}}`, `{"queries":{"current":"SELECT deviceId FROM devices"}}`, ""},
-		{`@-`, `{"metrics":{"queries":{"current":"SELECT deviceId FROM devices"}}}`, `{"content": {"deviceContent": {"properties.desired.firmware": {"fwVersion": "2.0"}}}}`},
+		{`@-`, `{"metrics":{"queries":{"current":"SELECT deviceId FROM devices"}}}`, `{"id": "ignored", "content": {"deviceContent": {"properties.desired.firmware": {"fwVersion": "2.0"}}}, "priority": 3}`},
 	} {
 		code, out, errOut := f.run(t, shape.stdin, "create", "--id", "fw", "--target-condition", "tags.site='lab'", "--priority", "10",
 			"--labels", `{"campaign":"spring"}`, "--content", shape.content, "--metrics", shape.metrics)
