@@ -51,8 +51,9 @@ The package: --package https://HOST/PATH (or http://) with --checksum
 SHA256; or --package file:///PATH, whose checksum is computed (devices that
 share this machine's files read it there); or --package FILE, a local copy
 whose checksum is computed, with --package-uri saying where the devices
-download it. With 'dmctl hub serve --packages DIR', a file DIR/NAME is at
-https://<hub host:port>/packages/NAME.
+download it (a --package-uri ending in / gets the file's name added). With
+'dmctl hub serve --packages DIR', a file DIR/NAME is at
+https://<HostName>/packages/NAME, HostName as in the connection string.
 
 Exit codes: 0 every device is current on --version; 9 some devices failed
 (error or rolledback); 10 --timeout passed first; 11 the failure rule
@@ -61,7 +62,7 @@ stopped the campaign; 2 bad input; 1 other failures.`,
 			&cli.StringFlag{Name: "query", Aliases: []string{"q"}, Usage: "the devices: a twin condition (the body of a WHERE clause)"},
 			&cli.StringFlag{Name: "version", Usage: "the firmware version to install (desired fwVersion)"},
 			&cli.StringFlag{Name: "package", Usage: "the package: an https:// or file:// URI, or a local FILE (then give --package-uri)"},
-			&cli.StringFlag{Name: "package-uri", Usage: "with --package FILE: the URI the devices download it from"},
+			&cli.StringFlag{Name: "package-uri", Usage: "with --package FILE: the URI the devices download it from (ending in /: the file's name is added)"},
 			&cli.StringFlag{Name: "checksum", Usage: "the package's SHA-256 (64 hex digits); computed for a local or file:// package"},
 			&cli.StringFlag{Name: "waves", Usage: "cumulative waves, as percentages or device counts (e.g. 10%,100%)", DefaultText: "one wave"},
 			&cli.StringFlag{Name: "abort-failure-rate", Usage: "stop after a wave whose share of failed devices exceeds this", Value: "0%"},
@@ -155,6 +156,9 @@ func firmwarePackage(c *cli.Context) (uri, sum string, err error) {
 		u, perr := url.Parse(uri)
 		if perr != nil || (u.Scheme != "https" && u.Scheme != "http" && u.Scheme != "file") || (u.Scheme != "file" && u.Host == "") {
 			return "", "", usageErrorf("e.g. --package-uri https://localhost:8883/packages/fw-2.0.0.bin", "invalid --package-uri %q", uri)
+		}
+		if strings.HasSuffix(uri, "/") {
+			uri += url.PathEscape(fileBase(pkg))
 		}
 		local = pkg
 	}

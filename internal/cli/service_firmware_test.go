@@ -4,9 +4,14 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/urfave/cli/v2"
 
 	"github.com/dmctl/dmctl/service"
 	"github.com/dmctl/dmctl/service/firmware"
@@ -114,5 +119,56 @@ func TestStatusLine(t *testing.T) {
 	}
 	if got := statusLine(firmware.Counts{}); got != "current 0 · error 0 · rolledback 0" {
 		t.Errorf("empty statusLine = %q", got)
+	}
+}
+
+// parseFirmwareFlags runs firmwareOptions over args as the command's flags.
+func parseFirmwareFlags(t *testing.T, args ...string) (firmware.Options, error) {
+	t.Helper()
+	cmd := serviceFirmwareUpdateCommand()
+	var opts firmware.Options
+	var optErr error
+	cmd.Action = func(c *cli.Context) error {
+		opts, optErr = firmwareOptions(c)
+		return nil
+	}
+	app := &cli.App{Name: "dmctl", Commands: []*cli.Command{cmd}, Writer: io.Discard, ErrWriter: io.Discard}
+	if err := app.Run(append([]string{"dmctl", "update"}, args...)); err != nil {
+		t.Fatalf("flags %v: %v", args, err)
+	}
+	return opts, optErr
+}
+
+func TestFirmwarePackageFlags(t *testing.T) {
+	dir := t.TempDir()
+	pkg := filepath.Join(dir, "fw 2.0.0.bin")
+	if err := os.WriteFile(pkg, []byte("test"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const sum = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+	base := []string{"--query", "tags.site = 'lab'", "--version", "2.0.0"}
+	for _, tc := range []struct {
+		args    []string
+		uri     string
+		wantSum string
+	}{
+		{[]string{"--package", pkg, "--package-uri", "https://localhost:8883/packages/"}, "https://localhost:8883/packages/fw%202.0.0.bin", sum},
+		{[]string{"--package", pkg, "--package-uri", "https://h.example/x.bin", "--checksum", strings.ToUpper(sum)}, "https://h.example/x.bin", sum},
+		{[]string{"--package", "file://" + pkg}, "file://" + pkg, sum},
+		{[]string{"--package", "https://h.example/fw.bin", "--checksum", sum}, "https://h.example/fw.bin", sum},
+	} {
+		o, err := parseFirmwareFlags(t, append(base, tc.args...)...)
+		if err != nil {
+			t.Errorf("%v: %v", tc.args, err)
+			continue
+		}
+		if o.PackageURI != tc.uri || o.Checksum != tc.wantSum {
+			t.Errorf("%v: uri %q checksum %q, want %q %q", tc.args, o.PackageURI, o.Checksum, tc.uri, tc.wantSum)
+		}
+	}
+	o, err := parseFirmwareFlags(t, append(base, "--package", pkg, "--package-uri", "https://h/", "--waves", "10%,100%",
+		"--abort-failure-rate", "5%", "--priority", "20", "--id-prefix", "fw-lab-2")...)
+	if err != nil || len(o.Waves) != 2 || o.AbortFailureRate != 0.05 || o.Priority != 20 || o.IDPrefix != "fw-lab-2" || o.Timeout != firmware.DefaultTimeout {
+		t.Errorf("options %+v, %v", o, err)
 	}
 }
