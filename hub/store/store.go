@@ -93,6 +93,8 @@ type Store struct {
 	// patches in $version order.
 	dmu       sync.Mutex
 	onDesired DesiredFunc // guarded by dmu
+
+	cfg configState // automatic configurations (configurations.go)
 }
 
 // DesiredFunc is told of a desired-properties change of a device: patch is
