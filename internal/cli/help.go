@@ -138,6 +138,22 @@ var examples = map[string][]string{
 		"# a package on a web server, stopping if more than 5% of a wave fails",
 		"dmctl service firmware update --query \"tags.model = 'm1'\" --version 2.1.0 --package https://fw.example.com/m1-2.1.0.bin --checksum 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08 --waves 1%,10%,100% --abort-failure-rate 5% -o json",
 	},
+	"service configuration create": {
+		"# set the firmware every lab device should run, and count the devices on it",
+		"dmctl service configuration create --id fw-2-0 --target-condition \"tags.site='lab'\" --priority 10 --content '{\"deviceContent\":{\"properties.desired.firmware\":{\"fwVersion\":\"2.0\"}}}' --metrics '{\"queries\":{\"current\":\"SELECT deviceId FROM devices WHERE properties.reported.firmware.currentFwVersion = '2.0'\"}}'",
+		"# the same from files, as 'az iot hub configuration create' takes them",
+		"dmctl service configuration create --id fw-2-0 --target-condition \"tags.site='lab'\" --content @content.json --metrics @metrics.json --labels '{\"campaign\":\"spring\"}'",
+	},
+	"service configuration show":       {"dmctl service configuration show --id fw-2-0", "dmctl service configuration show --id fw-2-0 -o json"},
+	"service configuration list":       {"dmctl service configuration list --top 10"},
+	"service configuration delete":     {"dmctl service configuration delete --id fw-2-0"},
+	"service configuration test-query": {"dmctl service configuration test-query --target-condition \"tags.site='lab'\" --metrics @metrics.json"},
+	"service factory-reset": {
+		"# reset one device and wait until its twin shows the new factoryResetTime",
+		"dmctl service factory-reset --device myDeviceId",
+		"# reset every lab device through an IoT Hub job",
+		"dmctl service factory-reset --query \"tags.site = 'lab'\"",
+	},
 }
 
 // requiredFlags marks, in help, flags a command cannot run without. The
@@ -160,6 +176,10 @@ var requiredFlags = map[string]map[string]string{
 	"service module delete":            {"device": "required", "module": "required"},
 	"service module connection-string": {"device": "required", "module": "required"},
 	"service module list":              {"device": "required"},
+	"service configuration create":     {"id": "required", "content": "required", "target-condition": "required"},
+	"service configuration show":       {"id": "required"},
+	"service configuration delete":     {"id": "required"},
+	"service factory-reset":            {"device": "required unless --query"},
 	"device cert create":               {"device": "required"},
 	"device cert create-ca":            {"name": "required"},
 	"service firmware update":          {"query": "required", "version": "required", "package": "required"},

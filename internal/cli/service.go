@@ -49,6 +49,8 @@ trust for a private CA with --ca-file or DMCTL_CA_FILE; HTTPS_PROXY is honoured.
 			serviceQueryCommand(),
 			serviceStatsCommand(),
 			serviceFirmwareCommand(),
+			serviceConfigurationCommand(),
+			serviceFactoryResetCommand(),
 			{
 				Name:  "job",
 				Usage: "show, list and cancel IoT Hub jobs (jobs v2)",
