@@ -32,6 +32,8 @@ type Hub interface {
 	CreateConfiguration(ctx context.Context, cfg iothub.Configuration) (iothub.Configuration, error)
 }
 
+var _ Hub = (*service.Client)(nil)
+
 // The ways a campaign ends short of every device current on the new
 // version; Run returns them wrapped with the counts.
 var (
@@ -111,9 +113,12 @@ func (o Options) withDefaults(now time.Time) (Options, error) {
 //  3. Every PollInterval the wave's devices' reported firmware is read in
 //     batched queries (PollBatch ids): a device is current once it reports
 //     fwUpdateStatus current on the new version, failed once it reports
-//     error or rolledback that differs from its baseline (a failure left
-//     from an earlier update does not count), pending otherwise. The wave
-//     is done when none is pending.
+//     error or rolledback that differs from its baseline, or that answers
+//     the desired firmware it has now (desired fwVersion is the new
+//     version and lastFwUpdateStartTime is not before the hub's
+//     $lastUpdated of desired firmware), pending otherwise: a failure left
+//     from an earlier update does not count. The wave is done when none is
+//     pending.
 //  4. After a wave other than the last, a failure rate above
 //     AbortFailureRate stops the campaign; so does the Timeout.
 //

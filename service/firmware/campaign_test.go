@@ -233,3 +233,34 @@ func TestValidIDPrefix(t *testing.T) {
 		}
 	}
 }
+
+func TestFailedBeforeTheBaselineOnThisVersion(t *testing.T) {
+	h := newFakeHub(3, "1.0.0")
+	// sim-002 got 2.0.0 with a bad package from a configuration of higher
+	// priority, and rolled back, before the campaign began.
+	h.overridden = map[string]bool{"sim-002": true}
+	props := h.twins["sim-002"]["properties"].(map[string]any)
+	props["desired"] = map[string]any{
+		"firmware":  map[string]any{"fwVersion": "2.0.0", "fwPackageURI": "file:///bad", "fwPackageCheckValue": sum},
+		"$metadata": map[string]any{"firmware": map[string]any{"$lastUpdated": "2026-12-01T10:00:00.5Z"}},
+	}
+	props["reported"].(map[string]any)["firmware"] = map[string]any{
+		"currentFwVersion": "1.0.0", "fwUpdateStatus": "rolledback", "fwUpdateSubstatus": "checksum mismatch",
+		"lastFwUpdateStartTime": "2026-12-01T10:00:01Z",
+	}
+	h.scripts["sim-002"] = nil
+	res, err := Run(context.Background(), h, opts(t, ""))
+	if !errors.Is(err, ErrSomeFailed) || res.Counts.Failed != 1 || res.Counts.Current != 2 {
+		t.Fatalf("Run: %v, counts %+v", err, res.Counts)
+	}
+	// the same report, but an attempt older than the desired firmware: the
+	// device has not answered it yet.
+	props["reported"].(map[string]any)["firmware"].(map[string]any)["lastFwUpdateStartTime"] = "2026-12-01T09:59:00Z"
+	o := opts(t, "")
+	o.Timeout = 300 * time.Millisecond
+	o.IDPrefix = "fw-again"
+	res, err = Run(context.Background(), h, o)
+	if !errors.Is(err, ErrTimedOut) || res.Counts.Failed != 0 || res.Counts.Pending != 1 {
+		t.Fatalf("Run: %v, counts %+v", err, res.Counts)
+	}
+}

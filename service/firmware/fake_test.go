@@ -25,6 +25,9 @@ type fakeHub struct {
 	// onCreate, if set, sees the twins as each configuration is created.
 	onCreate   func(cfg iothub.Configuration, twins map[string]map[string]any)
 	failCreate error
+	// overridden devices keep their desired firmware: another
+	// configuration of higher priority wins there.
+	overridden map[string]bool
 }
 
 func newFakeHub(n int, oldVersion string) *fakeHub {
@@ -67,7 +70,7 @@ func (h *fakeHub) CreateConfiguration(ctx context.Context, cfg iothub.Configurat
 		h.onCreate(cfg, h.twins)
 	}
 	for _, t := range h.twins {
-		if q.Match(t) {
+		if q.Match(t) && !h.overridden[t["deviceId"].(string)] {
 			t["properties"].(map[string]any)["desired"].(map[string]any)["firmware"] = cfg.Content.DeviceContent["properties.desired.firmware"]
 		}
 	}

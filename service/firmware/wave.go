@@ -38,9 +38,38 @@ type Device struct {
 
 // reportedFirmware is the reported firmware object (the tutorial's schema).
 type reportedFirmware struct {
-	CurrentFwVersion  string `json:"currentFwVersion"`
-	FwUpdateStatus    string `json:"fwUpdateStatus"`
-	FwUpdateSubstatus string `json:"fwUpdateSubstatus"`
+	CurrentFwVersion      string `json:"currentFwVersion"`
+	FwUpdateStatus        string `json:"fwUpdateStatus"`
+	FwUpdateSubstatus     string `json:"fwUpdateSubstatus"`
+	LastFwUpdateStartTime string `json:"lastFwUpdateStartTime"`
+}
+
+// desiredSection is what a progress query reads of the desired properties:
+// the firmware version and when the hub last set the firmware object.
+type desiredSection struct {
+	Firmware struct {
+		FwVersion string `json:"fwVersion"`
+	} `json:"firmware"`
+	Metadata struct {
+		Firmware struct {
+			LastUpdated string `json:"$lastUpdated"`
+		} `json:"firmware"`
+	} `json:"$metadata"`
+}
+
+// failedOnDesired reports whether a failure report is the device's answer
+// to the desired firmware it has now: the desired version is the campaign's
+// and the failed attempt started after the hub last set it. It catches a
+// device that failed on this version before its wave's baseline was read
+// (for instance because a configuration of higher priority gave it the
+// version with another package).
+func failedOnDesired(fw reportedFirmware, des desiredSection, version string) bool {
+	if des.Firmware.FwVersion != version {
+		return false
+	}
+	started, err1 := time.Parse(time.RFC3339Nano, fw.LastFwUpdateStartTime)
+	set, err2 := time.Parse(time.RFC3339Nano, des.Metadata.Firmware.LastUpdated)
+	return err1 == nil && err2 == nil && !started.Before(set)
 }
 
 // wave is one wave: its devices and configurations.
@@ -115,17 +144,20 @@ func (w *wave) poll(ctx context.Context, baseline bool) error {
 		}
 	}
 	for _, batch := range chunk(ids, PollBatch) {
-		q := "SELECT deviceId, properties.reported." + iothub.FirmwareProperty + " AS firmware FROM devices WHERE " + service.IDListCondition(batch)
+		q := "SELECT deviceId, properties.reported." + iothub.FirmwareProperty + " AS firmware, properties.desired AS desired FROM devices WHERE " + service.IDListCondition(batch)
 		err := w.c.hub.Query(ctx, q, 0, func(raw json.RawMessage) error {
 			var row struct {
 				DeviceID string          `json:"deviceId"`
 				Firmware json.RawMessage `json:"firmware"`
+				Desired  json.RawMessage `json:"desired"`
 			}
 			if err := json.Unmarshal(raw, &row); err != nil {
 				return fmt.Errorf("unexpected query row %s", raw)
 			}
 			if i, ok := w.index[row.DeviceID]; ok {
-				w.devs[i].update(row.Firmware, baseline, w.c.opts.Version)
+				var des desiredSection
+				_ = json.Unmarshal(row.Desired, &des) // absent or not an object: nothing desired
+				w.devs[i].update(row.Firmware, des, baseline, w.c.opts.Version)
 			}
 			return nil
 		})
@@ -137,7 +169,7 @@ func (w *wave) poll(ctx context.Context, baseline bool) error {
 }
 
 // update applies one read of a device's reported firmware.
-func (d *Device) update(raw json.RawMessage, baseline bool, version string) {
+func (d *Device) update(raw json.RawMessage, des desiredSection, baseline bool, version string) {
 	var compact []byte
 	var fw reportedFirmware
 	if t := bytes.TrimSpace(raw); len(t) > 0 && !bytes.Equal(t, []byte("null")) {
@@ -155,10 +187,11 @@ func (d *Device) update(raw json.RawMessage, baseline bool, version string) {
 	switch {
 	case fw.FwUpdateStatus == iothub.FwStatusCurrent && fw.CurrentFwVersion == version:
 		d.Outcome, d.Status = OutcomeCurrent, fw.FwUpdateStatus
+	case (fw.FwUpdateStatus == iothub.FwStatusError || fw.FwUpdateStatus == iothub.FwStatusRolledBack) &&
+		(changed || failedOnDesired(fw, des, version)):
+		d.Outcome, d.Status = OutcomeFailed, fw.FwUpdateStatus
 	case !changed:
 		d.Outcome, d.Status = OutcomePending, StatusWaiting
-	case fw.FwUpdateStatus == iothub.FwStatusError || fw.FwUpdateStatus == iothub.FwStatusRolledBack:
-		d.Outcome, d.Status = OutcomeFailed, fw.FwUpdateStatus
 	default:
 		d.Outcome, d.Status = OutcomePending, fw.FwUpdateStatus
 		if d.Status == "" {
