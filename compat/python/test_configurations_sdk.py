@@ -114,7 +114,12 @@ def test_configuration_lifecycle(configs, registry, device):
 def test_delete_configuration_with_a_stale_etag_is_refused(configs, device):
     config_id = device["id"] + "-etag"
     created = configs.create_configuration(
-        Configuration(id=config_id, content=ConfigurationContent(device_content={}), target_condition="tags.none = 'x'", priority=0)
+        Configuration(
+            id=config_id,
+            content=ConfigurationContent(device_content={"properties.desired.pyEtag": {"n": 1}}),
+            target_condition="tags.pycfg = '%s'" % config_id,
+            priority=0,
+        )
     )
     try:
         with pytest.raises(HttpOperationError) as excinfo:
