@@ -42,7 +42,8 @@ type Config struct {
 	// value logs nothing.
 	Log zerolog.Logger
 	// OnEvent, when set, receives the device's events (method_received,
-	// method, reboot_started, rebooted, reboot_failed, twin, desired),
+	// method, reboot_started, rebooted, reboot_failed, twin, desired,
+	// firmware, firmware_abandoned, factory_reset),
 	// with DeviceID (and ModuleID) set when the Conn has a DeviceID (and a
 	// ModuleID) method. It is called
 	// on goroutines that Run owns (the connection's and the reboot's),
@@ -69,7 +70,8 @@ type Config struct {
 }
 
 // Device is the simulated device: it answers direct methods through its Mux,
-// performs reboots and logs desired-property changes.
+// performs reboots, factory resets and firmware updates, and logs
+// desired-property changes.
 type Device struct {
 	conn  Conn
 	mux   Mux

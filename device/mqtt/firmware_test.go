@@ -247,3 +247,28 @@ func TestFactoryReset(t *testing.T) {
 		t.Errorf("FirmwareVersion() after the reset = %q, want 1.0.0", v)
 	}
 }
+
+func TestFirmwareNewerVersionWhileRebooting(t *testing.T) {
+	srv := hubtest.NewServer(t)
+	r := startDevice(t, srv, "fw3", mqtt.Config{}, device.Config{
+		RebootDelay:        time.Second, // offline long enough for the newer version to arrive
+		FirmwareApplyDelay: -1,
+	})
+	h := newREST(t, srv)
+	waitFirmware(t, srv, "fw3", iothub.FwStatusCurrent, device.DefaultFirmwareVersion)
+	uri2, sum2 := fwPackage(t, "firmware 2.0.0")
+	uri3, sum3 := fwPackage(t, "firmware 3.0.0")
+	setDesiredFirmware(t, h, "fw3", "2.0.0", uri2, sum2)
+	r.waitEvent(t, device.EventSuspended, 1)
+	setDesiredFirmware(t, h, "fw3", "3.0.0", uri3, sum3) // read from the twin on reconnect
+	waitFirmware(t, srv, "fw3", iothub.FwStatusCurrent, "3.0.0")
+	waitFirmwareEvent(t, r, iothub.FwStatusCurrent+" 3.0.0")
+	want := []string{"current 1.0.0", "downloading 2.0.0", "verifying 2.0.0", "applying 2.0.0", "rebooting 2.0.0", "current 2.0.0",
+		"downloading 3.0.0", "verifying 3.0.0", "applying 3.0.0", "rebooting 3.0.0", "current 3.0.0"}
+	if got := firmwareStatuses(r); !slices.Equal(got, want) {
+		t.Errorf("steps %q, want %q", got, want)
+	}
+	if n := r.count(device.EventFirmwareAbandoned); n != 0 {
+		t.Errorf("%d updates abandoned, want none: 2.0.0 was rebooting", n)
+	}
+}

@@ -1,0 +1,84 @@
+package device_test
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dmctl/dmctl/device"
+)
+
+// fwCall reads the next connection call; a firmware report is returned as
+// "status current pending".
+func fwCall(t *testing.T, fc *fakeConn) string {
+	t.Helper()
+	c := fc.next(t)
+	patch, ok := strings.CutPrefix(c, "report ")
+	if !ok {
+		return c
+	}
+	var r map[string]device.FirmwareReport
+	if err := json.Unmarshal([]byte(patch), &r); err != nil {
+		return c
+	}
+	fw, ok := r["firmware"]
+	if !ok {
+		return c
+	}
+	return strings.TrimSpace(fmt.Sprintf("%s %s %s", fw.FwUpdateStatus, fw.CurrentFwVersion, fw.PendingFwVersion))
+}
+
+func expectCalls(t *testing.T, fc *fakeConn, want ...string) {
+	t.Helper()
+	for _, w := range want {
+		if got := fwCall(t, fc); got != w {
+			t.Fatalf("connection call %q, want %q", got, w)
+		}
+	}
+}
+
+func TestFirmwareRollbackIsNotRetriedAndPatchesMerge(t *testing.T) {
+	pkg := filepath.Join(t.TempDir(), "fw.bin")
+	if err := os.WriteFile(pkg, []byte("2.0.0"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256([]byte("2.0.0"))
+	fc, h, _ := start(t, device.Config{RebootDelay: device.NoRebootDelay, FirmwareApplyDelay: -1, FirmwareVersion: "1.5"})
+
+	twin := fmt.Sprintf(`{"desired":{"$version":1,"firmware":{"fwVersion":"2.0.0","fwPackageURI":"file://%s.missing","fwPackageCheckValue":"%s"}},"reported":{"$version":1}}`,
+		pkg, hex.EncodeToString(sum[:]))
+	h.HandleTwin([]byte(twin))
+	expectCalls(t, fc, "downloading 1.5 2.0.0", "error 1.5 2.0.0", "rolledback 1.5")
+
+	// A reconnect reads the same twin: the rolled-back update is not retried.
+	h.HandleTwin([]byte(twin))
+	select {
+	case c := <-fc.calls:
+		t.Fatalf("the same desired firmware after a rollback led to %q, want nothing", c)
+	case <-time.After(200 * time.Millisecond):
+	}
+
+	// A patch that fixes only the URI: merged with the rest of the object.
+	h.HandleDesired(2, []byte(fmt.Sprintf(`{"firmware":{"fwPackageURI":"file://%s"},"$version":2}`, pkg)))
+	expectCalls(t, fc, "downloading 1.5 2.0.0", "verifying 1.5 2.0.0", "applying 1.5 2.0.0", "rebooting 1.5 2.0.0",
+		"suspend", "resume", "current 2.0.0")
+}
+
+func TestFirmwareSameVersionReportsCurrent(t *testing.T) {
+	fc, h, _ := start(t, device.Config{RebootDelay: device.NoRebootDelay, FirmwareApplyDelay: -1})
+	h.HandleTwin([]byte(`{"desired":{"$version":1},"reported":{"$version":1}}`))
+	expectCalls(t, fc, "current 1.0.0")
+	h.HandleDesired(2, []byte(`{"firmware":{"fwVersion":"1.0.0","fwPackageURI":"file:///nowhere","fwPackageCheckValue":"x"},"$version":2}`))
+	h.HandleDesired(3, []byte(`{"other":1,"$version":3}`))
+	select {
+	case c := <-fc.calls:
+		t.Fatalf("desired firmware equal to the running version led to %q, want nothing (already reported current)", c)
+	case <-time.After(200 * time.Millisecond):
+	}
+}
