@@ -172,10 +172,30 @@ func TestOfficialFirmwareDeviceUpdatedByDmctl(t *testing.T) {
 	if _, err := bad.p.waitEvent(ctx, "status", statusIs("rolledback", "1.0.0")); err != nil {
 		t.Errorf("the corrupted device never printed its rolledback status: %v", err)
 	}
-	for _, id := range []string{good.id, bad.id} {
-		if !strings.Contains(r.stdout, id) {
-			t.Errorf("the campaign's JSON summary does not name %s:\n%s", id, r.stdout)
-		}
+	var summary struct {
+		Counts struct {
+			Current int `json:"current"`
+			Failed  int `json:"failed"`
+			Pending int `json:"pending"`
+		} `json:"counts"`
+		DeviceList []struct {
+			DeviceID string `json:"deviceId"`
+			Outcome  string `json:"outcome"`
+			Status   string `json:"fwUpdateStatus"`
+		} `json:"deviceList"`
+	}
+	if err := r.lastJSON(&summary); err != nil {
+		t.Fatalf("the second campaign's -o json summary: %v\n%s", err, r)
+	}
+	if c := summary.Counts; c.Current != 1 || c.Failed != 1 || c.Pending != 0 {
+		t.Errorf("the second campaign counts %+v, want 1 current, 1 failed, 0 pending", c)
+	}
+	outcomes := map[string]string{}
+	for _, d := range summary.DeviceList {
+		outcomes[d.DeviceID] = d.Outcome + "/" + d.Status
+	}
+	if outcomes[good.id] != "current/current" || outcomes[bad.id] != "failed/rolledback" {
+		t.Errorf("the second campaign's devices %v, want %s current/current and %s failed/rolledback", outcomes, good.id, bad.id)
 	}
 	if fw := reportedFirmware(t, ctx, h, good.id); fw[iothub.CurrentFwVersion] != "3.0.0" || fw[iothub.FwUpdateStatus] != "current" {
 		t.Errorf("the later campaign at the same priority did not win: reported firmware %v, want current on 3.0.0", fw)
