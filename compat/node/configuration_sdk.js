@@ -120,7 +120,7 @@ async function run() {
       err = lib.describeError(e);
     }
     assert(err, 'the second addConfiguration succeeded');
-    assert(err.statusCode === 409 || err.statusCode === 412, 'expected HTTP 409 or 412, got ' + JSON.stringify(err));
+    assert(err.statusCode === 409, 'expected HTTP 409 (Conflict), got ' + JSON.stringify(err));
     const c = (await registry.getConfiguration(lowId)).responseBody;
     assert(c.priority === 1 && c.etag === lowEtag, 'after the refused add: priority ' + c.priority + ', etag ' + c.etag);
     return err;
