@@ -331,8 +331,8 @@ func waitFile(ctx context.Context, path string) error {
 }
 
 // TestOfficialPythonSDKs runs the pytest suite in compat/python (registry,
-// twins, queries, jobs, the device client over MQTT and WebSockets, token
-// renewal, a wrong key) against the suite's hub.
+// twins, queries, jobs, configurations, the device client over MQTT and
+// WebSockets, token renewal, a wrong key) against the suite's hub.
 func TestOfficialPythonSDKs(t *testing.T) {
 	t.Parallel()
 	py := requirePython(t)
