@@ -18,7 +18,7 @@ from azure.iot.hub.models import (
     Twin,
 )
 
-from conftest import WAIT
+from conftest import WAIT, new_key
 
 
 def status_of(excinfo):
@@ -109,6 +109,34 @@ def test_configuration_lifecycle(configs, registry, device):
     assert status_of(excinfo) == 404
     # Deleting rolls nothing back.
     assert registry.get_twin(device["id"]).properties.desired["pyCfg"] == {"run": run, "n": 1}
+
+
+def test_module_configuration(configs, registry, device):
+    """A moduleContent configuration with a target condition in the form IoT
+    Hub documents for modules ("from devices.modules where ...") reaches the
+    module twin."""
+    module_id = "pycfgmod"
+    config_id = device["id"] + "-mod"
+    registry.create_module_with_sas(device["id"], module_id, None, new_key(), new_key())
+    registry.update_module_twin(device["id"], module_id, Twin(tags={"pycfgmod": config_id}), "*")
+    configs.create_configuration(
+        Configuration(
+            id=config_id,
+            content=ConfigurationContent(module_content={"properties.desired.pyModCfg": {"run": config_id}}),
+            target_condition="from devices.modules where tags.pycfgmod = '%s'" % config_id,
+            priority=0,
+        )
+    )
+    try:
+
+        def module_configured():
+            t = registry.get_module_twin(device["id"], module_id)
+            return (t.properties.desired or {}).get("pyModCfg") == {"run": config_id}
+
+        wait_until("desired pyModCfg on the targeted module twin", module_configured)
+        assert "pyModCfg" not in (registry.get_twin(device["id"]).properties.desired or {})
+    finally:
+        configs.delete_configuration(config_id)
 
 
 def test_delete_configuration_with_a_stale_etag_is_refused(configs, device):
