@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/dmctl/dmctl/hub/api"
+	"github.com/dmctl/dmctl/hub/configs"
 	"github.com/dmctl/dmctl/hub/hubapi"
 	"github.com/dmctl/dmctl/hub/jobs"
 	"github.com/dmctl/dmctl/hub/store"
@@ -72,6 +73,12 @@ type Config struct {
 	// X509CAFiles are PEM files of device CA certificates to trust, one
 	// or more certificates each (dmctl hub serve --x509-ca).
 	X509CAFiles []string
+	// ConfigurationInterval is how often automatic configurations are
+	// applied (default configs.DefaultInterval, one second).
+	ConfigurationInterval time.Duration
+	// PackagesDir, when set, is served read-only at PackagesPath on the
+	// TLS port (a local-hub extension; see packages.go).
+	PackagesDir string
 	Log         zerolog.Logger
 }
 
@@ -106,6 +113,8 @@ type Server struct {
 	broker *broker
 	jobs   *jobs.Engine
 	jobsWG sync.WaitGroup
+
+	packages *packages // nil without Config.PackagesDir
 }
 
 // New binds every listen address, reads the trusted device CAs, then opens
@@ -144,6 +153,15 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		closeListeners()
 		return nil, err
+	}
+	var pkgs *packages
+	if cfg.PackagesDir != "" {
+		if pkgs, err = openPackages(cfg.PackagesDir); err != nil {
+			closeListeners()
+			return nil, err
+		}
+		prev := closeListeners
+		closeListeners = func() { prev(); pkgs.close() }
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		closeListeners()
@@ -184,6 +202,7 @@ func New(cfg Config) (*Server, error) {
 			ClientAuth: tls.RequestClientCert,
 		},
 		inflight: make(map[net.Conn]struct{}),
+		packages: pkgs,
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	return s, nil
@@ -260,16 +279,29 @@ func (s *Server) Start(ctx context.Context) error {
 		}
 	}()
 
+	cfgEngine := configs.New(configs.Config{
+		Store:    s.store,
+		Interval: s.cfg.ConfigurationInterval,
+		Log:      s.log.With().Str("component", "configurations").Logger(),
+	})
+	s.jobsWG.Add(1)
+	go func() {
+		defer s.jobsWG.Done()
+		if err := cfgEngine.Run(s.ctx); err != nil {
+			s.log.Error().Err(err).Msg("configuration engine stopped")
+		}
+	}()
+
 	s.httpQ = newConnQueue(s.listeners[0].Addr())
 	s.httpSrv = &http.Server{
-		Handler: s.httpHandler(api.New(api.Config{
+		Handler: s.httpHandler(s.withPackages(api.New(api.Config{
 			Store:   s.store,
 			Devices: b,
 			Jobs:    engine,
 			Hosts:   s.hosts,
 			Now:     s.now,
 			Log:     s.log.With().Str("component", "api").Logger(),
-		})),
+		}))),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       60 * time.Second,
 		WriteTimeout:      httpWriteTimeout,
@@ -336,6 +368,9 @@ func (s *Server) Close() error {
 		s.broker.close()
 	}
 	s.wg.Wait()
+	if s.packages != nil {
+		s.packages.close()
+	}
 	err := s.store.Close()
 	s.mu.Lock()
 	s.closeErr = err

@@ -1,6 +1,7 @@
 // Package api serves the local hub's service-side REST API: direct methods,
 // twins, the identity registry (devices, modules, bulk operations,
-// statistics), twin, module-twin and device-job queries and jobs (v2), with
+// statistics), twin, module-twin and device-job queries, jobs (v2) and
+// automatic configurations (configurations.go), with
 // SAS authentication against the shared access policies and IoT Hub's error
 // bodies.
 //
@@ -117,6 +118,12 @@ func New(cfg Config) http.Handler {
 	// The Node service SDK's Registry.list asks for "/devices/".
 	handle("GET /devices/{$}", store.RegistryRead, s.listDevices)
 	handle("POST /devices/query", either(store.RegistryRead, store.ServiceConnect), s.query)
+	handle("PUT /configurations/{id}", store.RegistryWrite, s.putConfiguration)
+	handle("GET /configurations/{id}", either(store.RegistryRead, store.RegistryWrite), s.getConfiguration)
+	handle("DELETE /configurations/{id}", store.RegistryWrite, s.deleteConfiguration)
+	handle("GET /configurations", either(store.RegistryRead, store.RegistryWrite), s.listConfigurations)
+	handle("GET /configurations/{$}", either(store.RegistryRead, store.RegistryWrite), s.listConfigurations)
+	handle("POST /configurations/testQueries", either(store.RegistryRead, store.RegistryWrite), s.testConfigurationQueries)
 	handle("PUT /jobs/v2/{id}", either(store.RegistryWrite, store.ServiceConnect), s.putJob)
 	handle("GET /jobs/v2/{id}", either(store.RegistryRead, store.RegistryWrite, store.ServiceConnect), s.getJob)
 	handle("POST /jobs/v2/{id}/cancel", either(store.RegistryWrite, store.ServiceConnect), s.cancelJob)

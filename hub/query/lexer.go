@@ -145,6 +145,9 @@ func (l *lexer) next() (token, error) {
 	if start+1 < len(src) {
 		two = src[start : start+2]
 	}
+	if two == "[[" && l.afterDot(start) {
+		return l.bracketName(start)
+	}
 	switch two {
 	case "!=", "<>", "<=", ">=":
 		l.off += 2
@@ -157,6 +160,35 @@ func (l *lexer) next() (token, error) {
 	}
 	r, _ := utf8.DecodeRuneInString(src[start:])
 	return token{}, l.errf(start, "unexpected character %q", r)
+}
+
+// afterDot reports whether the last non-blank character before start is '.'.
+func (l *lexer) afterDot(start int) bool {
+	for i := start - 1; i >= 0; i-- {
+		switch c := l.src[i]; c {
+		case ' ', '\t', '\n', '\r', '\f', '\v':
+			continue
+		default:
+			return c == '.'
+		}
+	}
+	return false
+}
+
+// bracketName lexes a property name written [[name]] after a dot (as in
+// configurations.[[myconfig]].status): any characters but "]]". It is an
+// identifier token whose str is the name.
+func (l *lexer) bracketName(start int) (token, error) {
+	end := strings.Index(l.src[start+2:], "]]")
+	if end < 0 {
+		return token{}, l.errf(start, "unterminated [[ name: no closing ]]")
+	}
+	name := l.src[start+2 : start+2+end]
+	if name == "" {
+		return token{}, l.errf(start, "empty [[ ]] name")
+	}
+	l.off = start + 2 + end + 2
+	return token{kind: tIdent, pos: start, text: l.src[start:l.off], str: name}, nil
 }
 
 func (l *lexer) number() (token, error) {

@@ -253,7 +253,11 @@ func (p *parser) parsePath() (*pathExpr, error) {
 				return nil, p.unexpected(s, "a property name after \".\"")
 			}
 			p.advance()
-			pe.segs = append(pe.segs, pathSeg{key: s.text})
+			key := s.text
+			if s.str != "" { // [[name]]
+				key = s.str
+			}
+			pe.segs = append(pe.segs, pathSeg{key: key})
 			end = s.pos + len(s.text)
 		case isPunct(t, "["):
 			p.advance()

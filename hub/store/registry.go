@@ -68,6 +68,10 @@ type record struct {
 	DesiredVersion  int64          `json:"dver"`
 	Reported        *node          `json:"reported"`
 	ReportedVersion int64          `json:"rver"`
+
+	// Configs is the status (iothub.ConfigurationTargeted or
+	// ConfigurationApplied) of each configuration targeting the twin.
+	Configs map[string]string `json:"cfgs,omitempty"`
 }
 
 // deviceID is the id of the device r is (or whose module r is).

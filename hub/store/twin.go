@@ -59,6 +59,12 @@ func (s *Store) twin(r *record) iothub.Twin {
 	if len(r.Tags) > 0 {
 		t.Tags = copyValue(r.Tags).(map[string]any)
 	}
+	if len(r.Configs) > 0 {
+		t.Configurations = make(map[string]iothub.TwinConfiguration, len(r.Configs))
+		for id, st := range r.Configs {
+			t.Configurations[id] = iothub.TwinConfiguration{Status: st}
+		}
+	}
 	return t
 }
 

@@ -279,6 +279,14 @@ type Twin struct {
 	ParentScopes              []string        `json:"parentScopes,omitempty"`
 	Tags                      map[string]any  `json:"tags,omitempty"`
 	Properties                TwinProperties  `json:"properties"`
+	// Configurations holds the automatic configurations that target the
+	// twin, by configuration id.
+	Configurations map[string]TwinConfiguration `json:"configurations,omitempty"`
+}
+
+// TwinConfiguration is a twin's state for one configuration.
+type TwinConfiguration struct {
+	Status string `json:"status"` // ConfigurationTargeted or ConfigurationApplied
 }
 
 // TwinProperties holds the desired and reported sections; each carries
