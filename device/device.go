@@ -42,7 +42,8 @@ type Config struct {
 	// value logs nothing.
 	Log zerolog.Logger
 	// OnEvent, when set, receives the device's events (method_received,
-	// method, reboot_started, rebooted, reboot_failed, twin, desired),
+	// method, reboot_started, rebooted, reboot_failed, twin, desired,
+	// firmware, firmware_abandoned, factory_reset),
 	// with DeviceID (and ModuleID) set when the Conn has a DeviceID (and a
 	// ModuleID) method. It is called
 	// on goroutines that Run owns (the connection's and the reboot's),
@@ -55,10 +56,22 @@ type Config struct {
 	// level instead of info and warn; failures keep their level. Fleets of
 	// simulated devices set it.
 	Quiet bool
+
+	// FirmwareVersion is the version the device runs at start and after a
+	// factoryReset (default DefaultFirmwareVersion).
+	FirmwareVersion string
+	// FirmwareApplyDelay is how long applying a firmware package takes: 0
+	// means DefaultFirmwareApplyDelay, a negative value none.
+	FirmwareApplyDelay time.Duration
+	// Downloader fetches firmware packages. Devices of one process should
+	// share one, so that their downloads share its concurrency bound; nil
+	// means a Downloader of its own that trusts the system roots.
+	Downloader *Downloader
 }
 
 // Device is the simulated device: it answers direct methods through its Mux,
-// performs reboots and logs desired-property changes.
+// performs reboots, factory resets and firmware updates, and logs
+// desired-property changes.
 type Device struct {
 	conn  Conn
 	mux   Mux
@@ -76,7 +89,24 @@ type Device struct {
 	mu             sync.Mutex
 	runCtx         context.Context // while Run runs: the context reboots run under
 	rebooting      bool
+	stopped        bool  // Run is ending: no new goroutine starts
 	desiredVersion int64 // highest desired $version seen; older notifications are dropped
+
+	// Firmware (firmware.go); dl and fwFactory are set once by New.
+	dl         *Downloader
+	fwFactory  string
+	fwApply    time.Duration
+	fwCurrent  string                     // the running version
+	fwDesired  map[string]json.RawMessage // the desired firmware object, nil if none
+	fwSeq      int64                      // bumped on every change of fwDesired (and every twin read)
+	fwDone     int64                      // the fwSeq the worker last took up
+	fwFailed   string                     // canonical desired object whose update rolled back
+	fwReported string                     // "status version" last reported
+	fwJob      *fwJob                     // the update in progress
+	fwWorker   bool                       // the firmware worker runs
+	fwBlocked  bool                       // a factory reset holds the worker off
+	fwStop     context.CancelFunc         // ends the worker
+	fwStopped  chan struct{}              // closed when the worker has ended
 }
 
 // New returns a device that talks through conn and answers rebootDevice.
@@ -105,7 +135,22 @@ func New(conn Conn, cfg Config) *Device {
 	if d.now == nil {
 		d.now = time.Now
 	}
+	d.fwFactory, d.fwApply, d.dl = cfg.FirmwareVersion, cfg.FirmwareApplyDelay, cfg.Downloader
+	if d.fwFactory == "" {
+		d.fwFactory = DefaultFirmwareVersion
+	}
+	d.fwCurrent = d.fwFactory
+	switch {
+	case d.fwApply == 0:
+		d.fwApply = DefaultFirmwareApplyDelay
+	case d.fwApply < 0:
+		d.fwApply = 0
+	}
+	if d.dl == nil {
+		d.dl = NewDownloader(DownloaderConfig{})
+	}
 	d.mux.Handle(RebootMethod, d.handleReboot)
+	d.mux.Handle(FactoryResetMethod, d.handleFactoryReset)
 	return d
 }
 
@@ -155,6 +200,7 @@ func (d *Device) Run(ctx context.Context) error {
 	d.mu.Lock()
 	d.runCtx = context.Background() // not nil: Run may not be called again
 	d.rebooting = true              // no new reboot starts
+	d.stopped = true                // nor any firmware work
 	d.mu.Unlock()
 	d.wg.Wait()
 	return err
@@ -188,6 +234,8 @@ func (d *Device) HandleTwin(doc []byte) {
 	d.mu.Lock()
 	d.desiredVersion = dv
 	d.mu.Unlock()
+	fw, ok := firmwareOf(twin.Desired)
+	d.setDesiredFirmware(fw, ok, true)
 	ev := d.info().Str("event", "twin").Int64("desired_version", dv).Int64("reported_version", versionOf(twin.Reported))
 	if rt, ok := twin.Reported[RebootTimeProperty]; ok {
 		var s string
@@ -220,6 +268,11 @@ func (d *Device) HandleDesired(version int64, patch []byte) {
 	}
 	ev.Msg("desired properties changed")
 	d.emit(Event{Kind: EventDesired, Version: version})
+	var doc map[string]json.RawMessage
+	if json.Unmarshal(patch, &doc) == nil {
+		fw, ok := firmwareOf(doc)
+		d.setDesiredFirmware(fw, ok, false)
+	}
 }
 
 func versionOf(m map[string]json.RawMessage) int64 {
@@ -320,21 +373,7 @@ func (d *Device) parseRebootPayload(payload json.RawMessage) (time.Duration, err
 func (d *Device) reboot(ctx context.Context, delay time.Duration) {
 	d.info().Str("event", "reboot_started").Str("delay", delay.String()).Msg("rebooting: going offline")
 	d.emit(Event{Kind: EventRebootStarted, Delay: delay})
-	if err := d.conn.Suspend(ctx); err != nil {
-		if ctx.Err() == nil {
-			d.log.Error().Str("event", "reboot_failed").Err(err).Msg("could not go offline")
-			d.emit(Event{Kind: EventRebootFailed, Err: err})
-		}
-		return
-	}
-	if retry.Sleep(ctx, delay) != nil {
-		return
-	}
-	if err := d.conn.Resume(ctx); err != nil {
-		if ctx.Err() == nil {
-			d.log.Error().Str("event", "reboot_failed").Err(err).Msg("could not come back online")
-			d.emit(Event{Kind: EventRebootFailed, Err: err})
-		}
+	if d.cycle(ctx, delay) != nil {
 		return
 	}
 	at := d.now().UTC().Format(time.RFC3339Nano)
@@ -348,4 +387,27 @@ func (d *Device) reboot(ctx context.Context, delay time.Duration) {
 	}
 	d.info().Str("event", "rebooted").Str(RebootTimeProperty, at).Msg("reboot complete, " + RebootTimeProperty + " reported")
 	d.emit(Event{Kind: EventRebooted, RebootTime: at})
+}
+
+// cycle goes offline for delay and comes back, as a reboot does; failures
+// are logged and emitted as reboot_failed.
+func (d *Device) cycle(ctx context.Context, delay time.Duration) error {
+	if err := d.conn.Suspend(ctx); err != nil {
+		if ctx.Err() == nil {
+			d.log.Error().Str("event", "reboot_failed").Err(err).Msg("could not go offline")
+			d.emit(Event{Kind: EventRebootFailed, Err: err})
+		}
+		return err
+	}
+	if err := retry.Sleep(ctx, delay); err != nil {
+		return err
+	}
+	if err := d.conn.Resume(ctx); err != nil {
+		if ctx.Err() == nil {
+			d.log.Error().Str("event", "reboot_failed").Err(err).Msg("could not come back online")
+			d.emit(Event{Kind: EventRebootFailed, Err: err})
+		}
+		return err
+	}
+	return nil
 }

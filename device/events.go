@@ -32,6 +32,10 @@ const (
 	EventRebootFailed   EventKind = "reboot_failed"   // the reboot could not finish (Err)
 	EventTwin           EventKind = "twin"            // the twin was read after a connect (Version: desired $version)
 	EventDesired        EventKind = "desired"         // a desired-properties patch was applied (Version)
+
+	EventFirmware          EventKind = "firmware"           // a firmware step was reported and acknowledged (Firmware)
+	EventFirmwareAbandoned EventKind = "firmware_abandoned" // an update gave way to a newer desired firmware (Firmware: current and pending)
+	EventFactoryReset      EventKind = "factory_reset"      // back online after a factory reset, factoryResetTime reported (ResetTime)
 )
 
 // Event is one thing that happened, delivered to an OnEvent callback. Only
@@ -42,16 +46,18 @@ type Event struct {
 	DeviceID string
 	ModuleID string // set when the identity is a module of DeviceID
 
-	Reason       string        // disconnected: "shutdown", "token renewal", "suspended", or why it was lost
-	Err          error         // connect_failed, disconnected (lost), reboot_failed
-	Attempt      int           // retrying: the attempt about to be made (1 is the first retry)
-	Delay        time.Duration // retrying: the wait; reboot_started: the time offline
-	Target       string        // connected: host:port dialled
-	Transport    string        // connected: "mqtt" or "mqtt-ws"
-	Filters      []string      // subscribed
-	TokenExpires time.Time     // connected, token_renewed
-	Method       string        // method_received, method
-	Status       int           // method: the status answered; report_retry, report_rejected: the hub's
-	Version      int64         // reported: the reported $version; twin, desired: the desired $version
-	RebootTime   string        // rebooted
+	Reason       string          // disconnected: "shutdown", "token renewal", "suspended", or why it was lost
+	Err          error           // connect_failed, disconnected (lost), reboot_failed
+	Attempt      int             // retrying: the attempt about to be made (1 is the first retry)
+	Delay        time.Duration   // retrying: the wait; reboot_started: the time offline
+	Target       string          // connected: host:port dialled
+	Transport    string          // connected: "mqtt" or "mqtt-ws"
+	Filters      []string        // subscribed
+	TokenExpires time.Time       // connected, token_renewed
+	Method       string          // method_received, method
+	Status       int             // method: the status answered; report_retry, report_rejected: the hub's
+	Version      int64           // reported: the reported $version; twin, desired: the desired $version
+	RebootTime   string          // rebooted
+	ResetTime    string          // factory_reset
+	Firmware     *FirmwareReport // firmware, firmware_abandoned
 }

@@ -19,6 +19,15 @@
 // connection's reader) and one keep-alive timer; the fleet adds one
 // goroutine and one ticker for status logging, none per device. The TLS
 // configuration, with a session cache for quick reconnects, is shared.
+//
+// Every device of a fleet follows desired firmware like a single device
+// (see package device). The fleet's devices share one device.Downloader
+// (unless Config.Device has one), so at most DownloadConcurrency packages
+// (default device.DefaultDownloadConcurrency, 64) download at once in the
+// process however many devices a campaign targets; the rest wait their
+// turn in the downloading step. The state line counts devices by firmware
+// status too once some device updates: updating (downloading, verifying,
+// applying, rebooting), failed (error, rolledback).
 // go run ./bench measures fleets: connect time, memory and fleet reboots.
 package fleet
 
@@ -38,6 +47,7 @@ import (
 
 	"github.com/dmctl/dmctl/device"
 	"github.com/dmctl/dmctl/device/mqtt"
+	"github.com/dmctl/dmctl/internal/iothub"
 	"github.com/dmctl/dmctl/internal/retry"
 	"github.com/dmctl/dmctl/sas"
 )
@@ -64,9 +74,14 @@ type Config struct {
 	// When TLSConfig is nil, one is built from RootCAs (with a session
 	// cache) and shared.
 	Conn mqtt.Config
-	// Device is the template for every device: RebootDelay, Now. Log and
-	// Quiet are set per device.
+	// Device is the template for every device: RebootDelay, Now,
+	// FirmwareVersion and so on. Log and Quiet are set per device. When
+	// Downloader is nil, one is made (trusting Conn.RootCAs) and shared.
 	Device device.Config
+	// DownloadConcurrency bounds the firmware downloads in progress across
+	// the fleet when the fleet makes the Downloader (default
+	// device.DefaultDownloadConcurrency).
+	DownloadConcurrency int
 	// ConnectRate is the number of connect attempts per second across the
 	// fleet, reconnects included (default DefaultConnectRate).
 	ConnectRate float64
@@ -94,6 +109,11 @@ type Stats struct {
 	Stopped    int `json:"stopped"`
 	// EverConnected is how many devices have connected at least once.
 	EverConnected int `json:"everConnected"`
+	// Devices by reported firmware status: current, updating (downloading,
+	// verifying, applying, rebooting) and failed (error, rolledback).
+	FwCurrent  int `json:"fwCurrent,omitempty"`
+	FwUpdating int `json:"fwUpdating,omitempty"`
+	FwFailed   int `json:"fwFailed,omitempty"`
 }
 
 // Fleet runs a set of simulated devices. Create it with New and call Run
@@ -105,12 +125,14 @@ type Fleet struct {
 	log     zerolog.Logger
 
 	counts   [mqtt.StateStopped + 1]atomic.Int64
+	fw       [fwFailed + 1]atomic.Int64 // devices by fwClass
 	ever     atomic.Int64
 	changed  chan struct{} // buffered 1: some state changed
 	ready    chan struct{} // closed when every device has connected once
 	started  atomic.Bool
 	readyAt  atomic.Int64 // unix nanos when ready closed
 	readyOne sync.Once
+	fwSeen   bool // report's: some device has updated firmware
 }
 
 type member struct {
@@ -118,6 +140,7 @@ type member struct {
 	conn  *mqtt.Conn
 	dev   *device.Device
 	state atomic.Int32 // mqtt.State; written by the member's Run goroutine only
+	fw    atomic.Int32 // fwClass of the last reported firmware status
 	ever  atomic.Bool
 }
 
@@ -167,6 +190,10 @@ func New(cfg Config) (*Fleet, error) {
 		changed: make(chan struct{}, 1),
 		ready:   make(chan struct{}),
 	}
+	dl := cfg.Device.Downloader
+	if dl == nil {
+		dl = device.NewDownloader(device.DownloaderConfig{RootCAs: cfg.Conn.RootCAs, Concurrency: cfg.DownloadConcurrency})
+	}
 	seen := make(map[string]int, len(cfg.Devices))
 	f.members = make([]*member, 0, len(cfg.Devices))
 	for i, cs := range cfg.Devices {
@@ -198,7 +225,8 @@ func New(cfg Config) (*Fleet, error) {
 		dc := cfg.Device
 		dc.Log = log
 		dc.Quiet = true
-		dc.OnEvent = both(cfg.Device.OnEvent, cfg.OnEvent)
+		dc.Downloader = dl
+		dc.OnEvent = both(func(e device.Event) { f.setFirmware(m, e) }, both(cfg.Device.OnEvent, cfg.OnEvent))
 		m.conn = conn
 		m.dev = device.New(conn, dc)
 		f.members = append(f.members, m)
@@ -278,6 +306,41 @@ func (f *Fleet) Stats() Stats {
 		Rebooting:     int(f.counts[mqtt.StateSuspended].Load()),
 		Stopped:       int(f.counts[mqtt.StateStopped].Load()),
 		EverConnected: int(f.ever.Load()),
+		FwCurrent:     int(f.fw[fwCurrent].Load()),
+		FwUpdating:    int(f.fw[fwUpdating].Load()),
+		FwFailed:      int(f.fw[fwFailed].Load()),
+	}
+}
+
+// fwClass groups firmware statuses for the state line.
+type fwClass int32
+
+const (
+	fwUnknown fwClass = iota
+	fwCurrent
+	fwUpdating
+	fwFailed
+)
+
+// setFirmware counts m under the status of a firmware event.
+func (f *Fleet) setFirmware(m *member, e device.Event) {
+	if e.Kind != device.EventFirmware || e.Firmware == nil {
+		return
+	}
+	c := fwUpdating
+	switch e.Firmware.FwUpdateStatus {
+	case iothub.FwStatusCurrent:
+		c = fwCurrent
+	case iothub.FwStatusError, iothub.FwStatusRolledBack:
+		c = fwFailed
+	}
+	if old := fwClass(m.fw.Swap(int32(c))); old != c {
+		f.fw[old].Add(-1)
+		f.fw[c].Add(1)
+		select {
+		case f.changed <- struct{}{}:
+		default:
+		}
 	}
 }
 
@@ -385,10 +448,16 @@ func (f *Fleet) report(ctx context.Context, start time.Time) {
 		if !(pending && (!logged || st != last)) && !due {
 			continue
 		}
-		f.log.Info().Str("event", "fleet").Int("devices", st.Devices).Int("connected", st.Connected).
-			Int("connecting", st.Connecting).Int("retrying", st.Retrying).Int("rebooting", st.Rebooting).
-			Msgf("fleet: %d/%d connected, %d connecting, %d retrying, %d rebooting",
-				st.Connected, st.Devices, st.Connecting, st.Retrying, st.Rebooting)
+		ev := f.log.Info().Str("event", "fleet").Int("devices", st.Devices).Int("connected", st.Connected).
+			Int("connecting", st.Connecting).Int("retrying", st.Retrying).Int("rebooting", st.Rebooting)
+		msg := fmt.Sprintf("fleet: %d/%d connected, %d connecting, %d retrying, %d rebooting",
+			st.Connected, st.Devices, st.Connecting, st.Retrying, st.Rebooting)
+		if st.FwUpdating+st.FwFailed > 0 || f.fwSeen {
+			f.fwSeen = true // once a campaign shows, keep showing its end
+			ev = ev.Int("fw_current", st.FwCurrent).Int("fw_updating", st.FwUpdating).Int("fw_failed", st.FwFailed)
+			msg += fmt.Sprintf(" · firmware: %d current, %d updating, %d failed", st.FwCurrent, st.FwUpdating, st.FwFailed)
+		}
+		ev.Msg(msg)
 		last, lastAt, logged, pending = st, now, true, false
 	}
 }

@@ -3,13 +3,18 @@ package fleet_test
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -434,4 +439,99 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.String()
+}
+
+func TestFleetFirmwareCampaignBoundsDownloads(t *testing.T) {
+	srv := hubtest.NewServer(t)
+	pkg := []byte("firmware 2.0.0")
+	var now, peak, served atomic.Int32
+	pkgSrv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := now.Add(1)
+		defer now.Add(-1)
+		for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
+		}
+		served.Add(1)
+		select { // long enough for every slot to fill
+		case <-time.After(200 * time.Millisecond):
+		case <-r.Context().Done():
+		}
+		w.Write(pkg)
+	}))
+	defer pkgSrv.Close()
+	pool := srv.CAPool().Clone()
+	pool.AddCert(pkgSrv.Certificate())
+
+	const n = 12
+	css := devices(t, srv, "fw", n)
+	good := sha256.Sum256(pkg)
+	for i, cs := range css {
+		check := hex.EncodeToString(good[:])
+		if i == 0 {
+			check = strings.Repeat("0", 64) // this one's package does not match
+		}
+		desired := map[string]any{iothub.FirmwareProperty: map[string]any{
+			iothub.FwVersion: "2.0.0", iothub.FwPackageURI: pkgSrv.URL + "/fw.bin", iothub.FwPackageCheckValue: check}}
+		if _, _, err := srv.Store().PatchTwin(cs.DeviceID, iothub.Twin{Properties: iothub.TwinProperties{Desired: desired}}, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	logs := &syncBuffer{}
+	f, err := fleet.New(fleet.Config{
+		Devices:             css,
+		Conn:                mqtt.Config{RootCAs: pool, ClientType: "dmctl/test", Backoff: fastBackoff},
+		Device:              device.Config{RebootDelay: device.NoRebootDelay, FirmwareApplyDelay: -1 /* none */},
+		DownloadConcurrency: 3,
+		ConnectRate:         2000,
+		Log:                 zerolog.New(io.MultiWriter(logs, zerolog.NewTestWriter(t))).Level(zerolog.InfoLevel),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- f.Run(ctx) }()
+	defer func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("fleet Run: %v", err)
+			}
+		case <-time.After(patience):
+			t.Errorf("fleet Run did not return within %v of its cancel", patience)
+		}
+	}()
+	deadline := time.Now().Add(patience)
+	for st := f.Stats(); st.FwCurrent != n-1 || st.FwFailed != 1; st = f.Stats() {
+		if time.Now().After(deadline) {
+			t.Fatalf("fleet firmware after %v: %+v, want %d current and 1 failed", patience, st, n-1)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if p, s := peak.Load(), served.Load(); p != 3 || s != n {
+		t.Errorf("%d downloads at most at once out of %d, want 3 at once (DownloadConcurrency) out of %d", p, s, n)
+	}
+	for i, cs := range css {
+		want := "2.0.0"
+		if i == 0 {
+			want = device.DefaultFirmwareVersion
+		}
+		if v := f.Device(identityOf(cs)).FirmwareVersion(); v != want {
+			t.Errorf("%s runs %s, want %s", cs.DeviceID, v, want)
+		}
+	}
+	line := fmt.Sprintf("firmware: %d current, 0 updating, 1 failed", n-1)
+	for !strings.Contains(logs.String(), line) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no state line with %q within %v:\n%s", line, patience, logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func identityOf(cs *sas.ConnectionString) string {
+	if cs.ModuleID != "" {
+		return cs.DeviceID + "/" + cs.ModuleID
+	}
+	return cs.DeviceID
 }
