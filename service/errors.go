@@ -45,6 +45,18 @@ var (
 	ErrModuleNotFound = &APIError{Code: iothub.CodeModuleNotFound}
 	// ErrModuleAlreadyExists matches 409301 (create of an existing module).
 	ErrModuleAlreadyExists = &APIError{Code: iothub.CodeModuleAlreadyExists}
+	// ErrConfigurationNotFound matches a 404 from a configuration call
+	// (IoT Hub's ConfigurationNotFound).
+	ErrConfigurationNotFound = &APIError{Status: 404, Name: nameConfigurationNotFound}
+	// ErrConfigurationExists matches a 409 from a configuration create.
+	ErrConfigurationExists = &APIError{Status: 409, Name: nameConfigurationExists}
+)
+
+// Error names of the configuration sentinels, which Is matches by name:
+// IoT Hub documents no numeric code for them.
+const (
+	nameConfigurationNotFound = "ConfigurationNotFound"
+	nameConfigurationExists   = "ConfigurationAlreadyExists"
 )
 
 // ErrRebootNotConfirmed: the device did not report a new rebootTime before
@@ -61,6 +73,9 @@ func (e *APIError) Is(target error) bool {
 	t, ok := target.(*APIError)
 	if !ok {
 		return false
+	}
+	if t.Name != "" && t.Code == 0 {
+		return e.Name == t.Name && (t.Status == 0 || e.Status == t.Status)
 	}
 	if t.Code != 0 && e.Code != 0 {
 		return t.Code == e.Code
@@ -102,6 +117,10 @@ func (e *APIError) Error() string {
 // describe names the failure in words for the common cases.
 func describe(e *APIError) string {
 	switch {
+	case e.Is(ErrConfigurationNotFound):
+		return "configuration not found"
+	case e.Is(ErrConfigurationExists):
+		return "configuration already exists"
 	case e.Is(ErrDeviceNotFound):
 		return "device not found"
 	case e.Is(ErrDeviceNotOnline):

@@ -136,6 +136,22 @@ var examples = map[string][]string{
 	"service module delete":            {"dmctl service module delete --device myDeviceId --module telemetry"},
 	"service module connection-string": {"dmctl service module connection-string --device myDeviceId --module telemetry --key secondary"},
 	"service stats":                    {"dmctl service stats", "dmctl service stats -o json"},
+	"service configuration create": {
+		"# set the firmware every lab device should run, and count the devices on it",
+		"dmctl service configuration create --id fw-2-0 --target-condition \"tags.site='lab'\" --priority 10 --content '{\"deviceContent\":{\"properties.desired.firmware\":{\"fwVersion\":\"2.0\"}}}' --metrics '{\"queries\":{\"current\":\"SELECT deviceId FROM devices WHERE properties.reported.firmware.currentFwVersion = '2.0'\"}}'",
+		"# the same from files, as 'az iot hub configuration create' takes them",
+		"dmctl service configuration create --id fw-2-0 --target-condition \"tags.site='lab'\" --content @content.json --metrics @metrics.json --labels '{\"campaign\":\"spring\"}'",
+	},
+	"service configuration show":       {"dmctl service configuration show --id fw-2-0", "dmctl service configuration show --id fw-2-0 -o json"},
+	"service configuration list":       {"dmctl service configuration list --top 10"},
+	"service configuration delete":     {"dmctl service configuration delete --id fw-2-0"},
+	"service configuration test-query": {"dmctl service configuration test-query --target-condition \"tags.site='lab'\" --metrics @metrics.json"},
+	"service factory-reset": {
+		"# reset one device and wait until its twin shows the new factoryResetTime",
+		"dmctl service factory-reset --device myDeviceId",
+		"# reset every lab device through an IoT Hub job",
+		"dmctl service factory-reset --query \"tags.site = 'lab'\"",
+	},
 }
 
 // requiredFlags marks, in help, flags a command cannot run without. The
@@ -158,6 +174,10 @@ var requiredFlags = map[string]map[string]string{
 	"service module delete":            {"device": "required", "module": "required"},
 	"service module connection-string": {"device": "required", "module": "required"},
 	"service module list":              {"device": "required"},
+	"service configuration create":     {"id": "required", "content": "required", "target-condition": "required"},
+	"service configuration show":       {"id": "required"},
+	"service configuration delete":     {"id": "required"},
+	"service factory-reset":            {"device": "required unless --query"},
 	"device cert create":               {"device": "required"},
 	"device cert create-ca":            {"name": "required"},
 }

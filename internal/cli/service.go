@@ -48,6 +48,8 @@ trust for a private CA with --ca-file or DMCTL_CA_FILE; HTTPS_PROXY is honoured.
 			serviceModuleCommand(),
 			serviceQueryCommand(),
 			serviceStatsCommand(),
+			serviceConfigurationCommand(),
+			serviceFactoryResetCommand(),
 			{
 				Name:  "job",
 				Usage: "show, list and cancel IoT Hub jobs (jobs v2)",
