@@ -205,6 +205,9 @@ func (d *Device) updateFirmware(ctx context.Context, want desiredFirmware, key, 
 	want.URI = strings.TrimSpace(want.URI)
 	sum, err := ParseCheckValue(want.CheckValue)
 	switch {
+	case want.Version == "":
+		fail("desired firmware has no " + iothub.FwVersion)
+		return
 	case want.URI == "":
 		fail("desired firmware has no " + iothub.FwPackageURI)
 		return
