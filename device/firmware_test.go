@@ -8,10 +8,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/dmctl/dmctl/device"
+	"github.com/rs/zerolog"
 )
 
 // fwCall reads the next connection call; a firmware report is returned as
@@ -81,4 +83,36 @@ func TestFirmwareSameVersionReportsCurrent(t *testing.T) {
 		t.Fatalf("desired firmware equal to the running version led to %q, want nothing (already reported current)", c)
 	case <-time.After(200 * time.Millisecond):
 	}
+}
+
+func TestDesiredPackageURIQueryIsNotLogged(t *testing.T) {
+	var logs syncWriter
+	_, h, _ := start(t, device.Config{Log: zerolog.New(&logs), FirmwareApplyDelay: -1})
+	secret := "sv=2024&sig=S3CRET"
+	h.HandleTwin([]byte(`{"desired":{"$version":1,"firmware":{"fwVersion":"1.0.0","fwPackageURI":"https://u:pw@blob.example/fw.bin?` + secret + `"}},"reported":{"$version":1}}`))
+	h.HandleDesired(2, []byte(`{"$version":2,"firmware":{"fwVersion":"1.0.0","fwPackageURI":"https://blob.example/fw.bin?`+secret+`"}}`))
+	out := logs.String()
+	if strings.Contains(out, "S3CRET") || strings.Contains(out, "pw@") {
+		t.Errorf("the logs show the package URI's query or password:\n%s", out)
+	}
+	if !strings.Contains(out, "blob.example/fw.bin?REDACTED") {
+		t.Errorf("the logs do not show the redacted package URI:\n%s", out)
+	}
+}
+
+type syncWriter struct {
+	mu  sync.Mutex
+	buf strings.Builder
+}
+
+func (w *syncWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.Write(p)
+}
+
+func (w *syncWriter) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.String()
 }
