@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -201,21 +202,16 @@ func TestRebootCycle(t *testing.T) {
 	if e := rec.Wait(t, device.EventRebooted, 1, patience); e.RebootTime != "2026-11-25T19:01:02.3456789Z" || e.DeviceID != "fake" {
 		t.Errorf("rebooted event %+v, want device fake and the reported rebootTime", e)
 	}
-	// The method is received first; the reboot starts, then ends; with no
-	// reboot delay the answer may go out at any point after the start
-	// (it is sent concurrently with the reboot).
-	at0 := map[device.EventKind]int{}
 	var kinds []device.EventKind
-	for i, e := range rec.Events() {
+	for _, e := range rec.Events() {
 		kinds = append(kinds, e.Kind)
-		at0[e.Kind] = i
 	}
-	if len(kinds) != 4 || kinds[0] != device.EventMethodReceived ||
-		at0[device.EventRebootStarted] > at0[device.EventRebooted] {
-		t.Errorf("events %v, want method_received first, then reboot_started before rebooted, and one method answer", kinds)
-	}
-	if _, ok := at0[device.EventMethodAnswered]; !ok {
-		t.Errorf("events %v: the method was never answered", kinds)
+	// With no reboot delay the reboot may finish before the answer's
+	// event is emitted (the answer itself goes out first: Suspend answers
+	// calls in progress), so only the reboot's own order is fixed.
+	started, rebooted, answered := slices.Index(kinds, device.EventRebootStarted), slices.Index(kinds, device.EventRebooted), slices.Index(kinds, device.EventMethodAnswered)
+	if len(kinds) != 4 || kinds[0] != device.EventMethodReceived || started < 0 || rebooted < started || answered < 0 {
+		t.Errorf("events %v, want method_received, then method and reboot_started before rebooted", kinds)
 	}
 }
 
