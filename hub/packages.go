@@ -1,6 +1,7 @@
 package hub
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -43,17 +44,21 @@ func (s *Server) withPackages(rest http.Handler) http.Handler {
 	})
 }
 
+// ErrPackagesDir is returned by New when Config.PackagesDir is not a
+// readable folder.
+var ErrPackagesDir = errors.New("hub: packages folder")
+
 func openPackages(dir string) (*packages, error) {
 	fi, err := os.Stat(dir)
 	if err != nil {
-		return nil, fmt.Errorf("hub: packages folder: %w", err)
+		return nil, fmt.Errorf("%w: %w", ErrPackagesDir, err)
 	}
 	if !fi.IsDir() {
-		return nil, fmt.Errorf("hub: packages folder %s is not a folder", dir)
+		return nil, fmt.Errorf("%w: %s is not a folder", ErrPackagesDir, dir)
 	}
 	root, err := os.OpenRoot(dir)
 	if err != nil {
-		return nil, fmt.Errorf("hub: packages folder: %w", err)
+		return nil, fmt.Errorf("%w: %w", ErrPackagesDir, err)
 	}
 	return &packages{root: root}, nil
 }

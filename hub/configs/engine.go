@@ -18,6 +18,9 @@ import (
 // hub within a second.
 const DefaultInterval = time.Second
 
+// applyBatch is how many twins one durable write updates.
+const applyBatch = 1000
+
 // Config configures an Engine.
 type Config struct {
 	Store    *store.Store
@@ -160,11 +163,18 @@ func (e *Engine) Tick(ctx context.Context) (TickStats, error) {
 	if err := ctx.Err(); err != nil {
 		return st, err
 	}
-	failed, err := e.st.ApplyConfigurations(ups)
-	if err != nil {
-		return st, err
+	// In batches, so that other twin writers wait for one batch at most.
+	failed := map[string]error{}
+	for len(ups) > 0 {
+		n := min(len(ups), applyBatch)
+		f, err := e.st.ApplyConfigurations(ups[:n])
+		if err != nil {
+			return st, err
+		}
+		maps.Copy(failed, f)
+		st.Updated += n - len(f)
+		ups = ups[n:]
 	}
-	st.Updated = len(ups) - len(failed)
 	for twin, ferr := range failed {
 		cfg := winners[twin]
 		applied[cfg]--

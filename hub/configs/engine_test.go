@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -159,6 +160,23 @@ func TestMetricsAndQueryableStatus(t *testing.T) {
 	if c.Metrics.Results["current"] != 1 || c.Metrics.Results["applied"] != 2 {
 		t.Errorf("custom metrics %v, want current 1 applied 2", c.Metrics.Results)
 	}
+	// The system metrics' queries count what their results say.
+	for name, text := range c.SystemMetrics.Queries {
+		q, err := MetricQuery(text)
+		if err != nil {
+			t.Fatalf("system query %s: %v", name, err)
+		}
+		n := int64(0)
+		_ = f.st.ForEachTwinDoc(func(doc map[string]any) bool {
+			if q.Match(doc) {
+				n++
+			}
+			return true
+		})
+		if n != c.SystemMetrics.Results[name] || n != 2 {
+			t.Errorf("system query %s (%s) counts %d, result %d, want 2", name, text, n, c.SystemMetrics.Results[name])
+		}
+	}
 	q, err := query.Parse("SELECT deviceId FROM devices WHERE configurations.[[fw]].status = 'Applied'")
 	if err != nil {
 		t.Fatal(err)
@@ -291,5 +309,33 @@ func TestTickAt10000Twins(t *testing.T) {
 	c, _ := f.st.Configuration("fw")
 	if c.SystemMetrics.Results[iothub.MetricAppliedCount] != n || c.Metrics.Results["applied"] != n || first.Updated != n || third.Updated != 0 {
 		t.Fatalf("metrics %v %v, updated %d then %d", c.SystemMetrics.Results, c.Metrics.Results, first.Updated, third.Updated)
+	}
+}
+
+// TestContentOverTheTwinLimitIsNotApplied: a twin whose desired properties
+// would pass 32 KB keeps its state and is not counted as applied.
+func TestContentOverTheTwinLimitIsNotApplied(t *testing.T) {
+	f := newFixture(t, "d1", "d2")
+	big := map[string]any{}
+	for i := range 8 {
+		big[fmt.Sprintf("blob%d", i)] = strings.Repeat("x", 4000)
+	}
+	if _, _, err := f.st.PatchTwin("d1", iothub.Twin{Properties: iothub.TwinProperties{Desired: big}}, ""); err != nil {
+		t.Fatal(err)
+	}
+	c := iothub.Configuration{ID: "big", TargetCondition: "*",
+		Content: iothub.ConfigurationContent{DeviceContent: map[string]any{"properties.desired.more": strings.Repeat("y", 4000)}}}
+	if _, err := f.st.CreateConfiguration(c); err != nil {
+		t.Fatal(err)
+	}
+	if st := f.tick(); st.Updated != 1 {
+		t.Errorf("updated %d twins, want 1 (d2 only)", st.Updated)
+	}
+	if d1 := f.twin("d1"); d1.Configurations != nil || d1.Properties.Desired["more"] != nil {
+		t.Errorf("d1 changed: %v", d1.Configurations)
+	}
+	got, _ := f.st.Configuration("big")
+	if r := got.SystemMetrics.Results; r[iothub.MetricTargetedCount] != 2 || r[iothub.MetricAppliedCount] != 1 {
+		t.Errorf("system metrics %v, want targeted 2 applied 1", r)
 	}
 }

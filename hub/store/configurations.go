@@ -252,6 +252,23 @@ func cloneConfig(c iothub.Configuration) iothub.Configuration {
 	return c
 }
 
+// systemQueries are the queries the system metrics count, as IoT Hub
+// lists them.
+func systemQueries(c iothub.Configuration) map[string]string {
+	sel := "SELECT deviceId FROM devices"
+	if len(c.Content.ModuleContent) > 0 {
+		sel = "SELECT deviceId, moduleId FROM devices.modules"
+	}
+	targeted := sel
+	if cond := strings.TrimSpace(c.TargetCondition); cond != "*" {
+		targeted += " WHERE " + cond
+	}
+	return map[string]string{
+		iothub.MetricTargetedCount: targeted,
+		iothub.MetricAppliedCount:  sel + " WHERE configurations.[[" + c.ID + "]].status = '" + iothub.ConfigurationApplied + "'",
+	}
+}
+
 // render returns the client view of r with the latest metric results.
 func (cs *configState) render(r *configRecord) iothub.Configuration {
 	c := cloneConfig(r.Config)
@@ -259,7 +276,7 @@ func (cs *configState) render(r *configRecord) iothub.Configuration {
 	res := cs.results[c.ID]
 	c.SystemMetrics = &iothub.ConfigurationMetrics{
 		Results: map[string]int64{iothub.MetricTargetedCount: res.system[iothub.MetricTargetedCount], iothub.MetricAppliedCount: res.system[iothub.MetricAppliedCount]},
-		Queries: map[string]string{},
+		Queries: systemQueries(c),
 	}
 	custom := &iothub.ConfigurationMetrics{Results: map[string]int64{}, Queries: map[string]string{}}
 	if r.Config.Metrics != nil {

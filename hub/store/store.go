@@ -1,6 +1,6 @@
 // Package store keeps the local hub's state — shared access policies, the
-// identity registry, device twins, and jobs with their per-device rows — in
-// a bbolt file.
+// identity registry, device twins, jobs with their per-device rows, and
+// automatic configurations — in a bbolt file.
 //
 // Every mutating method commits (and fsyncs) its bbolt transaction before it
 // returns, so whatever the hub has acknowledged survives a crash. The only

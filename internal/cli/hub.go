@@ -17,6 +17,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/dmctl/dmctl/hub"
+	"github.com/dmctl/dmctl/hub/configs"
 )
 
 func hubCommand() *cli.Command {
@@ -110,7 +111,17 @@ client certificate whose SHA-1 or SHA-256 thumbprint is registered;
 certificateAuthority ones with a certificate that chains to a trusted
 device CA and whose subject CN is the device id ({deviceId}/{moduleId}
 for a module). The trusted CAs are those of every --x509-ca file and of
-every *.pem file in the data folder's x509-ca folder, read at start.`,
+every *.pem file in the data folder's x509-ca folder, read at start.
+
+Automatic device configurations (/configurations) are applied every
+--configuration-interval (default 1s): IoT Hub applies them within minutes,
+the local hub within a second.
+
+--packages DIR serves the files of DIR (and its sub-folders) read-only at
+https://HOST:PORT/packages/NAME on the same TLS port, without
+authentication, so that devices can download firmware packages as they
+would from a blob URL. This is a local-hub extension, not part of IoT Hub.
+Folders are not listed and names outside DIR are not found.`,
 		Flags: []cli.Flag{
 			hubDataFlag(),
 			hubListenFlag(),
@@ -119,6 +130,8 @@ every *.pem file in the data folder's x509-ca folder, read at start.`,
 			&cli.StringFlag{Name: "tls-key", Usage: "the key of --tls-cert (PEM)"},
 			&cli.StringSliceFlag{Name: "x509-ca", Usage: "trust the device CA certificates of this PEM `file` (repeatable); the *.pem files of <data>/x509-ca are trusted too"},
 			&cli.StringFlag{Name: "ready-file", Usage: "once listening, write the bound addresses, CA path and data folder to this `file` (JSON)"},
+			&cli.DurationFlag{Name: "configuration-interval", Usage: "apply automatic configurations this often", Value: configs.DefaultInterval},
+			&cli.StringFlag{Name: "packages", Usage: "serve the files of this `folder` read-only at /packages/ on the TLS port (local-hub extension; no authentication)"},
 			outputFlag(),
 		},
 		Action: hubServe,
@@ -158,6 +171,12 @@ func hubServe(c *cli.Context) error {
 		Log:      log,
 
 		X509CAFiles: c.StringSlice("x509-ca"),
+
+		ConfigurationInterval: c.Duration("configuration-interval"),
+		PackagesDir:           c.String("packages"),
+	}
+	if cfg.ConfigurationInterval <= 0 {
+		return usageErrorf("give a positive duration, for example --configuration-interval 1s", "invalid --configuration-interval %s", cfg.ConfigurationInterval)
 	}
 	for _, a := range cfg.Listen {
 		if _, _, err := net.SplitHostPort(a); err != nil {
@@ -171,6 +190,9 @@ func hubServe(c *cli.Context) error {
 		var oe *net.OpError
 		if errors.As(err, &oe) && oe.Op == "listen" {
 			return withHint(err, fmt.Sprintf("another program uses %s (or binding it is not allowed): stop it, or choose another port with --listen, e.g. --listen 127.0.0.1:0 for any free one", oe.Addr))
+		}
+		if errors.Is(err, hub.ErrPackagesDir) {
+			return withHint(err, "--packages must name an existing, readable folder")
 		}
 		if errors.Is(err, hub.ErrDeviceCA) {
 			return withHint(err, "each --x509-ca file, and each *.pem file in "+filepath.Join(cfg.DataDir, hub.DeviceCADir)+", must be a readable PEM file with one or more CA certificates")
