@@ -299,7 +299,7 @@ func serviceConfigurationListCommand() *cli.Command {
 		Name:  "list",
 		Usage: "list configurations by priority, with how many twins each targets and has been applied to",
 		Flags: serviceFlags(&cli.IntFlag{Name: "top", Usage: "at most this many configurations (a hub holds up to 100)"}),
-		Action: serviceAction(topFlag, func(c *cli.Context, s *service.Client, top int) (any, func(io.Writer) error, error) {
+		Action: serviceAction(configTopFlag, func(c *cli.Context, s *service.Client, top int) (any, func(io.Writer) error, error) {
 			cfgs, err := s.Configurations(c.Context, top)
 			if err != nil {
 				return nil, nil, err
@@ -324,6 +324,15 @@ func serviceConfigurationListCommand() *cli.Command {
 			}, nil
 		}),
 	}
+}
+
+// configTopFlag reads --top of configuration list: 1 to 100 when given.
+func configTopFlag(c *cli.Context) (int, error) {
+	top := c.Int("top")
+	if top < 0 || top > iothub.MaxConfigurations {
+		return 0, usageErrorf(fmt.Sprintf("--top takes a number from 1 to %d (a hub holds at most %d configurations)", iothub.MaxConfigurations, iothub.MaxConfigurations), "invalid --top %d", top)
+	}
+	return top, nil
 }
 
 // systemMetric renders a system metric, "-" when the hub sent none.

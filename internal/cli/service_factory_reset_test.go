@@ -95,14 +95,21 @@ func runResetDevice(t *testing.T, h *hubtest.Server, id string) *fakeResetDevice
 	return d
 }
 
-// runDmctl runs dmctl in-process against h and returns its exit code and output.
+// runDmctl runs dmctl in-process against h and returns its exit code and
+// output; the connection flags go at the end, or before the query of
+// service query.
 func runDmctl(t *testing.T, h *hubtest.Server, args ...string) (int, string, string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
 	var stdout, stderr bytes.Buffer
 	argv := append([]string{"dmctl"}, args...)
-	argv = append(argv, "--connection-string", h.ServiceConnectionString(), "--ca-file", h.CAFile())
+	conn := []string{"--connection-string", h.ServiceConnectionString(), "--ca-file", h.CAFile()}
+	if len(args) > 1 && args[1] == "query" { // the query comes last
+		argv = append(append(argv[:3:3], conn...), args[2:]...)
+	} else {
+		argv = append(argv, conn...)
+	}
 	code := Main(ctx, argv, strings.NewReader(""), &stdout, &stderr)
 	return code, stdout.String(), stderr.String()
 }
