@@ -1,6 +1,7 @@
 // Package device is the simulated IoT Hub device: a direct-method mux with the
-// rebootDevice handler, reported-property updates and desired-property
-// logging. It knows nothing about MQTT; the transport is a Conn, implemented
+// rebootDevice and factoryReset handlers, firmware updates driven by the
+// desired "firmware" object (firmware.go), reported-property updates and
+// desired-property logging. It knows nothing about MQTT; the transport is a Conn, implemented
 // by package device/mqtt.
 //
 // rebootDevice answers 200 at once with {"message":...,"delaySeconds":N},
@@ -11,14 +12,17 @@
 // time.Now().UTC() in RFC 3339 with nanoseconds, so two reboots never report
 // the same value. A rebootDevice call while a reboot is under way gets 409
 // and starts nothing. The device never reports rebootTime on a plain start.
-// Desired-property patches are logged; the simulator has no settings they
-// change.
+// Desired-property patches are logged; of them only "firmware" changes
+// anything (see firmware.go). factoryReset (reset.go) answers 200 first,
+// restores the factory firmware, reboots and reports factoryResetTime.
 //
 // Events go to Config.OnEvent as Event values (see events.go), and are
 // logged for people with the same "event" field: method (method, status), reboot_accepted,
 // reboot_started, rebooted (rebootTime), reboot_failed, twin (after every
 // connect: desired_version, reported_version, rebootTime), desired (version,
-// patch).
+// patch), firmware (status, current, pending, substatus), firmware_update,
+// firmware_abandoned, factory_reset_accepted, factory_reset
+// (factoryResetTime).
 package device
 
 import (

@@ -42,7 +42,8 @@ type Config struct {
 	// value logs nothing.
 	Log zerolog.Logger
 	// OnEvent, when set, receives the device's events (method_received,
-	// method, reboot_started, rebooted, reboot_failed, twin, desired),
+	// method, reboot_started, rebooted, reboot_failed, twin, desired,
+	// firmware, firmware_abandoned, factory_reset),
 	// with DeviceID (and ModuleID) set when the Conn has a DeviceID (and a
 	// ModuleID) method. It is called
 	// on goroutines that Run owns (the connection's and the reboot's),
@@ -69,7 +70,8 @@ type Config struct {
 }
 
 // Device is the simulated device: it answers direct methods through its Mux,
-// performs reboots and logs desired-property changes.
+// performs reboots, factory resets and firmware updates, and logs
+// desired-property changes.
 type Device struct {
 	conn  Conn
 	mux   Mux
@@ -241,7 +243,7 @@ func (d *Device) HandleTwin(doc []byte) {
 			ev = ev.Str(RebootTimeProperty, s)
 		}
 	}
-	ev.RawJSON("desired", desiredWithoutMeta(twin.Desired)).Msg("twin read")
+	ev.RawJSON("desired", redactPackageURI(desiredWithoutMeta(twin.Desired))).Msg("twin read")
 	d.emit(Event{Kind: EventTwin, Version: dv})
 }
 
@@ -260,7 +262,7 @@ func (d *Device) HandleDesired(version int64, patch []byte) {
 	}
 	ev := d.info().Str("event", "desired").Int64("version", version)
 	if json.Valid(patch) {
-		ev = ev.RawJSON("patch", patch)
+		ev = ev.RawJSON("patch", redactPackageURI(patch))
 	} else {
 		ev = ev.Int("bytes", len(patch))
 	}

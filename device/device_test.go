@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -205,9 +206,12 @@ func TestRebootCycle(t *testing.T) {
 	for _, e := range rec.Events() {
 		kinds = append(kinds, e.Kind)
 	}
-	want := []device.EventKind{device.EventMethodReceived, device.EventRebootStarted, device.EventMethodAnswered, device.EventRebooted}
-	if fmt.Sprint(kinds) != fmt.Sprint(want) && fmt.Sprint(kinds) != fmt.Sprint([]device.EventKind{want[0], want[2], want[1], want[3]}) {
-		t.Errorf("events %v, want %v (the answer and the start of the reboot in either order)", kinds, want)
+	// With no reboot delay the reboot may finish before the answer's
+	// event is emitted (the answer itself goes out first: Suspend answers
+	// calls in progress), so only the reboot's own order is fixed.
+	started, rebooted, answered := slices.Index(kinds, device.EventRebootStarted), slices.Index(kinds, device.EventRebooted), slices.Index(kinds, device.EventMethodAnswered)
+	if len(kinds) != 4 || kinds[0] != device.EventMethodReceived || started < 0 || rebooted < started || answered < 0 {
+		t.Errorf("events %v, want method_received, then method and reboot_started before rebooted", kinds)
 	}
 }
 

@@ -136,6 +136,9 @@ func (dl *Downloader) Fetch(ctx context.Context, uri string) (Package, error) {
 	defer body.Close()
 	h := sha256.New()
 	n, err := io.Copy(h, io.LimitReader(contextReader{ctx, body}, dl.max+1))
+	if err == nil {
+		err = ctx.Err() // past the deadline, the end may not be the package's
+	}
 	if err != nil {
 		return Package{}, dl.explain(ctx, fmt.Errorf("download failed: %w", err))
 	}

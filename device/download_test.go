@@ -23,6 +23,7 @@ import (
 // (more than the limit) and 404 for anything else, over TLS.
 func packageServer(t *testing.T, pkg []byte) (*httptest.Server, *device.Downloader) {
 	t.Helper()
+	hold := make(chan struct{}) // /slow answers no more before the test ends
 	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/good":
@@ -31,7 +32,7 @@ func packageServer(t *testing.T, pkg []byte) (*httptest.Server, *device.Download
 			w.Write([]byte("part"))
 			w.(http.Flusher).Flush()
 			select {
-			case <-r.Context().Done():
+			case <-hold:
 			case <-time.After(patience):
 			}
 		case "/big":
@@ -41,6 +42,7 @@ func packageServer(t *testing.T, pkg []byte) (*httptest.Server, *device.Download
 		}
 	}))
 	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(hold) }) // before Close, which waits for handlers
 	dl := device.NewDownloader(device.DownloaderConfig{
 		RootCAs:  srv.Client().Transport.(*http.Transport).TLSClientConfig.RootCAs,
 		MaxBytes: 1024,

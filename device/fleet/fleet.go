@@ -111,9 +111,9 @@ type Stats struct {
 	EverConnected int `json:"everConnected"`
 	// Devices by reported firmware status: current, updating (downloading,
 	// verifying, applying, rebooting) and failed (error, rolledback).
-	FwCurrent  int `json:"fwCurrent"`
-	FwUpdating int `json:"fwUpdating"`
-	FwFailed   int `json:"fwFailed"`
+	FwCurrent  int `json:"fwCurrent,omitempty"`
+	FwUpdating int `json:"fwUpdating,omitempty"`
+	FwFailed   int `json:"fwFailed,omitempty"`
 }
 
 // Fleet runs a set of simulated devices. Create it with New and call Run

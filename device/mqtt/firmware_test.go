@@ -145,19 +145,28 @@ func TestFirmwareUpdateFailures(t *testing.T) {
 		{"", sum, "desired firmware has no fwPackageURI"},
 		{uri, "", "desired firmware has no fwPackageCheckValue"},
 		{uri, "1234", `fwPackageCheckValue "1234" is not a SHA-256 digest`},
+		{uri, sum, "desired firmware has no fwVersion"}, // the version is left out below
 	} {
 		id := fmt.Sprintf("bad%d", i)
 		r := fwDevice(t, srv, id)
 		waitFirmware(t, srv, id, iothub.FwStatusCurrent, "1.0.0")
-		setDesiredFirmware(t, h, id, "2.0.0", tc.uri, tc.check)
+		version := "2.0.0"
+		if strings.Contains(tc.want, "no fwVersion") {
+			version = ""
+		}
+		setDesiredFirmware(t, h, id, version, tc.uri, tc.check)
 		fw := waitFirmware(t, srv, id, iothub.FwStatusRolledBack, "1.0.0")
 		waitFirmwareEvent(t, r, iothub.FwStatusRolledBack)
 		if sub := fmt.Sprint(fw[iothub.FwUpdateSubstatus]); !strings.HasPrefix(sub, tc.want) {
 			t.Errorf("%s: substatus %q, want it to start %q", id, sub, tc.want)
 		}
 		got := firmwareStatuses(r)
-		if i := slices.Index(got, "error 2.0.0"); i < 0 || got[len(got)-1] != "rolledback 1.0.0" {
-			t.Errorf("%s: steps %q, want error 2.0.0 then rolledback 1.0.0", id, got)
+		wantErr := "error " + version // the pending version, or the current one when none is desired
+		if version == "" {
+			wantErr = "error 1.0.0"
+		}
+		if i := slices.Index(got, wantErr); i < 0 || got[len(got)-1] != "rolledback 1.0.0" {
+			t.Errorf("%s: steps %q, want %s then rolledback 1.0.0", id, got, wantErr)
 		}
 		if r.count(device.EventSuspended) != 0 || r.dev.FirmwareVersion() != "1.0.0" {
 			t.Errorf("%s: a failed update rebooted (%d) or changed the version to %q", id, r.count(device.EventSuspended), r.dev.FirmwareVersion())
@@ -245,5 +254,30 @@ func TestFactoryReset(t *testing.T) {
 	}
 	if v := r.dev.FirmwareVersion(); v != "1.0.0" {
 		t.Errorf("FirmwareVersion() after the reset = %q, want 1.0.0", v)
+	}
+}
+
+func TestFirmwareNewerVersionWhileRebooting(t *testing.T) {
+	srv := hubtest.NewServer(t)
+	r := startDevice(t, srv, "fw3", mqtt.Config{}, device.Config{
+		RebootDelay:        time.Second, // offline long enough for the newer version to arrive
+		FirmwareApplyDelay: -1,
+	})
+	h := newREST(t, srv)
+	waitFirmware(t, srv, "fw3", iothub.FwStatusCurrent, device.DefaultFirmwareVersion)
+	uri2, sum2 := fwPackage(t, "firmware 2.0.0")
+	uri3, sum3 := fwPackage(t, "firmware 3.0.0")
+	setDesiredFirmware(t, h, "fw3", "2.0.0", uri2, sum2)
+	r.waitEvent(t, device.EventSuspended, 1)
+	setDesiredFirmware(t, h, "fw3", "3.0.0", uri3, sum3) // read from the twin on reconnect
+	waitFirmware(t, srv, "fw3", iothub.FwStatusCurrent, "3.0.0")
+	waitFirmwareEvent(t, r, iothub.FwStatusCurrent+" 3.0.0")
+	want := []string{"current 1.0.0", "downloading 2.0.0", "verifying 2.0.0", "applying 2.0.0", "rebooting 2.0.0", "current 2.0.0",
+		"downloading 3.0.0", "verifying 3.0.0", "applying 3.0.0", "rebooting 3.0.0", "current 3.0.0"}
+	if got := firmwareStatuses(r); !slices.Equal(got, want) {
+		t.Errorf("steps %q, want %q", got, want)
+	}
+	if n := r.count(device.EventFirmwareAbandoned); n != 0 {
+		t.Errorf("%d updates abandoned, want none: 2.0.0 was rebooting", n)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/urfave/cli/v2"
 
@@ -46,7 +47,20 @@ func deviceCommand() *cli.Command {
 					"per line; blank lines and lines starting with # are ignored; - reads stdin) in this\n" +
 					"process, each with its own connection. Connects, reconnects included, are paced by\n" +
 					"--connect-rate. The fleet's state is logged at info level; each device's events at\n" +
-					"debug level. One line is printed once every device has connected.",
+					"debug level. One line is printed once every device has connected.\n\n" +
+					"Firmware update (the Azure firmware-update tutorial's twin schema): a desired\n" +
+					"firmware {fwVersion, fwPackageURI, fwPackageCheckValue} whose fwVersion differs from\n" +
+					"the running one (--firmware-version at start) is downloaded (https:// trusting the\n" +
+					"system roots and --ca-file, or file:///path; at most 64 MiB, 5 min), its SHA-256\n" +
+					"checked against fwPackageCheckValue (64 hex digits in any case, or base64 of the\n" +
+					"digest), applied (--firmware-apply-delay) and rebooted into (offline for\n" +
+					"--reboot-delay). Reported firmware.fwUpdateStatus goes downloading, verifying,\n" +
+					"applying, rebooting, current; a failure reports error with the reason in\n" +
+					"fwUpdateSubstatus, then rolledback on the old version. A newer desired version\n" +
+					"during an update wins: an update not yet rebooting is abandoned and the newer one\n" +
+					"starts; one already rebooting finishes first. The factoryReset method answers 200,\n" +
+					"restores --firmware-version, removes rebootTime, reboots and reports\n" +
+					"factoryResetTime. A fleet downloads at most --download-concurrency packages at once.",
 				Flags: []cli.Flag{
 					&cli.StringFlag{
 						Name:    "connection-string",
@@ -87,6 +101,21 @@ func deviceCommand() *cli.Command {
 						Name:  "reboot-delay",
 						Usage: "how long a reboot keeps the device offline",
 						Value: device.DefaultRebootDelay,
+					},
+					&cli.StringFlag{
+						Name:  "firmware-version",
+						Usage: "firmware version the device runs at start and after a factoryReset",
+						Value: device.DefaultFirmwareVersion,
+					},
+					&cli.DurationFlag{
+						Name:  "firmware-apply-delay",
+						Usage: "how long applying a downloaded firmware package takes (0s to 1h)",
+						Value: device.DefaultFirmwareApplyDelay,
+					},
+					&cli.IntFlag{
+						Name:  "download-concurrency",
+						Usage: "firmware packages downloading at once in this process, across a fleet (1-10000)",
+						Value: device.DefaultDownloadConcurrency,
 					},
 					&cli.DurationFlag{
 						Name:  "sas-ttl",
@@ -251,7 +280,7 @@ func deviceRunError(err error) error {
 // runOptions are the flags a single device and a fleet share.
 type runOptions struct {
 	conn      mqtt.Config   // Transport, ClientType, SASTTL, MaxBackoff
-	device    device.Config // RebootDelay
+	device    device.Config // RebootDelay, firmware, the shared Downloader
 	pool      *x509.CertPool
 	readyFile string
 }
@@ -285,6 +314,21 @@ func deviceRunOptions(c *cli.Context) (runOptions, error) {
 	if err != nil {
 		return o, err
 	}
+	fwVersion := c.String("firmware-version")
+	if fwVersion == "" || len(fwVersion) > 128 || strings.ContainsFunc(fwVersion, unicode.IsSpace) {
+		return o, usageErrorf("use a version such as 1.0.0 (no spaces, at most 128 characters)", "invalid --firmware-version %q", fwVersion)
+	}
+	apply := c.Duration("firmware-apply-delay")
+	switch {
+	case apply < 0 || apply > time.Hour:
+		return o, usageErrorf("use a duration from 0s to 1h", "invalid --firmware-apply-delay %s", apply)
+	case apply == 0:
+		apply = -1 // none
+	}
+	downloads := c.Int("download-concurrency")
+	if downloads < 1 || downloads > 10000 {
+		return o, usageErrorf("use a number from 1 to 10000", "invalid --download-concurrency %d", downloads)
+	}
 	o.conn = mqtt.Config{
 		Transport:  transport,
 		ClientType: "dmctl/" + resolveVersion(),
@@ -292,7 +336,13 @@ func deviceRunOptions(c *cli.Context) (runOptions, error) {
 		MaxBackoff: maxBackoff,
 		ModelID:    modelID,
 	}
-	o.device = device.Config{RebootDelay: delay}
+	o.device = device.Config{
+		RebootDelay:        delay,
+		FirmwareVersion:    fwVersion,
+		FirmwareApplyDelay: apply,
+		// One downloader for the process: a fleet's devices share its bound.
+		Downloader: device.NewDownloader(device.DownloaderConfig{RootCAs: pool, Concurrency: downloads}),
+	}
 	o.pool = pool
 	o.readyFile = c.String("ready-file")
 	return o, nil

@@ -20,6 +20,10 @@ var examples = map[string][]string{
 		"dmctl device run --connection-strings-file fleet.txt --connect-rate 200/s",
 		"# run an X.509 device (HostName=<hub>;DeviceId=<id>;x509=true in IOTHUB_DEVICE_CONNECTION_STRING)",
 		"dmctl device run --cert sensor1-cert.pem --key sensor1-key.pem",
+		"# start on firmware 1.0.0; a desired firmware object updates it, applying in 5 s",
+		"dmctl device run --firmware-version 1.0.0 --firmware-apply-delay 5s",
+		"# a fleet campaign downloading at most 16 packages at once",
+		"dmctl device run --connection-strings-file fleet.txt --download-concurrency 16",
 	},
 	"service reboot": {
 		"# reboot one device and wait until its twin shows the new rebootTime",
