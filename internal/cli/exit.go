@@ -10,6 +10,7 @@ import (
 	"github.com/dmctl/dmctl/device"
 	"github.com/dmctl/dmctl/sas"
 	"github.com/dmctl/dmctl/service"
+	"github.com/dmctl/dmctl/service/firmware"
 )
 
 // Exit codes. They are part of dmctl's contract with scripts and are listed
@@ -24,6 +25,9 @@ const (
 	exitMethodTimeout  = 6   // device did not answer the method in time
 	exitDeviceStatus   = 7   // device answered with a status >= 400
 	exitNotConfirmed   = 8   // reboot not confirmed in the twin in time
+	exitFwFailed       = 9   // firmware campaign: some devices failed (error, rolledback)
+	exitFwTimedOut     = 10  // firmware campaign: --timeout passed before it ended
+	exitFwAborted      = 11  // firmware campaign: the failure rule stopped it
 	exitInterrupted    = 130 // SIGINT/SIGTERM while a command was working
 )
 
@@ -38,6 +42,9 @@ var classes = []struct {
 	{sas.ErrAudience, exitAuth},
 	{device.ErrUnauthorized, exitAuth},
 	{service.ErrRebootNotConfirmed, exitNotConfirmed},
+	{firmware.ErrAborted, exitFwAborted},
+	{firmware.ErrTimedOut, exitFwTimedOut},
+	{firmware.ErrSomeFailed, exitFwFailed},
 	{service.ErrUnauthorized, exitAuth},
 	{service.ErrDeviceNotFound, exitDeviceNotFound},
 	{service.ErrDeviceNotOnline, exitDeviceOffline},

@@ -136,6 +136,12 @@ var examples = map[string][]string{
 	"service module delete":            {"dmctl service module delete --device myDeviceId --module telemetry"},
 	"service module connection-string": {"dmctl service module connection-string --device myDeviceId --module telemetry --key secondary"},
 	"service stats":                    {"dmctl service stats", "dmctl service stats -o json"},
+	"service firmware update": {
+		"# a package the local hub serves (dmctl hub serve --packages pkgs), in two waves",
+		"dmctl service firmware update --query \"tags.site = 'lab'\" --version 2.0.0 --package pkgs/fw-2.0.0.bin --package-uri https://localhost:8883/packages/fw-2.0.0.bin --waves 10%,100%",
+		"# a package on a web server, stopping if more than 5% of a wave fails",
+		"dmctl service firmware update --query \"tags.model = 'm1'\" --version 2.1.0 --package https://fw.example.com/m1-2.1.0.bin --checksum 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08 --waves 1%,10%,100% --abort-failure-rate 5% -o json",
+	},
 	"service configuration create": {
 		"# set the firmware every lab device should run, and count the devices on it",
 		"dmctl service configuration create --id fw-2-0 --target-condition \"tags.site='lab'\" --priority 10 --content '{\"deviceContent\":{\"properties.desired.firmware\":{\"fwVersion\":\"2.0\"}}}' --metrics '{\"queries\":{\"current\":\"SELECT deviceId FROM devices WHERE properties.reported.firmware.currentFwVersion = '2.0'\"}}'",
@@ -180,6 +186,7 @@ var requiredFlags = map[string]map[string]string{
 	"service factory-reset":            {"device": "required unless --query"},
 	"device cert create":               {"device": "required"},
 	"device cert create-ca":            {"name": "required"},
+	"service firmware update":          {"query": "required", "version": "required", "package": "required"},
 }
 
 // setHelp prepares the command tree under the app for help, completion and

@@ -48,6 +48,7 @@ trust for a private CA with --ca-file or DMCTL_CA_FILE; HTTPS_PROXY is honoured.
 			serviceModuleCommand(),
 			serviceQueryCommand(),
 			serviceStatsCommand(),
+			serviceFirmwareCommand(),
 			serviceConfigurationCommand(),
 			serviceFactoryResetCommand(),
 			{
