@@ -245,14 +245,13 @@ func (c *campaign) configuration(id string, ids []string) iothub.Configuration {
 				iothub.FwPackageCheckValue: c.opts.Checksum,
 			},
 		}},
+		// IoT Hub takes at most five custom metrics per configuration.
 		Metrics: &iothub.ConfigurationMetrics{Queries: map[string]string{
-			"current":     in(fw + iothub.FwUpdateStatus + " = 'current' AND " + fw + iothub.CurrentFwVersion + " = " + service.QuoteString(c.opts.Version)),
-			"downloading": status(iothub.FwStatusDownloading),
-			"verifying":   status(iothub.FwStatusVerifying),
-			"applying":    status(iothub.FwStatusApplying),
-			"rebooting":   status(iothub.FwStatusRebooting),
-			"error":       status(iothub.FwStatusError),
-			"rolledback":  status(iothub.FwStatusRolledBack),
+			"current": in(fw + iothub.FwUpdateStatus + " = 'current' AND " + fw + iothub.CurrentFwVersion + " = " + service.QuoteString(c.opts.Version)),
+			"updating": in(fw + iothub.FwUpdateStatus + " IN ['" + iothub.FwStatusDownloading + "', '" + iothub.FwStatusVerifying +
+				"', '" + iothub.FwStatusApplying + "', '" + iothub.FwStatusRebooting + "']"),
+			"error":      status(iothub.FwStatusError),
+			"rolledback": status(iothub.FwStatusRolledBack),
 		}},
 	}
 }

@@ -58,6 +58,9 @@ func (h *fakeHub) CreateConfiguration(ctx context.Context, cfg iothub.Configurat
 	if err != nil {
 		return iothub.Configuration{}, fmt.Errorf("bad target condition: %w", err)
 	}
+	if n := len(cfg.Metrics.Queries); n > 5 {
+		return iothub.Configuration{}, fmt.Errorf("%d custom metrics: a configuration has at most 5", n)
+	}
 	for _, mq := range cfg.Metrics.Queries {
 		// the local parser may not know IoT Hub's [[id]] escape: the
 		// same path written as ['id'] checks the rest of the query.
