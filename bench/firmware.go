@@ -42,6 +42,8 @@ type firmwareRow struct {
 	Slowest  time.Duration // campaign start to the latest lastFwUpdateEndTime a device reported
 	SlowUpd  time.Duration // the longest lastFwUpdateStartTime..EndTime of one device
 	Stamped  int           // devices whose reported times were read
+	Started  time.Duration // campaign start to the (last) wave's configurations created
+	Reached  time.Duration // wave start to the first poll with no device waiting (every device got the desired firmware)
 	Download time.Duration // wave start to the first poll with no device waiting or downloading
 	HubRSS   int64         // hub VmRSS at the end
 	FleetRSS int64         // device process VmRSS at the end
@@ -139,8 +141,12 @@ func firmwareCampaign(ctx context.Context, cfg *config, res *results, bin string
 			switch p.Stage {
 			case firmware.StageWaveStarted:
 				waveStart = time.Now()
+				row.Started = waveStart.Sub(start)
 			case firmware.StageWavePolled:
 				c := p.Counts
+				if p.Wave == p.Waves && row.Reached == 0 && c.ByStatus[firmware.StatusWaiting] == 0 {
+					row.Reached = time.Since(waveStart)
+				}
 				past := c.Current + c.Failed + c.ByStatus[iothub.FwStatusVerifying] +
 					c.ByStatus[iothub.FwStatusApplying] + c.ByStatus[iothub.FwStatusRebooting]
 				if p.Wave == p.Waves && row.Download == 0 && past == p.WaveSize {
@@ -159,6 +165,9 @@ func firmwareCampaign(ctx context.Context, cfg *config, res *results, bin string
 	}
 	if row.Planned > 1 {
 		row.Download = 0 // only one wave's downloads are timed; see downloadsPerSec
+	}
+	if row.Current != n {
+		row.Reached, row.Download = 0, 0 // the figures are for a campaign that finished
 	}
 	if err := readUpdateTimes(ctx, h.svc, start, &row); err != nil {
 		res.note("firmware: reading the devices' update times: %v", err)
@@ -254,6 +263,11 @@ func (r *results) firmwareMarkdown(cfg *config, w func(string, ...any)) {
 		"*longest device update* is the largest `lastFwUpdateEndTime − lastFwUpdateStartTime` of one device. "+
 		"*Downloads/s* is the devices over the time from the wave's configurations being created to the first poll that saw no device waiting or downloading, a lower bound (one-wave plans only). "+
 		"The fleet connected in %s before the campaign started.\n", f.Stamped, secs(f.Connect))
+	if f.Reached > 0 && f.Download > 0 {
+		w("\nTimeline (polls of the last wave, so within a poll interval): the wave's configurations were created %s after the campaign's start; "+
+			"%s later no device was still waiting (every device had the desired firmware and had reported downloading); "+
+			"%s after the configurations every download had finished.\n", secs(f.Started), secs(f.Reached), secs(f.Download))
+	}
 	if f.Err != "" {
 		w("\nThe campaign ended with: %s\n", oneLine(f.Err))
 	}
