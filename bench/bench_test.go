@@ -144,3 +144,29 @@ func TestSmoke(t *testing.T) {
 		t.Errorf("report times: started %v, finished %v", res.Started, res.Finished)
 	}
 }
+
+// TestConfigCheck: flag combinations the run cannot honour are refused with
+// the flag named.
+func TestConfigCheck(t *testing.T) {
+	ok := config{FirmwareDevices: 10000, FirmwareWaves: "10%,100%"}
+	if err := ok.check(); err != nil {
+		t.Fatalf("valid flags refused: %v", err)
+	}
+	for _, tc := range []struct {
+		name string
+		mod  func(*config)
+		want string
+	}{
+		{"both only flags", func(c *config) { c.SoakOnly, c.FirmwareOnly = true, true }, "-soak-only and -firmware-only"},
+		{"negative devices", func(c *config) { c.FirmwareDevices = -1 }, "-firmware-devices -1"},
+		{"bad waves", func(c *config) { c.FirmwareWaves = "ten" }, "-firmware-waves \"ten\""},
+		{"no waves", func(c *config) { c.FirmwareWaves = "" }, "-firmware-waves"},
+	} {
+		c := ok
+		tc.mod(&c)
+		err := c.check()
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: got %v, want an error naming %q", tc.name, err, tc.want)
+		}
+	}
+}

@@ -37,6 +37,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -48,6 +49,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/dmctl/dmctl/service/rollout"
 	"github.com/rs/zerolog"
 )
 
@@ -122,16 +124,15 @@ func main() {
 	if (cfg.SoakOnly || cfg.FirmwareOnly) && !outSet {
 		cfg.Out = "" // a one-section report must not replace docs/benchmarks.md
 	}
-	if cfg.SoakOnly && cfg.FirmwareOnly {
-		fmt.Fprintln(os.Stderr, "bench: -soak-only and -firmware-only exclude each other")
-		os.Exit(2)
-	}
 
 	var err error
 	if cfg.Concurrency, err = parseInts(conc); err == nil {
 		if cfg.Scale, err = parseInts(scale); err == nil {
 			cfg.Fleet, err = parseInts(fleetSizes)
 		}
+	}
+	if err == nil {
+		err = cfg.check()
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -171,6 +172,20 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
+}
+
+// check rejects flag combinations the run cannot honour.
+func (c *config) check() error {
+	if c.SoakOnly && c.FirmwareOnly {
+		return errors.New("-soak-only and -firmware-only exclude each other")
+	}
+	if c.FirmwareDevices < 0 {
+		return fmt.Errorf("-firmware-devices %d: want 0 (skip) or more", c.FirmwareDevices)
+	}
+	if _, err := rollout.ParseWaves(c.FirmwareWaves); err != nil {
+		return fmt.Errorf("-firmware-waves %q: %w", c.FirmwareWaves, err)
+	}
+	return nil
 }
 
 // smoke shrinks every size so that the whole run takes seconds.
