@@ -29,11 +29,14 @@ type hubProc struct {
 	svc    *service.Client
 }
 
-func startHubProc(ctx context.Context, cfg *config, bin, dir string) (*hubProc, error) {
+// startHubProc starts `dmctl hub serve` on data dir, with extra flags
+// after the bench's own.
+func startHubProc(ctx context.Context, cfg *config, bin, dir string, extra ...string) (*hubProc, error) {
 	ready := dir + ".ready.json"
 	_ = os.Remove(ready)
-	c, err := start("dmctl hub serve", nil, "", bin, "--log-level", "warn", "hub", "serve",
-		"--data", dir, "--listen", "127.0.0.1:0", "--ready-file", ready)
+	argv := append([]string{bin, "--log-level", "warn", "hub", "serve",
+		"--data", dir, "--listen", "127.0.0.1:0", "--ready-file", ready}, extra...)
+	c, err := start("dmctl hub serve", nil, "", argv...)
 	if err != nil {
 		return nil, err
 	}
