@@ -24,11 +24,15 @@ func TestSmoke(t *testing.T) {
 	cfg := config{
 		NodeScale:   3,
 		SoakDevices: 20,
-		ConnectRate: 1000,
-		AliasAddr:   "127.0.0.2:443",
-		DataDir:     t.TempDir(),
-		Command:     "go test ./bench -run TestSmoke",
-		Smoke:       true,
+		// FirmwareDevices is the campaign's fleet; 20 devices take about
+		// three seconds (reboot delay 1 s, one poll interval).
+		FirmwareDevices: 20,
+		FirmwareWaves:   "10%,100%",
+		ConnectRate:     1000,
+		AliasAddr:       "127.0.0.2:443",
+		DataDir:         t.TempDir(),
+		Command:         "go test ./bench -run TestSmoke",
+		Smoke:           true,
 	}
 	cfg.smoke()
 	if os.Geteuid() != 0 {
@@ -109,9 +113,17 @@ func TestSmoke(t *testing.T) {
 			s.AckedWrites, s.LostAcked, s.Reconnected, s.Devices, s.Total.Calls)
 	}
 
+	if f := res.Firmware; f == nil {
+		t.Error("firmware campaign: not run")
+	} else if f.Devices != cfg.FirmwareDevices || f.Current != f.Devices || f.Failed+f.Pending != 0 || f.Planned != 2 ||
+		f.Wall <= 0 || f.Stamped != f.Devices || f.Slowest <= 0 || f.Slowest > f.Wall || f.SlowUpd < fwRebootDelay || f.HubRSS <= 0 {
+		t.Errorf("firmware campaign: want %d devices all current in 2 waves with their update times and the hub's RSS, got %+v", cfg.FirmwareDevices, *f)
+	}
+
 	md := res.Markdown(&cfg)
 	for _, s := range []string{"# dmctl benchmarks", "## Goals", "## 1. Direct-method round trip", "## 2. Throughput",
-		"## 3. Scale and memory", "## 4. Fleet reboot", "## 5. CLI", "## 6. Soak", "| (a) dmctl service", res.Env.Go} {
+		"## 3. Scale and memory", "## 4. Fleet reboot", "## 5. CLI", "## 6. Soak", "## 7. Firmware campaign",
+		"| (a) dmctl service", "10,000-device firmware campaign", res.Env.Go} {
 		if !strings.Contains(md, s) {
 			t.Errorf("report lacks %q", s)
 		}
@@ -119,8 +131,42 @@ func TestSmoke(t *testing.T) {
 	if strings.Contains(md, "SharedAccessKey=") || strings.Contains(md, "sig=") {
 		t.Error("report contains a secret")
 	}
+	// -firmware-only renders section 7 and its goal alone.
+	only := cfg
+	only.FirmwareOnly = true
+	md1 := res.Markdown(&only)
+	if !strings.Contains(md1, "## 7. Firmware campaign") || !strings.Contains(md1, "10,000-device firmware campaign") ||
+		strings.Contains(md1, "## 1. ") || strings.Contains(md1, "## 6. Soak") {
+		t.Errorf("-firmware-only report: want section 7 and its goal only, got\n%s", md1)
+	}
 	// The report prints both times and the run's length from them.
 	if res.Started.IsZero() || !res.Finished.After(res.Started) || res.Finished.After(time.Now()) {
 		t.Errorf("report times: started %v, finished %v", res.Started, res.Finished)
+	}
+}
+
+// TestConfigCheck: flag combinations the run cannot honour are refused with
+// the flag named.
+func TestConfigCheck(t *testing.T) {
+	ok := config{FirmwareDevices: 10000, FirmwareWaves: "10%,100%"}
+	if err := ok.check(); err != nil {
+		t.Fatalf("valid flags refused: %v", err)
+	}
+	for _, tc := range []struct {
+		name string
+		mod  func(*config)
+		want string
+	}{
+		{"both only flags", func(c *config) { c.SoakOnly, c.FirmwareOnly = true, true }, "-soak-only and -firmware-only"},
+		{"negative devices", func(c *config) { c.FirmwareDevices = -1 }, "-firmware-devices -1"},
+		{"bad waves", func(c *config) { c.FirmwareWaves = "ten" }, "-firmware-waves \"ten\""},
+		{"no waves", func(c *config) { c.FirmwareWaves = "" }, "-firmware-waves"},
+	} {
+		c := ok
+		tc.mod(&c)
+		err := c.check()
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: got %v, want an error naming %q", tc.name, err, tc.want)
+		}
 	}
 }

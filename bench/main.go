@@ -5,6 +5,7 @@
 //	go run ./bench            # full run (a few minutes)
 //	go run ./bench -smoke     # tiny sizes, seconds (what TestSmoke runs)
 //	go run ./bench -soak-only -out /tmp/soak.md   # only the soak (section 6)
+//	go run ./bench -firmware-only -out /tmp/fw.md # only the firmware campaign (section 7)
 //
 // What it measures, in order:
 //  1. direct-method round trip on warm connections: dmctl service -> local
@@ -20,18 +21,23 @@
 //  6. a bounded soak (internal/soak): devices under sustained method calls
 //     and twin patches, the hub process SIGKILLed and restarted half-way;
 //     lost acknowledged writes and hub RSS per minute (-soak-only runs just
-//     this one).
+//     this one);
+//  7. a firmware campaign (service/firmware): a fleet at 1.0.0 updated to
+//     2.0.0 from a package the hub serves (-firmware-only runs just this
+//     one): start to all current, the slowest device, downloads/s, hub RSS.
 //
 // Sections 1, 2 and 5 run against a hub inside the bench process (so that
 // -profile covers hub, service client and device); sections 3 and 4 run the
 // hub (dmctl hub serve) and the device fleet (dmctl device run
 // --connection-strings-file) as separate processes so their memory can be
 // read from /proc; section 6 runs the hub as a process (so it can be
-// SIGKILLed and its memory read) and the devices inside the bench.
+// SIGKILLed and its memory read) and the devices inside the bench; section 7
+// runs hub and fleet as processes and the campaign inside the bench.
 package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -43,6 +49,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/dmctl/dmctl/service/rollout"
 	"github.com/rs/zerolog"
 )
 
@@ -75,6 +82,10 @@ type config struct {
 	SoakDevices  int           // soak devices (0: skip the soak)
 	SoakTime     time.Duration // soak load duration
 	SoakOnly     bool          // run only the soak
+	// FirmwareDevices is the fleet of the firmware campaign (0: skip).
+	FirmwareDevices int
+	FirmwareWaves   string // the campaign's wave plan (rollout.ParseWaves)
+	FirmwareOnly    bool   // run only the firmware campaign
 }
 
 func main() {
@@ -103,12 +114,15 @@ func main() {
 	flag.IntVar(&cfg.SoakDevices, "soak-devices", 2000, "devices of the soak (0 skips it)")
 	flag.DurationVar(&cfg.SoakTime, "soak-time", 3*time.Minute, "load duration of the soak (the hub is SIGKILLed half-way)")
 	flag.BoolVar(&cfg.SoakOnly, "soak-only", false, "run only the soak (section 6); the report goes to -out only when that is given")
+	flag.IntVar(&cfg.FirmwareDevices, "firmware-devices", 10000, "devices of the firmware campaign (0 skips it)")
+	flag.StringVar(&cfg.FirmwareWaves, "firmware-waves", "100%", "wave plan of the firmware campaign, e.g. 10%,100%")
+	flag.BoolVar(&cfg.FirmwareOnly, "firmware-only", false, "run only the firmware campaign (section 7); the report goes to -out only when that is given")
 	flag.BoolVar(&cfg.Smoke, "smoke", false, "tiny sizes: checks that every measurement works, in seconds")
 	flag.Parse()
 	outSet := false
 	flag.Visit(func(f *flag.Flag) { outSet = outSet || f.Name == "out" })
-	if cfg.SoakOnly && !outSet {
-		cfg.Out = "" // a soak-only report must not replace docs/benchmarks.md
+	if (cfg.SoakOnly || cfg.FirmwareOnly) && !outSet {
+		cfg.Out = "" // a one-section report must not replace docs/benchmarks.md
 	}
 
 	var err error
@@ -116,6 +130,9 @@ func main() {
 		if cfg.Scale, err = parseInts(scale); err == nil {
 			cfg.Fleet, err = parseInts(fleetSizes)
 		}
+	}
+	if err == nil {
+		err = cfg.check()
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -157,6 +174,20 @@ func main() {
 	}
 }
 
+// check rejects flag combinations the run cannot honour.
+func (c *config) check() error {
+	if c.SoakOnly && c.FirmwareOnly {
+		return errors.New("-soak-only and -firmware-only exclude each other")
+	}
+	if c.FirmwareDevices < 0 {
+		return fmt.Errorf("-firmware-devices %d: want 0 (skip) or more", c.FirmwareDevices)
+	}
+	if _, err := rollout.ParseWaves(c.FirmwareWaves); err != nil {
+		return fmt.Errorf("-firmware-waves %q: %w", c.FirmwareWaves, err)
+	}
+	return nil
+}
+
 // smoke shrinks every size so that the whole run takes seconds.
 func (c *config) smoke() {
 	c.Calls = 50
@@ -171,6 +202,7 @@ func (c *config) smoke() {
 	c.CLIRuns = 1
 	c.SoakDevices = min(c.SoakDevices, 20)
 	c.SoakTime = 4 * time.Second
+	c.FirmwareDevices = min(c.FirmwareDevices, 20)
 }
 
 func parseInts(s string) ([]int, error) {

@@ -123,15 +123,24 @@ func (r *results) Markdown(cfg *config) string {
 	w("Everything runs on this one machine over loopback TLS; client, hub and device share the cores.\n\n")
 
 	w("## Goals\n\n| goal | measured | met |\n| --- | --- | --- |\n")
-	goals := []goal{r.soakGoal()}
-	if !cfg.SoakOnly {
-		goals = append(r.goals(), goals...)
+	var goals []goal
+	switch {
+	case cfg.SoakOnly:
+		goals = []goal{r.soakGoal()}
+	case cfg.FirmwareOnly:
+		goals = []goal{r.firmwareGoal()}
+	default:
+		goals = append(r.goals(), r.soakGoal(), r.firmwareGoal())
 	}
 	for _, g := range goals {
 		w("| %s | %s | %s |\n", g.What, g.Measured, g.Met)
 	}
-	if cfg.SoakOnly {
-		r.soakMarkdown(w)
+	if cfg.SoakOnly || cfg.FirmwareOnly {
+		if cfg.SoakOnly {
+			r.soakMarkdown(w)
+		} else {
+			r.firmwareMarkdown(cfg, w)
+		}
 		r.notesMarkdown(w)
 		return b.String()
 	}
@@ -193,6 +202,7 @@ func (r *results) Markdown(cfg *config) string {
 	}
 
 	r.soakMarkdown(w)
+	r.firmwareMarkdown(cfg, w)
 	r.notesMarkdown(w)
 	return b.String()
 }

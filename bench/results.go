@@ -62,6 +62,7 @@ type results struct {
 	Fleet             []fleetRow
 	CLI               []cliRow
 	Soak              *soak.Report // nil when not run
+	Firmware          *firmwareRow // nil when not run
 	Notes             []string     // what was skipped or failed, and why
 	Profiles          []string
 }

@@ -82,7 +82,7 @@ func run(ctx context.Context, cfg *config) (*results, error) {
 		return nil, err
 	}
 
-	if !cfg.SoakOnly {
+	if !cfg.SoakOnly && !cfg.FirmwareOnly {
 		p, err := startInProcess(ctx, cfg, res)
 		if err != nil {
 			return nil, fmt.Errorf("in-process hub: %w", err)
@@ -94,8 +94,11 @@ func run(ctx context.Context, cfg *config) (*results, error) {
 
 		scaleAndFleet(ctx, cfg, res, bin)
 	}
-	if ctx.Err() == nil {
+	if ctx.Err() == nil && !cfg.FirmwareOnly {
 		soakSection(ctx, cfg, res, bin)
+	}
+	if ctx.Err() == nil && !cfg.SoakOnly {
+		firmwareSection(ctx, cfg, res, bin)
 	}
 	res.Finished = time.Now().UTC()
 	return res, ctx.Err()

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/dmctl/dmctl/hub"
+	"github.com/dmctl/dmctl/internal/soak"
 	"github.com/dmctl/dmctl/sas"
 	"github.com/dmctl/dmctl/service"
 	"github.com/dmctl/dmctl/service/rollout"
@@ -28,11 +29,14 @@ type hubProc struct {
 	svc    *service.Client
 }
 
-func startHubProc(ctx context.Context, cfg *config, bin, dir string) (*hubProc, error) {
+// startHubProc starts `dmctl hub serve` on data dir, with extra flags
+// after the bench's own.
+func startHubProc(ctx context.Context, cfg *config, bin, dir string, extra ...string) (*hubProc, error) {
 	ready := dir + ".ready.json"
 	_ = os.Remove(ready)
-	c, err := start("dmctl hub serve", nil, "", bin, "--log-level", "warn", "hub", "serve",
-		"--data", dir, "--listen", "127.0.0.1:0", "--ready-file", ready)
+	argv := append([]string{bin, "--log-level", "warn", "hub", "serve",
+		"--data", dir, "--listen", "127.0.0.1:0", "--ready-file", ready}, extra...)
+	c, err := start("dmctl hub serve", nil, "", argv...)
 	if err != nil {
 		return nil, err
 	}
@@ -85,7 +89,7 @@ func settledRSS(ctx context.Context, pid int) int64 {
 	case <-ctx.Done():
 	case <-time.After(time.Second):
 	}
-	n, _ := rss(pid)
+	n, _ := soak.RSS(pid)
 	return n
 }
 
@@ -185,7 +189,7 @@ func dmctlFleet(ctx context.Context, cfg *config, res *results, bin, dir string,
 	row := scaleRow{Impl: "dmctl device run --connection-strings-file", Devices: n, Connect: connect,
 		ConnectCfg: fmt.Sprintf("--connect-rate %d/s", cfg.ConnectRate), HubBefore: hubBefore}
 	row.RSS = settledRSS(ctx, f.pid())
-	row.HubAfter, _ = rss(h.pid())
+	row.HubAfter, _ = soak.RSS(h.pid())
 	row.HubDelta = row.HubAfter - hubBefore
 	res.Scale = append(res.Scale, row)
 
@@ -245,7 +249,7 @@ func nodeFleet(ctx context.Context, cfg *config, res *results, bin, dir string, 
 	row := scaleRow{Impl: "official Node SDK (azure-iot-device-mqtt), one Node process", Devices: len(ids),
 		Connect: nd.ready, ConnectCfg: "100 opens in flight", HubBefore: hubBefore}
 	row.RSS = settledRSS(ctx, nd.pid())
-	row.HubAfter, _ = rss(h.pid())
+	row.HubAfter, _ = soak.RSS(h.pid())
 	row.HubDelta = row.HubAfter - hubBefore
 	res.Scale = append(res.Scale, row)
 	return nil

@@ -243,7 +243,7 @@ func (d *Device) HandleTwin(doc []byte) {
 			ev = ev.Str(RebootTimeProperty, s)
 		}
 	}
-	ev.RawJSON("desired", desiredWithoutMeta(twin.Desired)).Msg("twin read")
+	ev.RawJSON("desired", redactPackageURI(desiredWithoutMeta(twin.Desired))).Msg("twin read")
 	d.emit(Event{Kind: EventTwin, Version: dv})
 }
 
@@ -262,7 +262,7 @@ func (d *Device) HandleDesired(version int64, patch []byte) {
 	}
 	ev := d.info().Str("event", "desired").Int64("version", version)
 	if json.Valid(patch) {
-		ev = ev.RawJSON("patch", patch)
+		ev = ev.RawJSON("patch", redactPackageURI(patch))
 	} else {
 		ev = ev.Int("bytes", len(patch))
 	}

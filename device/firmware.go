@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"net/url"
 	"strings"
 	"time"
 
@@ -205,6 +206,9 @@ func (d *Device) updateFirmware(ctx context.Context, want desiredFirmware, key, 
 	want.URI = strings.TrimSpace(want.URI)
 	sum, err := ParseCheckValue(want.CheckValue)
 	switch {
+	case want.Version == "":
+		fail("desired firmware has no " + iothub.FwVersion)
+		return
 	case want.URI == "":
 		fail("desired firmware has no " + iothub.FwPackageURI)
 		return
@@ -316,4 +320,34 @@ func (d *Device) stamp() string { return d.now().UTC().Format(time.RFC3339Nano) 
 func firmwareOf(doc map[string]json.RawMessage) (json.RawMessage, bool) {
 	raw, ok := doc[iothub.FirmwareProperty]
 	return bytes.TrimSpace(raw), ok
+}
+
+// redactPackageURI returns doc (a desired document or patch) with the
+// query and user information of firmware.fwPackageURI replaced, for logs:
+// a storage URI's query often holds a SAS token.
+func redactPackageURI(doc []byte) []byte {
+	var m map[string]json.RawMessage
+	if json.Unmarshal(doc, &m) != nil {
+		return doc
+	}
+	var fw map[string]json.RawMessage
+	var uri string
+	if json.Unmarshal(m[iothub.FirmwareProperty], &fw) != nil || json.Unmarshal(fw[iothub.FwPackageURI], &uri) != nil {
+		return doc
+	}
+	u, err := url.Parse(uri)
+	switch {
+	case err != nil:
+		uri = "(not a URL)"
+	case u.RawQuery == "" && u.User == nil:
+		return doc
+	default:
+		u.User = nil
+		u.RawQuery = "REDACTED"
+		uri = u.String()
+	}
+	fw[iothub.FwPackageURI], _ = json.Marshal(uri)
+	m[iothub.FirmwareProperty], _ = json.Marshal(fw)
+	out, _ := json.Marshal(m)
+	return out
 }

@@ -5,13 +5,17 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/dmctl/dmctl/device"
+	"github.com/rs/zerolog"
 )
 
 // fwCall reads the next connection call; a firmware report is returned as
@@ -80,5 +84,75 @@ func TestFirmwareSameVersionReportsCurrent(t *testing.T) {
 	case c := <-fc.calls:
 		t.Fatalf("desired firmware equal to the running version led to %q, want nothing (already reported current)", c)
 	case <-time.After(200 * time.Millisecond):
+	}
+}
+
+func TestDesiredPackageURIQueryIsNotLogged(t *testing.T) {
+	var logs syncWriter
+	_, h, _ := start(t, device.Config{Log: zerolog.New(&logs), FirmwareApplyDelay: -1})
+	secret := "sv=2024&sig=S3CRET"
+	h.HandleTwin([]byte(`{"desired":{"$version":1,"firmware":{"fwVersion":"1.0.0","fwPackageURI":"https://u:pw@blob.example/fw.bin?` + secret + `"}},"reported":{"$version":1}}`))
+	h.HandleDesired(2, []byte(`{"$version":2,"firmware":{"fwVersion":"1.0.0","fwPackageURI":"https://blob.example/fw.bin?`+secret+`"}}`))
+	out := logs.String()
+	if strings.Contains(out, "S3CRET") || strings.Contains(out, "pw@") {
+		t.Errorf("the logs show the package URI's query or password:\n%s", out)
+	}
+	if !strings.Contains(out, "blob.example/fw.bin?REDACTED") {
+		t.Errorf("the logs do not show the redacted package URI:\n%s", out)
+	}
+}
+
+type syncWriter struct {
+	mu  sync.Mutex
+	buf strings.Builder
+}
+
+func (w *syncWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.Write(p)
+}
+
+func (w *syncWriter) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.String()
+}
+
+func TestFactoryResetDuringDownload(t *testing.T) {
+	hold := make(chan struct{})
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select { // the download hangs until the test ends
+		case <-hold:
+		case <-r.Context().Done():
+		}
+	}))
+	defer srv.Close()
+	defer close(hold)
+	dl := device.NewDownloader(device.DownloaderConfig{RootCAs: srv.Client().Transport.(*http.Transport).TLSClientConfig.RootCAs})
+	fc, h, rec := start(t, device.Config{RebootDelay: device.NoRebootDelay, FirmwareApplyDelay: -1, FirmwareVersion: "1.0.0", Downloader: dl})
+	h.HandleTwin([]byte(`{"desired":{"$version":1,"firmware":{"fwVersion":"2.0.0","fwPackageURI":"` + srv.URL + `/fw.bin","fwPackageCheckValue":"` + strings.Repeat("ab", 32) + `"}},"reported":{"$version":1}}`))
+	expectCalls(t, fc, "downloading 1.0.0 2.0.0")
+
+	status, body := h.HandleMethod(t.Context(), device.MethodRequest{Name: device.FactoryResetMethod})
+	if status != 200 || !strings.Contains(string(body), "firmware 1.0.0 restored") {
+		t.Fatalf("factoryReset = %d %s, want 200 naming the factory version", status, body)
+	}
+	if status, _ := h.HandleMethod(t.Context(), device.MethodRequest{Name: device.RebootMethod}); status != 409 {
+		t.Errorf("rebootDevice during the factory reset = %d, want 409", status)
+	}
+	reset := fc.next(t)
+	if !strings.Contains(reset, `"rebootTime":null`) || !strings.Contains(reset, `"fwUpdateStatus":"current"`) || !strings.Contains(reset, `"currentFwVersion":"1.0.0"`) {
+		t.Errorf("first report of the reset %s, want firmware current on 1.0.0 and rebootTime removed", reset)
+	}
+	expectCalls(t, fc, "suspend", "resume")
+	if c := fc.next(t); !strings.HasPrefix(c, `report {"factoryResetTime":"`) {
+		t.Errorf("after the reset's reboot %q, want factoryResetTime reported", c)
+	}
+	rec.Wait(t, device.EventFactoryReset, 1, patience)
+	// The desired firmware is still there: the update starts again.
+	expectCalls(t, fc, "downloading 1.0.0 2.0.0")
+	if n := rec.Count(device.EventFirmwareAbandoned); n != 0 {
+		t.Errorf("%d firmware_abandoned events: a reset is not a newer version", n)
 	}
 }

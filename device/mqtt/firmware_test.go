@@ -145,19 +145,28 @@ func TestFirmwareUpdateFailures(t *testing.T) {
 		{"", sum, "desired firmware has no fwPackageURI"},
 		{uri, "", "desired firmware has no fwPackageCheckValue"},
 		{uri, "1234", `fwPackageCheckValue "1234" is not a SHA-256 digest`},
+		{uri, sum, "desired firmware has no fwVersion"}, // the version is left out below
 	} {
 		id := fmt.Sprintf("bad%d", i)
 		r := fwDevice(t, srv, id)
 		waitFirmware(t, srv, id, iothub.FwStatusCurrent, "1.0.0")
-		setDesiredFirmware(t, h, id, "2.0.0", tc.uri, tc.check)
+		version := "2.0.0"
+		if strings.Contains(tc.want, "no fwVersion") {
+			version = ""
+		}
+		setDesiredFirmware(t, h, id, version, tc.uri, tc.check)
 		fw := waitFirmware(t, srv, id, iothub.FwStatusRolledBack, "1.0.0")
 		waitFirmwareEvent(t, r, iothub.FwStatusRolledBack)
 		if sub := fmt.Sprint(fw[iothub.FwUpdateSubstatus]); !strings.HasPrefix(sub, tc.want) {
 			t.Errorf("%s: substatus %q, want it to start %q", id, sub, tc.want)
 		}
 		got := firmwareStatuses(r)
-		if i := slices.Index(got, "error 2.0.0"); i < 0 || got[len(got)-1] != "rolledback 1.0.0" {
-			t.Errorf("%s: steps %q, want error 2.0.0 then rolledback 1.0.0", id, got)
+		wantErr := "error " + version // the pending version, or the current one when none is desired
+		if version == "" {
+			wantErr = "error 1.0.0"
+		}
+		if i := slices.Index(got, wantErr); i < 0 || got[len(got)-1] != "rolledback 1.0.0" {
+			t.Errorf("%s: steps %q, want %s then rolledback 1.0.0", id, got, wantErr)
 		}
 		if r.count(device.EventSuspended) != 0 || r.dev.FirmwareVersion() != "1.0.0" {
 			t.Errorf("%s: a failed update rebooted (%d) or changed the version to %q", id, r.count(device.EventSuspended), r.dev.FirmwareVersion())

@@ -70,19 +70,8 @@ func (s *Store) CreateModule(m iothub.Module) (iothub.Module, error) {
 	}
 	now := s.now().UTC()
 	key := ModuleKey(m.DeviceID, m.ModuleID)
-	r := &record{
-		ID:              key,
-		Mod:             m.ModuleID,
-		ManagedBy:       m.ManagedBy,
-		GenerationID:    newGenerationID(),
-		ConnState:       stateDisconnected,
-		TwinVersion:     1,
-		Tags:            map[string]any{},
-		Desired:         &node{Kids: map[string]*node{}, At: now, Ver: 1},
-		DesiredVersion:  1,
-		Reported:        &node{Kids: map[string]*node{}, At: now},
-		ReportedVersion: 1,
-	}
+	r := newRecord(key, m.ModuleID, now)
+	r.ManagedBy = m.ManagedBy
 	if err := applyIdentity(r, moduleAsDevice(m), now, true); err != nil {
 		return iothub.Module{}, err
 	}
@@ -209,24 +198,5 @@ func (s *Store) ModuleCount() int {
 // ForEachModuleTwinDoc is ForEachTwinDoc for module twins, in key order
 // (device id, then module id); each document carries deviceId and moduleId.
 func (s *Store) ForEachModuleTwinDoc(fn func(doc map[string]any) bool) error {
-	s.mu.RLock()
-	if s.closed {
-		s.mu.RUnlock()
-		return ErrClosed
-	}
-	entries := make([]*entry, 0, len(s.mods))
-	for _, k := range s.mods {
-		entries = append(entries, s.recs[k])
-	}
-	s.mu.RUnlock()
-	for _, e := range entries {
-		doc, err := s.queryDoc(e)
-		if err != nil {
-			return err
-		}
-		if !fn(doc) {
-			break
-		}
-	}
-	return nil
+	return s.forEachDoc(func() []string { return s.mods }, fn)
 }

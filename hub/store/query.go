@@ -33,22 +33,32 @@ func (s *Store) ForEachTwinDoc(fn func(doc map[string]any) bool) error {
 // after the given one (byte order), so that a scan can resume where an
 // earlier one stopped.
 func (s *Store) ForEachTwinDocAfter(after string, fn func(doc map[string]any) bool) error {
+	return s.forEachDoc(func() []string {
+		ids := s.ids
+		if after != "" {
+			i, found := slices.BinarySearch(ids, after)
+			if found {
+				i++
+			}
+			ids = ids[i:]
+		}
+		return ids
+	}, fn)
+}
+
+// forEachDoc calls fn with the query documents of the records whose keys
+// pick returns (it runs under the read lock and returns a sorted key list
+// of the store's), from one snapshot, until fn returns false.
+func (s *Store) forEachDoc(pick func() []string, fn func(doc map[string]any) bool) error {
 	s.mu.RLock()
 	if s.closed {
 		s.mu.RUnlock()
 		return ErrClosed
 	}
-	ids := s.ids
-	if after != "" {
-		i, found := slices.BinarySearch(ids, after)
-		if found {
-			i++
-		}
-		ids = ids[i:]
-	}
-	entries := make([]*entry, 0, len(ids))
-	for _, id := range ids {
-		entries = append(entries, s.recs[id])
+	keys := pick()
+	entries := make([]*entry, 0, len(keys))
+	for _, k := range keys {
+		entries = append(entries, s.recs[k])
 	}
 	s.mu.RUnlock()
 	for _, e := range entries {

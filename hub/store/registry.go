@@ -323,17 +323,7 @@ func (s *Store) CreateDevice(d iothub.Device) (iothub.Device, error) {
 		return iothub.Device{}, err
 	}
 	now := s.now().UTC()
-	r := &record{
-		ID:              d.DeviceID,
-		GenerationID:    newGenerationID(),
-		ConnState:       stateDisconnected,
-		TwinVersion:     1,
-		Tags:            map[string]any{},
-		Desired:         &node{Kids: map[string]*node{}, At: now, Ver: 1},
-		DesiredVersion:  1,
-		Reported:        &node{Kids: map[string]*node{}, At: now},
-		ReportedVersion: 1,
-	}
+	r := newRecord(d.DeviceID, "", now)
 	if err := applyIdentity(r, d, now, true); err != nil {
 		return iothub.Device{}, err
 	}

@@ -138,8 +138,8 @@ func (p *hubProc) kill() {
 	<-p.done
 }
 
-// rss reads VmRSS of a process from /proc, in bytes.
-func rss(pid int) (int64, error) {
+// RSS reads VmRSS of a process from /proc, in bytes.
+func RSS(pid int) (int64, error) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
 	if err != nil {
 		return 0, err

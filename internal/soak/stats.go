@@ -100,7 +100,7 @@ func (s *stats) sampleOnce(cur *atomic.Pointer[hubProc]) {
 		return // down
 	}
 	pid := p.pid()
-	n, err := rss(pid)
+	n, err := RSS(pid)
 	if err != nil {
 		return // the process ended between the load and the read
 	}
