@@ -246,6 +246,22 @@ func TestModuleConfiguration(t *testing.T) {
 	}
 }
 
+// TestModuleTargetAsDocumented: IoT Hub's docs and the Azure CLI write a
+// module configuration's target as "from devices.modules where COND" (the
+// Python SDK's referee test sends it so).
+func TestModuleTargetAsDocumented(t *testing.T) {
+	for _, cond := range []string{"from devices.modules where moduleId = 'm1'", "FROM devices.modules WHERE moduleId = 'm1'"} {
+		q, err := TargetQuery(cond, true)
+		if err != nil || q == nil {
+			t.Errorf("TargetQuery(%q, modules) = %v", cond, err)
+		}
+	}
+	// The prefix is a module-target form only.
+	if _, err := TargetQuery("from devices.modules where moduleId = 'm1'", false); err == nil {
+		t.Error("a device target accepted the module prefix")
+	}
+}
+
 func TestRunAppliesWithinAnInterval(t *testing.T) {
 	f := newFixture(t, "d1")
 	e := New(Config{Store: f.st, Interval: 20 * time.Millisecond})

@@ -14,11 +14,17 @@ package configs
 
 import (
 	"errors"
+	"regexp"
 	"strings"
 
 	"github.com/dmctl/dmctl/hub/query"
 	"github.com/dmctl/dmctl/internal/iothub"
 )
+
+// moduleTargetLead is the "from devices.modules where" that module
+// configurations' target conditions start with in IoT Hub's documentation
+// and the Azure CLI's examples.
+var moduleTargetLead = regexp.MustCompile(`(?i)^from\s+devices\.modules\s+where\s+`)
 
 // TargetQuery parses a target condition as the WHERE clause of a query
 // over device twins (module twins when modules is set). "*" targets every
@@ -29,6 +35,12 @@ func TargetQuery(cond string, modules bool) (*query.Query, error) {
 		from = query.CollectionModules
 	}
 	cond = strings.TrimSpace(cond)
+	if modules {
+		// IoT Hub documents module targets as "from devices.modules where COND".
+		if m := moduleTargetLead.FindString(cond); m != "" {
+			cond = strings.TrimSpace(cond[len(m):])
+		}
+	}
 	if cond == "" {
 		return nil, &query.SyntaxError{Pos: 1, Msg: "the target condition is empty (\"*\" targets every twin)"}
 	}
