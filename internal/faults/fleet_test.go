@@ -109,6 +109,10 @@ func TestFleetSurvivesResetOfEveryConnection(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A device that lost its connection before the reset (a keep-alive
+	// missed on a loaded machine) may already hold a connect slot: its
+	// open can land just after the reset. The bound below allows for them.
+	early := n - f.Stats().Connected
 	reset := time.Now()
 	a.arm(reset)
 	if err := r.dev.ResetAll(); err != nil {
@@ -138,9 +142,9 @@ func TestFleetSurvivesResetOfEveryConnection(t *testing.T) {
 	interval := time.Duration(float64(time.Second) / rate)
 	peak, lo := 0, 0
 	for k, at := range opened {
-		if earliest := reset.Add(time.Duration(k-1) * interval); at.Before(earliest) {
-			t.Fatalf("connection %d after the reset opened %v after it, before the limiter allows (%v): a reconnect storm",
-				k+1, at.Sub(reset), earliest.Sub(reset))
+		if earliest := reset.Add(time.Duration(k-1-early) * interval); at.Before(earliest) {
+			t.Fatalf("connection %d after the reset opened %v after it, before the limiter allows (%v; %d devices were not connected at the reset): a reconnect storm",
+				k+1, at.Sub(reset), earliest.Sub(reset), early)
 		}
 		for at.Sub(opened[lo]) >= time.Second {
 			lo++
