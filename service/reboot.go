@@ -102,6 +102,24 @@ type RebootResult struct {
 // ErrRebootNotConfirmed when the wait deadline passes (the result holds what
 // was seen). The result is non-nil whenever the device answered.
 func (c *Client) Reboot(ctx context.Context, deviceID string, opts RebootOptions) (*RebootResult, error) {
+	return c.invokeConfirmed(ctx, deviceID, rebootFlow, opts)
+}
+
+// confirmedMethod is a direct method whose effect the device confirms by
+// reporting a new timestamp: rebootDevice and rebootTime, factoryReset and
+// factoryResetTime.
+type confirmedMethod struct {
+	method, property string
+	verb             string // for errors: "reboot", "factory reset"
+	notConfirmed     error  // the wait deadline passed
+}
+
+var rebootFlow = confirmedMethod{method: RebootMethod, property: RebootTimeProperty, verb: "reboot", notConfirmed: ErrRebootNotConfirmed}
+
+// invokeConfirmed reads the baseline of m.property, invokes m.method once
+// and, unless opts.NoWait, polls the twin until the property differs from
+// the baseline (see Reboot).
+func (c *Client) invokeConfirmed(ctx context.Context, deviceID string, m confirmedMethod, opts RebootOptions) (*RebootResult, error) {
 	opts = opts.withDefaults()
 	res := &RebootResult{DeviceID: deviceID}
 	progress := func(p RebootProgress) {
@@ -113,37 +131,37 @@ func (c *Client) Reboot(ctx context.Context, deviceID string, opts RebootOptions
 
 	base, err := c.Twin(ctx, deviceID)
 	if err != nil {
-		return nil, fmt.Errorf("reboot: read baseline: %w", err)
+		return nil, fmt.Errorf("%s: read baseline: %w", m.verb, err)
 	}
-	res.PreviousRebootTime, res.HasPreviousTime = rebootTimeOf(base)
+	res.PreviousRebootTime, res.HasPreviousTime = reportedTime(base, m.property)
 	progress(RebootProgress{Stage: StageBaseline})
 
 	rt, ct := ceilSeconds(opts.ResponseTimeout), ceilSeconds(opts.ConnectTimeout)
 	start := time.Now()
 	mr, err := c.InvokeMethod(ctx, deviceID, iothub.MethodRequest{
-		MethodName:               RebootMethod,
+		MethodName:               m.method,
 		Payload:                  opts.Payload,
 		ResponseTimeoutInSeconds: &rt,
 		ConnectTimeoutInSeconds:  &ct,
 	})
 	res.InvokeDuration = time.Since(start)
 	if err != nil {
-		return nil, fmt.Errorf("reboot: %w", err)
+		return nil, fmt.Errorf("%s: %w", m.verb, err)
 	}
 	res.Status, res.Payload = mr.Status, mr.Payload
 	progress(RebootProgress{Stage: StageInvoked})
 	if mr.Status >= 400 {
-		return res, fmt.Errorf("reboot device %q: %w", deviceID, &DeviceStatusError{Status: mr.Status, Payload: mr.Payload})
+		return res, fmt.Errorf("%s device %q: %w", m.verb, deviceID, &DeviceStatusError{Status: mr.Status, Payload: mr.Payload})
 	}
 	if opts.NoWait {
 		return res, nil
 	}
-	err = c.waitReboot(ctx, deviceID, opts, res, progress)
+	err = c.waitConfirmed(ctx, deviceID, m, opts, res, progress)
 	return res, err
 }
 
-// waitReboot polls the twin until rebootTime differs from the baseline.
-func (c *Client) waitReboot(ctx context.Context, deviceID string, opts RebootOptions, res *RebootResult, progress func(RebootProgress)) error {
+// waitConfirmed polls the twin until m.property differs from the baseline.
+func (c *Client) waitConfirmed(ctx context.Context, deviceID string, m confirmedMethod, opts RebootOptions, res *RebootResult, progress func(RebootProgress)) error {
 	start := time.Now()
 	wctx, cancel := context.WithTimeout(ctx, opts.WaitTimeout)
 	defer cancel()
@@ -157,7 +175,7 @@ func (c *Client) waitReboot(ctx context.Context, deviceID string, opts RebootOpt
 		switch {
 		case err == nil:
 			lastErr, read = nil, true
-			res.RebootTime, res.HasRebootTime = rebootTimeOf(twin)
+			res.RebootTime, res.HasRebootTime = reportedTime(twin, m.property)
 			if res.HasRebootTime && (!res.HasPreviousTime || res.RebootTime != res.PreviousRebootTime) {
 				res.Confirmed = true
 				progress(RebootProgress{Stage: StageConfirmed})
@@ -165,49 +183,49 @@ func (c *Client) waitReboot(ctx context.Context, deviceID string, opts RebootOpt
 			}
 			interval = opts.PollInterval
 		case ctx.Err() != nil:
-			return fmt.Errorf("reboot device %q: wait for new rebootTime: %w", deviceID, ctx.Err())
+			return fmt.Errorf("%s device %q: wait for new %s: %w", m.verb, deviceID, m.property, ctx.Err())
 		case wctx.Err() != nil:
 			// The deadline cut this poll short; report what was seen before.
 		case errors.Is(err, ErrUnauthorized), errors.Is(err, ErrDeviceNotFound):
-			return fmt.Errorf("reboot device %q: wait for new rebootTime: %w", deviceID, err)
+			return fmt.Errorf("%s device %q: wait for new %s: %w", m.verb, deviceID, m.property, err)
 		case errors.Is(err, ErrThrottled):
 			lastErr = err
 			interval = min(interval*2, max(MaxPollInterval, opts.PollInterval))
 		default:
 			// The hub or the network failed this poll; keep polling until
-			// the deadline, the reboot may still be confirmed.
+			// the deadline, the change may still be confirmed.
 			lastErr = err
 		}
 		progress(RebootProgress{Stage: StagePolled, Poll: res.Polls, Err: err})
 		if wctx.Err() == nil {
 			c.log.Debug().Str("device", deviceID).Int("poll", res.Polls).Dur("next", interval).
-				AnErr("error", err).Msg("rebootTime not updated yet")
+				AnErr("error", err).Msg(m.property + " not updated yet")
 			err = c.sleep(wctx, interval)
 		}
 		if wctx.Err() != nil || err != nil {
 			if ctx.Err() != nil {
-				return fmt.Errorf("reboot device %q: wait for new rebootTime: %w", deviceID, ctx.Err())
+				return fmt.Errorf("%s device %q: wait for new %s: %w", m.verb, deviceID, m.property, ctx.Err())
 			}
 			res.WaitDuration = time.Since(start)
-			return notConfirmed(deviceID, opts.WaitTimeout, res, read, lastErr)
+			return notConfirmed(deviceID, m, opts.WaitTimeout, res, read, lastErr)
 		}
 	}
 }
 
-func notConfirmed(deviceID string, wait time.Duration, res *RebootResult, read bool, lastErr error) error {
+func notConfirmed(deviceID string, m confirmedMethod, wait time.Duration, res *RebootResult, read bool, lastErr error) error {
 	var seen string
 	switch {
 	case res.HasRebootTime:
-		seen = fmt.Sprintf("rebootTime still %q", res.RebootTime)
+		seen = fmt.Sprintf("%s still %q", m.property, res.RebootTime)
 	case read:
-		seen = "no rebootTime reported"
+		seen = "no " + m.property + " reported"
 	default:
 		seen = "no successful twin read"
 	}
 	if lastErr != nil {
-		return fmt.Errorf("reboot device %q: %w: %s after %v (last poll: %v)", deviceID, ErrRebootNotConfirmed, seen, wait, lastErr)
+		return fmt.Errorf("%s device %q: %w: %s after %v (last poll: %v)", m.verb, deviceID, m.notConfirmed, seen, wait, lastErr)
 	}
-	return fmt.Errorf("reboot device %q: %w: %s after %v", deviceID, ErrRebootNotConfirmed, seen, wait)
+	return fmt.Errorf("%s device %q: %w: %s after %v", m.verb, deviceID, m.notConfirmed, seen, wait)
 }
 
 func (o RebootOptions) withDefaults() RebootOptions {
@@ -234,13 +252,13 @@ func ceilSeconds(d time.Duration) int {
 	return int(math.Ceil(d.Seconds()))
 }
 
-// rebootTimeOf reads properties.reported.rebootTime: the string itself, or
-// compact JSON for any other value; ok is false when it is absent or null.
-func rebootTimeOf(t *iothub.Twin) (string, bool) {
+// reportedTime reads a reported property: the string itself, or compact
+// JSON for any other value; ok is false when it is absent or null.
+func reportedTime(t *iothub.Twin, name string) (string, bool) {
 	if t == nil || t.Properties.Reported == nil {
 		return "", false
 	}
-	v, ok := t.Properties.Reported[RebootTimeProperty]
+	v, ok := t.Properties.Reported[name]
 	if !ok || v == nil {
 		return "", false
 	}

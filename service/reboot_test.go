@@ -334,11 +334,11 @@ func TestRebootCancelWhileWaiting(t *testing.T) {
 
 func TestRebootTimeOfNonString(t *testing.T) {
 	tw := &iothub.Twin{Properties: iothub.TwinProperties{Reported: map[string]any{"rebootTime": 12.5}}}
-	if v, ok := rebootTimeOf(tw); !ok || v != "12.5" {
+	if v, ok := reportedTime(tw, RebootTimeProperty); !ok || v != "12.5" {
 		t.Errorf("got %q %v", v, ok)
 	}
 	tw.Properties.Reported["rebootTime"] = nil
-	if _, ok := rebootTimeOf(tw); ok {
+	if _, ok := reportedTime(tw, RebootTimeProperty); ok {
 		t.Error("null rebootTime counted as present")
 	}
 }
