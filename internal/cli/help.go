@@ -70,6 +70,7 @@ var examples = map[string][]string{
 	"service device wait": {
 		"dmctl service device wait --device myDeviceId --timeout 30s",
 		"dmctl service device wait --query \"tags.site = 'lab'\" --state disconnected",
+		"dmctl service device wait --device myDeviceId --module monitor",
 	},
 	"service query": {
 		"dmctl service query \"SELECT * FROM devices WHERE tags.site = 'lab'\"",

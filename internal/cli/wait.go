@@ -32,6 +32,7 @@ device-offline code (5) when --timeout passes first (when waiting for
 names the first few that were not. A --query that matches no device fails
 at once. On a terminal, stderr shows a live "N/M connected" line.`,
 		Flags: serviceFlags(deviceFlag(),
+			moduleFlag("wait for this module of the device instead (its own connection)"),
 			&cli.StringFlag{Name: "query", Usage: "a twin query condition (WHERE clause) picking the devices to wait for"},
 			&cli.StringFlag{Name: "state", Usage: "connected or disconnected", Value: "connected"},
 			&cli.DurationFlag{Name: "timeout", Usage: "how long to wait", Value: time.Minute},
@@ -43,13 +44,15 @@ at once. On a terminal, stderr shows a live "N/M connected" line.`,
 
 // waitArgs are the flags of service device wait, checked.
 type waitArgs struct {
-	id, cond, want    string
-	timeout, interval time.Duration
+	id, mod, cond, want string
+	timeout, interval   time.Duration
 }
 
 func parseWaitArgs(c *cli.Context) (waitArgs, error) {
-	a := waitArgs{cond: c.String("query"), id: c.String("device")}
+	a := waitArgs{cond: c.String("query"), id: c.String("device"), mod: c.String("module")}
 	switch {
+	case a.mod != "" && a.cond != "":
+		return a, usageErrorf("wait for one module with --device ID --module M", "--module cannot be combined with --query")
 	case a.cond != "" && a.id != "":
 		return a, usageErrorf("give --device ID or --query COND, not both", "--device and --query are exclusive")
 	case a.cond == "" && a.id == "":
@@ -95,10 +98,22 @@ func waitForState(c *cli.Context, client *service.Client, a waitArgs) (any, func
 				}
 			}
 		} else {
-			var d *iothub.Device
-			if d, err = client.Device(ctx, id); err == nil {
+			var connState string
+			if a.mod != "" {
+				var m *iothub.Module
+				if m, err = client.Module(ctx, id, a.mod); err == nil {
+					connState = m.ConnectionState
+				}
+				err = moduleError(err, id, a.mod)
+			} else {
+				var d *iothub.Device
+				if d, err = client.Device(ctx, id); err == nil {
+					connState = d.ConnectionState
+				}
+			}
+			if err == nil {
 				in, total = 0, 1
-				if d.ConnectionState == a.want {
+				if connState == a.want {
 					in = 1
 				}
 			}
@@ -108,6 +123,10 @@ func waitForState(c *cli.Context, client *service.Client, a waitArgs) (any, func
 			live.clear()
 			out := map[string]any{"connectionState": a.want, "waitedMs": time.Since(start).Milliseconds()}
 			line := fmt.Sprintf("device %s is %s", id, state)
+			if a.mod != "" {
+				out["moduleId"] = a.mod
+				line = fmt.Sprintf("module %s/%s is %s", id, a.mod, state)
+			}
 			if cond != "" {
 				out["query"], out["devices"] = cond, total
 				line = fmt.Sprintf("%d devices are %s", total, state)
@@ -131,6 +150,9 @@ func waitForState(c *cli.Context, client *service.Client, a waitArgs) (any, func
 				return nil, nil, c.Context.Err()
 			}
 			err := fmt.Errorf("device %s: not %s after %v", id, state, a.timeout)
+			if a.mod != "" {
+				err = fmt.Errorf("module %s/%s: not %s after %v", id, a.mod, state, a.timeout)
+			}
 			if cond != "" {
 				err = fmt.Errorf("devices where %s: %d of %d %s after %v%s", cond, in, total, state, a.timeout,
 					notInState(c.Context, client, cond, a.want, state, total-in))
