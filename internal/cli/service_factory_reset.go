@@ -62,26 +62,7 @@ the worst device decides, in this order: 7, 6, 5, 1 (other failures);
 }
 
 func parseResetDevice(c *cli.Context) (rebootArgs, error) {
-	for _, f := range []string{"job-id", "job-timeout"} {
-		if c.IsSet(f) {
-			return rebootArgs{}, usageErrorf("--"+f+" goes with --query", "--%s without --query", f)
-		}
-	}
-	if c.String("device") == "" {
-		return rebootArgs{}, usageErrorf("name the device with --device ID, or pick devices with --query CONDITION", "missing --device or --query")
-	}
-	payload, rt, ct, err := methodArgs(c)
-	if err != nil {
-		return rebootArgs{}, err
-	}
-	if c.Duration("wait-timeout") <= 0 || c.Duration("poll-interval") <= 0 {
-		return rebootArgs{}, usageErrorf("--wait-timeout and --poll-interval must be positive durations, e.g. 2m and 1s", "invalid --wait-timeout or --poll-interval")
-	}
-	wait := c.Bool("wait") && !c.Bool("no-wait")
-	return rebootArgs{id: c.String("device"), wait: wait, opts: service.RebootOptions{
-		Payload: payload, ResponseTimeout: rt, ConnectTimeout: ct, NoWait: !wait,
-		WaitTimeout: c.Duration("wait-timeout"), PollInterval: c.Duration("poll-interval"),
-	}}, nil
+	return parseOneDevice(c, "job-id", "job-timeout")
 }
 
 func resetDevice(c *cli.Context, s *service.Client, a rebootArgs) (any, func(io.Writer) error, error) {

@@ -97,7 +97,14 @@ type rebootArgs struct {
 }
 
 func parseRebootArgs(c *cli.Context) (rebootArgs, error) {
-	for _, f := range []string{"waves", "abort-failure-rate", "job-prefix", "job-timeout"} {
+	return parseOneDevice(c, "waves", "abort-failure-rate", "job-prefix", "job-timeout")
+}
+
+// parseOneDevice checks the flags of a confirmed method on one device
+// (service reboot --device, service factory-reset --device): the flags
+// named in queryOnly belong to --query and are refused here.
+func parseOneDevice(c *cli.Context, queryOnly ...string) (rebootArgs, error) {
+	for _, f := range queryOnly {
 		if c.IsSet(f) {
 			return rebootArgs{}, usageErrorf("--"+f+" goes with --query", "--%s without --query", f)
 		}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/dmctl/dmctl/device"
 	"github.com/dmctl/dmctl/device/mqtt"
+	"github.com/dmctl/dmctl/internal/retry"
 	"github.com/dmctl/dmctl/sas"
 	"github.com/dmctl/dmctl/service"
 )
@@ -169,7 +170,7 @@ func (f *fleet) waitAll(ctx context.Context, timeout time.Duration, ok func(*mem
 		if time.Now().After(deadline) {
 			return fmt.Errorf("%d of %d devices still not there after %s", missing, len(f.members), timeout)
 		}
-		if err := sleep(ctx, 50*time.Millisecond); err != nil {
+		if err := retry.Sleep(ctx, 50*time.Millisecond); err != nil {
 			return err
 		}
 	}

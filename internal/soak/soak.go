@@ -40,6 +40,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/dmctl/dmctl/hub"
+	"github.com/dmctl/dmctl/internal/retry"
 	"github.com/dmctl/dmctl/sas"
 	"github.com/dmctl/dmctl/service"
 )
@@ -196,7 +197,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	defer func() { stopLoad(); <-loadDone; <-sampler }()
 
 	// The kill, in the middle of the load.
-	if err := sleep(ctx, time.Until(st.t0.Add(cfg.KillAt))); err != nil {
+	if err := retry.Sleep(ctx, time.Until(st.t0.Add(cfg.KillAt))); err != nil {
 		return nil, err
 	}
 	killAt := time.Now()
@@ -216,7 +217,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	rep.KilledAt, rep.HubDown = killAt.Sub(st.t0), restartAt.Sub(killAt)
 	cfg.Progress("soak: hub restarted %s after the SIGKILL", short(rep.HubDown))
 
-	if err := sleep(ctx, time.Until(st.t0.Add(cfg.Duration))); err != nil {
+	if err := retry.Sleep(ctx, time.Until(st.t0.Add(cfg.Duration))); err != nil {
 		return nil, err
 	}
 	stopLoad()
@@ -280,18 +281,4 @@ func serviceClient(data string, port int, caFile string) (*service.Client, *x509
 		return nil, nil, err
 	}
 	return c, pool, nil
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }
