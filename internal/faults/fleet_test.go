@@ -111,8 +111,11 @@ func TestFleetSurvivesResetOfEveryConnection(t *testing.T) {
 	}
 	// A device that lost its connection before the reset (a keep-alive
 	// missed on a loaded machine) may already hold a connect slot: its
-	// open can land just after the reset. The bound below allows for them.
+	// open can land just after the reset. The bound below allows for them,
+	// and for a few more that drop between this count and the reset
+	// (slack); a storm would be hundreds of opens early.
 	early := n - f.Stats().Connected
+	const slack = 5
 	reset := time.Now()
 	a.arm(reset)
 	if err := r.dev.ResetAll(); err != nil {
@@ -129,8 +132,10 @@ func TestFleetSurvivesResetOfEveryConnection(t *testing.T) {
 	disconnects := a.disconnects
 	a.mu.Unlock()
 	slices.SortFunc(ends, func(x, y time.Time) int { return x.Compare(y) })
-	if disconnects < n {
-		t.Errorf("%d disconnected events after the reset, want at least %d (every connection)", disconnects, n)
+	// Every connection that was up at the reset ends: the devices already
+	// down then (early) have no connection for the reset to end.
+	if disconnects < n-early {
+		t.Errorf("%d disconnected events after the reset, want at least %d (every connection up at the reset; %d were down)", disconnects, n-early, early)
 	}
 	// The limiter's promise: attempt k (from 1) starts no earlier than
 	// (k-1)/rate after the reset (its burst is 1: one slot may be saved from
@@ -142,7 +147,7 @@ func TestFleetSurvivesResetOfEveryConnection(t *testing.T) {
 	interval := time.Duration(float64(time.Second) / rate)
 	peak, lo := 0, 0
 	for k, at := range opened {
-		if earliest := reset.Add(time.Duration(k-1-early) * interval); at.Before(earliest) {
+		if earliest := reset.Add(time.Duration(k-1-early-slack) * interval); at.Before(earliest) {
 			t.Fatalf("connection %d after the reset opened %v after it, before the limiter allows (%v; %d devices were not connected at the reset): a reconnect storm",
 				k+1, at.Sub(reset), earliest.Sub(reset), early)
 		}
