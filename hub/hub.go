@@ -30,6 +30,7 @@ import (
 
 	"github.com/dmctl/dmctl/hub/api"
 	"github.com/dmctl/dmctl/hub/configs"
+	"github.com/dmctl/dmctl/hub/events"
 	"github.com/dmctl/dmctl/hub/hubapi"
 	"github.com/dmctl/dmctl/hub/jobs"
 	"github.com/dmctl/dmctl/hub/store"
@@ -79,7 +80,11 @@ type Config struct {
 	// PackagesDir, when set, is served read-only at PackagesPath on the
 	// TLS port (a local-hub extension; see packages.go).
 	PackagesDir string
-	Log         zerolog.Logger
+	// EventRingSize is how many recent events (connections, method calls,
+	// twin patches, device-to-cloud messages) the hub keeps for the
+	// dashboard; default events.DefaultSize.
+	EventRingSize int
+	Log           zerolog.Logger
 }
 
 // Server is a local IoT Hub. Create it with New, run it with Serve (or
@@ -115,6 +120,9 @@ type Server struct {
 	jobsWG sync.WaitGroup
 
 	packages *packages // nil without Config.PackagesDir
+
+	// events are what just happened, for the dashboard; closed by Close.
+	events *events.Ring
 }
 
 // New binds every listen address, reads the trusted device CAs, then opens
@@ -203,6 +211,7 @@ func New(cfg Config) (*Server, error) {
 		},
 		inflight: make(map[net.Conn]struct{}),
 		packages: pkgs,
+		events:   events.New(cfg.EventRingSize, now),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	return s, nil
@@ -354,8 +363,10 @@ func (s *Server) Close() error {
 	}
 	s.mu.Unlock()
 
-	// Cancels request contexts, so pending method calls end now.
+	// Cancels request contexts, so pending method calls end now; event
+	// streams end with the ring.
 	s.cancel()
+	s.events.Close()
 	if started {
 		sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 		if err := s.httpSrv.Shutdown(sctx); err != nil {
@@ -428,6 +439,9 @@ func (s *Server) CAPool() *x509.CertPool {
 	}
 	return s.tlsMat.caPool.Clone()
 }
+
+// Events is the hub's ring of recent events.
+func (s *Server) Events() *events.Ring { return s.events }
 
 // Store is the hub's state.
 func (s *Server) Store() *store.Store { return s.store }
