@@ -174,7 +174,7 @@ func TestOfficialServiceWithDmctlX509Device(t *testing.T) {
 	defer cancel()
 	id := newID("dmctl-x509")
 	c := newTestCert(t, t.TempDir(), id, certOpts{cn: id})
-	registerX509Device(t, id, c.sha1Thumbprint(), "")
+	registerX509Device(t, id, c.SHA1(), "")
 	const modelID = "dtmi:dmctl:compat:x509;1"
 	d := startDmctlDevice(t, ctx, dmctl, id, "HostName=localhost:8883;DeviceId="+id+";x509=true", "1s",
 		"--cert", c.certFile, "--key", c.keyFile, "--model-id", modelID)

@@ -345,8 +345,8 @@ func TestOfficialPythonSDKs(t *testing.T) {
 	// And an X.509 module (its device is the test's SAS device).
 	mc := newTestCert(t, certDir, "module", certOpts{cn: "module"})
 	r := runProc(t, ctx, "pytest", pythonEnv(env.caFile, "IOTHUB_CONNECTION_STRING="+pythonServiceCS(), "DEVICE_PREFIX="+newID("py"),
-		"X509_DEVICE_ID="+x509ID, "X509_THUMBPRINT="+c.sha1Thumbprint(), "X509_CERT_FILE="+c.certFile, "X509_KEY_FILE="+c.keyFile,
-		"X509_MODULE_THUMBPRINT="+mc.sha256Thumbprint(), "X509_MODULE_CERT_FILE="+mc.certFile, "X509_MODULE_KEY_FILE="+mc.keyFile),
+		"X509_DEVICE_ID="+x509ID, "X509_THUMBPRINT="+c.SHA1(), "X509_CERT_FILE="+c.certFile, "X509_KEY_FILE="+c.keyFile,
+		"X509_MODULE_THUMBPRINT="+mc.SHA256(), "X509_MODULE_CERT_FILE="+mc.certFile, "X509_MODULE_KEY_FILE="+mc.keyFile),
 		py, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfEs", "--color=no", pythonDir())
 	if r.code != 0 {
 		t.Fatalf("pytest compat/python: %s", r)

@@ -96,7 +96,7 @@ func TestOfficialX509SelfSigned(t *testing.T) {
 		t.Parallel()
 		id := newID("sdk-x509")
 		c := newTestCert(t, dir, id, certOpts{cn: id})
-		registerX509Device(t, id, c.sha1Thumbprint(), "")
+		registerX509Device(t, id, c.SHA1(), "")
 		r, out := runIdentityDevice(t, ctx, "localhost", id, c, nil, "--ca", env.caFile, "--report", "23")
 		if r.code != 0 || !out.OK {
 			t.Fatalf("the X.509 device failed:\n%s", r)
@@ -114,7 +114,7 @@ func TestOfficialX509SelfSigned(t *testing.T) {
 		id := newID("sdk-x509-256")
 		c := newTestCert(t, dir, id, certOpts{cn: id})
 		other := newTestCert(t, dir, id+"-other", certOpts{cn: id})
-		registerX509Device(t, id, other.sha256Thumbprint(), c.sha256Thumbprint())
+		registerX509Device(t, id, other.SHA256(), c.SHA256())
 		r, out := runIdentityDevice(t, ctx, "localhost", id, c, nil, "--mode", "open")
 		if r.code != 0 || !out.OK {
 			t.Fatalf("the X.509 device failed:\n%s", r)
@@ -126,7 +126,7 @@ func TestOfficialX509SelfSigned(t *testing.T) {
 		id := newID("sdk-x509-bad")
 		registered := newTestCert(t, dir, id, certOpts{cn: id})
 		presented := newTestCert(t, dir, id+"-presented", certOpts{cn: id})
-		registerX509Device(t, id, registered.sha1Thumbprint(), "")
+		registerX509Device(t, id, registered.SHA1(), "")
 		r, out := runIdentityDevice(t, ctx, "localhost", id, presented, nil, "--mode", "open")
 		wantRefused(t, r, out)
 	})

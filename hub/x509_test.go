@@ -1,18 +1,11 @@
 package hub_test
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/sha1" //nolint:gosec // IoT Hub's SHA-1 thumbprints
-	"crypto/sha256"
+
+	//nolint:gosec // IoT Hub's SHA-1 thumbprints
+
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/hex"
-	"encoding/pem"
 	"errors"
-	"math/big"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -23,98 +16,19 @@ import (
 	"github.com/dmctl/dmctl/hub"
 	"github.com/dmctl/dmctl/hub/hubtest"
 	"github.com/dmctl/dmctl/internal/iothub"
+	"github.com/dmctl/dmctl/internal/testcert"
 )
 
-// testCert is a certificate with its key; chain holds the certificates a
-// client presents after it (intermediates).
-type testCert struct {
-	cert  *x509.Certificate
-	key   *ecdsa.PrivateKey
-	chain []*x509.Certificate
-}
-
-type certOpts struct {
-	cn        string
-	ca        bool
-	notBefore time.Time // zero: an hour ago
-	notAfter  time.Time // zero: in a day
-}
-
-// newCert makes a certificate signed by parent, or self-signed when parent
-// is nil.
-func newCert(t *testing.T, parent *testCert, o certOpts) *testCert {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if o.notBefore.IsZero() {
-		o.notBefore = time.Now().Add(-time.Hour)
-	}
-	if o.notAfter.IsZero() {
-		o.notAfter = time.Now().Add(24 * time.Hour)
-	}
-	serial, err := rand.Int(rand.Reader, big.NewInt(1<<62))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: o.cn},
-		NotBefore:    o.notBefore,
-		NotAfter:     o.notAfter,
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	if o.ca {
-		tmpl.IsCA, tmpl.BasicConstraintsValid = true, true
-		tmpl.KeyUsage = x509.KeyUsageCertSign
-		tmpl.ExtKeyUsage = nil
-	}
-	signer, signerKey := tmpl, key
-	var chain []*x509.Certificate
-	if parent != nil {
-		signer, signerKey = parent.cert, parent.key
-		if parent.cert.CheckSignatureFrom(parent.cert) != nil { // an intermediate: present it too
-			chain = append([]*x509.Certificate{parent.cert}, parent.chain...)
-		}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, signer, &key.PublicKey, signerKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testCert{cert: c, key: key, chain: chain}
-}
-
-func (c *testCert) tls() *tls.Certificate {
-	tc := &tls.Certificate{Certificate: [][]byte{c.cert.Raw}, PrivateKey: c.key, Leaf: c.cert}
-	for _, ic := range c.chain {
-		tc.Certificate = append(tc.Certificate, ic.Raw)
-	}
-	return tc
-}
-
-func (c *testCert) sha1() string {
-	s := sha1.Sum(c.cert.Raw) //nolint:gosec // see the import
-	return strings.ToUpper(hex.EncodeToString(s[:]))
-}
-
-func (c *testCert) sha256() string {
-	s := sha256.Sum256(c.cert.Raw)
-	return hex.EncodeToString(s[:])
+// clientCert is c as a TLS client presents it (with its chain).
+func clientCert(c *testcert.Cert) *tls.Certificate {
+	tc := c.TLS()
+	return &tc
 }
 
 // writePEM writes the certificates to path.
-func writePEM(t *testing.T, path string, certs ...*testCert) string {
+func writePEM(t *testing.T, path string, certs ...*testcert.Cert) string {
 	t.Helper()
-	var b []byte
-	for _, c := range certs {
-		b = append(b, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.cert.Raw})...)
-	}
+	b := testcert.PEM(certs...)
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -150,12 +64,12 @@ func createX509Module(t *testing.T, hs *hubtest.Server, dev, mod string, auth *i
 
 // dialX509 connects as key with no password, presenting cert, and returns
 // the CONNACK return code (0 once connected).
-func dialX509(t *testing.T, hs *hubtest.Server, key, transport string, cert *testCert) (*device, byte) {
+func dialX509(t *testing.T, hs *hubtest.Server, key, transport string, cert *testcert.Cert) (*device, byte) {
 	t.Helper()
 	dev, mod, _ := strings.Cut(key, "/")
 	o := connOpts{clientID: key, username: iothub.Username(hs.HostName(), dev, mod, "dmctl-test/1"), transport: transport}
 	if cert != nil {
-		o.cert = cert.tls()
+		o.cert = clientCert(cert)
 	}
 	d, rc, err := dial(t, hs, o)
 	if err != nil && rc == 0 {
@@ -167,24 +81,24 @@ func dialX509(t *testing.T, hs *hubtest.Server, key, transport string, cert *tes
 func TestX509SelfSigned(t *testing.T) {
 	ctx := testCtx(t)
 	hs := hubtest.NewServer(t)
-	a := newCert(t, nil, certOpts{cn: "any name"})
-	b := newCert(t, nil, certOpts{cn: "b"})
-	c := newCert(t, nil, certOpts{cn: "c"})
-	m := newCert(t, nil, certOpts{cn: "m1"})
+	a := testcert.New(t, testcert.Options{CommonName: "any name"}, nil)
+	b := testcert.New(t, testcert.Options{CommonName: "b"}, nil)
+	c := testcert.New(t, testcert.Options{CommonName: "c"}, nil)
+	m := testcert.New(t, testcert.Options{CommonName: "m1"}, nil)
 	// primary SHA-1 (upper case), secondary SHA-256 (lower case).
-	createX509Device(t, hs, "sha1", selfSigned(a.sha1(), b.sha256()))
+	createX509Device(t, hs, "sha1", selfSigned(a.SHA1(), b.SHA256()))
 	// primary SHA-256 with ':' separators, secondary SHA-1 (lower case).
-	colons := strings.ToUpper(a.sha256())
+	colons := a.SHA256()
 	var parts []string
 	for i := 0; i < len(colons); i += 2 {
 		parts = append(parts, colons[i:i+2])
 	}
-	createX509Device(t, hs, "sha256", selfSigned(strings.Join(parts, ":"), strings.ToLower(c.sha1())))
-	createX509Module(t, hs, "sha1", "m1", selfSigned(m.sha256(), ""))
+	createX509Device(t, hs, "sha256", selfSigned(strings.Join(parts, ":"), strings.ToLower(c.SHA1())))
+	createX509Module(t, hs, "sha1", "m1", selfSigned(m.SHA256(), ""))
 
 	for _, tc := range []struct {
 		name, key, transport string
-		cert                 *testCert
+		cert                 *testcert.Cert
 	}{
 		{"SHA-1 primary", "sha1", "tls", a},
 		{"SHA-256 secondary", "sha1", "tls", b},
@@ -217,27 +131,27 @@ func TestX509SelfSigned(t *testing.T) {
 
 // Every refusal of an X.509 login is CONNACK 5 (not authorized).
 func TestX509Refused(t *testing.T) {
-	trusted := newCert(t, nil, certOpts{cn: "trusted root", ca: true})
+	trusted := testcert.New(t, testcert.Options{CommonName: "trusted root", CA: true}, nil)
 	caFile := writePEM(t, filepath.Join(t.TempDir(), "ca.pem"), trusted)
 	hs := hubtest.NewServer(t, hubtest.WithX509CA(caFile))
-	untrusted := newCert(t, nil, certOpts{cn: "other root", ca: true})
+	untrusted := testcert.New(t, testcert.Options{CommonName: "other root", CA: true}, nil)
 
-	a := newCert(t, nil, certOpts{cn: "A"})
-	b := newCert(t, nil, certOpts{cn: "B"})
-	expired := newCert(t, nil, certOpts{cn: "old", notBefore: time.Now().Add(-48 * time.Hour), notAfter: time.Now().Add(-time.Hour)})
-	future := newCert(t, nil, certOpts{cn: "future", notBefore: time.Now().Add(time.Hour), notAfter: time.Now().Add(48 * time.Hour)})
-	createX509Device(t, hs, "A", selfSigned(a.sha256(), ""))
-	createX509Device(t, hs, "B", selfSigned(b.sha256(), b.sha1()))
-	createX509Device(t, hs, "old", selfSigned(expired.sha256(), ""))
-	createX509Device(t, hs, "future", selfSigned(future.sha1(), ""))
+	a := testcert.New(t, testcert.Options{CommonName: "A"}, nil)
+	b := testcert.New(t, testcert.Options{CommonName: "B"}, nil)
+	expired := testcert.New(t, testcert.Options{CommonName: "old", NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: time.Now().Add(-time.Hour)}, nil)
+	future := testcert.New(t, testcert.Options{CommonName: "future", NotBefore: time.Now().Add(time.Hour), NotAfter: time.Now().Add(48 * time.Hour)}, nil)
+	createX509Device(t, hs, "A", selfSigned(a.SHA256(), ""))
+	createX509Device(t, hs, "B", selfSigned(b.SHA256(), b.SHA1()))
+	createX509Device(t, hs, "old", selfSigned(expired.SHA256(), ""))
+	createX509Device(t, hs, "future", selfSigned(future.SHA1(), ""))
 	createX509Device(t, hs, "ca", caAuth)
 	createX509Device(t, hs, "ca2", caAuth)
 	createX509Module(t, hs, "ca", "m1", caAuth)
 	createX509Device(t, hs, "none", &iothub.Authentication{Type: iothub.AuthNone})
 	sasCS := hs.CreateDevice(t, "sas")
 	hs.CreateDevice(t, "host")
-	createX509Module(t, hs, "host", "m1", selfSigned(a.sha1(), ""))
-	if _, err := hs.Store().CreateDevice(iothub.Device{DeviceID: "off", Status: "disabled", Authentication: selfSigned(a.sha1(), "")}); err != nil {
+	createX509Module(t, hs, "host", "m1", selfSigned(a.SHA1(), ""))
+	if _, err := hs.Store().CreateDevice(iothub.Device{DeviceID: "off", Status: "disabled", Authentication: selfSigned(a.SHA1(), "")}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -245,23 +159,23 @@ func TestX509Refused(t *testing.T) {
 	cases := []struct {
 		name     string
 		key      string
-		cert     *testCert
+		cert     *testcert.Cert
 		password string
 	}{
 		{"device A's certificate as device B", "B", a, ""},
-		{"thumbprint mismatch", "A", newCert(t, nil, certOpts{cn: "A"}), ""},
+		{"thumbprint mismatch", "A", testcert.New(t, testcert.Options{CommonName: "A"}, nil), ""},
 		{"expired certificate", "old", expired, ""},
 		{"certificate not yet valid", "future", future, ""},
 		{"no certificate", "A", nil, ""},
 		{"password on an X.509 identity", "A", a, tok},
 		{"disabled device", "off", a, ""},
 		{"module with another identity's certificate", "host/m1", b, ""},
-		{"CA-signed, CN is not the device id", "ca", newCert(t, trusted, certOpts{cn: "ca2"}), ""},
-		{"CA-signed, CA not trusted", "ca", newCert(t, untrusted, certOpts{cn: "ca"}), ""},
-		{"CA-signed, self-signed with the right CN", "ca", newCert(t, nil, certOpts{cn: "ca"}), ""},
-		{"CA-signed, expired", "ca", newCert(t, trusted, certOpts{cn: "ca", notBefore: time.Now().Add(-48 * time.Hour), notAfter: time.Now().Add(-time.Hour)}), ""},
-		{"CA-signed module, CN is the module id", "ca/m1", newCert(t, trusted, certOpts{cn: "m1"}), ""},
-		{"CA-signed module, CN is the device id", "ca/m1", newCert(t, trusted, certOpts{cn: "ca"}), ""},
+		{"CA-signed, CN is not the device id", "ca", testcert.New(t, testcert.Options{CommonName: "ca2"}, trusted), ""},
+		{"CA-signed, CA not trusted", "ca", testcert.New(t, testcert.Options{CommonName: "ca"}, untrusted), ""},
+		{"CA-signed, self-signed with the right CN", "ca", testcert.New(t, testcert.Options{CommonName: "ca"}, nil), ""},
+		{"CA-signed, expired", "ca", testcert.New(t, testcert.Options{CommonName: "ca", NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: time.Now().Add(-time.Hour)}, trusted), ""},
+		{"CA-signed module, CN is the module id", "ca/m1", testcert.New(t, testcert.Options{CommonName: "m1"}, trusted), ""},
+		{"CA-signed module, CN is the device id", "ca/m1", testcert.New(t, testcert.Options{CommonName: "ca"}, trusted), ""},
 		{"SAS device with a certificate and no password", "sas", a, ""},
 		{"authentication type none", "none", a, ""},
 	}
@@ -270,7 +184,7 @@ func TestX509Refused(t *testing.T) {
 			dev, mod, _ := strings.Cut(tc.key, "/")
 			o := connOpts{clientID: tc.key, username: iothub.Username(hs.HostName(), dev, mod, ""), password: tc.password}
 			if tc.cert != nil {
-				o.cert = tc.cert.tls()
+				o.cert = clientCert(tc.cert)
 			}
 			_, rc, err := dial(t, hs, o)
 			if err == nil || rc != 5 {
@@ -280,7 +194,7 @@ func TestX509Refused(t *testing.T) {
 	}
 
 	// A SAS device presenting a certificate still logs in with its token.
-	d, rc, err := dial(t, hs, connOpts{clientID: "sas", username: iothub.Username(hs.HostName(), "sas", "", ""), password: tok, cert: a.tls()})
+	d, rc, err := dial(t, hs, connOpts{clientID: "sas", username: iothub.Username(hs.HostName(), "sas", "", ""), password: tok, cert: clientCert(a)})
 	if err != nil || rc != 0 {
 		t.Fatalf("SAS device with a certificate: rc=%d err=%v", rc, err)
 	}
@@ -292,9 +206,9 @@ func TestX509Refused(t *testing.T) {
 // {deviceId}/{moduleId} for a module.
 func TestX509CertificateAuthority(t *testing.T) {
 	ctx := testCtx(t)
-	flagRoot := newCert(t, nil, certOpts{cn: "flag root", ca: true})
-	dirRoot := newCert(t, nil, certOpts{cn: "data folder root", ca: true})
-	inter := newCert(t, dirRoot, certOpts{cn: "intermediate", ca: true})
+	flagRoot := testcert.New(t, testcert.Options{CommonName: "flag root", CA: true}, nil)
+	dirRoot := testcert.New(t, testcert.Options{CommonName: "data folder root", CA: true}, nil)
+	inter := testcert.New(t, testcert.Options{CommonName: "intermediate", CA: true}, dirRoot)
 	data := t.TempDir()
 	writePEM(t, filepath.Join(data, hub.DeviceCADir, "fleet.pem"), dirRoot)
 	hs := hubtest.NewServer(t,
@@ -305,12 +219,12 @@ func TestX509CertificateAuthority(t *testing.T) {
 
 	for _, tc := range []struct {
 		name, key, transport string
-		cert                 *testCert
+		cert                 *testcert.Cert
 	}{
-		{"CA of --x509-ca", "d1", "tls", newCert(t, flagRoot, certOpts{cn: "d1"})},
-		{"CA of the data folder, through an intermediate", "d1", "tls", newCert(t, inter, certOpts{cn: "d1"})},
-		{"over WebSockets", "d1", "ws", newCert(t, flagRoot, certOpts{cn: "d1"})},
-		{"module", "d1/m1", "tls", newCert(t, inter, certOpts{cn: "d1/m1"})},
+		{"CA of --x509-ca", "d1", "tls", testcert.New(t, testcert.Options{CommonName: "d1"}, flagRoot)},
+		{"CA of the data folder, through an intermediate", "d1", "tls", testcert.New(t, testcert.Options{CommonName: "d1"}, inter)},
+		{"over WebSockets", "d1", "ws", testcert.New(t, testcert.Options{CommonName: "d1"}, flagRoot)},
+		{"module", "d1/m1", "tls", testcert.New(t, testcert.Options{CommonName: "d1/m1"}, inter)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			d, rc := dialX509(t, hs, tc.key, tc.transport, tc.cert)
@@ -328,8 +242,8 @@ func TestX509CertificateAuthority(t *testing.T) {
 	}
 
 	// Without the intermediate in the handshake the chain is incomplete.
-	leaf := newCert(t, inter, certOpts{cn: "d1"})
-	leaf.chain = nil
+	leaf := testcert.New(t, testcert.Options{CommonName: "d1"}, inter)
+	leaf.Chain = nil
 	if _, rc := dialX509(t, hs, "d1", "tls", leaf); rc != 5 {
 		t.Fatalf("leaf without its intermediate: CONNACK %d, want 5", rc)
 	}
@@ -338,9 +252,9 @@ func TestX509CertificateAuthority(t *testing.T) {
 // A hub without trusted device CAs refuses certificateAuthority logins.
 func TestX509NoTrustedCA(t *testing.T) {
 	hs := hubtest.NewServer(t)
-	root := newCert(t, nil, certOpts{cn: "root", ca: true})
+	root := testcert.New(t, testcert.Options{CommonName: "root", CA: true}, nil)
 	createX509Device(t, hs, "d1", caAuth)
-	if _, rc := dialX509(t, hs, "d1", "tls", newCert(t, root, certOpts{cn: "d1"})); rc != 5 {
+	if _, rc := dialX509(t, hs, "d1", "tls", testcert.New(t, testcert.Options{CommonName: "d1"}, root)); rc != 5 {
 		t.Fatalf("CONNACK %d, want 5", rc)
 	}
 }
@@ -369,8 +283,8 @@ func TestX509CAFileErrors(t *testing.T) {
 // origin are unaffected.
 func TestX509CrossOriginWebSocket(t *testing.T) {
 	hs := hubtest.NewServer(t)
-	c := newCert(t, nil, certOpts{cn: "d1"})
-	createX509Device(t, hs, "d1", selfSigned(c.sha256(), ""))
+	c := testcert.New(t, testcert.Options{CommonName: "d1"}, nil)
+	createX509Device(t, hs, "d1", selfSigned(c.SHA256(), ""))
 	sasCS := hs.CreateDevice(t, "sas")
 	user := iothub.Username(hs.HostName(), "d1", "", "")
 	for _, tc := range []struct {
@@ -383,7 +297,7 @@ func TestX509CrossOriginWebSocket(t *testing.T) {
 		{"https://" + hs.HostName(), 0},
 		{"https://localhost", 0},
 	} {
-		d, rc, err := dial(t, hs, connOpts{clientID: "d1", username: user, transport: "ws", cert: c.tls(), origin: tc.origin})
+		d, rc, err := dial(t, hs, connOpts{clientID: "d1", username: user, transport: "ws", cert: clientCert(c), origin: tc.origin})
 		if rc != tc.want || (tc.want == 0) != (err == nil) {
 			t.Fatalf("Origin %s: CONNACK %d (err %v), want %d", tc.origin, rc, err, tc.want)
 		}
@@ -404,8 +318,8 @@ func TestX509CrossOriginWebSocket(t *testing.T) {
 func TestX509CertificateExpiryDisconnects(t *testing.T) {
 	ctx := testCtx(t)
 	hs := hubtest.NewServer(t)
-	c := newCert(t, nil, certOpts{cn: "d1", notAfter: time.Now().Add(3 * time.Second)})
-	createX509Device(t, hs, "d1", selfSigned(c.sha1(), ""))
+	c := testcert.New(t, testcert.Options{CommonName: "d1", NotAfter: time.Now().Add(3 * time.Second)}, nil)
+	createX509Device(t, hs, "d1", selfSigned(c.SHA1(), ""))
 	d, rc := dialX509(t, hs, "d1", "tls", c)
 	if rc != 0 {
 		t.Fatalf("CONNACK %d", rc)
@@ -415,7 +329,7 @@ func TestX509CertificateExpiryDisconnects(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("still connected after the certificate expired")
 	}
-	if time.Now().Before(c.cert.NotAfter) {
-		t.Fatalf("disconnected before the certificate expired at %s", c.cert.NotAfter)
+	if time.Now().Before(c.Leaf.NotAfter) {
+		t.Fatalf("disconnected before the certificate expired at %s", c.Leaf.NotAfter)
 	}
 }

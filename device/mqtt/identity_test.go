@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dmctl/dmctl/internal/testcert"
+
 	"github.com/rs/zerolog"
 
 	"github.com/dmctl/dmctl/device"
@@ -126,7 +128,7 @@ func TestModuleOnTheWire(t *testing.T) {
 // the hub names CAs that did not issue it, and sends no password; it has
 // no token, so nothing is renewed.
 func TestX509OnTheWire(t *testing.T) {
-	otherCA := devicetest.NewCert(t, devicetest.CertOptions{CommonName: "some other CA", CA: true}, nil)
+	otherCA := testcert.New(t, testcert.Options{CommonName: "some other CA", CA: true}, nil)
 	for _, tc := range []struct {
 		name, cs, clientID string
 		transport          mqtt.Transport
@@ -140,7 +142,7 @@ func TestX509OnTheWire(t *testing.T) {
 			if tc.transport == mqtt.TransportWebSockets {
 				h = newWireWSHub(t, otherCA.Pool())
 			}
-			cert := devicetest.NewCert(t, devicetest.CertOptions{CommonName: "dev1"}, nil)
+			cert := testcert.New(t, testcert.Options{CommonName: "dev1"}, nil)
 			tc2 := cert.TLS()
 			_, rec := wireDevice(t, h, mqtt.Config{
 				ConnectionString: parseCS(t, "HostName="+h.host+";"+tc.cs),
@@ -189,9 +191,9 @@ func TestX509OnTheWire(t *testing.T) {
 // A hub that refuses the certificate in the handshake (a TLS alert, not a
 // CONNACK) ends Run with ErrUnauthorized on the first connect.
 func TestX509RefusedInHandshake(t *testing.T) {
-	otherCA := devicetest.NewCert(t, devicetest.CertOptions{CommonName: "some other CA", CA: true}, nil)
+	otherCA := testcert.New(t, testcert.Options{CommonName: "some other CA", CA: true}, nil)
 	h := newWireHub(t, otherCA.Pool(), true)
-	cert := devicetest.NewCert(t, devicetest.CertOptions{CommonName: "dev1"}, nil).TLS()
+	cert := testcert.New(t, testcert.Options{CommonName: "dev1"}, nil).TLS()
 	err := runOnce(t, mqtt.Config{
 		ConnectionString: parseCS(t, "HostName="+h.host+";DeviceId=dev1;x509=true"),
 		Certificate:      &cert,
@@ -213,7 +215,7 @@ func TestModelIDWithHub(t *testing.T) {
 }
 
 func TestNewIdentityRejects(t *testing.T) {
-	cert := devicetest.NewCert(t, devicetest.CertOptions{CommonName: "d"}, nil).TLS()
+	cert := testcert.New(t, testcert.Options{CommonName: "d"}, nil).TLS()
 	x509CS := parseCS(t, "HostName=h;DeviceId=d;x509=true")
 	sasCS := parseCS(t, "HostName=h;DeviceId=d;ModuleId=m;SharedAccessKey="+wireKey)
 	for _, tc := range []struct {
@@ -240,7 +242,7 @@ func TestNewIdentityRejects(t *testing.T) {
 // A shared TLS configuration is never modified: an x509 Conn adds its
 // certificate to a copy.
 func TestX509KeepsSharedTLSConfig(t *testing.T) {
-	cert := devicetest.NewCert(t, devicetest.CertOptions{CommonName: "d"}, nil).TLS()
+	cert := testcert.New(t, testcert.Options{CommonName: "d"}, nil).TLS()
 	shared := &tls.Config{MinVersion: tls.VersionTLS12}
 	_, err := mqtt.New(mqtt.Config{ConnectionString: parseCS(t, "HostName=h;DeviceId=d;x509=true"), Certificate: &cert, TLSConfig: shared})
 	if err != nil {

@@ -14,10 +14,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dmctl/dmctl/internal/testcert"
+
 	"github.com/eclipse/paho.mqtt.golang/packets"
 	"github.com/gorilla/websocket"
 
-	"github.com/dmctl/dmctl/device/devicetest"
 	"github.com/dmctl/dmctl/internal/iothub"
 	"github.com/dmctl/dmctl/internal/wsstream"
 )
@@ -30,7 +31,7 @@ import (
 type wireHub struct {
 	t    *testing.T
 	host string // HostName for connection strings: localhost:port
-	ca   *devicetest.Cert
+	ca   *testcert.Cert
 	code byte // CONNACK return code
 	// reboot, when set, makes the first connection receive a rebootDevice
 	// call (delaySeconds 0) once subscribed.
@@ -54,9 +55,9 @@ type wireConnect struct {
 // wireTLS is the server side of the handshake: it asks for a client
 // certificate and names clientCAs as acceptable issuers, like a hub that
 // trusts device CAs; it verifies nothing itself unless require is set.
-func wireTLS(t *testing.T, clientCAs *x509.CertPool, require bool) (*tls.Config, *devicetest.Cert) {
-	ca := devicetest.NewCert(t, devicetest.CertOptions{CommonName: "wire test CA", CA: true}, nil)
-	srv := devicetest.NewCert(t, devicetest.CertOptions{CommonName: "localhost", Hosts: []string{"localhost", "127.0.0.1", "::1"}}, ca)
+func wireTLS(t *testing.T, clientCAs *x509.CertPool, require bool) (*tls.Config, *testcert.Cert) {
+	ca := testcert.New(t, testcert.Options{CommonName: "wire test CA", CA: true}, nil)
+	srv := testcert.New(t, testcert.Options{CommonName: "localhost", Hosts: []string{"localhost", "127.0.0.1", "::1"}}, ca)
 	auth := tls.RequestClientCert
 	if require {
 		auth = tls.RequireAndVerifyClientCert

@@ -17,7 +17,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dmctl/dmctl/device/devicetest"
+	"github.com/dmctl/dmctl/internal/testcert"
+
 	"github.com/dmctl/dmctl/hub/hubtest"
 )
 
@@ -240,7 +241,7 @@ func TestDeviceCertNothingWritten(t *testing.T) {
 func TestDeviceRunExpiredCertificateWarns(t *testing.T) {
 	h := hubtest.NewServer(t)
 	notAfter := time.Now().Add(-time.Hour).Truncate(time.Second)
-	cert := devicetest.NewCert(t, devicetest.CertOptions{CommonName: "x1", NotBefore: notAfter.Add(-24 * time.Hour), NotAfter: notAfter}, nil)
+	cert := testcert.New(t, testcert.Options{CommonName: "x1", NotBefore: notAfter.Add(-24 * time.Hour), NotAfter: notAfter}, nil)
 	certFile, keyFile := cert.WriteFiles(t, t.TempDir(), "x1")
 	code, _, errOut := runMain(t, "device", "run", "--ca-file", h.CAFile(),
 		"--connection-string", "HostName="+h.HostName()+";DeviceId=x1;x509=true", "--cert", certFile, "--key", keyFile)

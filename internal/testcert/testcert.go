@@ -1,31 +1,42 @@
-package devicetest
+// Package testcert mints X.509 certificates and keys for tests: device
+// certificates (self-signed or CA-signed, through intermediates), device
+// CAs and server certificates, with their thumbprints as IoT Hub shows them
+// and as PEM files the SDKs read.
+package testcert
 
 import (
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha1" //nolint:gosec // IoT Hub's X.509 thumbprints are SHA-1 or SHA-256
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/hex"
 	"encoding/pem"
 	"math/big"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
 
-// Cert is a certificate made for a test, with its private key.
+// Cert is a certificate made for a test, with its private key. Chain holds
+// the intermediate certificates a client presents after it (empty when the
+// issuer is self-signed, a root).
 type Cert struct {
-	Leaf *x509.Certificate
-	Key  crypto.Signer
+	Leaf  *x509.Certificate
+	Key   crypto.Signer
+	Chain []*x509.Certificate
 }
 
-// CertOptions describe a test certificate. Zero fields take defaults: valid
+// Options describe a test certificate. Zero fields take defaults: valid
 // from an hour ago for a day, ECDSA P-256, client authentication.
-type CertOptions struct {
+type Options struct {
 	CommonName string
 	NotBefore  time.Time
 	NotAfter   time.Time
@@ -35,9 +46,10 @@ type CertOptions struct {
 	CA bool
 }
 
-// NewCert makes a certificate signed by parent, or self-signed when parent
-// is nil.
-func NewCert(t testing.TB, o CertOptions, parent *Cert) *Cert {
+// New makes a certificate signed by parent, or self-signed when parent is
+// nil. A parent that is not self-signed (an intermediate) goes into Chain,
+// with its own chain.
+func New(t testing.TB, o Options, parent *Cert) *Cert {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -79,8 +91,12 @@ func NewCert(t testing.TB, o CertOptions, parent *Cert) *Cert {
 		}
 	}
 	issuer, signer := tmpl, crypto.Signer(key)
+	var chain []*x509.Certificate
 	if parent != nil {
 		issuer, signer = parent.Leaf, parent.Key
+		if parent.Leaf.CheckSignatureFrom(parent.Leaf) != nil {
+			chain = append([]*x509.Certificate{parent.Leaf}, parent.Chain...)
+		}
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, issuer, key.Public(), signer)
 	if err != nil {
@@ -90,12 +106,29 @@ func NewCert(t testing.TB, o CertOptions, parent *Cert) *Cert {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &Cert{Leaf: leaf, Key: key}
+	return &Cert{Leaf: leaf, Key: key, Chain: chain}
 }
 
-// TLS is the certificate and key as crypto/tls uses them.
+// TLS is the certificate, its chain and key as crypto/tls uses them.
 func (c *Cert) TLS() tls.Certificate {
-	return tls.Certificate{Certificate: [][]byte{c.Leaf.Raw}, PrivateKey: c.Key, Leaf: c.Leaf}
+	tc := tls.Certificate{Certificate: [][]byte{c.Leaf.Raw}, PrivateKey: c.Key, Leaf: c.Leaf}
+	for _, ic := range c.Chain {
+		tc.Certificate = append(tc.Certificate, ic.Raw)
+	}
+	return tc
+}
+
+// SHA1 is the certificate's SHA-1 thumbprint as IoT Hub shows it:
+// upper-case hex, no separators.
+func (c *Cert) SHA1() string {
+	s := sha1.Sum(c.Leaf.Raw) //nolint:gosec // a thumbprint, not a signature
+	return strings.ToUpper(hex.EncodeToString(s[:]))
+}
+
+// SHA256 is the SHA-256 thumbprint, upper-case hex.
+func (c *Cert) SHA256() string {
+	s := sha256.Sum256(c.Leaf.Raw)
+	return strings.ToUpper(hex.EncodeToString(s[:]))
 }
 
 // Pool is a pool holding only this certificate, as a trusted root.
@@ -106,8 +139,15 @@ func (c *Cert) Pool() *x509.CertPool {
 }
 
 // CertPEM is the certificate in PEM.
-func (c *Cert) CertPEM() []byte {
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Leaf.Raw})
+func (c *Cert) CertPEM() []byte { return PEM(c) }
+
+// PEM is the certificates' leaves, one PEM block each, in order.
+func PEM(certs ...*Cert) []byte {
+	var b []byte
+	for _, c := range certs {
+		b = append(b, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Leaf.Raw})...)
+	}
+	return b
 }
 
 // KeyPEM is the private key in PEM (PKCS #8).
