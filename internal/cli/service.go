@@ -160,6 +160,22 @@ func queryError(err error) error {
 		hint: `check the query: SELECT <fields or *> FROM devices [WHERE <condition>], strings in single quotes, e.g. "SELECT * FROM devices WHERE tags.site = 'lab'"`}
 }
 
+// conditionHint is the hint for a --query condition nothing matched or the
+// hub refused.
+const conditionHint = `check the condition (the body of a WHERE clause, strings in single quotes), e.g. with: dmctl service query "SELECT deviceId FROM devices WHERE <condition>"`
+
+// conditionError is the hub's refusal (HTTP 400) of a query built from a
+// --query condition, as a usage error with conditionHint.
+func conditionError(err error) error {
+	return &exitError{err: err, code: exitUsage, hint: conditionHint}
+}
+
+// refused reports whether the hub refused the request as malformed (HTTP 400).
+func refused(err error) bool {
+	var ae *service.APIError
+	return errors.As(err, &ae) && ae.Status == 400
+}
+
 // maxJSONFlagFile bounds what a JSON flag reads from a file or stdin.
 const maxJSONFlagFile = 4 << 20
 

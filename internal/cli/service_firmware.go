@@ -221,9 +221,11 @@ func firmwareError(err error) error {
 	case errors.Is(err, firmware.ErrSomeFailed):
 		return &exitError{err: err, code: exitFwFailed, hint: "the failed devices and their fwUpdateSubstatus are in the summary ('-o json' for all details)"}
 	case errors.Is(err, firmware.ErrNoDevices):
-		return withHint(err, `check the condition, e.g. with: dmctl service query "SELECT deviceId FROM devices WHERE <condition>"`)
+		return withHint(err, conditionHint)
 	case errors.Is(err, service.ErrConfigurationExists):
 		return withHint(err, "a configuration with that id exists already: choose another --id-prefix")
+	case refused(err):
+		return conditionError(err)
 	}
 	return serviceError(err, "", 0)
 }

@@ -102,7 +102,7 @@ func fleetError(err error) error {
 	case err == nil:
 		return nil
 	case errors.Is(err, rollout.ErrNoDevices):
-		return withHint(err, `check the condition, e.g. with: dmctl service query "SELECT deviceId FROM devices WHERE <condition>"`)
+		return withHint(err, conditionHint)
 	case errors.Is(err, context.Canceled):
 		return err
 	case errors.As(err, &dse):
@@ -115,6 +115,8 @@ func fleetError(err error) error {
 		return withHint(err, "some devices answered but did not report a new rebootTime in time: raise --wait-timeout, or check that they report rebootTime after restarting")
 	case errors.Is(err, service.ErrJobAlreadyExists):
 		return withHint(err, "a job with that id exists already: choose another --job-prefix")
+	case refused(err):
+		return conditionError(err)
 	}
 	return serviceError(err, "", 0)
 }
