@@ -1,8 +1,10 @@
 package cli
 
 import (
+	"io"
 	"os"
 
+	"github.com/mattn/go-isatty"
 	"github.com/rs/zerolog"
 )
 
@@ -21,3 +23,14 @@ func noColor(getenv func(string) string) bool {
 
 // osNoColor is noColor for this process's environment.
 func osNoColor() bool { return noColor(os.Getenv) }
+
+// liveTerminal reports whether w is a terminal that can redraw a line in
+// place (carriage return and erase-line): a terminal, or a Cygwin/MSYS
+// one, whose TERM is not "dumb".
+func liveTerminal(w io.Writer, getenv func(string) string) bool {
+	f, ok := w.(*os.File)
+	if !ok || getenv("TERM") == "dumb" {
+		return false
+	}
+	return isatty.IsTerminal(f.Fd()) || isatty.IsCygwinTerminal(f.Fd())
+}

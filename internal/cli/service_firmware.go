@@ -11,7 +11,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/mattn/go-isatty"
 	"github.com/rs/zerolog"
 	"github.com/urfave/cli/v2"
 
@@ -270,8 +269,7 @@ type firmwareProgress struct {
 }
 
 func newFirmwareProgress(w io.Writer, log zerolog.Logger) *firmwareProgress {
-	f, ok := w.(*os.File)
-	return &firmwareProgress{w: w, tty: ok && (isatty.IsTerminal(f.Fd()) || isatty.IsCygwinTerminal(f.Fd())), log: log, every: 2 * time.Second}
+	return &firmwareProgress{w: w, tty: liveTerminal(w, os.Getenv), log: log, every: 2 * time.Second}
 }
 
 func (p *firmwareProgress) update(fp firmware.Progress) {

@@ -11,7 +11,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/mattn/go-isatty"
 	"github.com/rs/zerolog"
 	"github.com/urfave/cli/v2"
 
@@ -134,8 +133,7 @@ type fleetProgress struct {
 }
 
 func newFleetProgress(w io.Writer, log zerolog.Logger) *fleetProgress {
-	f, ok := w.(*os.File)
-	return &fleetProgress{w: w, tty: ok && (isatty.IsTerminal(f.Fd()) || isatty.IsCygwinTerminal(f.Fd())), log: log, every: 5 * time.Second}
+	return &fleetProgress{w: w, tty: liveTerminal(w, os.Getenv), log: log, every: 5 * time.Second}
 }
 
 func (p *fleetProgress) update(fp rollout.Progress) {

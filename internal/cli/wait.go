@@ -10,7 +10,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/mattn/go-isatty"
 	"github.com/urfave/cli/v2"
 
 	"github.com/dmctl/dmctl/internal/iothub"
@@ -258,8 +257,7 @@ type liveLine struct {
 }
 
 func newLiveLine(w io.Writer) *liveLine {
-	f, ok := w.(*os.File)
-	return &liveLine{w: w, tty: ok && (isatty.IsTerminal(f.Fd()) || isatty.IsCygwinTerminal(f.Fd()))}
+	return &liveLine{w: w, tty: liveTerminal(w, os.Getenv)}
 }
 
 func (l *liveLine) show(line string) {
