@@ -5,6 +5,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/dmctl/dmctl/hub/events"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
@@ -37,8 +38,8 @@ func (h *hook) Provides(b byte) bool {
 	}, []byte{b})
 }
 
-// OnConnect caps the keep-alive as IoT Hub does and drops any will: a will
-// would be telemetry, which the local hub does not keep.
+// OnConnect caps the keep-alive as IoT Hub does and drops any will: the
+// hub routes nothing a device publishes, wills included.
 func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	if cl.State.Keepalive == 0 || cl.State.Keepalive > maxKeepAlive {
 		cl.State.Keepalive = maxKeepAlive
@@ -115,11 +116,16 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 		b.log.Warn().Err(err).Func(ident(cl.ID)).Msg("record connection")
 	}
 	b.mu.Lock()
+	live := false
 	if sess, ok := b.sessions[cl.ID]; ok && sess.cl == cl {
-		sess.live = true
+		sess.live, live = true, true
 		b.signalLocked()
 	}
 	b.mu.Unlock()
+	if live {
+		// Under stateMu: the Disconnected of this connection comes after.
+		b.record(cl.ID, events.Event{Kind: events.Connected})
+	}
 	b.log.Info().Func(ident(cl.ID)).Str("remote", cl.Net.Remote).Msg(kind(cl.ID) + " connected")
 }
 
