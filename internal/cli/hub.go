@@ -196,12 +196,12 @@ func hubServe(c *cli.Context) error {
 	log := loggerFrom(c)
 	cfg := hub.Config{
 		Dashboard: dash,
-		DataDir:  hubDataDir(c),
-		Listen:   c.StringSlice("listen"),
-		Hostname: c.String("hostname"),
-		TLSCert:  c.String("tls-cert"),
-		TLSKey:   c.String("tls-key"),
-		Log:      log,
+		DataDir:   hubDataDir(c),
+		Listen:    c.StringSlice("listen"),
+		Hostname:  c.String("hostname"),
+		TLSCert:   c.String("tls-cert"),
+		TLSKey:    c.String("tls-key"),
+		Log:       log,
 
 		X509CAFiles: c.StringSlice("x509-ca"),
 
