@@ -121,22 +121,27 @@ func compactJSON(v any) string {
 	if m, ok := v.(map[string]any); ok && len(m) == 0 {
 		return ""
 	}
-	b, err := json.Marshal(v)
-	if err != nil {
-		return ""
-	}
-	return string(b)
+	return encodeJSON(v, "")
 }
 
 func prettyJSON(v any) string {
 	if v == nil {
 		v = map[string]any{}
 	}
-	b, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
-		return "{}"
+	return encodeJSON(v, "  ")
+}
+
+// encodeJSON renders v as the user wrote it: '<', '>' and '&' stay as they
+// are (html/template escapes the page, and the browser shows the text).
+func encodeJSON(v any, indent string) string {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	enc.SetIndent("", indent)
+	if err := enc.Encode(v); err != nil {
+		return ""
 	}
-	return string(b)
+	return strings.TrimRight(buf.String(), "\n")
 }
 
 func (s *Server) devicesPage(w http.ResponseWriter, r *http.Request, ss *session) {
