@@ -221,6 +221,18 @@ type deviceData struct {
 	MethodsRoute string
 }
 
+// withoutMetadata drops the "$metadata" member of a property section (the
+// page shows values and $version; the REST API has the timestamps).
+func withoutMetadata(m map[string]any) map[string]any {
+	out := make(map[string]any, len(m))
+	for k, v := range m {
+		if k != "$metadata" {
+			out[k] = v
+		}
+	}
+	return out
+}
+
 // withoutMeta drops the "$version" and "$metadata" members of a property
 // section.
 func withoutMeta(m map[string]any) map[string]any {
@@ -265,8 +277,8 @@ func (s *Server) devicePage(w http.ResponseWriter, r *http.Request, ss *session)
 		twin.Tags = map[string]any{}
 	}
 	d.Tags = prettyJSON(twin.Tags)
-	d.Desired = prettyJSON(twin.Properties.Desired)
-	d.Reported = prettyJSON(twin.Properties.Reported)
+	d.Desired = prettyJSON(withoutMetadata(twin.Properties.Desired))
+	d.Reported = prettyJSON(withoutMetadata(twin.Properties.Reported))
 	d.ETag, d.Version = twin.ETag, twin.Version
 	d.Edit = prettyJSON(map[string]any{
 		"tags":       twin.Tags,

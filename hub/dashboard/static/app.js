@@ -17,9 +17,11 @@ function el(tag, cls, text) {
 
 function pretty(v) { return JSON.stringify(v === undefined || v === null ? {} : v, null, 2); }
 
-function withoutMeta(m) {
+// withoutMetadata drops a property section's $metadata (timestamps), as the
+// server-rendered page does.
+function withoutMetadata(m) {
   const out = {};
-  for (const [k, v] of Object.entries(m || {})) if (!k.startsWith('$')) out[k] = v;
+  for (const [k, v] of Object.entries(m || {})) if (k !== '$metadata') out[k] = v;
   return out;
 }
 
@@ -140,8 +142,8 @@ function devicePage() {
     $('#twin-etag').textContent = t.etag;
     $('#twin-version').textContent = String(t.version);
     $('#twin-tags').textContent = pretty(t.tags);
-    $('#twin-desired').textContent = pretty(t.properties && t.properties.desired);
-    $('#twin-reported').textContent = pretty(t.properties && t.properties.reported);
+    $('#twin-desired').textContent = pretty(withoutMetadata(t.properties && t.properties.desired));
+    $('#twin-reported').textContent = pretty(withoutMetadata(t.properties && t.properties.reported));
     const conn = (t.connectionState || '').toLowerCase() === 'connected' ? 'connected' : 'disconnected';
     $('#connection').textContent = conn;
     $('#connection').className = conn;
