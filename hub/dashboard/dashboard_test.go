@@ -130,6 +130,14 @@ func TestConnectionStringLogin(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	ownerPolicy, err := e.h.Store().Policy("iothubowner")
+	if err != nil {
+		t.Fatal(err)
+	}
+	secondary := "HostName=127.0.0.1;SharedAccessKeyName=iothubowner;SharedAccessKey=" + ownerPolicy.SecondaryKey
+	if r, _ := postLogin(t, e, secondary); r.StatusCode != http.StatusSeeOther {
+		t.Fatalf("owner secondary key, host 127.0.0.1: %d, want 303", r.StatusCode)
+	}
 	svc, err := e.h.Store().Policy("service")
 	if err != nil {
 		t.Fatal(err)

@@ -26,7 +26,7 @@ type env struct {
 	client *http.Client
 }
 
-func newEnv(t *testing.T, mod ...func(*hub.Config)) *env {
+func newEnv(t testing.TB, mod ...func(*hub.Config)) *env {
 	t.Helper()
 	cfg := hub.Config{
 		DataDir:   t.TempDir(),
@@ -73,7 +73,7 @@ type req struct {
 	cookie       *http.Cookie
 }
 
-func (e *env) do(t *testing.T, r req) (*http.Response, string) {
+func (e *env) do(t testing.TB, r req) (*http.Response, string) {
 	t.Helper()
 	if r.method == "" {
 		r.method = http.MethodGet
@@ -111,13 +111,13 @@ var csrfMeta = regexp.MustCompile(`<meta name="csrf-token" content="([^"]+)">`)
 
 // login opens the printed login link and returns the session cookie and
 // the CSRF token of the pages.
-func (e *env) login(t *testing.T) (*http.Cookie, string) {
+func (e *env) login(t testing.TB) (*http.Cookie, string) {
 	t.Helper()
 	u, _ := url.Parse(e.h.DashboardURL())
 	return e.loginWith(t, e.h.Dashboard().MintToken(), u.Path)
 }
 
-func (e *env) loginWith(t *testing.T, token, path string) (*http.Cookie, string) {
+func (e *env) loginWith(t testing.TB, token, path string) (*http.Cookie, string) {
 	t.Helper()
 	resp, body := e.do(t, req{path: path + "?token=" + url.QueryEscape(token)})
 	if resp.StatusCode != http.StatusSeeOther {
@@ -127,7 +127,7 @@ func (e *env) loginWith(t *testing.T, token, path string) (*http.Cookie, string)
 	return c, e.csrf(t, c)
 }
 
-func (e *env) csrf(t *testing.T, c *http.Cookie) string {
+func (e *env) csrf(t testing.TB, c *http.Cookie) string {
 	t.Helper()
 	resp, body := e.do(t, req{path: "/hub", cookie: c})
 	m := csrfMeta.FindStringSubmatch(body)
@@ -137,7 +137,7 @@ func (e *env) csrf(t *testing.T, c *http.Cookie) string {
 	return html.UnescapeString(m[1])
 }
 
-func sessionCookie(t *testing.T, resp *http.Response) *http.Cookie {
+func sessionCookie(t testing.TB, resp *http.Response) *http.Cookie {
 	t.Helper()
 	for _, c := range resp.Cookies() {
 		if c.Name == dashboard.CookieName {
@@ -157,7 +157,7 @@ type sseReader struct {
 	ch   chan sseEvent
 }
 
-func (e *env) openStream(t *testing.T, path string, c *http.Cookie, header map[string]string) *sseReader {
+func (e *env) openStream(t testing.TB, path string, c *http.Cookie, header map[string]string) *sseReader {
 	t.Helper()
 	hr, err := http.NewRequest(http.MethodGet, e.base+path, nil)
 	if err != nil {
@@ -204,7 +204,7 @@ func (e *env) openStream(t *testing.T, path string, c *http.Cookie, header map[s
 }
 
 // next returns the next event, failing the test after a few seconds.
-func (r *sseReader) next(t *testing.T, what string) sseEvent {
+func (r *sseReader) next(t testing.TB, what string) sseEvent {
 	t.Helper()
 	select {
 	case ev, ok := <-r.ch:
