@@ -291,6 +291,19 @@ func TestEventsDisconnectReasons(t *testing.T) {
 			t.Fatalf("disconnect event %s", e.JSON())
 		}
 	})
+	t.Run("hub stopping", func(t *testing.T) {
+		hs := hubtest.NewServer(t)
+		rawConnect(t, hs, sasIdentity(t, hs.CreateDevice(t, "d1")))
+		w := watchEvents(hs, "d1", "")
+		w.next(t, events.Connected)
+		if err := hs.Hub().Close(); err != nil {
+			t.Fatal(err)
+		}
+		// The ring is closed by now; what it holds is final.
+		if e := w.next(t, events.Disconnected); e.Reason != "hub stopping" {
+			t.Fatalf("disconnect event %s", e.JSON())
+		}
+	})
 }
 
 // Events carry no credential: neither the SAS token a device logged in

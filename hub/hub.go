@@ -411,10 +411,9 @@ func (s *Server) Close() error {
 	}
 	s.mu.Unlock()
 
-	// Cancels request contexts, so pending method calls end now; event
-	// streams end with the ring.
+	// Cancels request contexts, so pending method calls and the
+	// dashboard's streams end now.
 	s.cancel()
-	s.events.Close()
 	if started {
 		sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 		if err := s.httpSrv.Shutdown(sctx); err != nil {
@@ -427,6 +426,8 @@ func (s *Server) Close() error {
 		s.store.OnDesired(nil)
 		s.broker.close()
 	}
+	// After the broker: its last disconnects ("hub stopping") are recorded.
+	s.events.Close()
 	s.wg.Wait()
 	if s.packages != nil {
 		s.packages.close()
