@@ -253,7 +253,7 @@ func (b *broker) revoked(cl *mqtt.Client) bool {
 		return false
 	}
 	b.log.Info().Func(ident(cl.ID)).Str("reason", reason).Msg("disconnecting " + kind(cl.ID))
-	cl.Stop(errRevoked)
+	cl.Stop(fmt.Errorf("%w: %s", errRevoked, reason)) // the reason becomes the Disconnected event's
 	return true
 }
 

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/dmctl/dmctl/hub/events"
 	"github.com/dmctl/dmctl/hub/store"
 	"github.com/dmctl/dmctl/internal/iothub"
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -177,13 +178,24 @@ func (b *broker) connEnded(c net.Conn) {
 		b.log.Warn().Err(err).Func(ident(id)).Msg("record disconnection")
 	}
 	b.mu.Lock()
+	var ended *session
 	if sess, ok := b.sessions[id]; ok && sess.cl.Net.Conn == c {
 		sess.stop()
 		delete(b.sessions, id)
 		b.signalLocked()
+		ended = sess
 	}
+	stopping := b.closed
 	b.mu.Unlock()
-	b.log.Info().Func(ident(id)).Msg(kind(id) + " disconnected")
+	if ended == nil || !ended.live {
+		// Never shown as connected (it ended before its CONNACK went
+		// out): nothing to show as disconnected either.
+		b.log.Info().Func(ident(id)).Msg(kind(id) + " disconnected")
+		return
+	}
+	reason := disconnectReason(ended.cl.StopCause(), stopping)
+	b.record(id, events.Event{Kind: events.Disconnected, Reason: reason})
+	b.log.Info().Func(ident(id)).Str("reason", reason).Msg(kind(id) + " disconnected")
 }
 
 // isSession reports whether c is the connection of id's current session.
@@ -342,8 +354,21 @@ func (b *broker) handlePublish(cl *mqtt.Client, pk packets.Packet) {
 			b.twinPatch(cl, rid, pk.Payload)
 		}
 	case isTelemetry(id, topic):
-		b.log.Debug().Func(ident(id)).Int("bytes", len(pk.Payload)).Msg("telemetry received and dropped")
+		b.message(id, topic, pk.Payload)
 	default:
 		b.log.Debug().Func(ident(id)).Str("topic", topic).Msg("publish to unsupported topic dropped")
 	}
+}
+
+// message records a device-to-cloud message with the properties of its
+// topic. A malformed property bag costs only the pairs that do not decode.
+func (b *broker) message(id, topic string, payload []byte) {
+	_, _, props, _, err := iothub.ParseMessageTopic(topic)
+	if err != nil {
+		b.log.Debug().Err(err).Func(ident(id)).Msg("device-to-cloud message: property skipped")
+	}
+	e := events.Event{Kind: events.Message, Properties: props}
+	e.SetBody(payload)
+	b.record(id, e)
+	b.log.Debug().Func(ident(id)).Int("bytes", len(payload)).Int("properties", len(props)).Msg("device-to-cloud message received")
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dmctl/dmctl/hub/events"
 	"github.com/dmctl/dmctl/hub/hubapi"
 	"github.com/dmctl/dmctl/hub/store"
 	"github.com/dmctl/dmctl/internal/iothub"
@@ -52,26 +53,49 @@ var _ hubapi.Devices = (*broker)(nil)
 // to method requests (hubapi.ErrDeviceNotOnline otherwise), then up to
 // responseTimeout for the answer (hubapi.ErrTimeout). The request body is
 // payload as given.
+//
+// Every call with a valid method name ends in one MethodAnswer event (the
+// device's status and body, or the error); a MethodCall event comes before
+// it only if the request was written to the device, so a call to a device
+// that was not online shows as an answer with Error alone.
 func (b *broker) Invoke(ctx context.Context, deviceID, method string, payload []byte, connectTimeout, responseTimeout time.Duration) (int, []byte, error) {
 	if method == "" || strings.ContainsAny(method, "/+#?\x00") {
 		return 0, nil, fmt.Errorf("invoke %q on %s: %w", method, describe(deviceID), ErrInvalidMethodName)
 	}
+	status, body, err := b.invoke(ctx, deviceID, method, payload, connectTimeout, responseTimeout)
+	answer := events.Event{Kind: events.MethodAnswer, Method: method}
+	if err != nil {
+		answer.Error = methodError(err)
+	} else {
+		answer.Status = status
+		answer.SetBody(body)
+	}
+	b.record(deviceID, answer)
+	if err != nil {
+		return 0, nil, fmt.Errorf("invoke %q on %s: %w", method, describe(deviceID), err)
+	}
+	return status, body, nil
+}
+
+// invoke is Invoke after the name check; it records the MethodCall event
+// once the request is written.
+func (b *broker) invoke(ctx context.Context, deviceID, method string, payload []byte, connectTimeout, responseTimeout time.Duration) (int, []byte, error) {
 	rid := strconv.FormatUint(b.rid.Add(1), 10)
 	topic := iothub.MethodRequestTopic(method, rid)
 
 	cl, err := b.awaitSubscriber(ctx, deviceID, topic, connectTimeout)
 	if err != nil {
-		return 0, nil, fmt.Errorf("invoke %q on %s: %w", method, describe(deviceID), err)
+		return 0, nil, err
 	}
 	if b.revoked(cl) {
-		return 0, nil, fmt.Errorf("invoke %q on %s: %w", method, describe(deviceID), hubapi.ErrDeviceNotOnline)
+		return 0, nil, hubapi.ErrDeviceNotOnline
 	}
 
 	c := &call{device: deviceID, result: make(chan methodResult, 1), done: make(chan struct{})}
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
-		return 0, nil, fmt.Errorf("invoke %q on %s: %w", method, describe(deviceID), ErrShuttingDown)
+		return 0, nil, ErrShuttingDown
 	}
 	b.pending[rid] = c
 	b.mu.Unlock()
@@ -81,8 +105,13 @@ func (b *broker) Invoke(ctx context.Context, deviceID, method string, payload []
 		b.mu.Unlock()
 	}()
 
+	// Recorded before the write: the device may answer, and its answer be
+	// recorded, before send returns.
+	req := events.Event{Kind: events.MethodCall, Method: method}
+	req.SetBody(payload)
+	b.record(deviceID, req)
 	if ok, err := b.send(cl, topic, payload); err != nil || !ok {
-		return 0, nil, fmt.Errorf("invoke %q on %s: %w", method, describe(deviceID), hubapi.ErrDeviceNotOnline)
+		return 0, nil, hubapi.ErrDeviceNotOnline
 	}
 	b.log.Debug().Func(ident(deviceID)).Str("method", method).Str("rid", rid).Msg("method request sent")
 
@@ -91,18 +120,18 @@ func (b *broker) Invoke(ctx context.Context, deviceID, method string, payload []
 	select {
 	case r := <-c.result:
 		if r.err != nil {
-			return 0, nil, fmt.Errorf("invoke %q on %s: %w", method, describe(deviceID), r.err)
+			return 0, nil, r.err
 		}
 		return r.status, r.body, nil
 	case <-timer.C:
-		return 0, nil, fmt.Errorf("invoke %q on %s: %w", method, describe(deviceID), hubapi.ErrTimeout)
+		return 0, nil, hubapi.ErrTimeout
 	case <-ctx.Done():
 		if b.s.ctx.Err() != nil {
-			return 0, nil, fmt.Errorf("invoke %q on %s: %w", method, describe(deviceID), ErrShuttingDown)
+			return 0, nil, ErrShuttingDown
 		}
-		return 0, nil, fmt.Errorf("invoke %q on %s: %w", method, describe(deviceID), ctx.Err())
+		return 0, nil, ctx.Err()
 	case <-c.done:
-		return 0, nil, fmt.Errorf("invoke %q on %s: %w", method, describe(deviceID), ErrShuttingDown)
+		return 0, nil, ErrShuttingDown
 	}
 }
 
@@ -167,7 +196,14 @@ func (b *broker) methodResponse(deviceID, rid string, status int, body []byte) {
 // NotifyDesired sends a desired-properties patch to the device if it is
 // connected and subscribed; otherwise the device reads the twin when it
 // next connects.
+//
+// The store calls it for every desired change, whatever its source (REST,
+// jobs, configurations) and whether the device is connected or not, so it
+// also records the DesiredPatch event.
 func (b *broker) NotifyDesired(deviceID string, version int64, patch []byte) {
+	e := events.Event{Kind: events.DesiredPatch, Version: version}
+	e.SetBody(patch)
+	b.record(deviceID, e)
 	cl, ok := b.current(deviceID)
 	if !ok || b.revoked(cl) {
 		return

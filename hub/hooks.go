@@ -5,6 +5,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/dmctl/dmctl/hub/events"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
@@ -115,11 +116,16 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 		b.log.Warn().Err(err).Func(ident(cl.ID)).Msg("record connection")
 	}
 	b.mu.Lock()
+	live := false
 	if sess, ok := b.sessions[cl.ID]; ok && sess.cl == cl {
-		sess.live = true
+		sess.live, live = true, true
 		b.signalLocked()
 	}
 	b.mu.Unlock()
+	if live {
+		// Under stateMu: the Disconnected of this connection comes after.
+		b.record(cl.ID, events.Event{Kind: events.Connected})
+	}
 	b.log.Info().Func(ident(cl.ID)).Str("remote", cl.Net.Remote).Msg(kind(cl.ID) + " connected")
 }
 

@@ -42,6 +42,7 @@ var (
 	errForbiddenPublish = errors.New("hub: publish to a topic the identity may not use")
 	errMessageTooLarge  = errors.New("hub: device-to-cloud message over 256 KB")
 	errTooManyFilters   = errors.New("hub: too many filters in one SUBSCRIBE")
+	errQoS2             = errors.New("hub: QoS 2 publish is not supported")
 )
 
 // refuseVersion answers a CONNECT that is not MQTT 3.1.1 as a 3.1.1 server
@@ -101,7 +102,7 @@ func (b *broker) checkPublish(cl *mqtt.Client, pk packets.Packet) error {
 	switch {
 	case pk.FixedHeader.Qos == 2:
 		b.log.Info().Func(ident(cl.ID)).Msg("QoS 2 publish is not supported; disconnecting")
-		return fmt.Errorf("qos 2 publish: %w", packets.ErrRejectPacket)
+		return fmt.Errorf("%w: %w", errQoS2, packets.ErrRejectPacket)
 	case !publishAllowed(cl.ID, pk.TopicName):
 		b.log.Info().Func(ident(cl.ID)).Str("topic", pk.TopicName).Msg("publish to a forbidden topic; disconnecting")
 		return fmt.Errorf("%w: %w", errForbiddenPublish, packets.ErrRejectPacket)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"unicode/utf8"
 
+	"github.com/dmctl/dmctl/hub/events"
 	"github.com/dmctl/dmctl/internal/iothub"
 	mqtt "github.com/mochi-mqtt/server/v2"
 )
@@ -36,6 +37,9 @@ func (b *broker) twinPatch(cl *mqtt.Client, rid string, body []byte) {
 		b.twinError(cl, rid, err)
 		return
 	}
+	e := events.Event{Kind: events.ReportedPatch, Version: version}
+	e.SetBody(trimmed)
+	b.record(cl.ID, e) // before the answer: a device that has its 204 finds the event
 	b.reply(cl, iothub.TwinResponseTopic(204, rid, version), nil)
 }
 

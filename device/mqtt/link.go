@@ -174,6 +174,8 @@ func connect(conn net.Conn, lc linkConfig, keepAlive time.Duration) (*packets.Co
 }
 
 // read routes inbound packets until the connection fails or is closed.
+// Acknowledgements (SUBACK, UNSUBACK, PUBACK) go to the request waiting
+// for their packet ID.
 func (l *link) read() {
 	defer close(l.done)
 	for {
@@ -197,6 +199,8 @@ func (l *link) read() {
 		case *packets.SubackPacket:
 			l.ack(p.MessageID, p)
 		case *packets.UnsubackPacket:
+			l.ack(p.MessageID, p)
+		case *packets.PubackPacket: // a QoS 1 device-to-cloud message (SendMessage)
 			l.ack(p.MessageID, p)
 		case *packets.PingrespPacket:
 			l.mu.Lock()
