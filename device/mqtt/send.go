@@ -59,3 +59,21 @@ func (c *Conn) SendMessage(ctx context.Context, body []byte, props map[string]st
 	}
 	return nil
 }
+
+// WaitConnected returns once a connection is up, with ctx's error if ctx
+// ends first, or ErrClosed if Run returns first.
+func (c *Conn) WaitConnected(ctx context.Context) error {
+	for {
+		s, up := c.current()
+		if s != nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-c.done:
+			return ErrClosed
+		case <-up:
+		}
+	}
+}

@@ -149,7 +149,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 // commands lists the top-level commands.
 func commands() []*cli.Command {
 	return []*cli.Command{
-		deviceCommand(),
+		withDeviceSend(deviceCommand()),
 		serviceCommand(),
 		hubCommand(),
 		sasCommand(),

@@ -25,6 +25,12 @@ var examples = map[string][]string{
 		"# a fleet campaign downloading at most 16 packages at once",
 		"dmctl device run --connection-strings-file fleet.txt --download-concurrency 16",
 	},
+	"device send": {
+		"# send one message as the device of IOTHUB_DEVICE_CONNECTION_STRING",
+		"dmctl device send --message '{\"temperature\":21.5}' --content-type application/json",
+		"# ten messages with an application property, one every 2 s",
+		"dmctl device send --message hello --property level=info --count 10 --interval 2s",
+	},
 	"service reboot": {
 		"# reboot one device and wait until its twin shows the new rebootTime",
 		"dmctl service reboot --device myDeviceId",
@@ -185,6 +191,7 @@ var requiredFlags = map[string]map[string]string{
 	"service configuration show":       {"id": "required"},
 	"service configuration delete":     {"id": "required"},
 	"service factory-reset":            {"device": "required unless --query"},
+	"device send":                      {"message": "required"},
 	"device cert create":               {"device": "required"},
 	"device cert create-ca":            {"name": "required"},
 	"service firmware update":          {"query": "required", "version": "required", "package": "required"},
