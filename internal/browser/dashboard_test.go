@@ -112,17 +112,32 @@ func testLogin(t *testing.T, d *dash) {
 	do(t, form, 15*time.Second, "the login page", chromedp.Navigate(d.h.origin+"/login"), chromedp.WaitVisible(chromedp.CSS("form#login")))
 	screenshot(t, form, "login")
 	bad := strings.Replace(d.h.ownerCS, "SharedAccessKey=", "SharedAccessKey=AAAA", 1)
-	do(t, form, 15*time.Second, "a login with a wrong connection string",
-		chromedp.SetValue(chromedp.CSS("input[name=connectionString]"), bad),
-		chromedp.Click(chromedp.CSS("button#login-submit")),
-		chromedp.WaitVisible(chromedp.CSS("#login-error")))
-	if loc := get(t, form, 5*time.Second, "location", chromedp.Location()); !strings.HasPrefix(loc, d.h.origin+"/login") {
-		t.Errorf("a wrong connection string led to %s, want the login page", loc)
+	resp = submitLogin(t, form, bad)
+	if resp.Status != 401 {
+		body, _ := chromedp.Run(form, chromedp.Evaluate[string](`document.body ? document.body.innerText : ""`))
+		t.Errorf("a wrong connection string: status %d (%q), want 401", resp.Status, tail(body, 200))
 	}
-	do(t, form, 15*time.Second, "a login with the owner connection string",
-		chromedp.SetValue(chromedp.CSS("input[name=connectionString]"), d.h.ownerCS),
-		chromedp.Click(chromedp.CSS("button#login-submit")),
-		chromedp.WaitVisible(chromedp.CSS("table#devices")))
+	waitText(t, form, 10*time.Second, "#login-error", "#login-error after a wrong connection string", func(s string) bool { return strings.TrimSpace(s) != "" && s != "\x00absent" })
+	resp = submitLogin(t, form, d.h.ownerCS)
+	if loc := get(t, form, 5*time.Second, "location", chromedp.Location()); resp.Status != 200 || loc != d.h.origin+"/" {
+		t.Errorf("the owner connection string: status %d at %s, want 200 at the Devices page", resp.Status, loc)
+	}
+	do(t, form, 10*time.Second, "the Devices page after the form login", chromedp.WaitVisible(chromedp.CSS("table#devices")))
+}
+
+// submitLogin fills the login form with cs, submits it and returns the
+// response of the page it leads to.
+func submitLogin(t *testing.T, tab context.Context, cs string) *network.Response {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(tab, 15*time.Second)
+	defer cancel()
+	resp, err := chromedp.RunResponse(ctx,
+		chromedp.SetValue(chromedp.CSS("input[name=connectionString]"), cs),
+		chromedp.Click(chromedp.CSS("button#login-submit")))
+	if err != nil {
+		t.Fatalf("submitting the login form: %v", err)
+	}
+	return resp
 }
 
 // testNoSession: in a browser context without the cookie, every page
@@ -354,7 +369,7 @@ func testMessage(t *testing.T, d *dash) {
 	cs := d.h.createDevice(t, "meter-7", `{"site":"lab"}`)
 	tab := d.open(t, "/devices/meter-7")
 	d.h.dmctl(t, "device", "send", "--connection-string", cs, "--ca-file", d.h.ca,
-		"--property", "unit=kWh", "--property", "source=browser-test", `{"energy":12.5}`)
+		"--property", "unit=kWh", "--property", "source=browser-test", "--content-type", "application/json", "--message", `{"energy":12.5}`)
 	li := `ul#events li.event[data-kind="message"]`
 	text := waitText(t, tab, 15*time.Second, li, "the message in ul#events", func(s string) bool { return strings.Contains(s, "12.5") })
 	for _, want := range []string{`"energy"`, "unit", "kWh", "source", "browser-test"} {
