@@ -164,7 +164,7 @@ func dashboardRun(ctx context.Context, cfg *config) (*dashboardRow, error) {
 	}
 	defer closeTab()
 	if err := timed(tab, 30*time.Second, "the login URL and the Devices page", chromedp.Navigate(h.DashboardURL()),
-		chromedp.WaitVisible(chromedp.CSS(`tr[data-device="`+ids[n-1]+`"]`))); err != nil {
+		chromedp.WaitVisible(chromedp.CSS(`tr[data-device="`+ids[0]+`"]`))); err != nil {
 		return nil, err
 	}
 	if err := waitLive(tab); err != nil {
