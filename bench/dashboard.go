@@ -31,7 +31,7 @@ type dashboardRow struct {
 	Confirmed int           // devices whose new rebootTime the rollout confirmed
 	Wall      time.Duration // rollout.Run: baseline query to every reboot confirmed
 	HubEvents uint64        // events the hub recorded from the rollout's start until the page caught up
-	HubSpan   time.Duration // the hub's first to last of those events
+	HubSpan   time.Duration // the hub's first to last of those events (0 when the ring no longer held the first)
 	Received  int64         // #events-received grew by this much
 	Lost      int64         // #events-lost grew by this much
 	PageSpan  time.Duration // the page's first to last counter change
@@ -347,7 +347,11 @@ func (r *results) dashboardMarkdown(w func(string, ...any)) {
 	}
 	w("| devices | confirmed | reboot wall time | hub events | hub events/s | page received | page lost | page first→last | events/s the page kept up with | lag after the last event |\n")
 	w("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
-	w("| %d | %d | %s | %d | %.0f | %d | %d | %s | %.0f | %s |\n", d.Devices, d.Confirmed, secs(d.Wall), d.HubEvents, d.hubPerSec(),
+	hubRate := "-" // the ring no longer held the window's first events
+	if d.HubSpan > 0 {
+		hubRate = fmt.Sprintf("%.0f", d.hubPerSec())
+	}
+	w("| %d | %d | %s | %d | %s | %d | %d | %s | %.0f | %s |\n", d.Devices, d.Confirmed, secs(d.Wall), d.HubEvents, hubRate,
 		d.Received, d.Lost, secs(d.PageSpan), d.perSec(), secs(d.Lag))
 	w("\n*Hub events* are those the hub recorded in the window (connects, disconnects, method calls and answers, twin patches); *hub events/s* is their count over the first to the last one's time. " +
 		"*Events/s the page kept up with* is the page's received events over the time from its first to its last counter change. " +

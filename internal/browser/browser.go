@@ -16,7 +16,7 @@
 // SubjectPublicKeyInfo> (Config.TrustCert, the hub's DataDir/server.pem).
 // Chromium honours that flag only when --user-data-dir is given too, which
 // Start always does. Every other certificate that does not chain to a
-// system root is still refused (TestOtherCertificateRefused).
+// system root is still refused (TestTrustedCertificate, TestNoTrustRefusesAll).
 package browser
 
 import (

@@ -74,6 +74,28 @@ func TestDashboard(t *testing.T) {
 	t.Run("escaped", func(t *testing.T) { testEscaped(t, d) })
 	t.Run("d2c-message", func(t *testing.T) { testMessage(t, d) })
 	t.Run("hub", func(t *testing.T) { testHubPage(t, d) })
+	t.Run("logout", func(t *testing.T) { testLogout(t, d) }) // last: it ends the shared session
+}
+
+// testLogout: the Log out button ends the session; the pages then lead to
+// the login page.
+func testLogout(t *testing.T, d *dash) {
+	tab := d.open(t, "/hub")
+	ctx, cancel := context.WithTimeout(tab, 15*time.Second)
+	defer cancel()
+	resp, err := chromedp.RunResponse(ctx, chromedp.Click(chromedp.CSS("form#logout button")))
+	if err != nil {
+		t.Fatalf("clicking Log out: %v", err)
+	}
+	loc := get(t, tab, 5*time.Second, "location", chromedp.Location())
+	if !strings.HasPrefix(loc, d.h.origin+"/login") {
+		body, _ := chromedp.Run(tab, chromedp.Evaluate[string](`document.body ? document.body.innerText : ""`))
+		t.Fatalf("after Log out: status %d at %s (%q), want the login page", resp.Status, loc, tail(body, 200))
+	}
+	do(t, tab, 15*time.Second, "the Devices page after logging out", chromedp.Navigate(d.h.origin+"/"))
+	if loc := get(t, tab, 5*time.Second, "location", chromedp.Location()); !strings.HasPrefix(loc, d.h.origin+"/login") {
+		t.Errorf("the Devices page after logging out: at %s, want /login", loc)
+	}
 }
 
 // testLogin: the login URL set a session cookie with the contract's
