@@ -201,6 +201,10 @@ func TestEventsOfModule(t *testing.T) {
 	}
 	w.next(t, events.MethodCall)
 	w.next(t, events.MethodAnswer)
+	restCall(ctx, t, hs, http.MethodPatch, "/twins/d1/modules/m1", `{"properties":{"desired":{"rate":5}}}`)
+	if e := w.next(t, events.DesiredPatch); !strings.Contains(e.Body, `"rate":5`) || e.Version == 0 {
+		t.Fatalf("module desired patch event %s", e.JSON())
+	}
 	m.c.Disconnect(250)
 	if e := w.next(t, events.Disconnected); e.Reason != "client disconnected" {
 		t.Fatalf("module disconnect event %s", e.JSON())

@@ -38,8 +38,8 @@ func (h *hook) Provides(b byte) bool {
 	}, []byte{b})
 }
 
-// OnConnect caps the keep-alive as IoT Hub does and drops any will: a will
-// would be telemetry, which the local hub does not keep.
+// OnConnect caps the keep-alive as IoT Hub does and drops any will: the
+// hub routes nothing a device publishes, wills included.
 func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	if cl.State.Keepalive == 0 || cl.State.Keepalive > maxKeepAlive {
 		cl.State.Keepalive = maxKeepAlive

@@ -121,22 +121,27 @@ func compactJSON(v any) string {
 	if m, ok := v.(map[string]any); ok && len(m) == 0 {
 		return ""
 	}
-	b, err := json.Marshal(v)
-	if err != nil {
-		return ""
-	}
-	return string(b)
+	return encodeJSON(v, "")
 }
 
 func prettyJSON(v any) string {
 	if v == nil {
 		v = map[string]any{}
 	}
-	b, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
-		return "{}"
+	return encodeJSON(v, "  ")
+}
+
+// encodeJSON renders v as the user wrote it: '<', '>' and '&' stay as they
+// are (html/template escapes the page, and the browser shows the text).
+func encodeJSON(v any, indent string) string {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	enc.SetIndent("", indent)
+	if err := enc.Encode(v); err != nil {
+		return ""
 	}
-	return string(b)
+	return strings.TrimRight(buf.String(), "\n")
 }
 
 func (s *Server) devicesPage(w http.ResponseWriter, r *http.Request, ss *session) {
@@ -216,6 +221,18 @@ type deviceData struct {
 	MethodsRoute string
 }
 
+// withoutMetadata drops the "$metadata" member of a property section (the
+// page shows values and $version; the REST API has the timestamps).
+func withoutMetadata(m map[string]any) map[string]any {
+	out := make(map[string]any, len(m))
+	for k, v := range m {
+		if k != "$metadata" {
+			out[k] = v
+		}
+	}
+	return out
+}
+
 // withoutMeta drops the "$version" and "$metadata" members of a property
 // section.
 func withoutMeta(m map[string]any) map[string]any {
@@ -260,8 +277,8 @@ func (s *Server) devicePage(w http.ResponseWriter, r *http.Request, ss *session)
 		twin.Tags = map[string]any{}
 	}
 	d.Tags = prettyJSON(twin.Tags)
-	d.Desired = prettyJSON(twin.Properties.Desired)
-	d.Reported = prettyJSON(twin.Properties.Reported)
+	d.Desired = prettyJSON(withoutMetadata(twin.Properties.Desired))
+	d.Reported = prettyJSON(withoutMetadata(twin.Properties.Reported))
 	d.ETag, d.Version = twin.ETag, twin.Version
 	d.Edit = prettyJSON(map[string]any{
 		"tags":       twin.Tags,

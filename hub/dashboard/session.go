@@ -299,8 +299,14 @@ func (s *Server) checkOwner(text string) error {
 	if err != nil {
 		return errors.New("The hub cannot read its owner policy.")
 	}
-	keyOK := subtle.ConstantTimeCompare([]byte(cs.SharedAccessKey), []byte(p.PrimaryKey)) == 1
-	if !keyOK || !s.answersTo(cs.Host()) {
+	// Either key of the policy, each compared in constant time.
+	key := []byte(cs.SharedAccessKey)
+	keyOK := subtle.ConstantTimeCompare(key, []byte(p.PrimaryKey)) |
+		subtle.ConstantTimeCompare(key, []byte(p.SecondaryKey))
+	if p.SecondaryKey == "" {
+		keyOK = subtle.ConstantTimeCompare(key, []byte(p.PrimaryKey))
+	}
+	if keyOK != 1 || !s.answersTo(cs.Host()) {
 		return errNotOwner
 	}
 	return nil

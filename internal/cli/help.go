@@ -94,6 +94,8 @@ var examples = map[string][]string{
 	"hub serve": {
 		"# serve on a free loopback port and record the address",
 		"dmctl hub serve --data ./hub-data --listen 127.0.0.1:0 --ready-file hub.json",
+		"# the dashboard on a fixed port (open the printed 'Dashboard:' link)",
+		"dmctl hub serve --data ./hub-data --dashboard 127.0.0.1:8080",
 	},
 	"hub connection-string": {
 		"dmctl hub connection-string --data ./hub-data --ready-file hub.json",

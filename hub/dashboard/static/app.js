@@ -17,9 +17,18 @@ function el(tag, cls, text) {
 
 function pretty(v) { return JSON.stringify(v === undefined || v === null ? {} : v, null, 2); }
 
+// withoutMeta drops $version and $metadata: what the editor may send.
 function withoutMeta(m) {
   const out = {};
   for (const [k, v] of Object.entries(m || {})) if (!k.startsWith('$')) out[k] = v;
+  return out;
+}
+
+// withoutMetadata drops a property section's $metadata (timestamps), as the
+// server-rendered page does.
+function withoutMetadata(m) {
+  const out = {};
+  for (const [k, v] of Object.entries(m || {})) if (k !== '$metadata') out[k] = v;
   return out;
 }
 
@@ -130,18 +139,27 @@ function devicesPage() {
 function devicePage() {
   const id = document.body.dataset.device;
   const mid = document.body.dataset.module || '';
-  let etag = $('#twin-etag').textContent;
+  // The editor saves with the etag of the twin its text came from: a
+  // change made elsewhere since then makes the save fail (412) instead of
+  // being overwritten. While the user has not typed, it follows the twin.
+  const editor = $('#twin-edit');
+  let editEtag = $('#twin-etag').textContent;
+  let loadedText = editor.value;
+  const edited = () => editor.value !== loadedText;
 
   async function loadTwin() {
     const r = await request('GET', twinPath(id, mid) + '?api-version=' + API_VERSION);
     if (!r.ok) return;
     const t = r.data;
-    etag = t.etag;
+    if (!edited()) {
+      editEtag = t.etag;
+      editor.value = loadedText = pretty({ tags: t.tags || {}, properties: { desired: withoutMeta(t.properties && t.properties.desired) } });
+    }
     $('#twin-etag').textContent = t.etag;
     $('#twin-version').textContent = String(t.version);
     $('#twin-tags').textContent = pretty(t.tags);
-    $('#twin-desired').textContent = pretty(t.properties && t.properties.desired);
-    $('#twin-reported').textContent = pretty(t.properties && t.properties.reported);
+    $('#twin-desired').textContent = pretty(withoutMetadata(t.properties && t.properties.desired));
+    $('#twin-reported').textContent = pretty(withoutMetadata(t.properties && t.properties.reported));
     const conn = (t.connectionState || '').toLowerCase() === 'connected' ? 'connected' : 'disconnected';
     $('#connection').textContent = conn;
     $('#connection').className = conn;
@@ -156,18 +174,19 @@ function devicePage() {
   $('#twin-save').addEventListener('click', async () => {
     const out = $('#twin-result');
     let patch;
-    try { patch = JSON.parse($('#twin-edit').value); } catch (e) {
+    try { patch = JSON.parse(editor.value); } catch (e) {
       out.textContent = 'not saved: the editor does not hold valid JSON (' + e.message + ')';
       out.className = 'result error';
       return;
     }
-    const r = await request('PATCH', twinPath(id, mid) + '?api-version=' + API_VERSION, patch, { 'If-Match': etag });
+    const r = await request('PATCH', twinPath(id, mid) + '?api-version=' + API_VERSION, patch, { 'If-Match': editEtag });
     if (r.ok) {
+      loadedText = editor.value; // saved: follow the twin again
       out.textContent = 'saved: etag ' + r.data.etag + ', version ' + r.data.version;
       out.className = 'result ok';
       loadTwin();
     } else if (r.status === 412) {
-      out.textContent = 'not saved: the twin changed since it was loaded (etag ' + etag + '); reload the page and edit again.';
+      out.textContent = 'not saved: the twin changed since the editor was loaded (etag ' + editEtag + '); reload the page and edit again.';
       out.className = 'result error';
     } else {
       out.textContent = 'not saved (' + r.status + '): ' + errorText(r);
