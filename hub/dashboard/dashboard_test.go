@@ -190,6 +190,9 @@ func TestCSRFAndOrigin(t *testing.T) {
 		{"same-site", map[string]string{"X-CSRF-Token": csrf, "Sec-Fetch-Site": "same-site"}, http.StatusForbidden},
 		{"other origin", map[string]string{"X-CSRF-Token": csrf, "Origin": "https://evil.example"}, http.StatusForbidden},
 		{"right", map[string]string{"X-CSRF-Token": csrf, "Sec-Fetch-Site": "same-origin", "Origin": e.base}, http.StatusOK},
+		// What browsers send under Referrer-Policy: no-referrer.
+		{"right, origin null", map[string]string{"X-CSRF-Token": csrf, "Sec-Fetch-Site": "same-origin", "Origin": "null"}, http.StatusOK},
+		{"cross-site, origin null", map[string]string{"X-CSRF-Token": csrf, "Sec-Fetch-Site": "cross-site", "Origin": "null"}, http.StatusForbidden},
 	}
 	for _, tc := range cases {
 		r, body := e.do(t, req{method: "POST", path: "/secrets/hub", header: tc.header, cookie: c})
