@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"path/filepath"
+	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -28,15 +30,16 @@ const dashRebootDelay = time.Second
 // while the whole fleet reboots through jobs.
 type dashboardRow struct {
 	Devices   int
-	Confirmed int           // devices whose new rebootTime the rollout confirmed
-	Wall      time.Duration // rollout.Run: baseline query to every reboot confirmed
-	HubEvents uint64        // events the hub recorded from the rollout's start until the page caught up
-	HubSpan   time.Duration // the hub's first to last of those events (0 when the ring no longer held the first)
-	Received  int64         // #events-received grew by this much
-	Lost      int64         // #events-lost grew by this much
-	PageSpan  time.Duration // the page's first to last counter change
-	Lag       time.Duration // the hub's last event to the page's count reaching the hub's
-	Caught    bool          // the page's received + lost reached the hub's count
+	Confirmed int            // devices whose new rebootTime the rollout confirmed
+	Wall      time.Duration  // rollout.Run: baseline query to every reboot confirmed
+	HubEvents uint64         // events the hub recorded from the rollout's start until the page caught up
+	HubSpan   time.Duration  // the hub's first to last of those events (0 when the ring no longer held the first)
+	Received  int64          // #events-received grew by this much
+	Lost      int64          // #events-lost grew by this much
+	PageSpan  time.Duration  // the page's first to last counter change
+	Lag       time.Duration  // the hub's last event to the page's count reaching the hub's
+	Caught    bool           // the page's received + lost reached the hub's count
+	Kinds     map[string]int // the window's hub events by kind (when the ring still held them all)
 	Err       string
 }
 
@@ -219,6 +222,10 @@ func dashboardRun(ctx context.Context, cfg *config) (*dashboardRow, error) {
 	evs, lost := h.Events().Since(hubBase, int(row.HubEvents))
 	if len(evs) > 0 && lost == 0 {
 		row.HubSpan = evs[len(evs)-1].Time.Sub(evs[0].Time)
+		row.Kinds = map[string]int{}
+		for _, e := range evs {
+			row.Kinds[string(e.Kind)]++
+		}
 	}
 	var hubLastAt time.Time
 	if len(evs) > 0 {
@@ -356,6 +363,18 @@ func (r *results) dashboardMarkdown(w func(string, ...any)) {
 	w("\n*Hub events* are those the hub recorded in the window (connects, disconnects, method calls and answers, twin patches); *hub events/s* is their count over the first to the last one's time. " +
 		"*Events/s the page kept up with* is the page's received events over the time from its first to its last counter change. " +
 		"*Lag* is the hub's last event's time to the page's count reaching the hub's.\n")
+	if len(d.Kinds) > 0 {
+		kinds := make([]string, 0, len(d.Kinds))
+		for k := range d.Kinds {
+			kinds = append(kinds, k)
+		}
+		sort.Strings(kinds)
+		parts := make([]string, len(kinds))
+		for i, k := range kinds {
+			parts[i] = fmt.Sprintf("%s %d", k, d.Kinds[k])
+		}
+		w("\nThe window's hub events by kind: %s.\n", strings.Join(parts, ", "))
+	}
 	if !d.Caught {
 		w("\nThe page did not reach the hub's count within two minutes of the rollout's end.\n")
 	}
