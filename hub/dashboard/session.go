@@ -197,10 +197,12 @@ func (s *Server) currentSession(r *http.Request) (session, bool) {
 }
 
 // csrfOK reports whether r carries the session's CSRF token (header
-// X-CSRF-Token, or form field csrf).
+// X-CSRF-Token, or form field csrf of the dashboard's own forms; /api
+// bodies belong to the REST API and are not read here).
 func csrfOK(r *http.Request, ss session) bool {
 	got := r.Header.Get("X-CSRF-Token")
-	if got == "" && strings.HasPrefix(r.Header.Get("Content-Type"), "application/x-www-form-urlencoded") {
+	form := strings.HasPrefix(r.Header.Get("Content-Type"), "application/x-www-form-urlencoded")
+	if got == "" && form && !strings.HasPrefix(r.URL.Path, "/api/") {
 		r.Body = http.MaxBytesReader(nil, r.Body, maxLoginForm)
 		got = r.PostFormValue("csrf")
 	}

@@ -44,6 +44,9 @@ func startSSE(w http.ResponseWriter) *sse {
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
 	s := &sse{w: w, rc: http.NewResponseController(w), b: bufio.NewWriterSize(w, 32<<10)}
+	// A stream reads nothing more from the client: the server's read
+	// timeout must not end it.
+	_ = s.rc.SetReadDeadline(time.Time{})
 	s.b.WriteString("retry: " + strconv.Itoa(retryMillis) + "\n\n")
 	return s
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -108,5 +109,21 @@ func TestHubServeDashboardInvalidAddress(t *testing.T) {
 		if code != exitUsage || !strings.Contains(stderr, "invalid --dashboard") {
 			t.Errorf("--dashboard %q: exit %d, stderr %q; want exit %d naming --dashboard", addr, code, stderr, exitUsage)
 		}
+	}
+}
+
+func TestHubServeDashboardBusyPort(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	data := filepath.Join(t.TempDir(), "hub")
+	code, _, stderr := runMain(t, "hub", "serve", "--data", data, "--listen", "127.0.0.1:0", "--dashboard", busy.Addr().String())
+	if code == 0 || !strings.Contains(stderr, "--dashboard") {
+		t.Fatalf("busy dashboard port: exit %d, stderr %q; want a failure whose hint names --dashboard", code, stderr)
+	}
+	if _, err := os.Stat(data); !os.IsNotExist(err) {
+		t.Fatalf("the data folder was created: %v", err)
 	}
 }

@@ -251,7 +251,10 @@ function devicePage() {
 function eventItem(ev) {
   const li = el('li', 'event');
   li.dataset.kind = ev.kind;
-  li.append(el('time', '', ev.time), el('span', 'kind', ev.kind));
+  const when = el('time', '', new Date(ev.time).toLocaleTimeString([], { hour12: false }));
+  when.dateTime = ev.time;
+  when.title = ev.time;
+  li.append(when, el('span', 'kind', ev.kind));
   if (ev.moduleId) li.append(el('span', 'module', ev.moduleId));
   const parts = [];
   if (ev.method) parts.push(ev.method);
