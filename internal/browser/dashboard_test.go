@@ -185,16 +185,21 @@ func testNoSession(t *testing.T, d *dash) {
 	}
 }
 
-// testConfigurations: a configuration over the fleet shows on the
-// Configurations page and reaches 100% applied.
+// testConfigurations: a configuration created over the fleet while the
+// Configurations page is open shows there and reaches 100% applied,
+// without a reload.
 func testConfigurations(t *testing.T, d *dash) {
+	tab := d.open(t, "/configurations")
+	if err := markPage(tab); err != nil {
+		t.Fatal(err)
+	}
 	d.h.service(t, "configuration", "create", "--id", "lab-interval", "--priority", "10",
 		"--target-condition", "tags.fleet = 'f1'", "--content", `{"deviceContent":{"properties.desired.telemetryInterval":30}}`,
 		"--labels", `{"campaign":"spring"}`)
-	tab := d.open(t, "/configurations")
 	row := `tr[data-configuration="lab-interval"]`
 	waitText(t, tab, 20*time.Second, row+" td.targeted", "the configuration to target the fleet", func(s string) bool { return strings.TrimSpace(s) == fmt.Sprint(fleetSize) })
 	waitText(t, tab, 20*time.Second, row+" .percent", "the configuration to reach 100% applied, live", func(s string) bool { return strings.TrimSpace(s) == "100%" })
+	checkNotReloaded(t, tab)
 	screenshot(t, tab, "configurations")
 }
 
@@ -202,6 +207,9 @@ func testConfigurations(t *testing.T, d *dash) {
 // --query`) advances live on the Jobs page to 100%.
 func testFleetReboot(t *testing.T, d *dash) {
 	tab := d.open(t, "/jobs")
+	if err := markPage(tab); err != nil {
+		t.Fatal(err)
+	}
 	type result struct {
 		out string
 		err error
@@ -230,6 +238,7 @@ func testFleetReboot(t *testing.T, d *dash) {
 	case <-time.After(60 * time.Second):
 		t.Fatal("dmctl service reboot --query did not finish within 60 s")
 	}
+	checkNotReloaded(t, tab)
 	screenshot(t, tab, "jobs")
 }
 
