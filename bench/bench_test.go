@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/dmctl/dmctl/internal/browser"
 )
 
 func TestMain(m *testing.M) {
@@ -28,11 +30,14 @@ func TestSmoke(t *testing.T) {
 		// three seconds (reboot delay 1 s, one poll interval).
 		FirmwareDevices: 20,
 		FirmwareWaves:   "10%,100%",
-		ConnectRate:     1000,
-		AliasAddr:       "127.0.0.2:443",
-		DataDir:         t.TempDir(),
-		Command:         "go test ./bench -run TestSmoke",
-		Smoke:           true,
+		// DashboardDevices: Chromium on the Devices page while 5 devices
+		// reboot (a second or two).
+		DashboardDevices: 5,
+		ConnectRate:      1000,
+		AliasAddr:        "127.0.0.2:443",
+		DataDir:          t.TempDir(),
+		Command:          "go test ./bench -run TestSmoke",
+		Smoke:            true,
 	}
 	cfg.smoke()
 	if os.Geteuid() != 0 {
@@ -120,10 +125,18 @@ func TestSmoke(t *testing.T) {
 		t.Errorf("firmware campaign: want %d devices all current in 2 waves with their update times and the hub's RSS, got %+v", cfg.FirmwareDevices, *f)
 	}
 
+	if _, err := browser.Find(); err != nil {
+		t.Logf("dashboard section not checked: %v", err)
+	} else if d := res.Dashboard; d == nil {
+		t.Error("dashboard section: not run")
+	} else if d.Devices != cfg.DashboardDevices || d.Confirmed != d.Devices || d.HubEvents == 0 || !d.Caught || d.Received+d.Lost < int64(d.HubEvents) {
+		t.Errorf("dashboard section: want %d devices confirmed and the page caught up with the hub's events, got %+v", cfg.DashboardDevices, *d)
+	}
+
 	md := res.Markdown(&cfg)
 	for _, s := range []string{"# dmctl benchmarks", "## Goals", "## 1. Direct-method round trip", "## 2. Throughput",
 		"## 3. Scale and memory", "## 4. Fleet reboot", "## 5. CLI", "## 6. Soak", "## 7. Firmware campaign",
-		"| (a) dmctl service", "10,000-device firmware campaign", res.Env.Go} {
+		"## 8. Dashboard under a fleet reboot", "| (a) dmctl service", "10,000-device firmware campaign", res.Env.Go} {
 		if !strings.Contains(md, s) {
 			t.Errorf("report lacks %q", s)
 		}
@@ -161,6 +174,8 @@ func TestConfigCheck(t *testing.T) {
 		{"negative devices", func(c *config) { c.FirmwareDevices = -1 }, "-firmware-devices -1"},
 		{"bad waves", func(c *config) { c.FirmwareWaves = "ten" }, "-firmware-waves \"ten\""},
 		{"no waves", func(c *config) { c.FirmwareWaves = "" }, "-firmware-waves"},
+		{"dashboard and soak only", func(c *config) { c.DashboardOnly, c.SoakOnly = true, true }, "-dashboard-only excludes"},
+		{"negative dashboard devices", func(c *config) { c.DashboardDevices = -1 }, "-dashboard-devices -1"},
 	} {
 		c := ok
 		tc.mod(&c)

@@ -129,17 +129,22 @@ func (r *results) Markdown(cfg *config) string {
 		goals = []goal{r.soakGoal()}
 	case cfg.FirmwareOnly:
 		goals = []goal{r.firmwareGoal()}
+	case cfg.DashboardOnly:
+		goals = []goal{r.dashboardGoal()}
 	default:
-		goals = append(r.goals(), r.soakGoal(), r.firmwareGoal())
+		goals = append(r.goals(), r.soakGoal(), r.firmwareGoal(), r.dashboardGoal())
 	}
 	for _, g := range goals {
 		w("| %s | %s | %s |\n", g.What, g.Measured, g.Met)
 	}
-	if cfg.SoakOnly || cfg.FirmwareOnly {
-		if cfg.SoakOnly {
+	if cfg.SoakOnly || cfg.FirmwareOnly || cfg.DashboardOnly {
+		switch {
+		case cfg.SoakOnly:
 			r.soakMarkdown(w)
-		} else {
+		case cfg.FirmwareOnly:
 			r.firmwareMarkdown(cfg, w)
+		default:
+			r.dashboardMarkdown(w)
 		}
 		r.notesMarkdown(w)
 		return b.String()
@@ -203,6 +208,7 @@ func (r *results) Markdown(cfg *config) string {
 
 	r.soakMarkdown(w)
 	r.firmwareMarkdown(cfg, w)
+	r.dashboardMarkdown(w)
 	r.notesMarkdown(w)
 	return b.String()
 }

@@ -61,9 +61,10 @@ type results struct {
 	Scale             []scaleRow
 	Fleet             []fleetRow
 	CLI               []cliRow
-	Soak              *soak.Report // nil when not run
-	Firmware          *firmwareRow // nil when not run
-	Notes             []string     // what was skipped or failed, and why
+	Soak              *soak.Report  // nil when not run
+	Firmware          *firmwareRow  // nil when not run
+	Dashboard         *dashboardRow // nil when not run
+	Notes             []string      // what was skipped or failed, and why
 	Profiles          []string
 }
 
