@@ -247,7 +247,11 @@ func TestEventsDisconnectReasons(t *testing.T) {
 		case <-ctx.Done():
 			t.Fatal("the old connection was not dropped")
 		}
-		// The device shows connected again, with no disconnect between.
+		// The old connection's end, then the new one: the device ends
+		// up shown connected.
+		if e := w.next(t, events.Disconnected); e.Reason != "replaced by a new connection" {
+			t.Fatalf("disconnect event of the replaced connection %s", e.JSON())
+		}
 		w.next(t, events.Connected)
 		if !hs.Connected("d1") {
 			t.Fatal("device not connected after the takeover")
