@@ -125,8 +125,10 @@ func (b *broker) handoff(c net.Conn) {
 		return
 	}
 	b.conns[c] = ""
+	open := len(b.conns)
 	b.wg.Add(1)
 	b.mu.Unlock()
+	b.s.fd.opened(open)
 	select {
 	case b.ln.ch <- c:
 	case <-b.ln.done:

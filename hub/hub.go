@@ -35,6 +35,7 @@ import (
 	"github.com/dmctl/dmctl/hub/hubapi"
 	"github.com/dmctl/dmctl/hub/jobs"
 	"github.com/dmctl/dmctl/hub/store"
+	"github.com/dmctl/dmctl/internal/fdlimit"
 	"github.com/rs/zerolog"
 )
 
@@ -89,7 +90,10 @@ type Config struct {
 	// the dashboard, served over TLS with the hub's certificate; "" serves
 	// none. See DashboardURL.
 	Dashboard string
-	Log       zerolog.Logger
+	// OpenFileLimit is the open-file limit the hub plans its connections
+	// with; zero: this process's own, read by New.
+	OpenFileLimit fdlimit.Limit
+	Log           zerolog.Logger
 }
 
 // Server is a local IoT Hub. Create it with New, run it with Serve (or
@@ -128,6 +132,8 @@ type Server struct {
 
 	// events are what just happened, for the dashboard; closed by Close.
 	events *events.Ring
+
+	fd *fdWatch // the open-file limit, and what the hub says about it
 
 	// The dashboard (nil without Config.Dashboard): its listener, bound
 	// by New, and what Start serves on it.
@@ -248,6 +254,7 @@ func New(cfg Config) (*Server, error) {
 		inflight: make(map[net.Conn]struct{}),
 		packages: pkgs,
 		events:   events.New(cfg.EventRingSize, now),
+		fd:       newFDWatch(openFileLimit(cfg.OpenFileLimit), cfg.Log),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	return s, nil
@@ -375,7 +382,8 @@ func (s *Server) Start(ctx context.Context) error {
 		go s.acceptLoop(ln)
 	}
 	s.started = true
-	s.log.Info().Strs("addrs", s.addrs).Str("hostname", s.cfg.Hostname).Msg("hub listening")
+	s.log.Info().Strs("addrs", s.addrs).Str("hostname", s.cfg.Hostname).
+		Uint64("open_file_limit", s.fd.limit.Soft).Int("connections_max", s.fd.limit.Connections()).Msg("hub listening")
 	return nil
 }
 
@@ -614,6 +622,23 @@ func (s *Server) CAPool() *x509.CertPool {
 		return nil
 	}
 	return s.tlsMat.caPool.Clone()
+}
+
+// openFileLimit is l, or the process's limit when l is zero.
+func openFileLimit(l fdlimit.Limit) fdlimit.Limit {
+	if l.Soft > 0 {
+		return l
+	}
+	if l, err := fdlimit.Open(); err == nil {
+		return l
+	}
+	return fdlimit.Limit{Soft: 1 << 62, Hard: 1 << 62}
+}
+
+// OpenFileLimit is the open-file limit the hub plans with, and Capacity how
+// many connections fit under it.
+func (s *Server) OpenFileLimit() (limit fdlimit.Limit, capacity int) {
+	return s.fd.limit, s.fd.limit.Connections()
 }
 
 // Events is the hub's ring of recent events.

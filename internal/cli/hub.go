@@ -277,6 +277,7 @@ func announce(c *cli.Context, h *hub.Server) error {
 	if cs == "" {
 		return errors.New("hub: cannot read the iothubowner policy")
 	}
+	limit, capacity := h.OpenFileLimit()
 	if jsonOutput(c) {
 		return printJSON(w, struct {
 			Addrs                   []string `json:"addrs"`
@@ -284,10 +285,15 @@ func announce(c *cli.Context, h *hub.Server) error {
 			ServiceConnectionString string   `json:"serviceConnectionString"`
 			CAFile                  string   `json:"caFile,omitempty"`
 			DashboardURL            string   `json:"dashboardURL,omitempty"`
-		}{h.Addrs(), h.Hostname(), cs, h.CAFile(), h.DashboardURL()})
+			OpenFileLimit           uint64   `json:"openFileLimit"`
+			ConnectionsMax          int      `json:"connectionsMax"`
+		}{h.Addrs(), h.Hostname(), cs, h.CAFile(), h.DashboardURL(), limit.Soft, capacity})
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "dmctl hub listening on %s (MQTT, MQTT over WebSockets at %s, REST API)\n", strings.Join(h.Addrs(), ", "), hub.WebSocketPath)
+	if !limit.Unlimited() {
+		fmt.Fprintf(&b, "Open-file limit %d (ulimit -n): room for about %d device connections\n", limit.Soft, capacity)
+	}
 	fmt.Fprintf(&b, "\nService connection string (iothubowner; keep it secret):\n  %s\n", cs)
 	if ca := h.CAFile(); ca != "" {
 		fmt.Fprintf(&b, "CA certificate to trust:\n  %s\n", ca)
