@@ -128,6 +128,20 @@ func deviceCommand() *cli.Command {
 						Value: mqtt.DefaultMaxBackoff,
 					},
 					caFileFlag(),
+					&cli.IntFlag{
+						Name:  "processes",
+						Usage: "fleet: split it over N child processes, each with its slice of the file (0: as many as the open-file limit needs)",
+						Value: 1,
+					},
+					&cli.StringFlag{
+						Name:  "source-addrs",
+						Usage: "fleet: local IP addresses to dial from, devices spread over them round robin (A,B,...)",
+					},
+					&cli.StringFlag{
+						Name:   shardFlag,
+						Usage:  "internal: this process is shard K of N of a fleet; connection strings on stdin, reports on stdout",
+						Hidden: true,
+					},
 				},
 				Action: runDevice,
 			},
@@ -157,8 +171,10 @@ func runDevice(c *cli.Context) error {
 		}
 		return runFleet(c, file, opts)
 	}
-	if c.IsSet("connect-rate") {
-		return usageErrorf("--connect-rate paces a fleet; add --connection-strings-file", "--connect-rate needs --connection-strings-file")
+	for _, name := range []string{"connect-rate", "processes", "source-addrs"} {
+		if c.IsSet(name) {
+			return usageErrorf("--"+name+" is for a fleet; add --connection-strings-file", "--%s needs --connection-strings-file", name)
+		}
 	}
 	raw := c.String("connection-string")
 	if raw == "" {
@@ -353,19 +369,62 @@ func runFleet(c *cli.Context, file string, opts runOptions) error {
 	if err != nil {
 		return err
 	}
+	procs, err := processesFlag(c)
+	if err != nil {
+		return err
+	}
+	addrs, err := parseSourceAddrs(c.String("source-addrs"))
+	if err != nil {
+		return err
+	}
+	shard, err := parseShard(c.String(shardFlag))
+	if err != nil {
+		return err
+	}
 	css, err := readConnectionStrings(c, file)
 	if err != nil {
 		return err
 	}
+	limit, err := openFileLimit()
+	if err != nil {
+		return fmt.Errorf("read the open-file limit: %w", err)
+	}
+	if procs, err = fleetProcesses(procs, len(css), limit); err != nil {
+		return err
+	}
 	log := loggerFrom(c)
+	if addrs == nil {
+		addrs = autoSourceAddrs(css)
+		if len(addrs) > 0 && shard == nil {
+			log.Info().Str("event", "source_addrs").Int("addrs", len(addrs)).Str("first", addrs[0].String()).Str("last", addrs[len(addrs)-1].String()).
+				Msgf("a loopback hub and more than %d devices: dialing from %s to %s", devicesPerSource, addrs[0], addrs[len(addrs)-1])
+		}
+	}
+	if procs > 1 {
+		return runShards(c, shardPlan{devices: css, processes: procs, rate: rate, addrs: addrs, readyFile: opts.readyFile})
+	}
+	if err := limit.Check(len(css)); err != nil {
+		return &exitError{err: err, code: exitUsage, hint: limit.Hint(len(css), "--processes")}
+	}
 	opts.conn.RootCAs = opts.pool
-	f, err := fleet.New(fleet.Config{
+	cfg := fleet.Config{
 		Devices:     css,
 		Conn:        opts.conn,
 		Device:      opts.device,
 		ConnectRate: rate,
 		Log:         log,
-	})
+		LocalAddrs:  tcpAddrs(addrs),
+		Limit:       limit,
+		ShardFlag:   "--processes",
+	}
+	var report *shardReporter
+	if shard != nil {
+		report = &shardReporter{w: c.App.Writer}
+		cfg.Log = log.With().Str("shard", shard.String()).Logger()
+		cfg.QuietState = true
+		cfg.OnStats = func(st fleet.Stats) { report.send(shardReport{Stats: &st}) }
+	}
+	f, err := fleet.New(cfg)
 	if err != nil {
 		return usageErrorf("check the connection strings file", "%v", err)
 	}
@@ -379,9 +438,15 @@ func runFleet(c *cli.Context, file string, opts runOptions) error {
 		// Connecting (TLS handshakes above all) leaves garbage that a fleet
 		// in steady state never reuses: give it back to the system now.
 		debug.FreeOSMemory()
+		info := deviceReadyInfo{DeviceIDs: f.DeviceIDs(), Target: f.Target()}
+		if report != nil {
+			st := f.Stats()
+			report.send(shardReport{Stats: &st, Ready: &info})
+			return info
+		}
 		fmt.Fprintf(c.App.Writer, "fleet: %d devices connected to %s in %s, waiting for direct methods (Ctrl-C to stop)\n",
 			f.Len(), f.Target(), took)
-		return deviceReadyInfo{DeviceIDs: f.DeviceIDs(), Target: f.Target()}
+		return info
 	})
 }
 
@@ -470,8 +535,16 @@ func parseConnectionStrings(r io.Reader, name string) ([]*sas.ConnectionString, 
 }
 
 // deviceReadyInfo is what --ready-file of 'dmctl device run' holds. A
-// module is listed as "{deviceId}/{moduleId}".
+// module is listed as "{deviceId}/{moduleId}". A fleet run over several
+// processes lists them too.
 type deviceReadyInfo struct {
-	DeviceIDs []string `json:"deviceIds"`
-	Target    string   `json:"target"`
+	DeviceIDs []string    `json:"deviceIds"`
+	Target    string      `json:"target"`
+	Shards    []shardInfo `json:"shards,omitempty"`
+}
+
+// shardInfo is one child process of a sharded fleet in the ready file.
+type shardInfo struct {
+	Pid     int `json:"pid"`
+	Devices int `json:"devices"`
 }
