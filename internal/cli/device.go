@@ -48,6 +48,19 @@ func deviceCommand() *cli.Command {
 					"process, each with its own connection. Connects, reconnects included, are paced by\n" +
 					"--connect-rate. The fleet's state is logged at info level; each device's events at\n" +
 					"debug level. One line is printed once every device has connected.\n\n" +
+					"A connection costs an open file: a fleet larger than this process's open-file limit\n" +
+					"(ulimit -n, less 64 for the process) fails at once with the numbers and the fix, exit\n" +
+					"2. When the kernel refuses a connection anyway (EMFILE, ENFILE), that is logged once\n" +
+					"with the same hint and the state line counts the devices held back. --processes N\n" +
+					"runs the fleet over N child processes, each with a slice of the file (given on its\n" +
+					"stdin, never on its command line) and --connect-rate/N; 0 starts as many as the\n" +
+					"limit needs. The parent logs one state line for all of them, writes one ready file\n" +
+					"(with each process's pid) and stops them all on SIGINT/SIGTERM (10 s each, then\n" +
+					"killed). If one process ends on its own, the others are stopped and the exit code is\n" +
+					"its own (1 if a signal ended it). --source-addrs A,B dials from those local addresses,\n" +
+					"devices round robin: each has about 28,000 ephemeral ports towards one hub address.\n" +
+					"On Linux, a loopback hub and more than 25,000 devices without --source-addrs dial\n" +
+					"from 127.0.0.1, 127.0.0.2, ... (one per 25,000 devices).\n\n" +
 					"Firmware update (the Azure firmware-update tutorial's twin schema): a desired\n" +
 					"firmware {fwVersion, fwPackageURI, fwPackageCheckValue} whose fwVersion differs from\n" +
 					"the running one (--firmware-version at start) is downloaded (https:// trusting the\n" +

@@ -344,3 +344,29 @@ func TestLoopbackSources(t *testing.T) {
 		}
 	}
 }
+
+// A shard that fails on its own (the hub refuses a device's key) stops the
+// fleet, and the fleet exits with that shard's code.
+func TestShardedFleetExitsWithAFailedShardsCode(t *testing.T) {
+	hs := hubtest.NewServer(t)
+	n := 0
+	file, _ := fleetFile(t, hs, "auth", 4, func(cs string) string {
+		if n++; n == 4 { // the second shard's last device: a key the hub does not know
+			cs = regexp.MustCompile(`SharedAccessKey=[^;]+`).ReplaceAllString(cs, "SharedAccessKey=d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXktMDE=")
+		}
+		return cs
+	})
+	f := startFleet(t, "--connection-strings-file", file, "--processes", "2", "--ca-file", hs.CAFile())
+	if code := f.exit(t); code != exitAuth {
+		t.Fatalf("exit code %d, want %d (the failed shard's):\n%s", code, exitAuth, f.stderr)
+	}
+	logs := f.stderr.String()
+	for _, want := range []string{"dmctl: error: device auth-04: connect to", "dmctl: error: shard 2/2 (devices 3-4, pid "} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("stderr lacks %q:\n%s", want, logs)
+		}
+	}
+	if strings.Contains(logs, "d3Jvbmcta2V5") {
+		t.Error("the key reached the log")
+	}
+}
