@@ -40,8 +40,8 @@ func TestFleetCountsDevicesHeldBackByTheFileLimit(t *testing.T) {
 	emfile := &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("socket", syscall.EMFILE)}
 	failed := func(err error) device.Event { return device.Event{Kind: device.EventConnectFailed, Err: err} }
 	f.connEvent(f.members[0], failed(fmt.Errorf("connect to h.example:8883 as d0: %w", emfile)))
-	f.connEvent(f.members[1], failed(fmt.Errorf("dial: %w", syscall.ENFILE)))
-	f.connEvent(f.members[1], failed(fmt.Errorf("dial: %w", syscall.ENFILE))) // counted once
+	f.connEvent(f.members[1], failed(fmt.Errorf("dial: %w", syscall.EMFILE)))
+	f.connEvent(f.members[1], failed(fmt.Errorf("dial: %w", syscall.EMFILE))) // counted once
 	if got := f.Stats().FdLimited; got != 2 {
 		t.Fatalf("after two devices were refused a descriptor, FdLimited = %d, want 2", got)
 	}
@@ -58,6 +58,10 @@ func TestFleetCountsDevicesHeldBackByTheFileLimit(t *testing.T) {
 	f.connEvent(f.members[2], failed(syscall.ECONNREFUSED))
 	if got := f.Stats().FdLimited; got != 0 {
 		t.Fatalf("after the devices connected or failed otherwise, FdLimited = %d, want 0", got)
+	}
+	// The system's table full is another fix.
+	if h := f.fdHint(3, fmt.Errorf("socket: %w", syscall.ENFILE)); !strings.Contains(h, "fs.file-max") {
+		t.Errorf("ENFILE hint: %q", h)
 	}
 }
 

@@ -52,6 +52,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -423,9 +424,26 @@ func (f *Fleet) connEvent(m *member, e device.Event) {
 	if held && !f.fdWarned.Swap(true) {
 		n := len(f.members)
 		f.log.Warn().Str("event", "fd_exhausted").Int("devices", n).Uint64("limit", f.cfg.Limit.Soft).Err(e.Err).
-			Msgf("the kernel refused a connection for want of open files: devices are held back and retry; %s",
-				f.cfg.Limit.Hint(n, f.cfg.ShardFlag))
+			Msgf("the kernel refused a connection for want of open files: devices are held back and retry; %s", f.fdHint(n, e.Err))
 	}
+}
+
+// fdHint is the fix for a refused descriptor: more files for the system,
+// or for this process (whose fleet alone may fit in its limit).
+func (f *Fleet) fdHint(n int, err error) string {
+	l := f.cfg.Limit
+	switch {
+	case errors.Is(err, syscall.ENFILE):
+		return "the system's open-file table is full: raise fs.file-max (sysctl) or run fewer connections on this machine"
+	case l.Check(n) == nil:
+		hint := fmt.Sprintf("%d connections fit in this process's limit of %d, but its other open files take the rest: raise ulimit -n (the hard limit is %d)",
+			n, l.Soft, l.Hard)
+		if f.cfg.ShardFlag != "" {
+			hint += ", or split the fleet over more processes with " + f.cfg.ShardFlag
+		}
+		return hint
+	}
+	return l.Hint(n, f.cfg.ShardFlag)
 }
 
 // notify wakes the state reporter.
