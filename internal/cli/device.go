@@ -103,7 +103,7 @@ func deviceCommand() *cli.Command {
 					},
 					&cli.StringFlag{
 						Name:  "ready-file",
-						Usage: "once connected (every device, for a fleet) write this JSON file {\"deviceIds\":[...],\"target\":\"host:port\"}; removed on exit",
+						Usage: "once connected (every device, for a fleet) write this JSON file {\"deviceIds\":[...],\"target\":\"host:port\"} (and \"shards\":[{\"pid\",\"devices\"}] with --processes); removed on exit",
 					},
 					&cli.StringFlag{
 						Name:  "transport",
@@ -408,9 +408,14 @@ func runFleet(c *cli.Context, file string, opts runOptions) error {
 	log := loggerFrom(c)
 	if addrs == nil {
 		addrs = autoSourceAddrs(css)
-		if len(addrs) > 0 && shard == nil {
+		switch {
+		case shard != nil:
+		case len(addrs) > 0:
 			log.Info().Str("event", "source_addrs").Int("addrs", len(addrs)).Str("first", addrs[0].String()).Str("last", addrs[len(addrs)-1].String()).
 				Msgf("a loopback hub and more than %d devices: dialing from %s to %s", devicesPerSource, addrs[0], addrs[len(addrs)-1])
+		case len(css) > devicesPerSource:
+			log.Warn().Str("event", "source_addrs").Int("devices", len(css)).
+				Msgf("%d devices dial from one source address, which has about 28,000 ephemeral ports towards one hub address: give several with --source-addrs", len(css))
 		}
 	}
 	if procs > 1 {

@@ -460,7 +460,12 @@ func startShard(ctx context.Context, c *cli.Context, sh *shardProc, exe string, 
 	}
 	cmd := exec.CommandContext(ctx, exe, args...)
 	cmd.Args[0] = "dmctl" // the name it runs as (and the command a test binary runs)
-	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.Cancel = func() error {
+		if runtime.GOOS == "windows" { // no SIGTERM to send
+			return cmd.Process.Kill()
+		}
+		return cmd.Process.Signal(syscall.SIGTERM)
+	}
 	cmd.WaitDelay = shardStopGrace
 	cmd.SysProcAttr = shardSysProcAttr()
 	var in strings.Builder
