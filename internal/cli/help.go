@@ -24,6 +24,10 @@ var examples = map[string][]string{
 		"dmctl device run --firmware-version 1.0.0 --firmware-apply-delay 5s",
 		"# a fleet campaign downloading at most 16 packages at once",
 		"dmctl device run --connection-strings-file fleet.txt --download-concurrency 16",
+		"# a fleet larger than one process may hold: as many processes as the open-file limit needs",
+		"dmctl device run --connection-strings-file big-fleet.txt --processes 0",
+		"# 50,000 devices over 3 processes, dialing from two source addresses",
+		"dmctl device run --connection-strings-file big-fleet.txt --processes 3 --source-addrs 10.0.0.5,10.0.0.6",
 	},
 	"device send": {
 		"# send one message as the device of IOTHUB_DEVICE_CONNECTION_STRING",
