@@ -33,7 +33,11 @@ func TestSmoke(t *testing.T) {
 		// DashboardDevices: Chromium on the Devices page while 5 devices
 		// reboot (a second or two).
 		DashboardDevices: 5,
-		ConnectRate:      1000,
+		// The ceiling fleet: smoke() plans it with a tiny open-file limit
+		// (6 devices), in one process and over 2.
+		CeilingMax:  100000,
+		Shards:      2,
+		ConnectRate: 1000,
 		AliasAddr:        "127.0.0.2:443",
 		DataDir:          t.TempDir(),
 		Command:          "go test ./bench -run TestSmoke",
@@ -95,6 +99,21 @@ func TestSmoke(t *testing.T) {
 	if !impls["dmctl"] || (cfg.Node != "" && !impls["official"]) {
 		t.Errorf("scale: rows for %v", impls)
 	}
+	if res.Ceiling == nil || res.Ceiling.Devices != 6 {
+		t.Errorf("ceiling: %+v, want 6 devices (the smoke run's open-file limit)", res.Ceiling)
+	} else {
+		var single, sharded bool
+		for _, s := range res.Scale {
+			single = single || (s.Ceiling && s.Processes == 1)
+			sharded = sharded || (s.Ceiling && s.Processes == 2 && strings.Contains(s.Impl, "--processes 2"))
+		}
+		if !single || !sharded {
+			t.Errorf("ceiling lines: one process %v, two processes %v, in %+v", single, sharded, res.Scale)
+		}
+	}
+	if len(res.Shutdown) != 1 || res.Shutdown[0].Exit <= 0 || res.Shutdown[0].BackCount != 6 || res.Shutdown[0].Back < res.Shutdown[0].Exit {
+		t.Errorf("shutdown: %+v, want the hub's exit timed and all 6 devices back on the new hub", res.Shutdown)
+	}
 	if len(res.Fleet) != 1 || res.Fleet[0].Confirmed != cfg.Fleet[0] || res.Fleet[0].Wall <= 0 {
 		t.Errorf("fleet: %+v, want %d devices confirmed", res.Fleet, cfg.Fleet[0])
 	}
@@ -144,6 +163,29 @@ func TestSmoke(t *testing.T) {
 	if strings.Contains(md, "SharedAccessKey=") || strings.Contains(md, "sig=") {
 		t.Error("report contains a secret")
 	}
+	// A report read back as a baseline gives the same goals (its figures
+	// are rounded: the measured texts may differ in the last digit), shown
+	// next to this run's.
+	path := t.TempDir() + "/before.md"
+	if err := os.WriteFile(path, []byte(md), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	base, err := readBaseline(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := append(res.goals(), res.scaleTargets()...)
+	then := append(base.goals(), base.scaleTargets()...)
+	for i := range now {
+		if now[i].What != then[i].What || now[i].Met != then[i].Met || (now[i].Measured == "not measured") != (then[i].Measured == "not measured") {
+			t.Errorf("goal read back from the report: %+v, want %+v", then[i], now[i])
+		}
+	}
+	withBase := cfg
+	withBase.Baseline, withBase.baseline = path, base
+	if md2 := res.Markdown(&withBase); !strings.Contains(md2, "| goal | before | measured | met |") {
+		t.Error("report with -baseline has no before column")
+	}
 	// -firmware-only renders section 7 and its goal alone.
 	only := cfg
 	only.FirmwareOnly = true
@@ -176,6 +218,8 @@ func TestConfigCheck(t *testing.T) {
 		{"no waves", func(c *config) { c.FirmwareWaves = "" }, "-firmware-waves"},
 		{"dashboard and soak only", func(c *config) { c.DashboardOnly, c.SoakOnly = true, true }, "-dashboard-only excludes"},
 		{"negative dashboard devices", func(c *config) { c.DashboardDevices = -1 }, "-dashboard-devices -1"},
+		{"negative ceiling", func(c *config) { c.CeilingMax = -1 }, "-ceiling-max -1"},
+		{"one shard", func(c *config) { c.CeilingMax, c.Shards = 10, 1 }, "-shards 1"},
 	} {
 		c := ok
 		tc.mod(&c)

@@ -58,6 +58,8 @@ import (
 
 	"github.com/dmctl/dmctl/service/rollout"
 	"github.com/rs/zerolog"
+
+	"github.com/dmctl/dmctl/internal/fdlimit"
 )
 
 // config holds the sizes of one run.
@@ -96,6 +98,16 @@ type config struct {
 	// DashboardDevices is the fleet of the dashboard section (0: skip).
 	DashboardDevices int
 	DashboardOnly    bool // run only the dashboard section
+	// CeilingMax bounds the ceiling fleet of section 3 (0 skips it): the
+	// largest fleet the open-file limit allows, in one process and over
+	// Shards processes, and the hub's shutdown with it connected.
+	CeilingMax int
+	Shards     int
+	// ceilingLimit, when set, stands for the processes' open-file limit
+	// (the smoke run plans a tiny ceiling with it).
+	ceilingLimit *fdlimit.Limit
+	Baseline     string   // an earlier report whose figures are shown next to this run's ("" none)
+	baseline     *results // what readBaseline found in it
 }
 
 func main() {
@@ -112,6 +124,9 @@ func main() {
 	flag.DurationVar(&cfg.ThroughputD, "throughput-time", 5*time.Second, "duration of each throughput level")
 	flag.StringVar(&scale, "scale", "1000,10000", "dmctl fleet sizes connected from one process")
 	flag.IntVar(&cfg.NodeScale, "node-devices", 1000, "official Node SDK devices in one Node process (0 skips)")
+	flag.IntVar(&cfg.CeilingMax, "ceiling-max", 100000, "largest ceiling fleet: section 3 runs the largest fleet the open-file limit allows, up to this (0 skips it)")
+	flag.IntVar(&cfg.Shards, "shards", 2, "processes of the sharded ceiling fleet (dmctl device run --processes)")
+	flag.StringVar(&cfg.Baseline, "baseline", "", "an earlier report (markdown, as -out writes it) whose figures the goals table shows next to this run's")
 	flag.StringVar(&fleetSizes, "fleet", "1000,10000", "fleet reboot sizes (each must be in -scale)")
 	flag.DurationVar(&cfg.RebootDelay, "reboot-delay", time.Second, "simulated reboot time in the fleet reboot")
 	flag.IntVar(&cfg.CLIRuns, "cli-runs", 7, "runs of each one-shot CLI")
@@ -152,6 +167,13 @@ func main() {
 	}
 	if cfg.Smoke {
 		cfg.smoke()
+	}
+	if cfg.Baseline != "" {
+		// Read before the run: -out may be the same file.
+		if cfg.baseline, err = readBaseline(cfg.Baseline); err != nil {
+			fmt.Fprintln(os.Stderr, "bench: -baseline:", err)
+			os.Exit(2)
+		}
 	}
 	cfg.Command = "go run ./bench " + strings.Join(os.Args[1:], " ")
 	cfg.Progress = os.Stderr
@@ -194,6 +216,12 @@ func (c *config) check() error {
 	if c.DashboardOnly && (c.SoakOnly || c.FirmwareOnly) {
 		return errors.New("-dashboard-only excludes -soak-only and -firmware-only")
 	}
+	if c.CeilingMax < 0 {
+		return fmt.Errorf("-ceiling-max %d: want 0 (skip) or more", c.CeilingMax)
+	}
+	if c.CeilingMax > 0 && c.Shards < 2 {
+		return fmt.Errorf("-shards %d: the sharded ceiling line needs 2 or more processes", c.Shards)
+	}
 	if c.DashboardDevices < 0 {
 		return fmt.Errorf("-dashboard-devices %d: want 0 (skip) or more", c.DashboardDevices)
 	}
@@ -222,6 +250,9 @@ func (c *config) smoke() {
 	c.SoakTime = 4 * time.Second
 	c.FirmwareDevices = min(c.FirmwareDevices, 20)
 	c.DashboardDevices = min(c.DashboardDevices, 5)
+	if c.CeilingMax > 0 {
+		c.ceilingLimit = &fdlimit.Limit{Soft: fdlimit.Reserve + 6, Hard: fdlimit.Reserve + 6}
+	}
 }
 
 func parseInts(s string) ([]int, error) {
