@@ -38,10 +38,10 @@ func TestSmoke(t *testing.T) {
 		CeilingMax:  100000,
 		Shards:      2,
 		ConnectRate: 1000,
-		AliasAddr:        "127.0.0.2:443",
-		DataDir:          t.TempDir(),
-		Command:          "go test ./bench -run TestSmoke",
-		Smoke:            true,
+		AliasAddr:   "127.0.0.2:443",
+		DataDir:     t.TempDir(),
+		Command:     "go test ./bench -run TestSmoke",
+		Smoke:       true,
 	}
 	cfg.smoke()
 	if os.Geteuid() != 0 {

@@ -122,7 +122,6 @@ func (r *results) Markdown(cfg *config) string {
 		r.Env.CPU, r.Env.Cores, r.Env.MemTotal, r.Env.OS, r.Env.Go, r.Env.Node)
 	w("Everything runs on this one machine over loopback TLS; client, hub and device share the cores.\n\n")
 
-
 	var goals []goal
 	switch {
 	case cfg.SoakOnly:
