@@ -1,7 +1,6 @@
 package device_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -11,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/dmctl/dmctl/internal/syncbuf"
 
 	"github.com/rs/zerolog"
 	"go.uber.org/goleak"
@@ -375,7 +376,7 @@ func TestRebootReportFailureIsReportedAndClears(t *testing.T) {
 }
 
 func TestDesiredPatches(t *testing.T) {
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	_, h, rec := start(t, device.Config{Log: zerolog.New(&logs).Level(zerolog.DebugLevel)})
 	h.HandleTwin([]byte(`{"desired":{"interval":5,"$version":4},"reported":{"rebootTime":"2026-01-01T00:00:00Z","$version":9}}`))
 	h.HandleDesired(3, []byte(`{"interval":3,"$version":3}`))
@@ -399,22 +400,4 @@ func TestDesiredPatches(t *testing.T) {
 	if !strings.Contains(logs.String(), `"patch":{"interval":7,"$version":5}`) {
 		t.Errorf("desired patch not logged:\n%s", logs.String())
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for a logger and a reader at once.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dmctl/dmctl/internal/syncbuf"
+
 	"github.com/rs/zerolog"
 )
 
@@ -35,23 +37,10 @@ func (l *emfileListener) Accept() (net.Conn, error) {
 	return l.Listener.Accept()
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
 // records returns the log records whose "event" is event.
-func (s *syncBuffer) records(event string) []map[string]any {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+func records(logs *syncbuf.Buffer, event string) []map[string]any {
 	var out []map[string]any
-	for _, line := range bytes.Split(s.b.Bytes(), []byte("\n")) {
+	for _, line := range bytes.Split(logs.Bytes(), []byte("\n")) {
 		var m map[string]any
 		if json.Unmarshal(line, &m) == nil && m["event"] == event {
 			out = append(out, m)
@@ -63,7 +52,7 @@ func (s *syncBuffer) records(event string) []map[string]any {
 // Accepts the kernel refuses for want of descriptors are said once, with
 // the fix, and the hub takes connections again as soon as it can.
 func TestAcceptsRefusedForWantOfDescriptors(t *testing.T) {
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	s, err := New(Config{DataDir: t.TempDir(), Listen: []string{"127.0.0.1:0"}, Log: zerolog.New(logs)})
 	if err != nil {
 		t.Fatal(err)
@@ -81,11 +70,11 @@ func TestAcceptsRefusedForWantOfDescriptors(t *testing.T) {
 		t.Fatalf("the hub did not take a connection after the refusals: %v", err)
 	}
 	_ = c.Close()
-	got := logs.records("fd_exhausted")
+	got := records(logs, "fd_exhausted")
 	if len(got) != 1 || !strings.Contains(got[0]["hint"].(string), "limit") || !strings.Contains(got[0]["error"].(string), "too many open files") {
 		t.Fatalf("fd_exhausted records %v, want one with the error and the fix", got)
 	}
-	if got := logs.records("fd_recovered"); len(got) != 1 || got[0]["refused"] != float64(3) {
+	if got := records(logs, "fd_recovered"); len(got) != 1 || got[0]["refused"] != float64(3) {
 		t.Fatalf("fd_recovered records %v, want one counting 3 refusals", got)
 	}
 }

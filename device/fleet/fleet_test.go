@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dmctl/dmctl/internal/syncbuf"
+
 	"github.com/rs/zerolog"
 	"go.uber.org/goleak"
 
@@ -61,7 +63,7 @@ func devices(t *testing.T, srv *hubtest.Server, prefix string, n int) []*sas.Con
 
 type running struct {
 	f    *fleet.Fleet
-	logs *syncBuffer
+	logs *syncbuf.Buffer
 	ev   *devicetest.Recorder // every device's events
 	stop func() error         // cancels Run and returns its result
 }
@@ -70,7 +72,7 @@ type running struct {
 // until every device has connected.
 func start(t *testing.T, srv *hubtest.Server, css []*sas.ConnectionString, level zerolog.Level) *running {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	rec := devicetest.NewRecorder()
 	log := zerolog.New(io.MultiWriter(logs, zerolog.NewTestWriter(t))).Level(level)
 	f, err := fleet.New(fleet.Config{
@@ -424,23 +426,6 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 func TestFleetFirmwareCampaignBoundsDownloads(t *testing.T) {
 	srv := hubtest.NewServer(t)
 	pkg := []byte("firmware 2.0.0")
@@ -475,7 +460,7 @@ func TestFleetFirmwareCampaignBoundsDownloads(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	f, err := fleet.New(fleet.Config{
 		Devices:             css,
 		Conn:                mqtt.Config{RootCAs: pool, ClientType: "dmctl/test", Backoff: fastBackoff},

@@ -1,7 +1,6 @@
 package api
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -15,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/dmctl/dmctl/internal/syncbuf"
 
 	"github.com/dmctl/dmctl/hub/internal/testwait"
 
@@ -84,24 +85,7 @@ type env struct {
 	store  *store.Store
 	dev    *fakeDevices
 	srv    *httptest.Server
-	logBuf *syncBuffer
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	logBuf *syncbuf.Buffer
 }
 
 func newEnv(t *testing.T) *env {
@@ -110,7 +94,7 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{t: t, store: st, dev: &fakeDevices{}, logBuf: &syncBuffer{}}
+	e := &env{t: t, store: st, dev: &fakeDevices{}, logBuf: &syncbuf.Buffer{}}
 	st.OnDesired(e.dev.NotifyDesired) // as the hub registers its broker
 	e.srv = httptest.NewServer(New(Config{
 		Store:   st,

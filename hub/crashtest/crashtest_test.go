@@ -198,7 +198,7 @@ func runCycle(ctx context.Context, t *testing.T, p *hubProc, pool *x509.CertPool
 	for _, d := range devs {
 		mc, err := dialDevice(p.ready.Addr, pool, svc.HostName, d, cy, patchWindow)
 		if err != nil {
-			t.Fatalf("cycle %d: %v\nhub output:\n%s", n, err, p.out.tail(4000))
+			t.Fatalf("cycle %d: %v\nhub output:\n%s", n, err, tail(p.out, 4000))
 		}
 		conns = append(conns, mc)
 	}
@@ -221,7 +221,7 @@ func runCycle(ctx context.Context, t *testing.T, p *hubProc, pool *x509.CertPool
 	wantMQTT := int64(minAcks + rand.IntN(maxExtraAcks+1))
 	for cy.restAcks.Load() < wantREST || cy.mqttAcks.Load() < wantMQTT {
 		if ps := cy.problemList(); len(ps) > 0 {
-			t.Fatalf("traffic failed before the kill:\n%s\nhub output:\n%s", join(ps), p.out.tail(4000))
+			t.Fatalf("traffic failed before the kill:\n%s\nhub output:\n%s", join(ps), tail(p.out, 4000))
 		}
 		select {
 		case <-cy.progress:

@@ -12,10 +12,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/dmctl/dmctl/internal/syncbuf"
 
 	"github.com/dmctl/dmctl/hub/internal/testwait"
 )
@@ -42,24 +43,9 @@ func buildDmctl(ctx context.Context, t *testing.T) string {
 	return bin
 }
 
-// syncBuffer collects a child's output; it is written by exec's copying
-// goroutine and read by the test.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
 // tail returns at most the last n bytes of output.
-func (b *syncBuffer) tail(n int) string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	s := b.buf.Bytes()
+func tail(b *syncbuf.Buffer, n int) string {
+	s := b.Bytes()
 	if len(s) > n {
 		s = s[len(s)-n:]
 	}
@@ -93,7 +79,7 @@ func parseReady(b []byte) (readyInfo, error) {
 // hubProc is one "dmctl hub serve" child process.
 type hubProc struct {
 	cmd   *exec.Cmd
-	out   *syncBuffer
+	out   *syncbuf.Buffer
 	ready readyInfo
 
 	done    chan struct{} // closed when the process has been waited for
@@ -107,7 +93,7 @@ func startHub(ctx context.Context, t *testing.T, bin, dataDir, listen, readyFile
 	if err := os.Remove(readyFile); err != nil && !errors.Is(err, os.ErrNotExist) {
 		t.Fatal(err)
 	}
-	p := &hubProc{out: &syncBuffer{}, done: make(chan struct{})}
+	p := &hubProc{out: &syncbuf.Buffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(bin, "hub", "serve", "--data", dataDir, "--listen", listen, "--ready-file", readyFile)
 	// stdout carries the owner connection string, a secret: drop it. The
 	// logs on stderr are shown when the hub fails.
@@ -128,9 +114,9 @@ func startHub(ctx context.Context, t *testing.T, bin, dataDir, listen, readyFile
 	for {
 		select {
 		case <-p.done:
-			t.Fatalf("dmctl hub serve exited before it was ready: %v\noutput:\n%s", p.waitErr, p.out.tail(4000))
+			t.Fatalf("dmctl hub serve exited before it was ready: %v\noutput:\n%s", p.waitErr, tail(p.out, 4000))
 		case <-ctx.Done():
-			t.Fatalf("dmctl hub serve not ready (last ready-file error: %v): %v\noutput:\n%s", lastErr, ctx.Err(), p.out.tail(4000))
+			t.Fatalf("dmctl hub serve not ready (last ready-file error: %v): %v\noutput:\n%s", lastErr, ctx.Err(), tail(p.out, 4000))
 		case <-tick.C:
 		}
 		b, err := os.ReadFile(readyFile)
@@ -165,7 +151,7 @@ func (p *hubProc) crash(t *testing.T) {
 	t.Helper()
 	select {
 	case <-p.done:
-		t.Fatalf("dmctl hub serve ended by itself before the kill: %v\noutput:\n%s", p.waitErr, p.out.tail(4000))
+		t.Fatalf("dmctl hub serve ended by itself before the kill: %v\noutput:\n%s", p.waitErr, tail(p.out, 4000))
 	default:
 	}
 	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
@@ -174,7 +160,7 @@ func (p *hubProc) crash(t *testing.T) {
 	testwait.Recv(t, p.done, "the SIGKILLed hub process to be reaped")
 	ws, ok := p.cmd.ProcessState.Sys().(syscall.WaitStatus)
 	if !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
-		t.Fatalf("dmctl hub serve did not end by SIGKILL: %v\noutput:\n%s", p.waitErr, p.out.tail(4000))
+		t.Fatalf("dmctl hub serve did not end by SIGKILL: %v\noutput:\n%s", p.waitErr, tail(p.out, 4000))
 	}
 }
 

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dmctl/dmctl/internal/syncbuf"
+
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/chromedp"
@@ -216,7 +218,7 @@ func testFleetReboot(t *testing.T, d *dash) {
 	}
 	done := make(chan result, 1)
 	go func() {
-		out, errOut := &lockedBuffer{}, &lockedBuffer{}
+		out, errOut := &syncbuf.Buffer{}, &syncbuf.Buffer{}
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()
 		code := runCLI(ctx, out, errOut, "service", "reboot", "--query", "tags.fleet = 'f1'", "--job-prefix", "lab-reboot",

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dmctl/dmctl/internal/syncbuf"
+
 	"github.com/chromedp/chromedp"
 
 	"github.com/dmctl/dmctl/internal/cli"
@@ -30,8 +32,8 @@ type hubProc struct {
 	ownerCS   string // the iothubowner connection string it printed
 	dashURL   string // the Dashboard: login URL it printed
 	origin    string // https://localhost:PORT of the dashboard
-	stdout    *lockedBuffer
-	stderr    *lockedBuffer
+	stdout    *syncbuf.Buffer
+	stderr    *syncbuf.Buffer
 	stop      func()
 }
 
@@ -41,7 +43,7 @@ func startHub(t testing.TB) *hubProc {
 	dir := t.TempDir()
 	ready := filepath.Join(dir, "ready.json")
 	data := filepath.Join(dir, "hub")
-	h := &hubProc{dir: dir, stdout: &lockedBuffer{}, stderr: &lockedBuffer{}}
+	h := &hubProc{dir: dir, stdout: &syncbuf.Buffer{}, stderr: &syncbuf.Buffer{}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan int, 1)
 	go func() {
@@ -96,7 +98,7 @@ func startHub(t testing.TB) *hubProc {
 // dmctl runs one dmctl command against the hub and returns its stdout.
 func (h *hubProc) dmctl(t testing.TB, args ...string) string {
 	t.Helper()
-	out, errOut := &lockedBuffer{}, &lockedBuffer{}
+	out, errOut := &syncbuf.Buffer{}, &syncbuf.Buffer{}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	if code := cli.Main(ctx, append([]string{"dmctl"}, args...), strings.NewReader(""), out, errOut); code != 0 {
@@ -125,7 +127,7 @@ func (h *hubProc) createDevice(t testing.TB, id, tags string) string {
 
 // deviceProc is one `dmctl device run` in-process, logging JSON.
 type deviceProc struct {
-	log  *lockedBuffer
+	log  *syncbuf.Buffer
 	stop func()
 }
 
@@ -135,12 +137,12 @@ type deviceProc struct {
 func (h *hubProc) runDevice(t testing.TB, name string, args ...string) *deviceProc {
 	t.Helper()
 	ready := filepath.Join(h.dir, name+".ready.json")
-	d := &deviceProc{log: &lockedBuffer{}}
+	d := &deviceProc{log: &syncbuf.Buffer{}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan int, 1)
 	full := append([]string{"dmctl", "--log-format", "json", "--log-level", "info", "device", "run",
 		"--ca-file", h.ca, "--ready-file", ready, "--reboot-delay", "300ms"}, args...)
-	go func() { done <- cli.Main(ctx, full, strings.NewReader(""), &lockedBuffer{}, d.log) }()
+	go func() { done <- cli.Main(ctx, full, strings.NewReader(""), &syncbuf.Buffer{}, d.log) }()
 	d.stop = sync.OnceFunc(func() {
 		cancel()
 		select {
@@ -216,7 +218,7 @@ func waitFor(d time.Duration, what string, cond func() (bool, error)) error {
 // certificate.
 func browse(t testing.TB, h *hubProc) *Browser {
 	t.Helper()
-	out := &lockedBuffer{}
+	out := &syncbuf.Buffer{}
 	b, err := Start(context.Background(), Config{TrustCert: h.serverPEM, Output: out})
 	if err != nil {
 		t.Fatalf("%v\nchromium's output:\n%s", err, tail(out.String(), 4000))
@@ -302,6 +304,6 @@ func screenshot(t testing.TB, tab context.Context, name string) {
 }
 
 // runCLI runs dmctl args through cli.Main and returns its exit code.
-func runCLI(ctx context.Context, stdout, stderr *lockedBuffer, args ...string) int {
+func runCLI(ctx context.Context, stdout, stderr *syncbuf.Buffer, args ...string) int {
 	return cli.Main(ctx, append([]string{"dmctl"}, args...), strings.NewReader(""), stdout, stderr)
 }

@@ -23,6 +23,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dmctl/dmctl/internal/syncbuf"
+
 	"github.com/chromedp/chromedp"
 )
 
@@ -221,7 +223,7 @@ func TestSPKIHashErrors(t *testing.T) {
 func startBrowser(t *testing.T, trustPEM string) *Browser {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	out := &lockedBuffer{}
+	out := &syncbuf.Buffer{}
 	b, err := Start(ctx, Config{TrustCert: trustPEM, Output: out})
 	if err != nil {
 		cancel()

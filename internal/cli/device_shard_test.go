@@ -3,7 +3,6 @@
 package cli
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -20,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dmctl/dmctl/internal/syncbuf"
+
 	"github.com/dmctl/dmctl/hub/hubtest"
 	"github.com/dmctl/dmctl/internal/fdlimit"
 )
@@ -27,25 +28,6 @@ import (
 // shardPatience bounds every wait of these tests: children of a -race
 // test binary start slowly.
 const shardPatience = 60 * time.Second
-
-// syncBuffer is a bytes.Buffer that the parent's logger and the children's
-// stderr copiers may write at once.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // fleetFile registers n devices on hs (ids prefix-01 ...) and writes their
 // connection strings to a file; edit rewrites each line first.
@@ -72,14 +54,14 @@ func fleetFile(t *testing.T, hs *hubtest.Server, prefix string, n int, edit func
 type runningFleet struct {
 	cancel         context.CancelFunc
 	done           chan int // the exit code
-	stdout, stderr *syncBuffer
+	stdout, stderr *syncbuf.Buffer
 	readyFile      string
 }
 
 func startFleet(t *testing.T, args ...string) *runningFleet {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	f := &runningFleet{cancel: cancel, done: make(chan int, 1), stdout: &syncBuffer{}, stderr: &syncBuffer{},
+	f := &runningFleet{cancel: cancel, done: make(chan int, 1), stdout: &syncbuf.Buffer{}, stderr: &syncbuf.Buffer{},
 		readyFile: filepath.Join(t.TempDir(), "ready.json")}
 	argv := append([]string{"dmctl", "--log-format", "json", "device", "run", "--ready-file", f.readyFile}, args...)
 	go func() { f.done <- Main(ctx, argv, strings.NewReader(""), f.stdout, f.stderr) }()

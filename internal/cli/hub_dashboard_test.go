@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"net"
@@ -9,28 +8,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/dmctl/dmctl/internal/syncbuf"
 )
-
-// lockedBuffer is a bytes.Buffer the command writes while the test reads.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // serveHub runs 'dmctl hub serve' with args until the test ends and
 // returns its stdout once the ready file exists.
@@ -39,7 +21,7 @@ func serveHub(t *testing.T, args ...string) string {
 	dir := t.TempDir()
 	ready := filepath.Join(dir, "ready.json")
 	ctx, cancel := context.WithCancel(context.Background())
-	var out, errOut lockedBuffer
+	var out, errOut syncbuf.Buffer
 	done := make(chan int, 1)
 	argv := append([]string{"dmctl", "hub", "serve", "--data", filepath.Join(dir, "hub"), "--listen", "127.0.0.1:0", "--ready-file", ready}, args...)
 	go func() { done <- Main(ctx, argv, strings.NewReader(""), &out, &errOut) }()
