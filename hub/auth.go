@@ -229,11 +229,11 @@ func isTelemetry(key, topic string) bool {
 // if it may. Store errors other than not-found leave it connected.
 func (b *broker) revocation(key string) string {
 	dev, mod := splitKey(key)
-	d, err := b.s.store.Device(dev)
+	status, err := b.s.store.DeviceStatus(dev)
 	switch {
 	case errors.Is(err, errStoreNotFound):
 		return "device deleted"
-	case err == nil && !enabled(d.Status):
+	case err == nil && !enabled(status):
 		return "device disabled"
 	case err != nil || mod == "":
 		return ""

@@ -80,7 +80,7 @@ func (s *server) invoke(w http.ResponseWriter, r *http.Request) {
 		if !ok {
 			return "", false
 		}
-		if _, err := s.cfg.Store.Device(id); err != nil {
+		if _, err := s.cfg.Store.DeviceStatus(id); err != nil {
 			s.storeError(w, r, id, err)
 			return "", false
 		}
