@@ -279,8 +279,18 @@ func (b *broker) signalLocked() {
 	b.change = make(chan struct{})
 }
 
-// subscribed reports whether one of cl's subscriptions matches topic.
+// subscribed reports whether one of cl's subscriptions matches topic. The
+// filters the SDKs subscribe with for the hub's own topics are looked up
+// first, without copying the client's subscriptions.
 func subscribed(cl *mqtt.Client, topic string) bool {
+	for _, f := range [...]string{iothub.MethodsFilter, iothub.DesiredFilter, iothub.TwinResFilter} {
+		if strings.HasPrefix(topic, f[:len(f)-1]) {
+			if _, ok := cl.State.Subscriptions.Get(f); ok {
+				return true
+			}
+			break
+		}
+	}
 	for filter := range cl.State.Subscriptions.GetAll() {
 		if matchFilter(filter, topic) {
 			return true
@@ -295,17 +305,24 @@ func matchFilter(filter, topic string) bool {
 	if strings.HasPrefix(topic, "$") && (strings.HasPrefix(filter, "+") || strings.HasPrefix(filter, "#")) {
 		return false
 	}
-	fs := strings.Split(filter, "/")
-	ts := strings.Split(topic, "/")
-	for i, f := range fs {
+	topicLeft := true // a level of topic is still to match
+	for {
+		f, frest, fmore := strings.Cut(filter, "/")
 		if f == "#" {
 			return true
 		}
-		if i >= len(ts) || (f != "+" && f != ts[i]) {
+		if !topicLeft {
 			return false
 		}
+		t, trest, tmore := strings.Cut(topic, "/")
+		if f != "+" && f != t {
+			return false
+		}
+		if !fmore {
+			return !tmore
+		}
+		filter, topic, topicLeft = frest, trest, tmore
 	}
-	return len(fs) == len(ts)
 }
 
 // send writes a QoS 0 PUBLISH to exactly this client, provided it
