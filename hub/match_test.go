@@ -50,3 +50,21 @@ func TestMatchFilterAllocates(t *testing.T) {
 		t.Errorf("matchFilter allocates %v times per call", n)
 	}
 }
+
+// TestCutSpaceAgrees: cutSpace is CutPrefix with the identity's own space,
+// for devices and modules, on topics inside, beside and outside it.
+func TestCutSpaceAgrees(t *testing.T) {
+	keys := []string{"d1", "d", "d1/m1", "d1/m", "d1/"}
+	topics := []string{"devices/d1/messages/events/", "devices/d1/messages/events", "devices/d1", "devices/d1/",
+		"devices/d12/messages/events/", "devices/d1/modules/m1/messages/events/a=b", "devices/d1/modules/m1",
+		"devices/d1/modules/m12/x", "devices/d1/modules/m1/", "devices/", "", "$iothub/methods/res/200/?$rid=1"}
+	for _, k := range keys {
+		for _, tp := range topics {
+			gr, gok := cutSpace(k, tp)
+			wr, wok := strings.CutPrefix(tp, ownSpace(k))
+			if gr != wr || gok != wok {
+				t.Errorf("cutSpace(%q, %q) = %q, %v; want %q, %v", k, tp, gr, gok, wr, wok)
+			}
+		}
+	}
+}
