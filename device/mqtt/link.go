@@ -51,6 +51,7 @@ type link struct {
 	tickMu  sync.Mutex // held by a running keep-alive tick
 
 	qos2 map[uint16]bool // inbound QoS 2 IDs between PUBREC and PUBREL; reader goroutine only
+	hdr  [1]byte         // the reader's scratch byte
 
 	dead chan struct{} // closed when the link is closed or failed
 	done chan struct{} // closed when the reader has returned
@@ -179,7 +180,7 @@ func connect(conn net.Conn, lc linkConfig, keepAlive time.Duration) (*packets.Co
 func (l *link) read() {
 	defer close(l.done)
 	for {
-		p, err := packets.ReadPacket(l.conn)
+		p, err := readPacket(l.conn, &l.hdr)
 		if err != nil {
 			l.fail(err)
 			return
@@ -411,9 +412,29 @@ func (l *link) publish(topic string, payload []byte) error {
 	if closed {
 		return l.failure()
 	}
-	pp := packets.NewControlPacket(packets.Publish).(*packets.PublishPacket)
-	pp.TopicName, pp.Payload = topic, payload
-	return l.write(pp)
+	if len(topic) > 0xffff {
+		return fmt.Errorf("send PUBLISH: topic of %d bytes", len(topic))
+	}
+	bp := packetBuffers.Get().(*[]byte)
+	*bp = appendPublish((*bp)[:0], topic, payload, 0, 0)
+	err := l.writeRaw("PUBLISH", *bp)
+	if cap(*bp) <= maxPooledPacket {
+		packetBuffers.Put(bp)
+	}
+	return err
+}
+
+// writeRaw sends one encoded packet, as write does.
+func (l *link) writeRaw(name string, b []byte) error {
+	l.wmu.Lock()
+	_ = l.conn.SetWriteDeadline(time.Now().Add(l.writeTimeout))
+	_, err := l.conn.Write(b)
+	l.wmu.Unlock()
+	if err != nil {
+		err = fmt.Errorf("send %s: %w", name, err)
+		l.fail(err)
+	}
+	return err
 }
 
 // close sends DISCONNECT (planned) or not, closes the connection and waits
