@@ -26,6 +26,11 @@ const (
 	// maxWritesPending is mochi's per-client outbound queue. The hub writes
 	// to devices directly, so the queue stays almost empty.
 	maxWritesPending = 32
+	// readBufferSize is mochi's per-connection read buffer. It need not
+	// hold a packet (a larger read bypasses it) and TLS keeps the record
+	// it decrypts in its own buffer: it only saves calls into TLS for the
+	// small packets, and every idle connection holds it.
+	readBufferSize = 256
 	// sessionExpiry is how long mochi keeps a clean-session-0 session
 	// (subscriptions) of a disconnected device, in seconds.
 	sessionExpiry = 3600
@@ -77,7 +82,7 @@ func newBroker(s *Server) (*broker, error) {
 	}
 	m := mqtt.New(&mqtt.Options{
 		Capabilities:             caps,
-		ClientNetReadBufferSize:  1024,
+		ClientNetReadBufferSize:  readBufferSize,
 		ClientNetWriteBufferSize: 1024,
 		Logger:                   slog.New(zerolog.NewSlogHandler(quiet)),
 		SysTopicResendInterval:   3600,
