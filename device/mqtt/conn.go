@@ -245,8 +245,8 @@ type Conn struct {
 	dispatching bool
 	reporting   bool
 	sess        *session
-	up          chan struct{} // closed while sess != nil
-	pending     map[string]chan twinResult
+	up          chan struct{}              // closed while sess != nil
+	pending     map[string]chan twinResult // nil while none is waiting
 	inbox       []inbound
 	inflight    int // method calls received and not yet answered
 	queue       []*report
@@ -335,7 +335,6 @@ func New(cfg Config) (*Conn, error) {
 		ready:     make(chan struct{}),
 		done:      make(chan struct{}),
 		up:        make(chan struct{}),
-		pending:   make(map[string]chan twinResult),
 		tlsConf:   cfg.TLSConfig,
 	}
 	c.dialConn = c.dialTransport

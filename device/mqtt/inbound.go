@@ -34,7 +34,7 @@ func (c *Conn) route(topic string, payload []byte) {
 	if status, rid, version, ok := iothub.ParseTwinResponseTopic(topic); ok {
 		c.mu.Lock()
 		ch := c.pending[rid]
-		delete(c.pending, rid)
+		c.forgetLocked(rid)
 		c.mu.Unlock()
 		if ch != nil {
 			ch <- twinResult{status: status, version: version, body: payload} // buffered 1, one sender

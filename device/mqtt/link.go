@@ -44,13 +44,13 @@ type link struct {
 	closed  bool  // close called, or the link failed
 	err     error // why the link ended; set with closed
 	nextID  uint16
-	acks    map[uint16]chan packets.ControlPacket
-	pingOut bool      // a PINGREQ awaits its PINGRESP
-	pingAt  time.Time // when the last PINGREQ went out
+	acks    map[uint16]chan packets.ControlPacket // nil while none is waiting
+	pingOut bool                                  // a PINGREQ awaits its PINGRESP
+	pingAt  time.Time                             // when the last PINGREQ went out
 	timer   *time.Timer
 	tickMu  sync.Mutex // held by a running keep-alive tick
 
-	qos2 map[uint16]bool // inbound QoS 2 IDs between PUBREC and PUBREL; reader goroutine only
+	qos2 map[uint16]bool // inbound QoS 2 IDs between PUBREC and PUBREL; reader goroutine only; nil when empty
 	hdr  [1]byte         // the reader's scratch byte
 
 	dead chan struct{} // closed when the link is closed or failed
@@ -131,8 +131,6 @@ func openLink(ctx context.Context, conn net.Conn, lc linkConfig, keepAlive, writ
 		lost:         lc.lost,
 		writeTimeout: writeTimeout,
 		pingEvery:    keepAlive * 9 / 10, // MQTT: a packet within every keep-alive period
-		acks:         make(map[uint16]chan packets.ControlPacket),
-		qos2:         make(map[uint16]bool),
 		dead:         make(chan struct{}),
 		done:         make(chan struct{}),
 	}
@@ -192,6 +190,9 @@ func (l *link) read() {
 			}
 		case *packets.PubrelPacket:
 			delete(l.qos2, p.MessageID)
+			if len(l.qos2) == 0 {
+				l.qos2 = nil
+			}
 			comp := packets.NewControlPacket(packets.Pubcomp).(*packets.PubcompPacket)
 			comp.MessageID = p.MessageID
 			if l.write(comp) != nil {
@@ -226,6 +227,9 @@ func (l *link) receive(p *packets.PublishPacket) bool {
 		l.route(p.TopicName, p.Payload)
 	case 2:
 		if !l.qos2[p.MessageID] {
+			if l.qos2 == nil {
+				l.qos2 = make(map[uint16]bool)
+			}
 			l.qos2[p.MessageID] = true
 			l.route(p.TopicName, p.Payload)
 		}
@@ -241,10 +245,19 @@ func (l *link) receive(p *packets.PublishPacket) bool {
 	return true
 }
 
+// forgetLocked drops the wait for id. A map keeps its table when emptied:
+// an idle link holds none.
+func (l *link) forgetLocked(id uint16) {
+	delete(l.acks, id)
+	if len(l.acks) == 0 {
+		l.acks = nil
+	}
+}
+
 func (l *link) ack(id uint16, p packets.ControlPacket) {
 	l.mu.Lock()
 	ch := l.acks[id]
-	delete(l.acks, id)
+	l.forgetLocked(id)
 	l.mu.Unlock()
 	if ch != nil {
 		ch <- p // buffered 1, one sender
@@ -356,11 +369,14 @@ func (l *link) request(ctx context.Context, build func(id uint16) packets.Contro
 		}
 	}
 	id := l.nextID
+	if l.acks == nil {
+		l.acks = make(map[uint16]chan packets.ControlPacket)
+	}
 	l.acks[id] = ch
 	l.mu.Unlock()
 	defer func() {
 		l.mu.Lock()
-		delete(l.acks, id)
+		l.forgetLocked(id)
 		l.mu.Unlock()
 	}()
 	if err := l.write(build(id)); err != nil {
