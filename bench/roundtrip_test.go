@@ -139,3 +139,40 @@ func BenchmarkBrokerRoundTrip(b *testing.B) {
 		return err
 	})
 }
+
+// BenchmarkMethodParallel is section 2's load on one device: 64 callers
+// at once (32 per core on 2 cores) through one service client. Its
+// cpu-µs/op bounds throughput: 2 cores give 2e6/cpu-µs calls per second
+// at most.
+func BenchmarkMethodParallel(b *testing.B) {
+	p, stop := benchHub(b, "rt-par")
+	defer stop()
+	call := invoker(context.Background(), p.svc)
+	if err := call("rt-par", true); err != nil {
+		b.Fatal(err)
+	}
+	for range 200 {
+		if err := call("rt-par", false); err != nil {
+			b.Fatal(err)
+		}
+	}
+	r0, w0 := procIO(b)
+	c0 := cpuTime()
+	b.ReportAllocs()
+	b.SetParallelism(32)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if err := call("rt-par", false); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.StopTimer()
+	c1 := cpuTime()
+	r1, w1 := procIO(b)
+	b.ReportMetric(float64((c1-c0).Microseconds())/float64(b.N), "cpu-µs/op")
+	b.ReportMetric(float64(r1-r0)/float64(b.N), "reads/op")
+	b.ReportMetric(float64(w1-w0)/float64(b.N), "writes/op")
+}
