@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/dmctl/dmctl/internal/browser"
 )
 
 func TestMain(m *testing.M) {
@@ -28,11 +30,18 @@ func TestSmoke(t *testing.T) {
 		// three seconds (reboot delay 1 s, one poll interval).
 		FirmwareDevices: 20,
 		FirmwareWaves:   "10%,100%",
-		ConnectRate:     1000,
-		AliasAddr:       "127.0.0.2:443",
-		DataDir:         t.TempDir(),
-		Command:         "go test ./bench -run TestSmoke",
-		Smoke:           true,
+		// DashboardDevices: Chromium on the Devices page while 5 devices
+		// reboot (a second or two).
+		DashboardDevices: 5,
+		// The ceiling fleet: smoke() plans it with a tiny open-file limit
+		// (6 devices), in one process and over 2.
+		CeilingMax:  100000,
+		Shards:      2,
+		ConnectRate: 1000,
+		AliasAddr:   "127.0.0.2:443",
+		DataDir:     t.TempDir(),
+		Command:     "go test ./bench -run TestSmoke",
+		Smoke:       true,
 	}
 	cfg.smoke()
 	if os.Geteuid() != 0 {
@@ -90,6 +99,21 @@ func TestSmoke(t *testing.T) {
 	if !impls["dmctl"] || (cfg.Node != "" && !impls["official"]) {
 		t.Errorf("scale: rows for %v", impls)
 	}
+	if res.Ceiling == nil || res.Ceiling.Devices != 6 {
+		t.Errorf("ceiling: %+v, want 6 devices (the smoke run's open-file limit)", res.Ceiling)
+	} else {
+		var single, sharded bool
+		for _, s := range res.Scale {
+			single = single || (s.Ceiling && s.Processes == 1)
+			sharded = sharded || (s.Ceiling && s.Processes == 2 && strings.Contains(s.Impl, "--processes 2"))
+		}
+		if !single || !sharded {
+			t.Errorf("ceiling lines: one process %v, two processes %v, in %+v", single, sharded, res.Scale)
+		}
+	}
+	if len(res.Shutdown) != 1 || res.Shutdown[0].Exit <= 0 || res.Shutdown[0].BackCount != 6 || res.Shutdown[0].Back < res.Shutdown[0].Exit {
+		t.Errorf("shutdown: %+v, want the hub's exit timed and all 6 devices back on the new hub", res.Shutdown)
+	}
 	if len(res.Fleet) != 1 || res.Fleet[0].Confirmed != cfg.Fleet[0] || res.Fleet[0].Wall <= 0 {
 		t.Errorf("fleet: %+v, want %d devices confirmed", res.Fleet, cfg.Fleet[0])
 	}
@@ -120,16 +144,47 @@ func TestSmoke(t *testing.T) {
 		t.Errorf("firmware campaign: want %d devices all current in 2 waves with their update times and the hub's RSS, got %+v", cfg.FirmwareDevices, *f)
 	}
 
+	if _, err := browser.Find(); err != nil {
+		t.Logf("dashboard section not checked: %v", err)
+	} else if d := res.Dashboard; d == nil {
+		t.Error("dashboard section: not run")
+	} else if d.Devices != cfg.DashboardDevices || d.Confirmed != d.Devices || d.HubEvents == 0 || !d.Caught || d.Received+d.Lost < int64(d.HubEvents) {
+		t.Errorf("dashboard section: want %d devices confirmed and the page caught up with the hub's events, got %+v", cfg.DashboardDevices, *d)
+	}
+
 	md := res.Markdown(&cfg)
 	for _, s := range []string{"# dmctl benchmarks", "## Goals", "## 1. Direct-method round trip", "## 2. Throughput",
 		"## 3. Scale and memory", "## 4. Fleet reboot", "## 5. CLI", "## 6. Soak", "## 7. Firmware campaign",
-		"| (a) dmctl service", "10,000-device firmware campaign", res.Env.Go} {
+		"## 8. Dashboard under a fleet reboot", "| (a) dmctl service", "10,000-device firmware campaign", res.Env.Go} {
 		if !strings.Contains(md, s) {
 			t.Errorf("report lacks %q", s)
 		}
 	}
 	if strings.Contains(md, "SharedAccessKey=") || strings.Contains(md, "sig=") {
 		t.Error("report contains a secret")
+	}
+	// A report read back as a baseline gives the same goals (its figures
+	// are rounded: the measured texts may differ in the last digit), shown
+	// next to this run's.
+	path := t.TempDir() + "/before.md"
+	if err := os.WriteFile(path, []byte(md), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	base, err := readBaseline(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := append(res.goals(), res.scaleTargets()...)
+	then := append(base.goals(), base.scaleTargets()...)
+	for i := range now {
+		if now[i].What != then[i].What || now[i].Met != then[i].Met || (now[i].Measured == "not measured") != (then[i].Measured == "not measured") {
+			t.Errorf("goal read back from the report: %+v, want %+v", then[i], now[i])
+		}
+	}
+	withBase := cfg
+	withBase.Baseline, withBase.baseline = path, base
+	if md2 := res.Markdown(&withBase); !strings.Contains(md2, "| goal | before | measured | met |") {
+		t.Error("report with -baseline has no before column")
 	}
 	// -firmware-only renders section 7 and its goal alone.
 	only := cfg
@@ -161,6 +216,10 @@ func TestConfigCheck(t *testing.T) {
 		{"negative devices", func(c *config) { c.FirmwareDevices = -1 }, "-firmware-devices -1"},
 		{"bad waves", func(c *config) { c.FirmwareWaves = "ten" }, "-firmware-waves \"ten\""},
 		{"no waves", func(c *config) { c.FirmwareWaves = "" }, "-firmware-waves"},
+		{"dashboard and soak only", func(c *config) { c.DashboardOnly, c.SoakOnly = true, true }, "-dashboard-only excludes"},
+		{"negative dashboard devices", func(c *config) { c.DashboardDevices = -1 }, "-dashboard-devices -1"},
+		{"negative ceiling", func(c *config) { c.CeilingMax = -1 }, "-ceiling-max -1"},
+		{"one shard", func(c *config) { c.CeilingMax, c.Shards = 10, 1 }, "-shards 1"},
 	} {
 		c := ok
 		tc.mod(&c)

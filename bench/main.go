@@ -6,6 +6,7 @@
 //	go run ./bench -smoke     # tiny sizes, seconds (what TestSmoke runs)
 //	go run ./bench -soak-only -out /tmp/soak.md   # only the soak (section 6)
 //	go run ./bench -firmware-only -out /tmp/fw.md # only the firmware campaign (section 7)
+//	go run ./bench -dashboard-only -out /tmp/d.md # only the dashboard under a fleet reboot (section 8)
 //
 // What it measures, in order:
 //  1. direct-method round trip on warm connections: dmctl service -> local
@@ -24,7 +25,11 @@
 //     this one);
 //  7. a firmware campaign (service/firmware): a fleet at 1.0.0 updated to
 //     2.0.0 from a package the hub serves (-firmware-only runs just this
-//     one): start to all current, the slowest device, downloads/s, hub RSS.
+//     one): start to all current, the slowest device, downloads/s, hub RSS;
+//  8. the dashboard under a fleet reboot: headless Chromium on the Devices
+//     page while every device of a fleet reboots; events the hub recorded,
+//     events the page received and lost, events/s it kept up with, and its
+//     lag (-dashboard-only runs just this one).
 //
 // Sections 1, 2 and 5 run against a hub inside the bench process (so that
 // -profile covers hub, service client and device); sections 3 and 4 run the
@@ -32,7 +37,9 @@
 // --connection-strings-file) as separate processes so their memory can be
 // read from /proc; section 6 runs the hub as a process (so it can be
 // SIGKILLed and its memory read) and the devices inside the bench; section 7
-// runs hub and fleet as processes and the campaign inside the bench.
+// runs hub and fleet as processes and the campaign inside the bench;
+// section 8 runs hub and fleet inside the bench (so the hub's event ring
+// can be read) and Chromium as its own process.
 package main
 
 import (
@@ -51,6 +58,8 @@ import (
 
 	"github.com/dmctl/dmctl/service/rollout"
 	"github.com/rs/zerolog"
+
+	"github.com/dmctl/dmctl/internal/fdlimit"
 )
 
 // config holds the sizes of one run.
@@ -86,6 +95,19 @@ type config struct {
 	FirmwareDevices int
 	FirmwareWaves   string // the campaign's wave plan (rollout.ParseWaves)
 	FirmwareOnly    bool   // run only the firmware campaign
+	// DashboardDevices is the fleet of the dashboard section (0: skip).
+	DashboardDevices int
+	DashboardOnly    bool // run only the dashboard section
+	// CeilingMax bounds the ceiling fleet of section 3 (0 skips it): the
+	// largest fleet the open-file limit allows, in one process and over
+	// Shards processes, and the hub's shutdown with it connected.
+	CeilingMax int
+	Shards     int
+	// ceilingLimit, when set, stands for the processes' open-file limit
+	// (the smoke run plans a tiny ceiling with it).
+	ceilingLimit *fdlimit.Limit
+	Baseline     string   // an earlier report whose figures are shown next to this run's ("" none)
+	baseline     *results // what readBaseline found in it
 }
 
 func main() {
@@ -102,6 +124,9 @@ func main() {
 	flag.DurationVar(&cfg.ThroughputD, "throughput-time", 5*time.Second, "duration of each throughput level")
 	flag.StringVar(&scale, "scale", "1000,10000", "dmctl fleet sizes connected from one process")
 	flag.IntVar(&cfg.NodeScale, "node-devices", 1000, "official Node SDK devices in one Node process (0 skips)")
+	flag.IntVar(&cfg.CeilingMax, "ceiling-max", 100000, "largest ceiling fleet: section 3 runs the largest fleet the open-file limit allows, up to this (0 skips it)")
+	flag.IntVar(&cfg.Shards, "shards", 2, "processes of the sharded ceiling fleet (dmctl device run --processes)")
+	flag.StringVar(&cfg.Baseline, "baseline", "", "an earlier report (markdown, as -out writes it) whose figures the goals table shows next to this run's")
 	flag.StringVar(&fleetSizes, "fleet", "1000,10000", "fleet reboot sizes (each must be in -scale)")
 	flag.DurationVar(&cfg.RebootDelay, "reboot-delay", time.Second, "simulated reboot time in the fleet reboot")
 	flag.IntVar(&cfg.CLIRuns, "cli-runs", 7, "runs of each one-shot CLI")
@@ -117,11 +142,13 @@ func main() {
 	flag.IntVar(&cfg.FirmwareDevices, "firmware-devices", 10000, "devices of the firmware campaign (0 skips it)")
 	flag.StringVar(&cfg.FirmwareWaves, "firmware-waves", "100%", "wave plan of the firmware campaign, e.g. 10%,100%")
 	flag.BoolVar(&cfg.FirmwareOnly, "firmware-only", false, "run only the firmware campaign (section 7); the report goes to -out only when that is given")
+	flag.IntVar(&cfg.DashboardDevices, "dashboard-devices", 1000, "devices of the dashboard section, rebooted with Chromium on the Devices page (0 skips it)")
+	flag.BoolVar(&cfg.DashboardOnly, "dashboard-only", false, "run only the dashboard under a fleet reboot (section 8); the report goes to -out only when that is given")
 	flag.BoolVar(&cfg.Smoke, "smoke", false, "tiny sizes: checks that every measurement works, in seconds")
 	flag.Parse()
 	outSet := false
 	flag.Visit(func(f *flag.Flag) { outSet = outSet || f.Name == "out" })
-	if (cfg.SoakOnly || cfg.FirmwareOnly) && !outSet {
+	if (cfg.SoakOnly || cfg.FirmwareOnly || cfg.DashboardOnly) && !outSet {
 		cfg.Out = "" // a one-section report must not replace docs/benchmarks.md
 	}
 
@@ -140,6 +167,13 @@ func main() {
 	}
 	if cfg.Smoke {
 		cfg.smoke()
+	}
+	if cfg.Baseline != "" {
+		// Read before the run: -out may be the same file.
+		if cfg.baseline, err = readBaseline(cfg.Baseline); err != nil {
+			fmt.Fprintln(os.Stderr, "bench: -baseline:", err)
+			os.Exit(2)
+		}
 	}
 	cfg.Command = "go run ./bench " + strings.Join(os.Args[1:], " ")
 	cfg.Progress = os.Stderr
@@ -179,6 +213,18 @@ func (c *config) check() error {
 	if c.SoakOnly && c.FirmwareOnly {
 		return errors.New("-soak-only and -firmware-only exclude each other")
 	}
+	if c.DashboardOnly && (c.SoakOnly || c.FirmwareOnly) {
+		return errors.New("-dashboard-only excludes -soak-only and -firmware-only")
+	}
+	if c.CeilingMax < 0 {
+		return fmt.Errorf("-ceiling-max %d: want 0 (skip) or more", c.CeilingMax)
+	}
+	if c.CeilingMax > 0 && c.Shards < 2 {
+		return fmt.Errorf("-shards %d: the sharded ceiling line needs 2 or more processes", c.Shards)
+	}
+	if c.DashboardDevices < 0 {
+		return fmt.Errorf("-dashboard-devices %d: want 0 (skip) or more", c.DashboardDevices)
+	}
 	if c.FirmwareDevices < 0 {
 		return fmt.Errorf("-firmware-devices %d: want 0 (skip) or more", c.FirmwareDevices)
 	}
@@ -203,6 +249,10 @@ func (c *config) smoke() {
 	c.SoakDevices = min(c.SoakDevices, 20)
 	c.SoakTime = 4 * time.Second
 	c.FirmwareDevices = min(c.FirmwareDevices, 20)
+	c.DashboardDevices = min(c.DashboardDevices, 5)
+	if c.CeilingMax > 0 {
+		c.ceilingLimit = &fdlimit.Limit{Soft: fdlimit.Reserve + 6, Hard: fdlimit.Reserve + 6}
+	}
 }
 
 func parseInts(s string) ([]int, error) {

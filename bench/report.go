@@ -122,24 +122,46 @@ func (r *results) Markdown(cfg *config) string {
 		r.Env.CPU, r.Env.Cores, r.Env.MemTotal, r.Env.OS, r.Env.Go, r.Env.Node)
 	w("Everything runs on this one machine over loopback TLS; client, hub and device share the cores.\n\n")
 
-	w("## Goals\n\n| goal | measured | met |\n| --- | --- | --- |\n")
 	var goals []goal
 	switch {
 	case cfg.SoakOnly:
 		goals = []goal{r.soakGoal()}
 	case cfg.FirmwareOnly:
 		goals = []goal{r.firmwareGoal()}
+	case cfg.DashboardOnly:
+		goals = []goal{r.dashboardGoal()}
 	default:
-		goals = append(r.goals(), r.soakGoal(), r.firmwareGoal())
+		goals = append(r.goals(), r.soakGoal(), r.firmwareGoal(), r.dashboardGoal())
+		goals = append(goals, r.scaleTargets()...)
 	}
-	for _, g := range goals {
-		w("| %s | %s | %s |\n", g.What, g.Measured, g.Met)
+	if cfg.baseline == nil {
+		w("## Goals\n\n| goal | measured | met |\n| --- | --- | --- |\n")
+		for _, g := range goals {
+			w("| %s | %s | %s |\n", g.What, g.Measured, g.Met)
+		}
+	} else {
+		before := map[string]string{}
+		for _, g := range append(cfg.baseline.goals(), cfg.baseline.scaleTargets()...) {
+			before[g.What] = g.Measured
+		}
+		w("## Goals\n\nBefore: the figures of `%s` as it was before this run (the same goals computed from its tables; \"not measured\" where it had no such line).\n\n", cfg.Baseline)
+		w("| goal | before | measured | met |\n| --- | --- | --- | --- |\n")
+		for _, g := range goals {
+			b := before[g.What]
+			if b == "" {
+				b = "-"
+			}
+			w("| %s | %s | %s | %s |\n", g.What, b, g.Measured, g.Met)
+		}
 	}
-	if cfg.SoakOnly || cfg.FirmwareOnly {
-		if cfg.SoakOnly {
+	if cfg.SoakOnly || cfg.FirmwareOnly || cfg.DashboardOnly {
+		switch {
+		case cfg.SoakOnly:
 			r.soakMarkdown(w)
-		} else {
+		case cfg.FirmwareOnly:
 			r.firmwareMarkdown(cfg, w)
+		default:
+			r.dashboardMarkdown(w)
 		}
 		r.notesMarkdown(w)
 		return b.String()
@@ -181,8 +203,13 @@ func (r *results) Markdown(cfg *config) string {
 	w("A fresh `dmctl hub serve` process (same data folder) for each line; devices connect from one separate process. RSS is VmRSS from /proc one second after the last device connected; hub Δ is the hub's VmRSS then minus before.\n\n")
 	w("| implementation | devices | connect all | process RSS | RSS / device | hub RSS Δ | hub RSS / connection |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 	for _, s := range r.Scale {
-		w("| %s (%s) | %d | %s | %s | %s | %s | %s |\n", s.Impl, s.ConnectCfg, s.Devices, secs(s.Connect), mib(s.RSS), kib(s.perDevice()), mib(s.HubDelta), kib(s.hubPerConn()))
+		mark := ""
+		if s.Ceiling {
+			mark = " — ceiling"
+		}
+		w("| %s (%s)%s | %d | %s | %s | %s | %s | %s |\n", s.Impl, s.ConnectCfg, mark, s.Devices, secs(s.Connect), mib(s.RSS), kib(s.perDevice()), mib(s.HubDelta), kib(s.hubPerConn()))
 	}
+	r.scaleMarkdown(w)
 
 	w("\n## 4. Fleet reboot through jobs\n\n")
 	w("`dmctl service reboot --query \"connectionState = 'Connected'\" -o json` against the hub process of section 3 while the fleet of that size is connected; reboot delay %s. Wall time of the command: baseline query, jobs, device answers, reboots, reconnects and twin confirmation.\n\n", cfg.RebootDelay)
@@ -203,6 +230,7 @@ func (r *results) Markdown(cfg *config) string {
 
 	r.soakMarkdown(w)
 	r.firmwareMarkdown(cfg, w)
+	r.dashboardMarkdown(w)
 	r.notesMarkdown(w)
 	return b.String()
 }

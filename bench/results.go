@@ -31,6 +31,8 @@ type scaleRow struct {
 	HubBefore  int64
 	HubAfter   int64
 	ConnectCfg string
+	Processes  int  // device processes (RSS is their sum)
+	Ceiling    bool // the largest fleet the open-file limit allows
 }
 
 func (r scaleRow) perDevice() float64  { return float64(r.RSS) / float64(max(1, r.Devices)) }
@@ -59,11 +61,14 @@ type results struct {
 	Latency           []latencyRow
 	Throughput        []throughputRow
 	Scale             []scaleRow
+	Ceiling           *ceilingInfo // nil when not run
+	Shutdown          []shutdownRow
 	Fleet             []fleetRow
 	CLI               []cliRow
-	Soak              *soak.Report // nil when not run
-	Firmware          *firmwareRow // nil when not run
-	Notes             []string     // what was skipped or failed, and why
+	Soak              *soak.Report  // nil when not run
+	Firmware          *firmwareRow  // nil when not run
+	Dashboard         *dashboardRow // nil when not run
+	Notes             []string      // what was skipped or failed, and why
 	Profiles          []string
 }
 

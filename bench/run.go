@@ -82,7 +82,7 @@ func run(ctx context.Context, cfg *config) (*results, error) {
 		return nil, err
 	}
 
-	if !cfg.SoakOnly && !cfg.FirmwareOnly {
+	if !cfg.SoakOnly && !cfg.FirmwareOnly && !cfg.DashboardOnly {
 		p, err := startInProcess(ctx, cfg, res)
 		if err != nil {
 			return nil, fmt.Errorf("in-process hub: %w", err)
@@ -94,11 +94,14 @@ func run(ctx context.Context, cfg *config) (*results, error) {
 
 		scaleAndFleet(ctx, cfg, res, bin)
 	}
-	if ctx.Err() == nil && !cfg.FirmwareOnly {
+	if ctx.Err() == nil && !cfg.FirmwareOnly && !cfg.DashboardOnly {
 		soakSection(ctx, cfg, res, bin)
 	}
-	if ctx.Err() == nil && !cfg.SoakOnly {
+	if ctx.Err() == nil && !cfg.SoakOnly && !cfg.DashboardOnly {
 		firmwareSection(ctx, cfg, res, bin)
+	}
+	if ctx.Err() == nil && !cfg.SoakOnly && !cfg.FirmwareOnly {
+		dashboardSection(ctx, cfg, res)
 	}
 	res.Finished = time.Now().UTC()
 	return res, ctx.Err()

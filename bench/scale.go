@@ -29,13 +29,18 @@ type hubProc struct {
 	svc    *service.Client
 }
 
-// startHubProc starts `dmctl hub serve` on data dir, with extra flags
-// after the bench's own.
+// startHubProc starts `dmctl hub serve` on data dir and a free port, with
+// extra flags after the bench's own.
 func startHubProc(ctx context.Context, cfg *config, bin, dir string, extra ...string) (*hubProc, error) {
+	return startHubProcOn(ctx, cfg, bin, dir, "0", extra...)
+}
+
+// startHubProcOn is startHubProc on a given port of 127.0.0.1.
+func startHubProcOn(ctx context.Context, cfg *config, bin, dir, listenPort string, extra ...string) (*hubProc, error) {
 	ready := dir + ".ready.json"
 	_ = os.Remove(ready)
 	argv := append([]string{bin, "--log-level", "warn", "hub", "serve",
-		"--data", dir, "--listen", "127.0.0.1:0", "--ready-file", ready}, extra...)
+		"--data", dir, "--listen", "127.0.0.1:" + listenPort, "--ready-file", ready}, extra...)
 	c, err := start("dmctl hub serve", nil, "", argv...)
 	if err != nil {
 		return nil, err
@@ -109,6 +114,15 @@ func scaleAndFleet(ctx context.Context, cfg *config, res *results, bin string) {
 		return
 	}
 	maxN := sizes[len(sizes)-1]
+	var ceil ceilingInfo
+	if cfg.CeilingMax > 0 {
+		if ceil, err = cfg.ceiling(); err != nil {
+			res.note("ceiling fleet skipped: %v", err)
+		} else {
+			res.Ceiling = &ceil
+			maxN = max(maxN, ceil.Devices)
+		}
+	}
 	ids := service.SequentialIDs("fleet", 0, maxN)
 	nodeIDs := service.SequentialIDs("node", 0, cfg.NodeScale)
 	keys := map[string]string{}
@@ -137,8 +151,17 @@ func scaleAndFleet(ctx context.Context, cfg *config, res *results, bin string) {
 		if ctx.Err() != nil {
 			return
 		}
-		if err := dmctlFleet(ctx, cfg, res, bin, dir, ids[:n], keys, slices.Contains(cfg.Fleet, n)); err != nil {
+		if err := dmctlFleet(ctx, cfg, res, bin, dir, ids[:n], keys, fleetOpts{reboot: slices.Contains(cfg.Fleet, n)}); err != nil {
 			res.note("dmctl fleet of %d: %v", n, err)
+		}
+	}
+	if res.Ceiling != nil && ctx.Err() == nil {
+		n := res.Ceiling.Devices
+		if err := dmctlFleet(ctx, cfg, res, bin, dir, ids[:n], keys, fleetOpts{shutdown: true}); err != nil {
+			res.note("dmctl fleet at the ceiling (%d): %v", n, err)
+		}
+		if err := dmctlFleet(ctx, cfg, res, bin, dir, ids[:n], keys, fleetOpts{processes: cfg.Shards}); err != nil {
+			res.note("sharded dmctl fleet at the ceiling (%d over %d processes): %v", n, cfg.Shards, err)
 		}
 	}
 	if cfg.NodeScale > 0 {
@@ -154,46 +177,71 @@ func writeLines(path string, lines []string) error {
 	return os.WriteFile(path, []byte(strings.Join(lines, "\n")+"\n"), 0o600)
 }
 
-func dmctlFleet(ctx context.Context, cfg *config, res *results, bin, dir string, ids []string, keys map[string]string, reboot bool) error {
+// fleetOpts are the variants of a dmctl fleet line.
+type fleetOpts struct {
+	reboot    bool // then reboot it through jobs (section 4)
+	shutdown  bool // then SIGTERM the hub and time its exit and the fleet's return
+	processes int  // > 0: dmctl device run --processes
+}
+
+func dmctlFleet(ctx context.Context, cfg *config, res *results, bin, dir string, ids []string, keys map[string]string, o fleetOpts) error {
 	n := len(ids)
 	h, err := startHubProc(ctx, cfg, bin, dir)
 	if err != nil {
 		return err
 	}
-	defer h.stop()
+	defer func() { h.stop() }()
 	css := make([]string, n)
 	for i, id := range ids {
 		css[i] = "HostName=localhost:" + h.port + ";DeviceId=" + id + ";SharedAccessKey=" + keys[id]
 	}
-	file := filepath.Join(cfg.DataDir, fmt.Sprintf("fleet-%d.txt", n))
+	file := filepath.Join(cfg.DataDir, fmt.Sprintf("fleet-%d-%d.txt", n, o.processes))
 	if err := writeLines(file, css); err != nil {
 		return err
 	}
-	ready := filepath.Join(cfg.DataDir, fmt.Sprintf("fleet-%d.ready.json", n))
+	ready := filepath.Join(cfg.DataDir, fmt.Sprintf("fleet-%d-%d.ready.json", n, o.processes))
 	_ = os.Remove(ready)
 	hubBefore := settledRSS(ctx, h.pid())
 
-	cfg.progress("scale: dmctl device run with %d devices (connect rate %d/s)", n, cfg.ConnectRate)
+	impl := "dmctl device run --connection-strings-file"
+	args := []string{"--log-level", "warn", "device", "run", "--connection-strings-file", file, "--ready-file", ready,
+		"--connect-rate", strconv.Itoa(cfg.ConnectRate) + "/s", "--reboot-delay", cfg.RebootDelay.String()}
+	if o.processes > 0 {
+		impl += fmt.Sprintf(" --processes %d", o.processes)
+		args = append(args, "--processes", strconv.Itoa(o.processes))
+	}
+	cfg.progress("scale: %s with %d devices (connect rate %d/s)", impl, n, cfg.ConnectRate)
 	t0 := time.Now()
-	f, err := start("dmctl device run", []string{"DMCTL_CA_FILE=" + h.caFile}, "", bin, "--log-level", "warn",
-		"device", "run", "--connection-strings-file", file, "--ready-file", ready,
-		"--connect-rate", strconv.Itoa(cfg.ConnectRate)+"/s", "--reboot-delay", cfg.RebootDelay.String())
+	f, err := start("dmctl device run", []string{"DMCTL_CA_FILE=" + h.caFile}, "", append([]string{bin}, args...)...)
 	if err != nil {
 		return err
 	}
 	defer f.stop(30 * time.Second)
-	if _, err := f.waitFile(ctx, ready, 60*time.Second+time.Duration(n)*time.Second/time.Duration(max(1, cfg.ConnectRate))*3); err != nil {
+	readyJSON, err := f.waitFile(ctx, ready, 60*time.Second+time.Duration(n)*time.Second/time.Duration(max(1, cfg.ConnectRate))*3)
+	if err != nil {
 		return err
 	}
 	connect := time.Since(t0)
-	row := scaleRow{Impl: "dmctl device run --connection-strings-file", Devices: n, Connect: connect,
-		ConnectCfg: fmt.Sprintf("--connect-rate %d/s", cfg.ConnectRate), HubBefore: hubBefore}
-	row.RSS = settledRSS(ctx, f.pid())
+	row := scaleRow{Impl: impl, Devices: n, Connect: connect,
+		ConnectCfg: fmt.Sprintf("--connect-rate %d/s", cfg.ConnectRate), HubBefore: hubBefore,
+		Ceiling: res.Ceiling != nil && n == res.Ceiling.Devices}
+	if o.processes > 0 {
+		if row.RSS, row.Processes, err = shardsRSS(ctx, f.pid(), readyJSON); err != nil {
+			return err
+		}
+	} else {
+		row.RSS, row.Processes = settledRSS(ctx, f.pid()), 1
+	}
 	row.HubAfter, _ = soak.RSS(h.pid())
 	row.HubDelta = row.HubAfter - hubBefore
 	res.Scale = append(res.Scale, row)
 
-	if !reboot {
+	if o.shutdown {
+		if h2 := measureShutdown(ctx, cfg, res, bin, dir, h, n); h2 != nil {
+			h = h2 // the deferred stop ends the new hub
+		}
+	}
+	if !o.reboot {
 		return nil
 	}
 	cfg.progress("fleet: dmctl service reboot --query over %d devices (reboot delay %s)", n, cfg.RebootDelay)

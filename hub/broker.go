@@ -57,6 +57,9 @@ type broker struct {
 	change   chan struct{}       // closed and replaced on every change
 	pending  map[string]*call    // method calls by request id
 	wg       sync.WaitGroup      // one per connection handed to mochi
+	// ended are the identities whose connections ended after close
+	// began: their disconnection is recorded in one write (close).
+	ended []string
 
 	timers sync.WaitGroup // token expiry callbacks that are running
 
@@ -127,8 +130,10 @@ func (b *broker) handoff(c net.Conn) {
 		return
 	}
 	b.conns[c] = ""
+	open := len(b.conns)
 	b.wg.Add(1)
 	b.mu.Unlock()
+	b.s.fd.opened(open)
 	select {
 	case b.ln.ch <- c:
 	case <-b.ln.done:
@@ -179,8 +184,16 @@ func (b *broker) connEnded(c net.Conn) {
 	if !b.isSession(id, c) {
 		return // replaced by a newer connection
 	}
-	if err := b.s.store.SetConnected(id, false); err != nil && !errors.Is(err, errStoreNotFound) && !errors.Is(err, store.ErrModuleNotFound) {
-		b.log.Warn().Err(err).Func(ident(id)).Msg("record disconnection")
+	b.mu.Lock()
+	closing := b.closed
+	if closing {
+		b.ended = append(b.ended, id)
+	}
+	b.mu.Unlock()
+	if !closing {
+		if err := b.s.store.SetConnected(id, false); err != nil && !errors.Is(err, errStoreNotFound) && !errors.Is(err, store.ErrModuleNotFound) {
+			b.log.Warn().Err(err).Func(ident(id)).Msg("record disconnection")
+		}
 	}
 	b.mu.Lock()
 	var ended *session
@@ -192,15 +205,20 @@ func (b *broker) connEnded(c net.Conn) {
 	}
 	stopping := b.closed
 	b.mu.Unlock()
+	// At shutdown close logs one line for all.
+	logged := b.log.Info()
+	if stopping {
+		logged = b.log.Debug()
+	}
 	if ended == nil || !ended.live {
 		// Never shown as connected (it ended before its CONNACK went
 		// out): nothing to show as disconnected either.
-		b.log.Info().Func(ident(id)).Msg(kind(id) + " disconnected")
+		logged.Func(ident(id)).Msg(kind(id) + " disconnected")
 		return
 	}
 	reason := disconnectReason(ended.cl.StopCause(), stopping)
 	b.record(id, events.Event{Kind: events.Disconnected, Reason: reason})
-	b.log.Info().Func(ident(id)).Str("reason", reason).Msg(kind(id) + " disconnected")
+	logged.Func(ident(id)).Str("reason", reason).Msg(kind(id) + " disconnected")
 }
 
 // isSession reports whether c is the connection of id's current session.
@@ -218,6 +236,18 @@ func (b *broker) close() {
 	b.mu.Unlock()
 	_ = b.mochi.Close() // closes b.ln, which closes every connection
 	b.wg.Wait()
+	// One write for every connection closed: one per connection would
+	// take seconds for a large fleet.
+	b.mu.Lock()
+	ended := b.ended
+	b.ended = nil
+	b.mu.Unlock()
+	if err := b.s.store.SetDisconnectedAll(ended); err != nil {
+		b.log.Warn().Err(err).Int("connections", len(ended)).Msg("record disconnections")
+	}
+	if len(ended) > 0 {
+		b.log.Info().Int("connections", len(ended)).Msg("hub stopping: connections closed")
+	}
 	b.timers.Wait()
 	<-b.ln.served
 	b.mu.Lock()

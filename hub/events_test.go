@@ -247,7 +247,11 @@ func TestEventsDisconnectReasons(t *testing.T) {
 		case <-ctx.Done():
 			t.Fatal("the old connection was not dropped")
 		}
-		// The device shows connected again, with no disconnect between.
+		// The old connection's end, then the new one: the device ends
+		// up shown connected.
+		if e := w.next(t, events.Disconnected); e.Reason != "replaced by a new connection" {
+			t.Fatalf("disconnect event of the replaced connection %s", e.JSON())
+		}
 		w.next(t, events.Connected)
 		if !hs.Connected("d1") {
 			t.Fatal("device not connected after the takeover")
@@ -288,6 +292,19 @@ func TestEventsDisconnectReasons(t *testing.T) {
 		w := watchEvents(hs, "d1", "")
 		w.next(t, events.Connected)
 		if e := w.next(t, events.Disconnected); e.Reason != "credential expired" {
+			t.Fatalf("disconnect event %s", e.JSON())
+		}
+	})
+	t.Run("hub stopping", func(t *testing.T) {
+		hs := hubtest.NewServer(t)
+		rawConnect(t, hs, sasIdentity(t, hs.CreateDevice(t, "d1")))
+		w := watchEvents(hs, "d1", "")
+		w.next(t, events.Connected)
+		if err := hs.Hub().Close(); err != nil {
+			t.Fatal(err)
+		}
+		// The ring is closed by now; what it holds is final.
+		if e := w.next(t, events.Disconnected); e.Reason != "hub stopping" {
 			t.Fatalf("disconnect event %s", e.JSON())
 		}
 	})

@@ -70,10 +70,20 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 	b := h.b
 	b.mu.Lock()
+	// replaced is why the identity's previous connection, shown as
+	// connected, is no longer its connection ("" when there was none).
+	var replaced string
 	if old, ok := b.sessions[cl.ID]; ok && old.cl != cl {
-		// mochi disconnects the old client right after this hook.
+		// mochi disconnects the old client right after this hook, if it
+		// is still open; its end (connEnded) finds it replaced.
 		b.log.Info().Func(ident(cl.ID)).Msg("new connection replaces the old one")
 		old.stop()
+		if old.live {
+			replaced = reasonReplaced
+			if old.cl.Closed() { // it ended first; connEnded has not run yet
+				replaced = disconnectReason(old.cl.StopCause(), false)
+			}
+		}
 	}
 	sess := &session{cl: cl}
 	if g, ok := b.granted[cl.Net.Conn]; ok {
@@ -96,6 +106,12 @@ func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 		b.conns[cl.Net.Conn] = cl.ID
 	}
 	b.mu.Unlock()
+	// The old connection's end is shown before the new one's start
+	// (OnSessionEstablished), so a device that reconnects quickly, or
+	// takes its own session over, is shown disconnected then connected.
+	if replaced != "" {
+		b.record(cl.ID, events.Event{Kind: events.Disconnected, Reason: replaced})
+	}
 }
 
 // OnSessionEstablished runs after CONNACK: the model id announced and the

@@ -30,10 +30,12 @@ import (
 
 	"github.com/dmctl/dmctl/hub/api"
 	"github.com/dmctl/dmctl/hub/configs"
+	"github.com/dmctl/dmctl/hub/dashboard"
 	"github.com/dmctl/dmctl/hub/events"
 	"github.com/dmctl/dmctl/hub/hubapi"
 	"github.com/dmctl/dmctl/hub/jobs"
 	"github.com/dmctl/dmctl/hub/store"
+	"github.com/dmctl/dmctl/internal/fdlimit"
 	"github.com/rs/zerolog"
 )
 
@@ -84,6 +86,13 @@ type Config struct {
 	// twin patches, device-to-cloud messages) the hub keeps for the
 	// dashboard; default events.DefaultSize.
 	EventRingSize int
+	// Dashboard is the listen address (host:port; port 0 picks one) of
+	// the dashboard, served over TLS with the hub's certificate; "" serves
+	// none. See DashboardURL.
+	Dashboard string
+	// OpenFileLimit is the open-file limit the hub plans its connections
+	// with; zero: this process's own, read by New.
+	OpenFileLimit fdlimit.Limit
 	Log           zerolog.Logger
 }
 
@@ -123,6 +132,17 @@ type Server struct {
 
 	// events are what just happened, for the dashboard; closed by Close.
 	events *events.Ring
+
+	fd *fdWatch // the open-file limit, and what the hub says about it
+
+	// The dashboard (nil without Config.Dashboard): its listener, bound
+	// by New, and what Start serves on it.
+	dashLn   net.Listener
+	dash     *dashboard.Server
+	dashSrv  *http.Server
+	dashWG   sync.WaitGroup
+	dashURL  string
+	dashAddr string
 }
 
 // New binds every listen address, reads the trusted device CAs, then opens
@@ -142,6 +162,11 @@ func New(cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("hub: listen address %q: %w", a, err)
 		}
 	}
+	if cfg.Dashboard != "" {
+		if _, _, err := net.SplitHostPort(cfg.Dashboard); err != nil {
+			return nil, fmt.Errorf("hub: dashboard address %q: %w", cfg.Dashboard, err)
+		}
+	}
 	if cfg.Hostname == "" {
 		cfg.Hostname = DefaultHostname
 	}
@@ -150,9 +175,21 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	var dashLn net.Listener
+	if cfg.Dashboard != "" {
+		if dashLn, err = net.Listen("tcp", cfg.Dashboard); err != nil {
+			for _, l := range listeners {
+				_ = l.Close()
+			}
+			return nil, fmt.Errorf("hub: dashboard: listen on %s: %w", cfg.Dashboard, err)
+		}
+	}
 	closeListeners := func() {
 		for _, l := range listeners {
 			_ = l.Close()
+		}
+		if dashLn != nil {
+			_ = dashLn.Close()
 		}
 	}
 	// Device CAs are read before the data folder is touched: a bad file
@@ -186,7 +223,11 @@ func New(cfg Config) (*Server, error) {
 		_ = st.Close()
 		return nil, err
 	}
-	mat, err := loadTLS(cfg.DataDir, cfg.TLSCert, cfg.TLSKey, serverNames(cfg.Hostname, cfg.Listen), now())
+	certAddrs := cfg.Listen
+	if cfg.Dashboard != "" {
+		certAddrs = append(slices.Clone(cfg.Listen), cfg.Dashboard)
+	}
+	mat, err := loadTLS(cfg.DataDir, cfg.TLSCert, cfg.TLSKey, serverNames(cfg.Hostname, certAddrs), now())
 	if err != nil {
 		closeListeners()
 		_ = st.Close()
@@ -200,6 +241,7 @@ func New(cfg Config) (*Server, error) {
 		deviceCAs: cas,
 		now:       now,
 		listeners: listeners,
+		dashLn:    dashLn,
 		tlsCfg: &tls.Config{
 			MinVersion:   tls.VersionTLS12,
 			Certificates: []tls.Certificate{mat.cert},
@@ -212,6 +254,7 @@ func New(cfg Config) (*Server, error) {
 		inflight: make(map[net.Conn]struct{}),
 		packages: pkgs,
 		events:   events.New(cfg.EventRingSize, now),
+		fd:       newFDWatch(openFileLimit(cfg.OpenFileLimit), cfg.Log),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	return s, nil
@@ -255,10 +298,7 @@ func (s *Server) Start(ctx context.Context) error {
 
 	b, err := newBroker(s)
 	if err != nil {
-		for _, l := range s.listeners {
-			_ = l.Close()
-		}
-		s.listeners, s.addrs = nil, nil
+		s.closeListenersLocked()
 		return err
 	}
 	s.broker = b
@@ -270,10 +310,8 @@ func (s *Server) Start(ctx context.Context) error {
 	})
 	if err != nil {
 		b.close()
-		for _, l := range s.listeners {
-			_ = l.Close()
-		}
-		s.listeners, s.addrs, s.broker = nil, nil, nil
+		s.closeListenersLocked()
+		s.broker = nil
 		return fmt.Errorf("hub: jobs: %w", err)
 	}
 	s.jobs = engine
@@ -301,16 +339,30 @@ func (s *Server) Start(ctx context.Context) error {
 		}
 	}()
 
+	// One REST handler serves the TLS port and the dashboard's /api.
+	restAPI := api.New(api.Config{
+		Store:   s.store,
+		Devices: b,
+		Jobs:    engine,
+		Hosts:   s.hosts,
+		Now:     s.now,
+		Log:     s.log.With().Str("component", "api").Logger(),
+	})
+	if s.dashLn != nil {
+		if err := s.startDashboard(restAPI); err != nil {
+			s.cancel()
+			s.jobsWG.Wait()
+			s.store.OnDesired(nil)
+			b.close()
+			s.closeListenersLocked()
+			s.broker, s.jobs = nil, nil
+			return err
+		}
+	}
+
 	s.httpQ = newConnQueue(s.listeners[0].Addr())
 	s.httpSrv = &http.Server{
-		Handler: s.httpHandler(s.withPackages(api.New(api.Config{
-			Store:   s.store,
-			Devices: b,
-			Jobs:    engine,
-			Hosts:   s.hosts,
-			Now:     s.now,
-			Log:     s.log.With().Str("component", "api").Logger(),
-		}))),
+		Handler:           s.httpHandler(s.withPackages(restAPI)),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       60 * time.Second,
 		WriteTimeout:      httpWriteTimeout,
@@ -330,7 +382,8 @@ func (s *Server) Start(ctx context.Context) error {
 		go s.acceptLoop(ln)
 	}
 	s.started = true
-	s.log.Info().Strs("addrs", s.addrs).Str("hostname", s.cfg.Hostname).Msg("hub listening")
+	s.log.Info().Strs("addrs", s.addrs).Str("hostname", s.cfg.Hostname).
+		Uint64("open_file_limit", s.fd.limit.Soft).Int("connections_max", s.fd.limit.Connections()).Msg("hub listening")
 	return nil
 }
 
@@ -358,15 +411,17 @@ func (s *Server) Close() error {
 	for _, ln := range s.listeners {
 		_ = ln.Close()
 	}
+	if s.dashLn != nil {
+		_ = s.dashLn.Close()
+	}
 	for c := range s.inflight {
 		_ = c.Close()
 	}
 	s.mu.Unlock()
 
-	// Cancels request contexts, so pending method calls end now; event
-	// streams end with the ring.
+	// Cancels request contexts, so pending method calls and the
+	// dashboard's streams end now.
 	s.cancel()
-	s.events.Close()
 	if started {
 		sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 		if err := s.httpSrv.Shutdown(sctx); err != nil {
@@ -374,10 +429,13 @@ func (s *Server) Close() error {
 		}
 		cancel()
 		s.httpWG.Wait()
+		s.stopDashboard()
 		s.jobsWG.Wait() // the engine records abandoned calls before the store closes
 		s.store.OnDesired(nil)
 		s.broker.close()
 	}
+	// After the broker: its last disconnects ("hub stopping") are recorded.
+	s.events.Close()
 	s.wg.Wait()
 	if s.packages != nil {
 		s.packages.close()
@@ -390,6 +448,132 @@ func (s *Server) Close() error {
 		s.log.Info().Msg("hub stopped")
 	}
 	return err
+}
+
+// closeListenersLocked closes every listener New bound (s.mu held), after a
+// failed Start.
+func (s *Server) closeListenersLocked() {
+	for _, l := range s.listeners {
+		_ = l.Close()
+	}
+	if s.dashLn != nil {
+		_ = s.dashLn.Close()
+	}
+	s.listeners, s.addrs = nil, nil
+}
+
+// Dashboard timeouts. Writes may take as long as the longest direct method
+// a page invokes through /api; event streams extend their own write
+// deadline before every batch.
+const (
+	dashReadHeaderTimeout = 10 * time.Second
+	dashReadTimeout       = 60 * time.Second
+	dashIdleTimeout       = 120 * time.Second
+)
+
+// startDashboard serves the dashboard on the listener New bound, with the
+// hub's certificate and without asking browsers for a client certificate
+// (s.mu held).
+func (s *Server) startDashboard(restAPI http.Handler) error {
+	d, err := dashboard.New(dashboard.Config{
+		Store:    s.store,
+		Events:   s.events,
+		API:      restAPI,
+		Hostname: s.cfg.Hostname,
+		HostPort: func() string { return hostPort(s.cfg.Hostname, s.Port()) },
+		Hosts:    s.hosts,
+		OwnerConnectionString: func() string {
+			cs, _ := ownerConnectionString(s.store, hostPort(s.cfg.Hostname, s.Port()))
+			return cs
+		},
+		CAFile:    s.tlsMat.caFile,
+		Listeners: s.dashboardListeners,
+		Context:   s.ctx,
+		Now:       s.now,
+		Log:       s.log.With().Str("component", "dashboard").Logger(),
+	})
+	if err != nil {
+		return fmt.Errorf("hub: dashboard: %w", err)
+	}
+	tcfg := &tls.Config{
+		MinVersion:   tls.VersionTLS12,
+		Certificates: []tls.Certificate{s.tlsMat.cert},
+		ClientAuth:   tls.NoClientCert, // browsers would prompt for one
+		NextProtos:   []string{"h2", "http/1.1"},
+	}
+	s.dash = d
+	s.dashAddr = s.dashLn.Addr().String()
+	_, port, _ := net.SplitHostPort(s.dashAddr)
+	s.dashURL = "https://" + net.JoinHostPort(s.cfg.Hostname, port) + "/login?token=" + d.MintToken()
+	s.dashSrv = &http.Server{
+		Handler:           d,
+		TLSConfig:         tcfg,
+		ReadHeaderTimeout: dashReadHeaderTimeout,
+		ReadTimeout:       dashReadTimeout,
+		WriteTimeout:      httpWriteTimeout,
+		IdleTimeout:       dashIdleTimeout,
+		MaxHeaderBytes:    64 << 10,
+		BaseContext:       func(net.Listener) context.Context { return s.ctx },
+		ErrorLog:          newStdLogger(s.log),
+	}
+	ln := tls.NewListener(s.dashLn, tcfg)
+	s.dashWG.Add(1)
+	go func() {
+		defer s.dashWG.Done()
+		_ = s.dashSrv.Serve(ln)
+	}()
+	return nil
+}
+
+// stopDashboard ends the dashboard's server; its streams end with the
+// hub's context and the event ring, which Close has ended already.
+func (s *Server) stopDashboard() {
+	if s.dashSrv == nil {
+		return
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	if err := s.dashSrv.Shutdown(sctx); err != nil {
+		_ = s.dashSrv.Close()
+	}
+	cancel()
+	s.dashWG.Wait()
+}
+
+func (s *Server) dashboardListeners() []dashboard.Listener {
+	var out []dashboard.Listener
+	for _, a := range s.Addrs() {
+		out = append(out, dashboard.Listener{Addr: a, Serve: "MQTT, MQTT over WebSockets (" + WebSocketPath + "), REST API"})
+	}
+	if a := s.DashboardAddr(); a != "" {
+		out = append(out, dashboard.Listener{Addr: a, Serve: "dashboard (HTTPS)"})
+	}
+	return out
+}
+
+// DashboardURL is the dashboard's login link,
+// https://<hostname>:<port>/login?token=<one-time token>, minted by Start;
+// "" without a dashboard or before Start. It is a secret (the token opens a
+// session): print it on purpose only, never log it.
+func (s *Server) DashboardURL() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.dashURL
+}
+
+// DashboardAddr is the bound host:port of the dashboard; "" without a
+// dashboard or before Start.
+func (s *Server) DashboardAddr() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.dashAddr
+}
+
+// Dashboard is the running dashboard (nil without one or before Start); it
+// mints more login tokens.
+func (s *Server) Dashboard() *dashboard.Server {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.dash
 }
 
 // Addrs returns the bound host:port of every listener, in Config.Listen
@@ -438,6 +622,23 @@ func (s *Server) CAPool() *x509.CertPool {
 		return nil
 	}
 	return s.tlsMat.caPool.Clone()
+}
+
+// openFileLimit is l, or the process's limit when l is zero.
+func openFileLimit(l fdlimit.Limit) fdlimit.Limit {
+	if l.Soft > 0 {
+		return l
+	}
+	if l, err := fdlimit.Open(); err == nil {
+		return l
+	}
+	return fdlimit.Limit{Soft: 1 << 62, Hard: 1 << 62}
+}
+
+// OpenFileLimit is the open-file limit the hub plans with, and Capacity how
+// many connections fit under it.
+func (s *Server) OpenFileLimit() (limit fdlimit.Limit, capacity int) {
+	return s.fd.limit, s.fd.limit.Connections()
 }
 
 // Events is the hub's ring of recent events.

@@ -35,7 +35,9 @@ func (s *Server) acceptLoop(ln net.Listener) {
 			} else if delay *= 2; delay > time.Second {
 				delay = time.Second
 			}
-			s.log.Warn().Err(err).Dur("retry_in", delay).Msg("accept failed")
+			if !s.fd.acceptFailed(err) { // out of descriptors: said once per run
+				s.log.Warn().Err(err).Dur("retry_in", delay).Msg("accept failed")
+			}
 			t := time.NewTimer(delay)
 			select {
 			case <-t.C:
@@ -46,6 +48,7 @@ func (s *Server) acceptLoop(ln net.Listener) {
 			continue
 		}
 		delay = 0
+		s.fd.accepted()
 		if !s.track(c) {
 			_ = c.Close()
 			return

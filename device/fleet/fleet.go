@@ -28,6 +28,17 @@
 // turn in the downloading step. The state line counts devices by firmware
 // status too once some device updates: updating (downloading, verifying,
 // applying, rebooting), failed (error, rolledback).
+//
+// A connection costs one open file. When the kernel refuses one (EMFILE:
+// this process's limit, ENFILE: the system's), the device retries with its
+// backoff like after any failed connect, but the fleet says so: once, at
+// warn level with the numbers and the fix (event "fd_exhausted"), and in
+// every state line after, as the devices held back by the open-file limit
+// (Stats.FdLimited) until they connect. Config.LocalAddrs spreads the
+// devices over several source addresses, each with its own ephemeral ports.
+//
+// A fleet that is one shard of a larger one (dmctl device run --processes)
+// sets QuietState and hands its Stats to OnStats; its parent logs the sum.
 // go run ./bench measures fleets: connect time, memory and fleet reboots.
 package fleet
 
@@ -38,8 +49,10 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -47,6 +60,7 @@ import (
 
 	"github.com/dmctl/dmctl/device"
 	"github.com/dmctl/dmctl/device/mqtt"
+	"github.com/dmctl/dmctl/internal/fdlimit"
 	"github.com/dmctl/dmctl/internal/iothub"
 	"github.com/dmctl/dmctl/internal/retry"
 	"github.com/dmctl/dmctl/sas"
@@ -97,6 +111,25 @@ type Config struct {
 	// goroutines at once, never after Run has returned, and must return
 	// quickly.
 	OnEvent func(device.Event)
+	// LocalAddrs, when set, are the source addresses the devices dial
+	// from, round robin: device i dials from LocalAddrs[i%len(LocalAddrs)]
+	// (Conn.LocalAddr is then ignored). Each source address has its own
+	// ephemeral ports (about 28,000 on Linux) towards one hub address.
+	LocalAddrs []net.Addr
+	// Limit is the open-file limit the fd_exhausted warning's hint speaks
+	// of; the zero value reads this process's (fdlimit.Open).
+	Limit fdlimit.Limit
+	// ShardFlag names the option that splits a fleet over processes, for
+	// that hint (e.g. "--processes"); "" names none.
+	ShardFlag string
+	// OnStats, when set, receives the fleet's Stats each time a state line
+	// is due (on change, at most once a second, and every StatusInterval
+	// while some device is not connected), from one goroutine, never after
+	// Run has returned.
+	OnStats func(Stats)
+	// QuietState logs the state lines at debug level instead of info: a
+	// shard's parent logs the whole fleet's.
+	QuietState bool
 }
 
 // Stats counts the devices by the state of their connection.
@@ -114,6 +147,47 @@ type Stats struct {
 	FwCurrent  int `json:"fwCurrent,omitempty"`
 	FwUpdating int `json:"fwUpdating,omitempty"`
 	FwFailed   int `json:"fwFailed,omitempty"`
+	// FdLimited is how many devices the kernel refused a connection for
+	// want of open files (EMFILE, ENFILE) on their last attempt; they are
+	// counted under Retrying or Connecting too, and retry with backoff.
+	FdLimited int `json:"fdLimited,omitempty"`
+}
+
+// Add returns the sum of two fleets' Stats (the shards of one fleet).
+func (s Stats) Add(o Stats) Stats {
+	return Stats{
+		Devices:       s.Devices + o.Devices,
+		Connected:     s.Connected + o.Connected,
+		Connecting:    s.Connecting + o.Connecting,
+		Retrying:      s.Retrying + o.Retrying,
+		Rebooting:     s.Rebooting + o.Rebooting,
+		Stopped:       s.Stopped + o.Stopped,
+		EverConnected: s.EverConnected + o.EverConnected,
+		FwCurrent:     s.FwCurrent + o.FwCurrent,
+		FwUpdating:    s.FwUpdating + o.FwUpdating,
+		FwFailed:      s.FwFailed + o.FwFailed,
+		FdLimited:     s.FdLimited + o.FdLimited,
+	}
+}
+
+// Log writes s as a state line (event "fleet") on ev, which the caller
+// has made at the level it wants: the counts as fields and as a message
+// "fleet: 3/4 connected, ...". Firmware counts are added when firmware is
+// true, held-back devices whenever there are some.
+func (s Stats) Log(ev *zerolog.Event, firmware bool) {
+	ev = ev.Str("event", "fleet").Int("devices", s.Devices).Int("connected", s.Connected).
+		Int("connecting", s.Connecting).Int("retrying", s.Retrying).Int("rebooting", s.Rebooting)
+	msg := fmt.Sprintf("fleet: %d/%d connected, %d connecting, %d retrying, %d rebooting",
+		s.Connected, s.Devices, s.Connecting, s.Retrying, s.Rebooting)
+	if firmware {
+		ev = ev.Int("fw_current", s.FwCurrent).Int("fw_updating", s.FwUpdating).Int("fw_failed", s.FwFailed)
+		msg += fmt.Sprintf(" · firmware: %d current, %d updating, %d failed", s.FwCurrent, s.FwUpdating, s.FwFailed)
+	}
+	if s.FdLimited > 0 {
+		ev = ev.Int("fd_limited", s.FdLimited)
+		msg += fmt.Sprintf(" · %d held back by the open-file limit", s.FdLimited)
+	}
+	ev.Msg(msg)
 }
 
 // Fleet runs a set of simulated devices. Create it with New and call Run
@@ -133,6 +207,8 @@ type Fleet struct {
 	readyAt  atomic.Int64 // unix nanos when ready closed
 	readyOne sync.Once
 	fwSeen   bool // report's: some device has updated firmware
+	fdHeld   atomic.Int64
+	fdWarned atomic.Bool
 }
 
 type member struct {
@@ -142,6 +218,7 @@ type member struct {
 	state atomic.Int32 // mqtt.State; written by the member's Run goroutine only
 	fw    atomic.Int32 // fwClass of the last reported firmware status
 	ever  atomic.Bool
+	fd    atomic.Bool // the last connect attempt lacked a descriptor
 }
 
 // New validates cfg and prepares every device's connection. It does not
@@ -158,6 +235,13 @@ func New(cfg Config) (*Fleet, error) {
 	}
 	if cfg.StatusInterval <= 0 {
 		cfg.StatusInterval = DefaultStatusInterval
+	}
+	if cfg.Limit == (fdlimit.Limit{}) {
+		l, err := fdlimit.Open()
+		if err != nil {
+			return nil, fmt.Errorf("fleet: read the open-file limit: %w", err)
+		}
+		cfg.Limit = l
 	}
 	base := cfg.Conn.TLSConfig
 	if base == nil {
@@ -218,7 +302,10 @@ func New(cfg Config) (*Fleet, error) {
 		cc.OnState = func(s mqtt.State) { f.setState(m, s) }
 		cc.Log = log
 		cc.Quiet = true
-		cc.OnEvent = both(cfg.Conn.OnEvent, cfg.OnEvent)
+		cc.OnEvent = both(func(e device.Event) { f.connEvent(m, e) }, both(cfg.Conn.OnEvent, cfg.OnEvent))
+		if len(cfg.LocalAddrs) > 0 {
+			cc.LocalAddr = cfg.LocalAddrs[i%len(cfg.LocalAddrs)]
+		}
 		conn, err := mqtt.New(cc)
 		if err != nil {
 			return nil, fmt.Errorf("fleet: device %d (%s): %w", i+1, identity(cs), err)
@@ -310,6 +397,61 @@ func (f *Fleet) Stats() Stats {
 		FwCurrent:     int(f.fw[fwCurrent].Load()),
 		FwUpdating:    int(f.fw[fwUpdating].Load()),
 		FwFailed:      int(f.fw[fwFailed].Load()),
+		FdLimited:     int(f.fdHeld.Load()),
+	}
+}
+
+// connEvent counts m as held back by the open-file limit after a connect
+// the kernel refused for want of descriptors, until it connects, and warns
+// once per fleet with the fix.
+func (f *Fleet) connEvent(m *member, e device.Event) {
+	var held bool
+	switch e.Kind {
+	case device.EventConnectFailed:
+		held = fdlimit.IsExhausted(e.Err)
+	case device.EventConnected:
+	default:
+		return
+	}
+	if m.fd.Swap(held) == held {
+		return
+	}
+	if held {
+		f.fdHeld.Add(1)
+	} else {
+		f.fdHeld.Add(-1)
+	}
+	f.notify()
+	if held && !f.fdWarned.Swap(true) {
+		n := len(f.members)
+		f.log.Warn().Str("event", "fd_exhausted").Int("devices", n).Uint64("limit", f.cfg.Limit.Soft).Err(e.Err).
+			Msgf("the kernel refused a connection for want of open files: devices are held back and retry; %s", f.fdHint(n, e.Err))
+	}
+}
+
+// fdHint is the fix for a refused descriptor: more files for the system,
+// or for this process (whose fleet alone may fit in its limit).
+func (f *Fleet) fdHint(n int, err error) string {
+	l := f.cfg.Limit
+	switch {
+	case errors.Is(err, syscall.ENFILE):
+		return "the system's open-file table is full: raise fs.file-max (sysctl) or run fewer connections on this machine"
+	case l.Check(n) == nil:
+		hint := fmt.Sprintf("%d connections fit in this process's limit of %d, but its other open files take the rest: raise ulimit -n (the hard limit is %d)",
+			n, l.Soft, l.Hard)
+		if f.cfg.ShardFlag != "" {
+			hint += ", or split the fleet over more processes with " + f.cfg.ShardFlag
+		}
+		return hint
+	}
+	return l.Hint(n, f.cfg.ShardFlag)
+}
+
+// notify wakes the state reporter.
+func (f *Fleet) notify() {
+	select {
+	case f.changed <- struct{}{}:
+	default:
 	}
 }
 
@@ -338,10 +480,7 @@ func (f *Fleet) setFirmware(m *member, e device.Event) {
 	if old := fwClass(m.fw.Swap(int32(c))); old != c {
 		f.fw[old].Add(-1)
 		f.fw[c].Add(1)
-		select {
-		case f.changed <- struct{}{}:
-		default:
-		}
+		f.notify()
 	}
 }
 
@@ -360,10 +499,7 @@ func (f *Fleet) setState(m *member, s mqtt.State) {
 			})
 		}
 	}
-	select {
-	case f.changed <- struct{}{}:
-	default:
-	}
+	f.notify()
 }
 
 // DeviceError is a device that could not start: the hub refused its
@@ -449,16 +585,17 @@ func (f *Fleet) report(ctx context.Context, start time.Time) {
 		if !(pending && (!logged || st != last)) && !due {
 			continue
 		}
-		ev := f.log.Info().Str("event", "fleet").Int("devices", st.Devices).Int("connected", st.Connected).
-			Int("connecting", st.Connecting).Int("retrying", st.Retrying).Int("rebooting", st.Rebooting)
-		msg := fmt.Sprintf("fleet: %d/%d connected, %d connecting, %d retrying, %d rebooting",
-			st.Connected, st.Devices, st.Connecting, st.Retrying, st.Rebooting)
-		if st.FwUpdating+st.FwFailed > 0 || f.fwSeen {
+		if st.FwUpdating+st.FwFailed > 0 {
 			f.fwSeen = true // once a campaign shows, keep showing its end
-			ev = ev.Int("fw_current", st.FwCurrent).Int("fw_updating", st.FwUpdating).Int("fw_failed", st.FwFailed)
-			msg += fmt.Sprintf(" · firmware: %d current, %d updating, %d failed", st.FwCurrent, st.FwUpdating, st.FwFailed)
 		}
-		ev.Msg(msg)
+		ev := f.log.Info()
+		if f.cfg.QuietState {
+			ev = f.log.Debug()
+		}
+		st.Log(ev, f.fwSeen)
+		if f.cfg.OnStats != nil {
+			f.cfg.OnStats(st)
+		}
 		last, lastAt, logged, pending = st, now, true, false
 	}
 }

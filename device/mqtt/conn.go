@@ -189,6 +189,11 @@ type Config struct {
 	// their level. Fleets of simulated devices set it, and give Log a
 	// device field of their own (the connected event then omits it).
 	Quiet bool
+	// LocalAddr, when set, is the local address every connect dials from
+	// (a *net.TCPAddr with port 0: the kernel picks the port). A fleet
+	// spreads its devices over several source addresses this way, each
+	// with its own ephemeral ports towards one hub address.
+	LocalAddr net.Addr
 }
 
 // State is where a Conn is in its connection cycle.

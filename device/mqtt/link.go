@@ -97,9 +97,9 @@ func (c *Conn) dialLink(parent context.Context, lc linkConfig) (*link, error) {
 // a WebSocket over TLS (through Config.Proxy). Cancelling ctx aborts it.
 func (c *Conn) dialTransport(ctx context.Context) (net.Conn, error) {
 	if c.cfg.Transport == TransportWebSockets {
-		return dialWebSocket(ctx, c.broker, c.tlsConf, c.cfg.Proxy)
+		return dialWebSocket(ctx, c.broker, c.tlsConf, c.cfg.Proxy, c.cfg.LocalAddr)
 	}
-	d := tls.Dialer{NetDialer: &net.Dialer{}, Config: c.tlsConf}
+	d := tls.Dialer{NetDialer: &net.Dialer{LocalAddr: c.cfg.LocalAddr}, Config: c.tlsConf}
 	return d.DialContext(ctx, "tcp", c.target)
 }
 

@@ -16,15 +16,16 @@ import (
 
 // dialWebSocket opens MQTT over a WebSocket (subprotocol "mqtt") at
 // wsURL, through proxy. Everything, the TCP dial, the proxy's CONNECT,
-// the TLS handshake and the HTTP upgrade, ends when ctx does.
-func dialWebSocket(ctx context.Context, wsURL string, tlsConf *tls.Config, proxy func(*http.Request) (*url.URL, error)) (net.Conn, error) {
+// the TLS handshake and the HTTP upgrade, ends when ctx does. The TCP
+// connection dials from local when it is not nil.
+func dialWebSocket(ctx context.Context, wsURL string, tlsConf *tls.Config, proxy func(*http.Request) (*url.URL, error), local net.Addr) (net.Conn, error) {
 	var stop func() bool // ends the watch on the raw connection
 	d := websocket.Dialer{
 		Proxy:           proxy,
 		TLSClientConfig: tlsConf,
 		Subprotocols:    []string{"mqtt"},
 		NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+			c, err := (&net.Dialer{LocalAddr: local}).DialContext(ctx, network, addr)
 			if err != nil {
 				return nil, err
 			}

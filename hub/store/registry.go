@@ -518,6 +518,23 @@ func (s *Store) SetConnected(id string, connected bool) error {
 	return err
 }
 
+// SetDisconnectedAll records that the connections of ids ended, in one
+// write: what the hub does for every connection it closes at shutdown,
+// where one transaction per connection would take seconds. Ids no longer
+// in the registry are skipped.
+func (s *Store) SetDisconnectedAll(ids []string) error {
+	now := s.now().UTC()
+	return s.mutateAll(ids, func(r *record) error {
+		if r.ConnState == stateDisconnected {
+			return errSkip
+		}
+		r.ConnState = stateDisconnected
+		r.ConnUpdated = now
+		r.LastActivity = now
+		return nil
+	})
+}
+
 // Touch records device activity (lastActivityTime). It is kept in memory and
 // written with the device's next durable change or on Close. Unknown ids
 // are ignored.

@@ -316,23 +316,8 @@ func (s *Store) flushTouched() error {
 		r.LastActivity = at
 		entries = append(entries, &entry{rec: r, devTwin: e.devTwin})
 	}
-	if len(entries) > 0 {
-		err := s.db.Update(func(tx *bolt.Tx) error {
-			for _, e := range entries {
-				if err := putRecord(tx, e.rec); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-		if err != nil {
-			return fmt.Errorf("store: write activity times: %w", err)
-		}
-		s.mu.Lock()
-		for _, e := range entries {
-			s.recs[e.rec.ID] = e
-		}
-		s.mu.Unlock()
+	if err := s.putEntries(entries); err != nil {
+		return fmt.Errorf("store: write activity times: %w", err)
 	}
 	// Forget what is now on disk, unless it was touched again meanwhile.
 	s.tmu.Lock()
@@ -425,6 +410,75 @@ func (s *Store) mutate(id string, fn func(r *record) error) (*entry, error) {
 		s.tmu.Unlock()
 	}
 	return e, nil
+}
+
+// mutateAll is mutate for many records in one transaction; ids not found,
+// and records fn skips (errSkip), are left out. It only writes fields of
+// the registry record (not the twin's desired or reported documents).
+func (s *Store) mutateAll(ids []string, fn func(r *record) error) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	var entries []*entry
+	var touched []time.Time
+	for _, id := range ids {
+		cur, err := s.get(id)
+		if errors.Is(err, ErrClosed) {
+			return err
+		}
+		if err != nil {
+			continue // deleted meanwhile
+		}
+		r := cur.rec.clone()
+		if err := fn(r); err != nil {
+			if errors.Is(err, errSkip) {
+				continue
+			}
+			return err
+		}
+		s.tmu.Lock()
+		t := s.touched[id]
+		s.tmu.Unlock()
+		if t.After(r.LastActivity) {
+			r.LastActivity = t
+		}
+		entries = append(entries, &entry{rec: r, devTwin: cur.devTwin})
+		touched = append(touched, t)
+	}
+	if err := s.putEntries(entries); err != nil {
+		return fmt.Errorf("store: write %d devices: %w", len(entries), err)
+	}
+	s.tmu.Lock()
+	for i, e := range entries {
+		if id := e.rec.ID; !touched[i].IsZero() && s.touched[id].Equal(touched[i]) {
+			delete(s.touched, id)
+		}
+	}
+	s.tmu.Unlock()
+	return nil
+}
+
+// putEntries writes the records of entries in one transaction, then
+// publishes the entries; the caller holds wmu.
+func (s *Store) putEntries(entries []*entry) error {
+	if len(entries) == 0 {
+		return nil
+	}
+	if err := s.db.Update(func(tx *bolt.Tx) error {
+		for _, e := range entries {
+			if err := putRecord(tx, e.rec); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	for _, e := range entries {
+		s.recs[e.rec.ID] = e
+	}
+	s.mu.Unlock()
+	return nil
 }
 
 var errSkip = errors.New("store: no change")

@@ -48,6 +48,19 @@ func deviceCommand() *cli.Command {
 					"process, each with its own connection. Connects, reconnects included, are paced by\n" +
 					"--connect-rate. The fleet's state is logged at info level; each device's events at\n" +
 					"debug level. One line is printed once every device has connected.\n\n" +
+					"A connection costs an open file: a fleet larger than this process's open-file limit\n" +
+					"(ulimit -n, less 64 for the process) fails at once with the numbers and the fix, exit\n" +
+					"2. When the kernel refuses a connection anyway (EMFILE, ENFILE), that is logged once\n" +
+					"with the same hint and the state line counts the devices held back. --processes N\n" +
+					"runs the fleet over N child processes, each with a slice of the file (given on its\n" +
+					"stdin, never on its command line) and --connect-rate/N; 0 starts as many as the\n" +
+					"limit needs. The parent logs one state line for all of them, writes one ready file\n" +
+					"(with each process's pid) and stops them all on SIGINT/SIGTERM (10 s each, then\n" +
+					"killed). If one process ends on its own, the others are stopped and the exit code is\n" +
+					"its own (1 if a signal ended it). --source-addrs A,B dials from those local addresses,\n" +
+					"devices round robin: each has about 28,000 ephemeral ports towards one hub address.\n" +
+					"On Linux, a loopback hub and more than 25,000 devices without --source-addrs dial\n" +
+					"from 127.0.0.1, 127.0.0.2, ... (one per 25,000 devices).\n\n" +
 					"Firmware update (the Azure firmware-update tutorial's twin schema): a desired\n" +
 					"firmware {fwVersion, fwPackageURI, fwPackageCheckValue} whose fwVersion differs from\n" +
 					"the running one (--firmware-version at start) is downloaded (https:// trusting the\n" +
@@ -90,7 +103,7 @@ func deviceCommand() *cli.Command {
 					},
 					&cli.StringFlag{
 						Name:  "ready-file",
-						Usage: "once connected (every device, for a fleet) write this JSON file {\"deviceIds\":[...],\"target\":\"host:port\"}; removed on exit",
+						Usage: "once connected (every device, for a fleet) write this JSON file {\"deviceIds\":[...],\"target\":\"host:port\"} (and \"shards\":[{\"pid\",\"devices\"}] with --processes); removed on exit",
 					},
 					&cli.StringFlag{
 						Name:  "transport",
@@ -128,6 +141,20 @@ func deviceCommand() *cli.Command {
 						Value: mqtt.DefaultMaxBackoff,
 					},
 					caFileFlag(),
+					&cli.IntFlag{
+						Name:  "processes",
+						Usage: "fleet: split it over N child processes, each with its slice of the file (0: as many as the open-file limit needs)",
+						Value: 1,
+					},
+					&cli.StringFlag{
+						Name:  "source-addrs",
+						Usage: "fleet: local IP addresses to dial from, devices spread over them round robin (A,B,...)",
+					},
+					&cli.StringFlag{
+						Name:   shardFlag,
+						Usage:  "internal: this process is shard K of N of a fleet; connection strings on stdin, reports on stdout",
+						Hidden: true,
+					},
 				},
 				Action: runDevice,
 			},
@@ -157,8 +184,10 @@ func runDevice(c *cli.Context) error {
 		}
 		return runFleet(c, file, opts)
 	}
-	if c.IsSet("connect-rate") {
-		return usageErrorf("--connect-rate paces a fleet; add --connection-strings-file", "--connect-rate needs --connection-strings-file")
+	for _, name := range []string{"connect-rate", "processes", "source-addrs"} {
+		if c.IsSet(name) {
+			return usageErrorf("--"+name+" is for a fleet; add --connection-strings-file", "--%s needs --connection-strings-file", name)
+		}
 	}
 	raw := c.String("connection-string")
 	if raw == "" {
@@ -353,19 +382,67 @@ func runFleet(c *cli.Context, file string, opts runOptions) error {
 	if err != nil {
 		return err
 	}
+	procs, err := processesFlag(c)
+	if err != nil {
+		return err
+	}
+	addrs, err := parseSourceAddrs(c.String("source-addrs"))
+	if err != nil {
+		return err
+	}
+	shard, err := parseShard(c.String(shardFlag))
+	if err != nil {
+		return err
+	}
 	css, err := readConnectionStrings(c, file)
 	if err != nil {
 		return err
 	}
+	limit, err := openFileLimit()
+	if err != nil {
+		return fmt.Errorf("read the open-file limit: %w", err)
+	}
+	if procs, err = fleetProcesses(procs, len(css), limit); err != nil {
+		return err
+	}
 	log := loggerFrom(c)
+	if addrs == nil {
+		addrs = autoSourceAddrs(css)
+		switch {
+		case shard != nil:
+		case len(addrs) > 0:
+			log.Info().Str("event", "source_addrs").Int("addrs", len(addrs)).Str("first", addrs[0].String()).Str("last", addrs[len(addrs)-1].String()).
+				Msgf("a loopback hub and more than %d devices: dialing from %s to %s", devicesPerSource, addrs[0], addrs[len(addrs)-1])
+		case len(css) > devicesPerSource:
+			log.Warn().Str("event", "source_addrs").Int("devices", len(css)).
+				Msgf("%d devices dial from one source address, which has about 28,000 ephemeral ports towards one hub address: give several with --source-addrs", len(css))
+		}
+	}
+	if procs > 1 {
+		return runShards(c, shardPlan{devices: css, processes: procs, rate: rate, addrs: addrs, readyFile: opts.readyFile})
+	}
+	if err := limit.Check(len(css)); err != nil {
+		return &exitError{err: err, code: exitUsage, hint: limit.Hint(len(css), "--processes")}
+	}
 	opts.conn.RootCAs = opts.pool
-	f, err := fleet.New(fleet.Config{
+	cfg := fleet.Config{
 		Devices:     css,
 		Conn:        opts.conn,
 		Device:      opts.device,
 		ConnectRate: rate,
 		Log:         log,
-	})
+		LocalAddrs:  tcpAddrs(addrs),
+		Limit:       limit,
+		ShardFlag:   "--processes",
+	}
+	var report *shardReporter
+	if shard != nil {
+		report = &shardReporter{w: c.App.Writer}
+		cfg.Log = log.With().Str("shard", shard.String()).Logger()
+		cfg.QuietState = true
+		cfg.OnStats = func(st fleet.Stats) { report.send(shardReport{Stats: &st}) }
+	}
+	f, err := fleet.New(cfg)
 	if err != nil {
 		return usageErrorf("check the connection strings file", "%v", err)
 	}
@@ -379,9 +456,15 @@ func runFleet(c *cli.Context, file string, opts runOptions) error {
 		// Connecting (TLS handshakes above all) leaves garbage that a fleet
 		// in steady state never reuses: give it back to the system now.
 		debug.FreeOSMemory()
+		info := deviceReadyInfo{DeviceIDs: f.DeviceIDs(), Target: f.Target()}
+		if report != nil {
+			st := f.Stats()
+			report.send(shardReport{Stats: &st, Ready: &info})
+			return info
+		}
 		fmt.Fprintf(c.App.Writer, "fleet: %d devices connected to %s in %s, waiting for direct methods (Ctrl-C to stop)\n",
 			f.Len(), f.Target(), took)
-		return deviceReadyInfo{DeviceIDs: f.DeviceIDs(), Target: f.Target()}
+		return info
 	})
 }
 
@@ -470,8 +553,16 @@ func parseConnectionStrings(r io.Reader, name string) ([]*sas.ConnectionString, 
 }
 
 // deviceReadyInfo is what --ready-file of 'dmctl device run' holds. A
-// module is listed as "{deviceId}/{moduleId}".
+// module is listed as "{deviceId}/{moduleId}". A fleet run over several
+// processes lists them too.
 type deviceReadyInfo struct {
-	DeviceIDs []string `json:"deviceIds"`
-	Target    string   `json:"target"`
+	DeviceIDs []string    `json:"deviceIds"`
+	Target    string      `json:"target"`
+	Shards    []shardInfo `json:"shards,omitempty"`
+}
+
+// shardInfo is one child process of a sharded fleet in the ready file.
+type shardInfo struct {
+	Pid     int `json:"pid"`
+	Devices int `json:"devices"`
 }

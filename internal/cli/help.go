@@ -24,6 +24,10 @@ var examples = map[string][]string{
 		"dmctl device run --firmware-version 1.0.0 --firmware-apply-delay 5s",
 		"# a fleet campaign downloading at most 16 packages at once",
 		"dmctl device run --connection-strings-file fleet.txt --download-concurrency 16",
+		"# a fleet larger than one process may hold: as many processes as the open-file limit needs",
+		"dmctl device run --connection-strings-file big-fleet.txt --processes 0",
+		"# 50,000 devices over 3 processes, dialing from two source addresses",
+		"dmctl device run --connection-strings-file big-fleet.txt --processes 3 --source-addrs 10.0.0.5,10.0.0.6",
 	},
 	"device send": {
 		"# send one message as the device of IOTHUB_DEVICE_CONNECTION_STRING",
@@ -94,6 +98,8 @@ var examples = map[string][]string{
 	"hub serve": {
 		"# serve on a free loopback port and record the address",
 		"dmctl hub serve --data ./hub-data --listen 127.0.0.1:0 --ready-file hub.json",
+		"# the dashboard on a fixed port (open the printed 'Dashboard:' link)",
+		"dmctl hub serve --data ./hub-data --dashboard 127.0.0.1:8080",
 	},
 	"hub connection-string": {
 		"dmctl hub connection-string --data ./hub-data --ready-file hub.json",

@@ -121,7 +121,16 @@ the local hub within a second.
 https://HOST:PORT/packages/NAME on the same TLS port, without
 authentication, so that devices can download firmware packages as they
 would from a blob URL. This is a local-hub extension, not part of IoT Hub.
-Folders are not listed and names outside DIR are not found.`,
+Folders are not listed and names outside DIR are not found.
+
+--dashboard ADDR (default 127.0.0.1:0, a free loopback port; 'off' for
+none) serves a live dashboard in the browser on its own TLS port, with the
+hub's certificate: devices and their twins, direct methods, a feed of
+recent events, jobs and configurations. Each start prints a new login link
+(Dashboard: https://...) carrying a one-time token: open it to get a
+session. To log in again, open the dashboard's /login page and paste the
+owner connection string ('dmctl hub connection-string'). Trust ca.pem in
+the browser, or accept its warning about the certificate.`,
 		Flags: []cli.Flag{
 			hubDataFlag(),
 			hubListenFlag(),
@@ -132,6 +141,7 @@ Folders are not listed and names outside DIR are not found.`,
 			&cli.StringFlag{Name: "ready-file", Usage: "once listening, write the bound addresses, CA path and data folder to this `file` (JSON)"},
 			&cli.DurationFlag{Name: "configuration-interval", Usage: "apply automatic configurations this often", Value: configs.DefaultInterval},
 			&cli.StringFlag{Name: "packages", Usage: "serve the files of this `folder` read-only at /packages/ on the TLS port (local-hub extension; no authentication)"},
+			&cli.StringFlag{Name: "dashboard", Usage: "serve the browser dashboard on this `host:port` (port 0 picks a free one; 'off' for none)", Value: defaultDashboard},
 			outputFlag(),
 		},
 		Action: hubServe,
@@ -154,6 +164,24 @@ type readyInfo struct {
 // it.
 const hubStateFile = "hub.json"
 
+// defaultDashboard is where 'hub serve' puts the dashboard: a free loopback
+// port.
+const defaultDashboard = "127.0.0.1:0"
+
+// dashboardAddr reads --dashboard: "" for off.
+func dashboardAddr(c *cli.Context) (string, error) {
+	a := strings.TrimSpace(c.String("dashboard"))
+	if strings.EqualFold(a, "off") {
+		return "", nil
+	}
+	host, port, err := net.SplitHostPort(a)
+	n, perr := strconv.Atoi(port)
+	if err != nil || perr != nil || n < 0 || n > 65535 || strings.ContainsAny(host, "/ ") {
+		return "", usageErrorf("use host:port, for example --dashboard 127.0.0.1:8080 (port 0 picks a free one), or --dashboard off", "invalid --dashboard %q", a)
+	}
+	return a, nil
+}
+
 func hubServe(c *cli.Context) error {
 	if c.NArg() > 0 {
 		return usageErrorf("run 'dmctl hub serve --help' for usage", "unexpected argument %q", c.Args().First())
@@ -161,14 +189,19 @@ func hubServe(c *cli.Context) error {
 	if (c.String("tls-cert") == "") != (c.String("tls-key") == "") {
 		return usageErrorf("give both --tls-cert and --tls-key, or neither", "--tls-cert and --tls-key go together")
 	}
+	dash, err := dashboardAddr(c)
+	if err != nil {
+		return err
+	}
 	log := loggerFrom(c)
 	cfg := hub.Config{
-		DataDir:  hubDataDir(c),
-		Listen:   c.StringSlice("listen"),
-		Hostname: c.String("hostname"),
-		TLSCert:  c.String("tls-cert"),
-		TLSKey:   c.String("tls-key"),
-		Log:      log,
+		Dashboard: dash,
+		DataDir:   hubDataDir(c),
+		Listen:    c.StringSlice("listen"),
+		Hostname:  c.String("hostname"),
+		TLSCert:   c.String("tls-cert"),
+		TLSKey:    c.String("tls-key"),
+		Log:       log,
 
 		X509CAFiles: c.StringSlice("x509-ca"),
 
@@ -188,6 +221,9 @@ func hubServe(c *cli.Context) error {
 	h, err := hub.New(cfg)
 	if err != nil {
 		var oe *net.OpError
+		if errors.As(err, &oe) && oe.Op == "listen" && strings.HasPrefix(err.Error(), "hub: dashboard:") {
+			return withHint(err, fmt.Sprintf("another program uses %s: choose another port with --dashboard, e.g. --dashboard 127.0.0.1:0 for any free one, or --dashboard off", oe.Addr))
+		}
 		if errors.As(err, &oe) && oe.Op == "listen" {
 			return withHint(err, fmt.Sprintf("another program uses %s (or binding it is not allowed): stop it, or choose another port with --listen, e.g. --listen 127.0.0.1:0 for any free one", oe.Addr))
 		}
@@ -241,19 +277,29 @@ func announce(c *cli.Context, h *hub.Server) error {
 	if cs == "" {
 		return errors.New("hub: cannot read the iothubowner policy")
 	}
+	limit, capacity := h.OpenFileLimit()
 	if jsonOutput(c) {
 		return printJSON(w, struct {
 			Addrs                   []string `json:"addrs"`
 			Hostname                string   `json:"hostname"`
 			ServiceConnectionString string   `json:"serviceConnectionString"`
 			CAFile                  string   `json:"caFile,omitempty"`
-		}{h.Addrs(), h.Hostname(), cs, h.CAFile()})
+			DashboardURL            string   `json:"dashboardURL,omitempty"`
+			OpenFileLimit           uint64   `json:"openFileLimit"`
+			ConnectionsMax          int      `json:"connectionsMax"`
+		}{h.Addrs(), h.Hostname(), cs, h.CAFile(), h.DashboardURL(), limit.Soft, capacity})
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "dmctl hub listening on %s (MQTT, MQTT over WebSockets at %s, REST API)\n", strings.Join(h.Addrs(), ", "), hub.WebSocketPath)
+	if !limit.Unlimited() {
+		fmt.Fprintf(&b, "Open-file limit %d (ulimit -n): room for about %d device connections\n", limit.Soft, capacity)
+	}
 	fmt.Fprintf(&b, "\nService connection string (iothubowner; keep it secret):\n  %s\n", cs)
 	if ca := h.CAFile(); ca != "" {
 		fmt.Fprintf(&b, "CA certificate to trust:\n  %s\n", ca)
+	}
+	if u := h.DashboardURL(); u != "" {
+		fmt.Fprintf(&b, "\nDashboard: %s\n  (a one-time login link; to log in again paste the connection string above at /login)\n", u)
 	}
 	fmt.Fprintf(&b, "\nPoint dmctl and the Azure IoT SDKs at this hub:\n")
 	fmt.Fprintf(&b, "  export IOTHUB_CONNECTION_STRING=%s\n", shellQuote(cs))
