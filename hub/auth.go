@@ -221,19 +221,41 @@ func allowed(key, topic string) bool {
 // isTelemetry reports whether topic is the identity's device-to-cloud
 // topic: "{space}messages/events/" with optional properties.
 func isTelemetry(key, topic string) bool {
-	rest, ok := strings.CutPrefix(topic, ownSpace(key))
+	rest, ok := cutSpace(key, topic)
 	return ok && (rest == "messages/events" || strings.HasPrefix(rest, "messages/events/"))
+}
+
+// cutSpace is strings.CutPrefix(topic, ownSpace(key)) without building the
+// space: it runs several times on every publish.
+func cutSpace(key, topic string) (string, bool) {
+	dev, mod := splitKey(key)
+	rest, ok := strings.CutPrefix(topic, "devices/")
+	if ok {
+		rest, ok = strings.CutPrefix(rest, dev)
+	}
+	if ok && mod != "" {
+		if rest, ok = strings.CutPrefix(rest, "/modules/"); ok {
+			rest, ok = strings.CutPrefix(rest, mod)
+		}
+	}
+	if ok {
+		rest, ok = strings.CutPrefix(rest, "/")
+	}
+	if !ok {
+		return topic, false
+	}
+	return rest, true
 }
 
 // revocation says why the identity key may no longer be connected, or ""
 // if it may. Store errors other than not-found leave it connected.
 func (b *broker) revocation(key string) string {
 	dev, mod := splitKey(key)
-	d, err := b.s.store.Device(dev)
+	status, err := b.s.store.DeviceStatus(dev)
 	switch {
 	case errors.Is(err, errStoreNotFound):
 		return "device deleted"
-	case err == nil && !enabled(d.Status):
+	case err == nil && !enabled(status):
 		return "device disabled"
 	case err != nil || mod == "":
 		return ""

@@ -26,6 +26,11 @@ const (
 	// maxWritesPending is mochi's per-client outbound queue. The hub writes
 	// to devices directly, so the queue stays almost empty.
 	maxWritesPending = 32
+	// readBufferSize is mochi's per-connection read buffer. It need not
+	// hold a packet (a larger read bypasses it) and TLS keeps the record
+	// it decrypts in its own buffer: it only saves calls into TLS for the
+	// small packets, and every idle connection holds it.
+	readBufferSize = 256
 	// sessionExpiry is how long mochi keeps a clean-session-0 session
 	// (subscriptions) of a disconnected device, in seconds.
 	sessionExpiry = 3600
@@ -80,7 +85,7 @@ func newBroker(s *Server) (*broker, error) {
 	}
 	m := mqtt.New(&mqtt.Options{
 		Capabilities:             caps,
-		ClientNetReadBufferSize:  1024,
+		ClientNetReadBufferSize:  readBufferSize,
 		ClientNetWriteBufferSize: 1024,
 		Logger:                   slog.New(zerolog.NewSlogHandler(quiet)),
 		SysTopicResendInterval:   3600,
@@ -309,8 +314,18 @@ func (b *broker) signalLocked() {
 	b.change = make(chan struct{})
 }
 
-// subscribed reports whether one of cl's subscriptions matches topic.
+// subscribed reports whether one of cl's subscriptions matches topic. The
+// filters the SDKs subscribe with for the hub's own topics are looked up
+// first, without copying the client's subscriptions.
 func subscribed(cl *mqtt.Client, topic string) bool {
+	for _, f := range [...]string{iothub.MethodsFilter, iothub.DesiredFilter, iothub.TwinResFilter} {
+		if strings.HasPrefix(topic, f[:len(f)-1]) {
+			if _, ok := cl.State.Subscriptions.Get(f); ok {
+				return true
+			}
+			break
+		}
+	}
 	for filter := range cl.State.Subscriptions.GetAll() {
 		if matchFilter(filter, topic) {
 			return true
@@ -325,17 +340,24 @@ func matchFilter(filter, topic string) bool {
 	if strings.HasPrefix(topic, "$") && (strings.HasPrefix(filter, "+") || strings.HasPrefix(filter, "#")) {
 		return false
 	}
-	fs := strings.Split(filter, "/")
-	ts := strings.Split(topic, "/")
-	for i, f := range fs {
+	topicLeft := true // a level of topic is still to match
+	for {
+		f, frest, fmore := strings.Cut(filter, "/")
 		if f == "#" {
 			return true
 		}
-		if i >= len(ts) || (f != "+" && f != ts[i]) {
+		if !topicLeft {
 			return false
 		}
+		t, trest, tmore := strings.Cut(topic, "/")
+		if f != "+" && f != t {
+			return false
+		}
+		if !fmore {
+			return !tmore
+		}
+		filter, topic, topicLeft = frest, trest, tmore
 	}
-	return len(fs) == len(ts)
 }
 
 // send writes a QoS 0 PUBLISH to exactly this client, provided it

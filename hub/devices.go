@@ -1,6 +1,7 @@
 package hub
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -179,12 +180,14 @@ func (b *broker) methodResponse(deviceID, rid string, status int, body []byte) {
 		b.log.Debug().Func(ident(deviceID)).Str("rid", rid).Msg("method response matches no pending call")
 		return
 	}
-	r := methodResult{status: status, body: append([]byte(nil), body...)}
+	// body is kept as is: mochi decodes every packet from a buffer of its
+	// own that it never reuses.
+	r := methodResult{status: status, body: body}
 	switch {
 	case len(body) > iothub.MaxMethodPayload:
 		b.log.Info().Func(ident(deviceID)).Str("rid", rid).Int("bytes", len(body)).Msg("method response over 128 KB dropped")
 		r = methodResult{err: fmt.Errorf("%w (%d bytes)", hubapi.ErrResponseTooLarge, len(body))}
-	case len(strings.TrimSpace(string(body))) == 0:
+	case len(bytes.TrimSpace(body)) == 0:
 		r.body = []byte("null")
 	}
 	select {

@@ -66,6 +66,7 @@ const (
 type Client struct {
 	cs      *sas.ConnectionString
 	base    url.URL // scheme and host only
+	baseURL string  // base as a string
 	hc      *http.Client
 	own     *http.Transport // non-nil when the client built its own transport
 	log     zerolog.Logger
@@ -147,6 +148,7 @@ func New(cs *sas.ConnectionString, opts ...Option) (*Client, error) {
 	c := &Client{
 		cs:      cs,
 		base:    url.URL{Scheme: "https", Host: hostPort(cs)},
+		baseURL: (&url.URL{Scheme: "https", Host: hostPort(cs)}).String(),
 		log:     o.log,
 		now:     o.now,
 		agent:   o.agent,
@@ -262,26 +264,14 @@ func (c *Client) do(ctx context.Context, r request) (*response, error) {
 			return nil, fmt.Errorf("encode request body: %w", err)
 		}
 	}
-	u := c.base
-	u.Path = r.path
-	q := url.Values{}
-	for k, v := range r.query {
-		q[k] = v
-	}
-	q.Set("api-version", iothub.APIVersion)
-	u.RawQuery = q.Encode()
-	// The path is already escaped segment by segment; keep it as is.
-	u.RawPath = r.path
-	if p, err := url.PathUnescape(r.path); err == nil {
-		u.Path = p
-	}
+	rawURL := c.url(r)
 
 	tries := 1
 	if r.retry {
 		tries = c.tries
 	}
 	for attempt := 1; ; attempt++ {
-		resp, err := c.once(ctx, r, u.String(), payload, attempt)
+		resp, err := c.once(ctx, r, rawURL, payload, attempt)
 		if err == nil {
 			return resp, nil
 		}
@@ -317,6 +307,34 @@ func (c *Client) do(ctx context.Context, r request) (*response, error) {
 			return nil, fmt.Errorf("%w (while waiting to retry after: %v)", serr, err)
 		}
 	}
+}
+
+// requestHeaders are the headers once sets on every request, canonical.
+var requestHeaders = [...]string{"Authorization", "Request-Id", "User-Agent", "Accept", "Content-Type"}
+
+// url is r's URL: the hub, r's path as escaped, r's query and the API
+// version.
+func (c *Client) url(r request) string {
+	if len(r.query) == 0 {
+		if _, err := url.PathUnescape(r.path); err == nil {
+			// What the general case below gives, without a url.Values.
+			return c.baseURL + r.path + "?api-version=" + url.QueryEscape(iothub.APIVersion)
+		}
+	}
+	u := c.base
+	u.Path = r.path
+	q := url.Values{}
+	for k, v := range r.query {
+		q[k] = v
+	}
+	q.Set("api-version", iothub.APIVersion)
+	u.RawQuery = q.Encode()
+	// The path is already escaped segment by segment; keep it as is.
+	u.RawPath = r.path
+	if p, err := url.PathUnescape(r.path); err == nil {
+		u.Path = p
+	}
+	return u.String()
 }
 
 // connectionLost reports an attempt that failed because its connection
@@ -375,12 +393,16 @@ func (c *Client) once(ctx context.Context, r request, rawURL string, payload []b
 		req.Header[k] = v
 	}
 	rid := requestID()
-	req.Header.Set("Authorization", tok)
-	req.Header.Set("Request-Id", rid)
-	req.Header.Set("User-Agent", c.agent)
-	req.Header.Set("Accept", "application/json")
-	if payload != nil {
-		req.Header.Set("Content-Type", "application/json; charset=utf-8")
+	// The header values share one array (the keys are canonical already):
+	// one allocation where Header.Set makes one per header.
+	vals := [...]string{tok, rid, c.agent, "application/json", "application/json; charset=utf-8"}
+	hv := vals[:]
+	if payload == nil {
+		hv = hv[:4]
+	}
+	hv = slices.Clone(hv)
+	for i := range hv {
+		req.Header[requestHeaders[i]] = hv[i : i+1 : i+1]
 	}
 
 	start := time.Now()

@@ -42,9 +42,8 @@ func (c *Client) InvokeModuleMethod(ctx context.Context, deviceID, moduleID stri
 }
 
 func (c *Client) invoke(ctx context.Context, deviceID, moduleID string, req iothub.MethodRequest) (*iothub.MethodResult, error) {
-	who := identity(deviceID, moduleID)
 	if req.MethodName == "" {
-		return nil, fmt.Errorf("invoke on %s: empty method name", who)
+		return nil, fmt.Errorf("invoke on %s: empty method name", identity(deviceID, moduleID))
 	}
 	wait := DefaultResponseTimeout
 	if req.ResponseTimeoutInSeconds != nil {
@@ -60,11 +59,11 @@ func (c *Client) invoke(ctx context.Context, deviceID, moduleID string, req ioth
 		timeout: wait + invokeGrace,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("invoke %q on %s: %w", req.MethodName, who, err)
+		return nil, fmt.Errorf("invoke %q on %s: %w", req.MethodName, identity(deviceID, moduleID), err)
 	}
 	var res iothub.MethodResult
 	if err := decode(resp, &res); err != nil {
-		return nil, fmt.Errorf("invoke %q on %s: %w", req.MethodName, who, err)
+		return nil, fmt.Errorf("invoke %q on %s: %w", req.MethodName, identity(deviceID, moduleID), err)
 	}
 	return &res, nil
 }

@@ -248,6 +248,7 @@ func New(cfg Config) (*Fleet, error) {
 		base = &tls.Config{
 			RootCAs:            cfg.Conn.RootCAs,
 			MinVersion:         tls.VersionTLS12,
+			CurvePreferences:   mqtt.CurvePreferences(),
 			ClientSessionCache: tls.NewLRUClientSessionCache(len(cfg.Devices)),
 		}
 	}

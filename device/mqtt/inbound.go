@@ -34,7 +34,7 @@ func (c *Conn) route(topic string, payload []byte) {
 	if status, rid, version, ok := iothub.ParseTwinResponseTopic(topic); ok {
 		c.mu.Lock()
 		ch := c.pending[rid]
-		delete(c.pending, rid)
+		c.forgetLocked(rid)
 		c.mu.Unlock()
 		if ch != nil {
 			ch <- twinResult{status: status, version: version, body: payload} // buffered 1, one sender
@@ -50,10 +50,22 @@ func (c *Conn) route(topic string, payload []byte) {
 
 func (c *Conn) push(in inbound, method bool) {
 	c.mu.Lock()
-	c.inbox = append(c.inbox, in)
 	if method {
 		c.inflight++
+		// Nothing queued or being delivered ahead of it: start the call
+		// at once, as the dispatcher would, without starting one.
+		if !c.dispatching && len(c.inbox) == 0 && c.runCtx != nil && c.runCtx.Err() == nil {
+			ctx, h := c.runCtx, c.handler
+			c.wg.Add(1)
+			c.mu.Unlock()
+			go func() {
+				defer c.wg.Done()
+				c.serveMethod(ctx, h, in)
+			}()
+			return
+		}
 	}
+	c.inbox = append(c.inbox, in)
 	c.startDispatchLocked()
 	c.mu.Unlock()
 }
@@ -124,6 +136,12 @@ func (c *Conn) serveMethod(ctx context.Context, h device.Handler, in inbound) {
 // publish sends a QoS 0 message on the live session, waiting for one if
 // the link is down, at most maxResponseWait.
 func (c *Conn) publish(ctx context.Context, topic string, body []byte) error {
+	// The common case, a live session, needs no timer.
+	if s, _ := c.current(); s != nil {
+		if err := s.link.publish(topic, body); err == nil || ctx.Err() != nil {
+			return err
+		}
+	}
 	ctx, cancel := context.WithTimeout(ctx, maxResponseWait)
 	defer cancel()
 	for {

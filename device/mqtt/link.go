@@ -44,13 +44,14 @@ type link struct {
 	closed  bool  // close called, or the link failed
 	err     error // why the link ended; set with closed
 	nextID  uint16
-	acks    map[uint16]chan packets.ControlPacket
-	pingOut bool      // a PINGREQ awaits its PINGRESP
-	pingAt  time.Time // when the last PINGREQ went out
+	acks    map[uint16]chan packets.ControlPacket // nil while none is waiting
+	pingOut bool                                  // a PINGREQ awaits its PINGRESP
+	pingAt  time.Time                             // when the last PINGREQ went out
 	timer   *time.Timer
 	tickMu  sync.Mutex // held by a running keep-alive tick
 
-	qos2 map[uint16]bool // inbound QoS 2 IDs between PUBREC and PUBREL; reader goroutine only
+	qos2 map[uint16]bool // inbound QoS 2 IDs between PUBREC and PUBREL; reader goroutine only; nil when empty
+	hdr  [1]byte         // the reader's scratch byte
 
 	dead chan struct{} // closed when the link is closed or failed
 	done chan struct{} // closed when the reader has returned
@@ -130,8 +131,6 @@ func openLink(ctx context.Context, conn net.Conn, lc linkConfig, keepAlive, writ
 		lost:         lc.lost,
 		writeTimeout: writeTimeout,
 		pingEvery:    keepAlive * 9 / 10, // MQTT: a packet within every keep-alive period
-		acks:         make(map[uint16]chan packets.ControlPacket),
-		qos2:         make(map[uint16]bool),
 		dead:         make(chan struct{}),
 		done:         make(chan struct{}),
 	}
@@ -179,7 +178,7 @@ func connect(conn net.Conn, lc linkConfig, keepAlive time.Duration) (*packets.Co
 func (l *link) read() {
 	defer close(l.done)
 	for {
-		p, err := packets.ReadPacket(l.conn)
+		p, err := readPacket(l.conn, &l.hdr)
 		if err != nil {
 			l.fail(err)
 			return
@@ -191,6 +190,9 @@ func (l *link) read() {
 			}
 		case *packets.PubrelPacket:
 			delete(l.qos2, p.MessageID)
+			if len(l.qos2) == 0 {
+				l.qos2 = nil
+			}
 			comp := packets.NewControlPacket(packets.Pubcomp).(*packets.PubcompPacket)
 			comp.MessageID = p.MessageID
 			if l.write(comp) != nil {
@@ -225,6 +227,9 @@ func (l *link) receive(p *packets.PublishPacket) bool {
 		l.route(p.TopicName, p.Payload)
 	case 2:
 		if !l.qos2[p.MessageID] {
+			if l.qos2 == nil {
+				l.qos2 = make(map[uint16]bool)
+			}
 			l.qos2[p.MessageID] = true
 			l.route(p.TopicName, p.Payload)
 		}
@@ -240,10 +245,19 @@ func (l *link) receive(p *packets.PublishPacket) bool {
 	return true
 }
 
+// forgetLocked drops the wait for id. A map keeps its table when emptied:
+// an idle link holds none.
+func (l *link) forgetLocked(id uint16) {
+	delete(l.acks, id)
+	if len(l.acks) == 0 {
+		l.acks = nil
+	}
+}
+
 func (l *link) ack(id uint16, p packets.ControlPacket) {
 	l.mu.Lock()
 	ch := l.acks[id]
-	delete(l.acks, id)
+	l.forgetLocked(id)
 	l.mu.Unlock()
 	if ch != nil {
 		ch <- p // buffered 1, one sender
@@ -355,11 +369,14 @@ func (l *link) request(ctx context.Context, build func(id uint16) packets.Contro
 		}
 	}
 	id := l.nextID
+	if l.acks == nil {
+		l.acks = make(map[uint16]chan packets.ControlPacket)
+	}
 	l.acks[id] = ch
 	l.mu.Unlock()
 	defer func() {
 		l.mu.Lock()
-		delete(l.acks, id)
+		l.forgetLocked(id)
 		l.mu.Unlock()
 	}()
 	if err := l.write(build(id)); err != nil {
@@ -411,9 +428,29 @@ func (l *link) publish(topic string, payload []byte) error {
 	if closed {
 		return l.failure()
 	}
-	pp := packets.NewControlPacket(packets.Publish).(*packets.PublishPacket)
-	pp.TopicName, pp.Payload = topic, payload
-	return l.write(pp)
+	if len(topic) > 0xffff {
+		return fmt.Errorf("send PUBLISH: topic of %d bytes", len(topic))
+	}
+	bp := packetBuffers.Get().(*[]byte)
+	*bp = appendPublish((*bp)[:0], topic, payload, 0, 0)
+	err := l.writeRaw("PUBLISH", *bp)
+	if cap(*bp) <= maxPooledPacket {
+		packetBuffers.Put(bp)
+	}
+	return err
+}
+
+// writeRaw sends one encoded packet, as write does.
+func (l *link) writeRaw(name string, b []byte) error {
+	l.wmu.Lock()
+	_ = l.conn.SetWriteDeadline(time.Now().Add(l.writeTimeout))
+	_, err := l.conn.Write(b)
+	l.wmu.Unlock()
+	if err != nil {
+		err = fmt.Errorf("send %s: %w", name, err)
+		l.fail(err)
+	}
+	return err
 }
 
 // close sends DISCONNECT (planned) or not, closes the connection and waits

@@ -25,11 +25,14 @@ func (c *Conn) request(ctx context.Context, s *session, topic func(rid string) s
 	rid := strconv.FormatUint(c.ridSeq.Add(1), 10)
 	ch := make(chan twinResult, 1)
 	c.mu.Lock()
+	if c.pending == nil {
+		c.pending = make(map[string]chan twinResult)
+	}
 	c.pending[rid] = ch
 	c.mu.Unlock()
 	defer func() {
 		c.mu.Lock()
-		delete(c.pending, rid)
+		c.forgetLocked(rid)
 		c.mu.Unlock()
 	}()
 	if err := s.link.publish(topic(rid), body); err != nil {
@@ -48,6 +51,15 @@ func (c *Conn) request(ctx context.Context, s *session, topic func(rid string) s
 		return twinResult{}, fmt.Errorf("no twin response within %s", c.cfg.RequestTimeout)
 	case <-ctx.Done():
 		return twinResult{}, ctx.Err()
+	}
+}
+
+// forgetLocked drops the twin request rid. A map keeps its table when
+// emptied: an idle connection holds none.
+func (c *Conn) forgetLocked(rid string) {
+	delete(c.pending, rid)
+	if len(c.pending) == 0 {
+		c.pending = nil
 	}
 }
 

@@ -73,9 +73,10 @@ const (
 const contentTypeJSON = "application/json; charset=utf-8"
 
 type server struct {
-	cfg Config
-	now func() time.Time
-	log zerolog.Logger
+	cfg    Config
+	now    func() time.Time
+	log    zerolog.Logger
+	tokens tokenCache // SAS tokens whose signature checked out
 }
 
 // New returns the handler for every REST route. The WebSocket path is not

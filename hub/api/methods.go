@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/dmctl/dmctl/hub/hubapi"
@@ -27,23 +29,36 @@ const (
 // readJSON reads a bounded request body and decodes it into v (unknown
 // members ignored). It answers the request itself and returns false on error.
 func (s *server) readJSON(w http.ResponseWriter, r *http.Request, v any) bool {
+	body, ok := s.readBody(w, r)
+	return ok && s.decodeJSON(w, body, v)
+}
+
+// readBody reads a request body of at most MaxBodySize bytes of UTF-8 JSON
+// text. It answers the request itself and returns false on error.
+func (s *server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodySize))
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			s.failCode(w, iothub.CodeMessageTooLarge, fmt.Sprintf("request body is over the limit of %d bytes", MaxBodySize))
-			return false
+			return nil, false
 		}
 		s.failCode(w, iothub.CodeIotHubFormatError, "cannot read the request body")
-		return false
+		return nil, false
 	}
 	// encoding/json would store bytes that are not UTF-8 as U+FFFD.
 	if err := store.CheckJSONText(body); err != nil {
 		var ve *store.ValidationError
 		errors.As(err, &ve)
 		s.failCode(w, ve.Code, ve.Msg)
-		return false
+		return nil, false
 	}
+	return body, true
+}
+
+// decodeJSON decodes one JSON value, numbers as json.Number, into v and
+// answers the request itself on error.
+func (s *server) decodeJSON(w http.ResponseWriter, body []byte, v any) bool {
 	d := json.NewDecoder(bytes.NewReader(body))
 	d.UseNumber()
 	if err := d.Decode(v); err != nil {
@@ -80,7 +95,7 @@ func (s *server) invoke(w http.ResponseWriter, r *http.Request) {
 		if !ok {
 			return "", false
 		}
-		if _, err := s.cfg.Store.Device(id); err != nil {
+		if _, err := s.cfg.Store.DeviceStatus(id); err != nil {
 			s.storeError(w, r, id, err)
 			return "", false
 		}
@@ -109,8 +124,18 @@ func (s *server) invokeModule(w http.ResponseWriter, r *http.Request) {
 // there is none) and calls it.
 func (s *server) invokeOn(w http.ResponseWriter, r *http.Request, target func() (string, bool)) {
 	var req iothub.MethodRequest
-	if !s.readJSON(w, r, &req) {
+	body, ok := s.readBody(w, r)
+	if !ok {
 		return
+	}
+	// A method request has no member where json.Number would differ, so
+	// the one-pass json.Unmarshal decodes it as decodeJSON does; only a
+	// body it refuses goes through decodeJSON, for the same error answer.
+	if json.Unmarshal(body, &req) != nil {
+		req = iothub.MethodRequest{}
+		if !s.decodeJSON(w, body, &req) {
+			return
+		}
 	}
 	if err := validMethodName(req.MethodName); err != nil {
 		s.failCode(w, iothub.CodeArgumentInvalid, err.Error())
@@ -183,11 +208,39 @@ func (s *server) invokeOn(w http.ResponseWriter, r *http.Request, target func() 
 		s.failCode(w, iothub.CodeServerError, "the direct method could not be delivered")
 		return
 	}
-	res := iothub.MethodResult{Status: status, Payload: json.RawMessage("null")}
-	// A device answer that is not JSON text (also: not UTF-8) is passed on
-	// as null, as any other non-JSON answer.
-	if b := bytes.TrimSpace(body); len(b) > 0 && json.Valid(b) && store.CheckJSONText(b) == nil {
-		res.Payload = b
+	buf := resultBuffers.Get().(*bytes.Buffer)
+	buf.Reset()
+	appendMethodResult(buf, status, body)
+	writeRaw(w, http.StatusOK, buf.Bytes())
+	if buf.Cap() <= maxPooledResult {
+		resultBuffers.Put(buf)
 	}
-	writeJSON(w, http.StatusOK, res)
+}
+
+// resultBuffers hold the answers of direct methods while they are written.
+var resultBuffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// maxPooledResult keeps buffers of large answers out of the pool.
+const maxPooledResult = 16 << 10
+
+// appendMethodResult writes the JSON of iothub.MethodResult{status, body}
+// as json.Marshal would (the payload compacted, with <, >, &, U+2028 and
+// U+2029 escaped), checking and compacting body in one pass. A device
+// answer that is not JSON text (also: not UTF-8) is passed on as null, as
+// any other non-JSON answer.
+func appendMethodResult(buf *bytes.Buffer, status int, body []byte) {
+	buf.WriteString(`{"status":`)
+	buf.Write(strconv.AppendInt(buf.AvailableBuffer(), int64(status), 10))
+	buf.WriteString(`,"payload":`)
+	start := buf.Len()
+	if b := bytes.TrimSpace(body); len(b) == 0 || store.CheckJSONText(b) != nil || json.Compact(buf, b) != nil {
+		buf.Truncate(start)
+		buf.WriteString("null")
+	} else if bytes.ContainsAny(buf.Bytes()[start:], "<>&\u2028\u2029") {
+		var esc bytes.Buffer
+		json.HTMLEscape(&esc, buf.Bytes()[start:])
+		buf.Truncate(start)
+		buf.Write(esc.Bytes())
+	}
+	buf.WriteByte('}')
 }

@@ -385,6 +385,17 @@ func (s *Store) Device(id string) (iothub.Device, error) {
 	return s.device(e.rec), nil
 }
 
+// DeviceStatus returns the status ("enabled" or "disabled") of id
+// (ErrNotFound): Device without building the whole identity, for the checks
+// every message makes.
+func (s *Store) DeviceStatus(id string) (string, error) {
+	e, err := s.get(id)
+	if err != nil {
+		return "", err
+	}
+	return e.rec.Status, nil
+}
+
 // DeviceKeys returns the symmetric keys of id for authenticating the device;
 // both are empty when the device does not use SAS authentication.
 func (s *Store) DeviceKeys(id string) (primary, secondary string, err error) {

@@ -1,0 +1,123 @@
+package main
+
+import (
+	"context"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"testing"
+	"time"
+
+	"github.com/dmctl/dmctl/device"
+	"github.com/dmctl/dmctl/device/fleet"
+	"github.com/dmctl/dmctl/device/mqtt"
+	"github.com/dmctl/dmctl/sas"
+	"github.com/dmctl/dmctl/service"
+	"github.com/rs/zerolog"
+)
+
+// BenchmarkIdleConnections measures what an idle device connection costs
+// hub and device together, inside one process: live heap and goroutine
+// stacks after a GC, and goroutines, per connection of a fleet of
+// idleDevices (the same fleet package dmctl device run uses). It does not
+// depend on the machine's load. DMCTL_HEAPPROFILE=path writes the heap
+// profile of the connected state there (pprof -focus 'hub|mochi' versus
+// -focus 'device' tells the two sides apart).
+//
+//	go test -run '^$' -bench IdleConnections -benchtime 1x ./bench
+func BenchmarkIdleConnections(b *testing.B) {
+	const idleDevices = 500
+	profile := os.Getenv("DMCTL_HEAPPROFILE")
+	if profile != "" {
+		defer func(r int) { runtime.MemProfileRate = r }(runtime.MemProfileRate)
+		runtime.MemProfileRate = 1
+	}
+	cfg := &config{Log: zerolog.Nop(), DataDir: b.TempDir()}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	p, err := startInProcess(ctx, cfg, &results{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.close()
+	ids := service.SequentialIDs("idle", 0, idleDevices)
+	css := make([]*sas.ConnectionString, 0, len(ids))
+	for _, id := range ids {
+		key, err := p.register(id)
+		if err != nil {
+			b.Fatal(err)
+		}
+		cs, err := sas.ParseDevice(p.deviceCS(id, key))
+		if err != nil {
+			b.Fatal(err)
+		}
+		css = append(css, cs)
+	}
+	for range b.N {
+		f, err := fleet.New(fleet.Config{
+			Devices:     css,
+			Conn:        mqtt.Config{RootCAs: p.h.CAPool(), ClientType: "dmctl-bench"},
+			Device:      device.Config{},
+			ConnectRate: 2000,
+			Log:         zerolog.Nop(),
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		before, g0 := liveBytes()
+		fctx, fcancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			_ = f.Run(fctx)
+		}()
+		select {
+		case <-f.Ready():
+		case <-time.After(60 * time.Second):
+			b.Fatalf("%d devices did not connect within 60 s", idleDevices)
+		}
+		// Let every connection settle (twin reads, first reports).
+		time.Sleep(2 * time.Second)
+		after, g1 := liveBytes()
+		if profile != "" {
+			if fh, err := os.Create(profile); err == nil {
+				_ = pprof.Lookup("heap").WriteTo(fh, 0)
+				_ = fh.Close()
+			}
+		}
+		fcancel()
+		<-done
+		b.ReportMetric(float64(after.heap-before.heap)/idleDevices, "heapB/conn")
+		b.ReportMetric(float64(after.stack-before.stack)/idleDevices, "stackB/conn")
+		b.ReportMetric(float64(g1-g0)/idleDevices, "goroutines/conn")
+	}
+}
+
+// gcRounds GCs run before a reading: each may halve a goroutine's stack
+// that uses under a quarter of it.
+var gcRounds = 2
+
+type live struct{ heap, stack uint64 }
+
+// liveBytes returns the live heap and the goroutine stacks after GCs, and
+// the goroutine count. The heap is the least of a few readings 300 ms
+// apart: the hub's configuration engine reads every twin each second, and
+// a reading taken during that read would count its documents.
+func liveBytes() (live, int) {
+	var l live
+	for i := range 5 {
+		if i > 0 {
+			time.Sleep(300 * time.Millisecond)
+		}
+		for range gcRounds {
+			runtime.GC()
+		}
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		if i == 0 || m.HeapAlloc < l.heap {
+			l.heap = m.HeapAlloc
+		}
+		l.stack = m.StackInuse
+	}
+	return l, runtime.NumGoroutine()
+}
