@@ -345,8 +345,7 @@ func New(cfg Config) (*Conn, error) {
 	c.dialConn = c.dialTransport
 	if c.tlsConf == nil {
 		// ServerName set here spares crypto/tls a copy of the config per dial.
-		c.tlsConf = &tls.Config{RootCAs: cfg.RootCAs, MinVersion: tls.VersionTLS12, ServerName: ServerName(cs),
-			CurvePreferences: CurvePreferences()}
+		c.tlsConf = &tls.Config{RootCAs: cfg.RootCAs, MinVersion: tls.VersionTLS12, ServerName: ServerName(cs)}
 	} else if cfg.Certificate != nil {
 		c.tlsConf = c.tlsConf.Clone()
 	}
@@ -374,9 +373,9 @@ func New(cfg Config) (*Conn, error) {
 	return c, nil
 }
 
-// CurvePreferences are the key exchanges a device offers when it builds
-// its own TLS configuration: X25519, then P-256, as the device SDKs' TLS
-// stacks offer. Go's default adds the hybrid post-quantum X25519MLKEM768,
+// CurvePreferences are the key exchanges a simulated fleet offers (the
+// fleet's shared TLS configuration): X25519, then P-256, as the device
+// SDKs' TLS stacks offer. A single device keeps Go's default, which adds the hybrid post-quantum X25519MLKEM768,
 // whose key share makes the ClientHello and the hub's answer about 1.1 KB
 // larger each: buffers a TLS connection keeps for its whole life, on the
 // device and on the hub (about 5.6 KB per connection in all, measured by

@@ -10,11 +10,11 @@ import (
 	"github.com/dmctl/dmctl/internal/testcert"
 )
 
-// TestDeviceKeyExchange: a device that builds its own TLS configuration
+// TestFleetKeyExchange: a simulated fleet (its shared TLS configuration)
 // offers X25519 and P-256 only, so neither its ClientHello nor the hub's
 // answer carries a post-quantum key share (kilobytes each connection keeps
 // buffered); the handshake still verifies the hub and completes.
-func TestDeviceKeyExchange(t *testing.T) {
+func TestFleetKeyExchange(t *testing.T) {
 	ca := testcert.New(t, testcert.Options{CommonName: "curves test CA", CA: true}, nil)
 	srv := testcert.New(t, testcert.Options{CommonName: "localhost", Hosts: []string{"localhost"}}, ca)
 	offered := make(chan []tls.CurveID, 1)
@@ -45,7 +45,7 @@ func TestDeviceKeyExchange(t *testing.T) {
 	d := tls.Dialer{Config: conf}
 	c, err := d.DialContext(t.Context(), "tcp", ln.Addr().String())
 	if err != nil {
-		t.Fatalf("handshake with the device's key exchanges: %v", err)
+		t.Fatalf("handshake with the fleet's key exchanges: %v", err)
 	}
 	defer c.Close()
 	if err := <-accepted; err != nil {
@@ -53,7 +53,7 @@ func TestDeviceKeyExchange(t *testing.T) {
 	}
 	got := <-offered
 	if slices.Contains(got, tls.X25519MLKEM768) || !slices.Contains(got, tls.X25519) {
-		t.Errorf("device offers %v, want X25519 and P-256 without X25519MLKEM768", got)
+		t.Errorf("fleet offers %v, want X25519 and P-256 without X25519MLKEM768", got)
 	}
 	if id := c.(*tls.Conn).ConnectionState().CurveID; id != tls.X25519 {
 		t.Errorf("negotiated %v, want X25519", id)
