@@ -71,7 +71,7 @@ func (r *results) scaleMarkdown(w func(string, ...any)) {
 		return
 	}
 	w("\n### Hub shutdown with the fleet connected\n\n")
-	w("SIGTERM to `dmctl hub serve` holding every connection of the line above; then a new hub on the same port and data folder, and the time from SIGTERM until the hub's registry shows every device connected again (the devices reconnect with their backoff and the fleet's connect rate).\n\n")
+	w("SIGTERM to `dmctl hub serve` holding the connections of the single-process ceiling line; then a new hub on the same port and data folder, and the time from SIGTERM until the hub's registry shows every device connected again (the devices reconnect with their backoff and the fleet's connect rate).\n\n")
 	w("| connections | SIGTERM to exit | every device back on a new hub | |\n| ---: | ---: | ---: | --- |\n")
 	for _, s := range r.Shutdown {
 		back := "-"
