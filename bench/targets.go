@@ -50,7 +50,7 @@ func (r *results) scaleTargets() []goal {
 	}
 	if len(r.Shutdown) > 0 {
 		s := r.Shutdown[len(r.Shutdown)-1]
-		measured := fmt.Sprintf("%s with %d connections", secs(s.Exit), s.Connections)
+		measured := fmt.Sprintf("%s with %d connections", ms(s.Exit), s.Connections)
 		if s.Exit == 0 {
 			measured = s.Detail
 		}
@@ -80,7 +80,7 @@ func (r *results) scaleMarkdown(w func(string, ...any)) {
 		}
 		exit := "-"
 		if s.Exit > 0 {
-			exit = secs(s.Exit)
+			exit = ms(s.Exit)
 		}
 		w("| %d | %s | %s (%d back) | %s |\n", s.Connections, exit, back, s.BackCount, s.Detail)
 	}
