@@ -112,10 +112,11 @@ func TestFleetSurvivesResetOfEveryConnection(t *testing.T) {
 	// A device that lost its connection before the reset (a keep-alive
 	// missed on a loaded machine) may already hold a connect slot: its
 	// open can land just after the reset. The bound below allows for them,
-	// and for a few more that drop between this count and the reset
-	// (slack); a storm would be hundreds of opens early.
+	// and for a few more (slack: devices that drop between this count and
+	// the reset, scheduling on a loaded machine); a storm would be hundreds
+	// of opens early.
 	early := n - f.Stats().Connected
-	const slack = 5
+	const slack = n / 40
 	reset := time.Now()
 	a.arm(reset)
 	if err := r.dev.ResetAll(); err != nil {
@@ -144,20 +145,25 @@ func TestFleetSurvivesResetOfEveryConnection(t *testing.T) {
 	if len(opened) < n {
 		t.Fatalf("the proxy saw %d connections open after the reset, want at least %d", len(opened), n)
 	}
+	// How far the opens ran ahead of that schedule at the worst moment: a
+	// reconnect storm is hundreds ahead; a few ahead are a loaded machine's
+	// scheduling (the proxy stamps opens in its own goroutines).
 	interval := time.Duration(float64(time.Second) / rate)
-	peak, lo := 0, 0
+	peak, lo, ahead := 0, 0, 0
 	for k, at := range opened {
-		if earliest := reset.Add(time.Duration(k-1-early-slack) * interval); at.Before(earliest) {
-			t.Fatalf("connection %d after the reset opened %v after it, before the limiter allows (%v; %d devices were not connected at the reset): a reconnect storm",
-				k+1, at.Sub(reset), earliest.Sub(reset), early)
-		}
+		allowed := int(at.Sub(reset)/interval) + 1 + early
+		ahead = max(ahead, k+1-allowed)
 		for at.Sub(opened[lo]) >= time.Second {
 			lo++
 		}
 		peak = max(peak, k-lo+1)
 	}
+	if ahead > slack {
+		t.Fatalf("the connections after the reset ran %d ahead of what the limiter allows (%g/s, burst 1; %d devices were not connected at the reset; tolerated %d): a reconnect storm",
+			ahead, rate, early, slack)
+	}
 	last := ends[len(ends)-1].Sub(reset)
-	t.Logf("after the reset: %d disconnects, %d connections opened (%d attempts ended), all %d devices back in %v; busiest second: %d opens (limit %g/s); mean %.0f opens/s",
+	t.Logf("after the reset: %d disconnects, %d connections opened (%d attempts ended), all %d devices back in %v; busiest second: %d opens (limit %g/s); mean %.0f opens/s; at most %d ahead of the limiter",
 		disconnects, len(opened), len(ends), n, last.Round(time.Millisecond), peak, rate,
-		float64(len(opened))/opened[len(opened)-1].Sub(reset).Seconds())
+		float64(len(opened))/opened[len(opened)-1].Sub(reset).Seconds(), ahead)
 }
