@@ -414,17 +414,5 @@ func (c *Conn) Resume(ctx context.Context) error {
 	case c.resumeCh <- struct{}{}:
 	default:
 	}
-	for {
-		s, up := c.current()
-		if s != nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-c.done:
-			return ErrClosed
-		case <-up:
-		}
-	}
+	return c.WaitConnected(ctx)
 }

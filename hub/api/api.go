@@ -37,6 +37,8 @@ package api
 import (
 	"encoding/json"
 	"net/http"
+	"path"
+	"strings"
 	"time"
 
 	"github.com/dmctl/dmctl/hub/hubapi"
@@ -183,8 +185,16 @@ func writeRaw(w http.ResponseWriter, status int, b []byte) {
 
 // route dispatches through mux but answers unknown paths (404) and wrong
 // methods (405) with IoT Hub error bodies instead of the mux's plain text.
+//
+// A path that is not canonical ("//", "/./", "/../") is not found either:
+// the mux would redirect it with an HTML body, which no IoT Hub client
+// follows.
 func (s *server) route(mux *http.ServeMux) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !canonicalPath(r.URL.Path) {
+			s.notFound(w, r)
+			return
+		}
 		h, pattern := mux.Handler(r)
 		if pattern != "" {
 			mux.ServeHTTP(w, r)
@@ -201,6 +211,16 @@ func (s *server) route(mux *http.ServeMux) http.Handler {
 		}
 		s.notFound(w, r)
 	})
+}
+
+// canonicalPath reports whether p is already in the form the mux
+// redirects to: cleaned, keeping a trailing slash.
+func canonicalPath(p string) bool {
+	c := path.Clean(p)
+	if strings.HasSuffix(p, "/") && c != "/" {
+		c += "/"
+	}
+	return c == p
 }
 
 // probeWriter captures the status and headers of the mux's own 404/405
