@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/url"
-	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -259,17 +258,13 @@ func statusLine(c firmware.Counts) string {
 // a terminal, a log line when the counts change (at most every few
 // seconds) otherwise.
 type firmwareProgress struct {
-	w       io.Writer
-	tty     bool
-	log     zerolog.Logger
-	every   time.Duration
-	last    time.Time
-	lastMsg string
-	live    bool
+	live *liveLine
+	log  zerolog.Logger
+	throttle
 }
 
 func newFirmwareProgress(w io.Writer, log zerolog.Logger) *firmwareProgress {
-	return &firmwareProgress{w: w, tty: liveTerminal(w, os.Getenv), log: log, every: 2 * time.Second}
+	return &firmwareProgress{live: newLiveLine(w), log: log, throttle: throttle{every: 2 * time.Second}}
 }
 
 func (p *firmwareProgress) update(fp firmware.Progress) {
@@ -300,24 +295,18 @@ func (p *firmwareProgress) update(fp firmware.Progress) {
 
 func (p *firmwareProgress) show(fp firmware.Progress) {
 	msg := statusLine(fp.Counts)
-	if !p.tty {
-		if fp.Stage == firmware.StageWaveDone || msg == p.lastMsg || time.Since(p.last) < p.every {
+	if !p.live.tty {
+		if fp.Stage == firmware.StageWaveDone || !p.due(msg) {
 			return
 		}
-		p.last, p.lastMsg = time.Now(), msg
 		p.log.Info().Int("wave", fp.Wave).Int("devices", fp.WaveSize).Str("status", msg).Dur("elapsed", fp.Elapsed.Round(time.Millisecond)).Msg("firmware progress")
 		return
 	}
-	fmt.Fprintf(p.w, "\r\x1b[Kwave %d/%d  %s  (%s)", fp.Wave, fp.Waves, msg, fp.Elapsed.Round(100*time.Millisecond))
-	p.live = true
+	p.live.show(fmt.Sprintf("wave %d/%d  %s  (%s)", fp.Wave, fp.Waves, msg, fp.Elapsed.Round(100*time.Millisecond)))
 }
 
-func (p *firmwareProgress) line() {
-	if p.live {
-		fmt.Fprintln(p.w)
-		p.live = false
-	}
-}
+// line ends the live line so that a log line can follow.
+func (p *firmwareProgress) line() { p.live.end() }
 
 func (p *firmwareProgress) finish() { p.line() }
 

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -123,17 +122,13 @@ func fleetError(err error) error {
 // fleetProgress shows a fleet reboot's progress on stderr: one live line on
 // a terminal, log lines every few seconds otherwise.
 type fleetProgress struct {
-	w       io.Writer
-	tty     bool
-	log     zerolog.Logger
-	every   time.Duration
-	last    time.Time
-	lastMsg string
-	live    bool // a live line is on screen
+	live *liveLine
+	log  zerolog.Logger
+	throttle
 }
 
 func newFleetProgress(w io.Writer, log zerolog.Logger) *fleetProgress {
-	return &fleetProgress{w: w, tty: liveTerminal(w, os.Getenv), log: log, every: 5 * time.Second}
+	return &fleetProgress{live: newLiveLine(w), log: log, throttle: throttle{every: 5 * time.Second}}
 }
 
 func (p *fleetProgress) update(fp rollout.Progress) {
@@ -170,14 +165,10 @@ func (p *fleetProgress) show(fp rollout.Progress) {
 	cnt := fp.Counts
 	done := cnt.Succeeded + cnt.Failed + cnt.Offline + cnt.Unconfirmed
 	answered, status := fp.Stats.Finished(), fp.JobStatus
-	if !p.tty {
+	if !p.live.tty {
 		msg := fmt.Sprintf("%d/%d/%d/%d/%s", answered, cnt.Succeeded, cnt.Failed+cnt.Offline, cnt.Unconfirmed, status)
-		if fp.Stage != rollout.StageWaveDone && (msg == p.lastMsg || time.Since(p.last) < p.every) {
-			return
-		}
-		p.last, p.lastMsg = time.Now(), msg
-		if fp.Stage == rollout.StageWaveDone {
-			return // the wave-done log line follows
+		if fp.Stage == rollout.StageWaveDone || !p.due(msg) {
+			return // at a wave's end, the wave-done log line follows
 		}
 		p.log.Info().Int("wave", fp.Wave).Strs("jobs", fp.JobIDs).Str("jobStatus", status).Int("devices", fp.WaveSize).
 			Int("answered", answered).Int("confirmed", cnt.Succeeded).Int("failed", cnt.Failed).
@@ -193,17 +184,11 @@ func (p *fleetProgress) show(fp rollout.Progress) {
 	line := fmt.Sprintf("wave %d/%d [%s] %d/%d  answered %d  confirmed %d  failed %d  offline %d  (job %s, %s)",
 		fp.Wave, fp.Waves, bar, done, fp.WaveSize, answered, cnt.Succeeded, cnt.Failed, cnt.Offline, status,
 		fp.Elapsed.Round(100*time.Millisecond))
-	fmt.Fprint(p.w, "\r\x1b[K"+line)
-	p.live = true
+	p.live.show(line)
 }
 
 // line ends the live line so that a log line can follow.
-func (p *fleetProgress) line() {
-	if p.live {
-		fmt.Fprintln(p.w)
-		p.live = false
-	}
-}
+func (p *fleetProgress) line() { p.live.end() }
 
 func (p *fleetProgress) finish() { p.line() }
 

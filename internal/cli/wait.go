@@ -274,3 +274,30 @@ func (l *liveLine) clear() {
 		l.shown = false
 	}
 }
+
+// end keeps the line on screen and moves to the next one, so that a log
+// line can follow it.
+func (l *liveLine) end() {
+	if l.shown {
+		fmt.Fprintln(l.w)
+		l.shown = false
+	}
+}
+
+// throttle paces progress written as log lines (where no live line can
+// be): a line is due when its text changed and every has passed since the
+// last one.
+type throttle struct {
+	every   time.Duration
+	last    time.Time
+	lastMsg string
+}
+
+// due reports whether msg should be logged now, and if so records it.
+func (t *throttle) due(msg string) bool {
+	if msg == t.lastMsg || time.Since(t.last) < t.every {
+		return false
+	}
+	t.last, t.lastMsg = time.Now(), msg
+	return true
+}

@@ -48,3 +48,27 @@ func TestLiveLine(t *testing.T) {
 		t.Errorf("wrote %q to a non-terminal", buf.String())
 	}
 }
+
+// Progress written as log lines is paced: a line is due when its text
+// changed and the interval has passed; end keeps a live line and moves on.
+func TestThrottleAndLiveLineEnd(t *testing.T) {
+	th := throttle{every: time.Hour}
+	if !th.due("1/10") {
+		t.Fatal("the first line is not due")
+	}
+	if th.due("2/10") || th.due("1/10") {
+		t.Fatal("a line is due before the interval passed")
+	}
+	th.last = time.Time{} // as a new wave does
+	if th.due("1/10") || !th.due("2/10") {
+		t.Fatal("after a reset: the same text is due again, or a new one is not")
+	}
+	var buf bytes.Buffer
+	l := &liveLine{w: &buf, tty: true}
+	l.end() // nothing shown: nothing written
+	l.show("wave 1/1")
+	l.end()
+	if got := buf.String(); got != "\r\x1b[Kwave 1/1\n" {
+		t.Fatalf("live line then end wrote %q", got)
+	}
+}
