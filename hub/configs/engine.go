@@ -154,11 +154,29 @@ func (e *Engine) Tick(ctx context.Context) (TickStats, error) {
 		}
 		return ctx.Err() == nil
 	}
-	if err := e.st.ForEachTwinDoc(func(doc map[string]any) bool { return scan(doc, devCfgs, false) }); err != nil {
-		return st, err
-	}
-	if err := e.st.ForEachModuleTwinDoc(func(doc map[string]any) bool { return scan(doc, modCfgs, true) }); err != nil {
-		return st, err
+	for _, side := range []struct {
+		list    []*compiled
+		modules bool
+		each    func(func(map[string]any) bool) error
+	}{{devCfgs, false, e.st.ForEachTwinDoc}, {modCfgs, true, e.st.ForEachModuleTwinDoc}} {
+		if len(side.list) > 0 {
+			if err := side.each(func(doc map[string]any) bool { return scan(doc, side.list, side.modules) }); err != nil {
+				return st, err
+			}
+			continue
+		}
+		// Nothing targets this side's twins: only statuses left by deleted
+		// configurations need clearing, and the records say which twins
+		// carry them, so no twin document is rendered (an idle hub's twins
+		// stay unrendered, not cached).
+		keys, err := e.st.ConfiguredTwins(side.modules)
+		if err != nil {
+			return st, err
+		}
+		st.Twins += len(keys)
+		for _, k := range keys {
+			ups = append(ups, store.TwinConfigUpdate{ID: k})
+		}
 	}
 	if err := ctx.Err(); err != nil {
 		return st, err

@@ -223,6 +223,47 @@ func TestDeleteAndLeavingTargetKeepDesired(t *testing.T) {
 	}
 }
 
+// TestIdleSideEvaluatesOnlyConfiguredTwins: with nothing targeting a kind
+// of twin, a pass touches only the twins still carrying statuses (to clear
+// them) and leaves the rest unread.
+func TestIdleSideEvaluatesOnlyConfiguredTwins(t *testing.T) {
+	f := newFixture(t, "d1", "d2", "d3")
+	if _, err := f.st.CreateModule(iothub.Module{DeviceID: "d1", ModuleID: "m1"}); err != nil {
+		t.Fatal(err)
+	}
+	if st := f.tick(); st.Twins != 0 || st.Updated != 0 {
+		t.Fatalf("a pass with no configurations evaluated %d twins, updated %d (want 0, 0)", st.Twins, st.Updated)
+	}
+	f.tag("d1", "a")
+	f.create("fw", 1, "tags.group = 'a'", "2.0", nil)
+	mods := iothub.Configuration{ID: "mods", TargetCondition: "moduleId = 'm1'",
+		Content: iothub.ConfigurationContent{ModuleContent: map[string]any{"properties.desired.level": 3}}}
+	if _, err := f.st.CreateConfiguration(mods); err != nil {
+		t.Fatal(err)
+	}
+	if st := f.tick(); st.Twins != 4 || st.Updated != 2 {
+		t.Fatalf("with both configurations a pass evaluated %d twins, updated %d (want 4, 2)", st.Twins, st.Updated)
+	}
+	for _, id := range []string{"fw", "mods"} {
+		c, _ := f.st.Configuration(id)
+		if err := f.st.DeleteConfiguration(id, c.ETag); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := f.tick(); st.Twins != 2 || st.Updated != 2 {
+		t.Fatalf("after the deletes a pass evaluated %d twins, updated %d (want the 2 with statuses)", st.Twins, st.Updated)
+	}
+	if d1 := f.twin("d1"); d1.Configurations != nil || fwVersion(d1) != "2.0" {
+		t.Errorf("d1 after delete: configurations %v, desired %v (want none, desired kept)", d1.Configurations, fwVersion(d1))
+	}
+	if tw, err := f.st.Twin(store.ModuleKey("d1", "m1")); err != nil || tw.Configurations != nil {
+		t.Errorf("module twin after delete: configurations %v, err %v (want none)", tw.Configurations, err)
+	}
+	if st := f.tick(); st.Twins != 0 || st.Updated != 0 {
+		t.Errorf("a pass after the statuses were cleared evaluated %d twins, updated %d (want 0, 0)", st.Twins, st.Updated)
+	}
+}
+
 func TestModuleConfiguration(t *testing.T) {
 	f := newFixture(t, "d1")
 	if _, err := f.st.CreateModule(iothub.Module{DeviceID: "d1", ModuleID: "m1"}); err != nil {

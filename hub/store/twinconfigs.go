@@ -104,3 +104,25 @@ func (s *Store) ApplyConfigurations(ups []TwinConfigUpdate) (failed map[string]e
 	}
 	return failed, nil
 }
+
+// ConfiguredTwins returns the keys, sorted, of the device twins (modules
+// false) or module twins (ModuleKeys) that carry configuration statuses. It
+// reads the records and renders no twin document.
+func (s *Store) ConfiguredTwins(modules bool) ([]string, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return nil, ErrClosed
+	}
+	keys := s.ids
+	if modules {
+		keys = s.mods
+	}
+	var out []string
+	for _, k := range keys {
+		if e := s.recs[k]; e != nil && len(e.rec.Configs) > 0 {
+			out = append(out, k)
+		}
+	}
+	return out, nil
+}
