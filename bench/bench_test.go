@@ -33,6 +33,10 @@ func TestSmoke(t *testing.T) {
 		// DashboardDevices: Chromium on the Devices page while 5 devices
 		// reboot (a second or two).
 		DashboardDevices: 5,
+		// AnatomyDevices: 200 idle connections, each side measured alone
+		// (fewer would drown in the runtime's own variation: stacks are
+		// reserved in spans shared with goroutines that come and go).
+		AnatomyDevices: 200,
 		// The ceiling fleet: smoke() plans it with a tiny open-file limit
 		// (6 devices), in one process and over 2.
 		CeilingMax:  100000,
@@ -109,6 +113,16 @@ func TestSmoke(t *testing.T) {
 		}
 		if !single || !sharded {
 			t.Errorf("ceiling lines: one process %v, two processes %v, in %+v", single, sharded, res.Scale)
+		}
+	}
+	if len(res.Anatomy) != 2 {
+		t.Errorf("anatomy: %+v, want a hub row and a device row", res.Anatomy)
+	}
+	for _, a := range res.Anatomy {
+		t.Logf("anatomy: %+v", a)
+		// Every connection holds goroutines and stack on both sides.
+		if a.Err != "" || a.Conns != cfg.AnatomyDevices || a.Goroutines < 1 || a.Stacks <= 0 || a.Heap <= 0 {
+			t.Errorf("anatomy: implausible %+v", a)
 		}
 	}
 	if len(res.Shutdown) != 1 || res.Shutdown[0].Exit <= 0 || res.Shutdown[0].BackCount != 6 || res.Shutdown[0].Back < res.Shutdown[0].Exit {

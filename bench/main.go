@@ -103,6 +103,9 @@ type config struct {
 	// Shards processes, and the hub's shutdown with it connected.
 	CeilingMax int
 	Shards     int
+	// AnatomyDevices is the fleet of section 3's per-side breakdown of an
+	// idle connection (0: skip).
+	AnatomyDevices int
 	// ceilingLimit, when set, stands for the processes' open-file limit
 	// (the smoke run plans a tiny ceiling with it).
 	ceilingLimit *fdlimit.Limit
@@ -125,6 +128,7 @@ func main() {
 	flag.StringVar(&scale, "scale", "1000,10000", "dmctl fleet sizes connected from one process")
 	flag.IntVar(&cfg.NodeScale, "node-devices", 1000, "official Node SDK devices in one Node process (0 skips)")
 	flag.IntVar(&cfg.CeilingMax, "ceiling-max", 100000, "largest ceiling fleet: section 3 runs the largest fleet the open-file limit allows, up to this (0 skips it)")
+	flag.IntVar(&cfg.AnatomyDevices, "anatomy-devices", 2000, "idle devices of section 3's breakdown of one connection's memory, each side measured by the Go runtime (0 skips it)")
 	flag.IntVar(&cfg.Shards, "shards", 2, "processes of the sharded ceiling fleet (dmctl device run --processes)")
 	flag.StringVar(&cfg.Baseline, "baseline", "", "an earlier report (markdown, as -out writes it) whose figures the goals table shows next to this run's")
 	flag.StringVar(&fleetSizes, "fleet", "1000,10000", "fleet reboot sizes (each must be in -scale)")
@@ -222,6 +226,9 @@ func (c *config) check() error {
 	if c.CeilingMax > 0 && c.Shards < 2 {
 		return fmt.Errorf("-shards %d: the sharded ceiling line needs 2 or more processes", c.Shards)
 	}
+	if c.AnatomyDevices < 0 {
+		return fmt.Errorf("-anatomy-devices %d: want 0 (skip) or more", c.AnatomyDevices)
+	}
 	if c.DashboardDevices < 0 {
 		return fmt.Errorf("-dashboard-devices %d: want 0 (skip) or more", c.DashboardDevices)
 	}
@@ -250,6 +257,7 @@ func (c *config) smoke() {
 	c.SoakTime = 4 * time.Second
 	c.FirmwareDevices = min(c.FirmwareDevices, 20)
 	c.DashboardDevices = min(c.DashboardDevices, 5)
+	c.AnatomyDevices = min(c.AnatomyDevices, 200)
 	if c.CeilingMax > 0 {
 		c.ceilingLimit = &fdlimit.Limit{Soft: fdlimit.Reserve + 6, Hard: fdlimit.Reserve + 6}
 	}

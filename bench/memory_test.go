@@ -20,7 +20,8 @@ import (
 // hub and device together, inside one process: live heap and goroutine
 // stacks after a GC, and goroutines, per connection of a fleet of
 // idleDevices (the same fleet package dmctl device run uses). It does not
-// depend on the machine's load. DMCTL_HEAPPROFILE=path writes the heap
+// depend on the machine's load. Section 3 of go run ./bench measures the
+// two sides apart (anatomySection). DMCTL_HEAPPROFILE=path writes the heap
 // profile of the connected state there (pprof -focus 'hub|mochi' versus
 // -focus 'device' tells the two sides apart).
 //
@@ -64,7 +65,7 @@ func BenchmarkIdleConnections(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		before, g0 := liveBytes()
+		before := readRuntimeMem()
 		fctx, fcancel := context.WithCancel(ctx)
 		done := make(chan struct{})
 		go func() {
@@ -78,7 +79,7 @@ func BenchmarkIdleConnections(b *testing.B) {
 		}
 		// Let every connection settle (twin reads, first reports).
 		time.Sleep(2 * time.Second)
-		after, g1 := liveBytes()
+		after := readRuntimeMem()
 		if profile != "" {
 			if fh, err := os.Create(profile); err == nil {
 				_ = pprof.Lookup("heap").WriteTo(fh, 0)
@@ -87,37 +88,9 @@ func BenchmarkIdleConnections(b *testing.B) {
 		}
 		fcancel()
 		<-done
-		b.ReportMetric(float64(after.heap-before.heap)/idleDevices, "heapB/conn")
-		b.ReportMetric(float64(after.stack-before.stack)/idleDevices, "stackB/conn")
-		b.ReportMetric(float64(g1-g0)/idleDevices, "goroutines/conn")
+		r := after.row("both", before, idleDevices)
+		b.ReportMetric(r.Heap, "heapB/conn")
+		b.ReportMetric(r.Stacks, "stackB/conn")
+		b.ReportMetric(r.Goroutines, "goroutines/conn")
 	}
-}
-
-// gcRounds GCs run before a reading: each may halve a goroutine's stack
-// that uses under a quarter of it.
-var gcRounds = 2
-
-type live struct{ heap, stack uint64 }
-
-// liveBytes returns the live heap and the goroutine stacks after GCs, and
-// the goroutine count. The heap is the least of a few readings 300 ms
-// apart: the hub's configuration engine reads every twin each second, and
-// a reading taken during that read would count its documents.
-func liveBytes() (live, int) {
-	var l live
-	for i := range 5 {
-		if i > 0 {
-			time.Sleep(300 * time.Millisecond)
-		}
-		for range gcRounds {
-			runtime.GC()
-		}
-		var m runtime.MemStats
-		runtime.ReadMemStats(&m)
-		if i == 0 || m.HeapAlloc < l.heap {
-			l.heap = m.HeapAlloc
-		}
-		l.stack = m.StackInuse
-	}
-	return l, runtime.NumGoroutine()
 }

@@ -210,6 +210,7 @@ func (r *results) Markdown(cfg *config) string {
 		w("| %s (%s)%s | %d | %s | %s | %s | %s | %s |\n", s.Impl, s.ConnectCfg, mark, s.Devices, secs(s.Connect), mib(s.RSS), kib(s.perDevice()), mib(s.HubDelta), kib(s.hubPerConn()))
 	}
 	r.scaleMarkdown(w)
+	r.anatomyMarkdown(w)
 
 	w("\n## 4. Fleet reboot through jobs\n\n")
 	w("`dmctl service reboot --query \"connectionState = 'Connected'\" -o json` against the hub process of section 3 while the fleet of that size is connected; reboot delay %s. Wall time of the command: baseline query, jobs, device answers, reboots, reconnects and twin confirmation.\n\n", cfg.RebootDelay)

@@ -62,6 +62,7 @@ type results struct {
 	Throughput        []throughputRow
 	Scale             []scaleRow
 	Ceiling           *ceilingInfo // nil when not run
+	Anatomy           []anatomyRow
 	Shutdown          []shutdownRow
 	Fleet             []fleetRow
 	CLI               []cliRow

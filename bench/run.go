@@ -93,6 +93,7 @@ func run(ctx context.Context, cfg *config) (*results, error) {
 		p.close()
 
 		scaleAndFleet(ctx, cfg, res, bin)
+		anatomySection(ctx, cfg, res, bin)
 	}
 	if ctx.Err() == nil && !cfg.FirmwareOnly && !cfg.DashboardOnly {
 		soakSection(ctx, cfg, res, bin)

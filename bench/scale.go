@@ -25,7 +25,8 @@ type hubProc struct {
 	*child
 	port   string
 	caFile string
-	cs     string // iothubowner connection string
+	cs     string         // iothubowner connection string
+	pool   *x509.CertPool // the hub's CA
 	svc    *service.Client
 }
 
@@ -69,6 +70,7 @@ func startHubProcOn(ctx context.Context, cfg *config, bin, dir, listenPort strin
 			if rerr != nil || !pool.AppendCertsFromPEM(pem) {
 				err = fmt.Errorf("hub CA %s unreadable", h.caFile)
 			} else {
+				h.pool = pool
 				h.svc, err = service.New(pcs, service.WithRootCAs(pool))
 			}
 		}
