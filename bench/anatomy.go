@@ -185,20 +185,11 @@ func deviceAnatomy(ctx context.Context, cfg *config, bin string, n int) (anatomy
 		return anatomyRow{}, err
 	}
 	before := readRuntimeMem()
-	fctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = fl.Run(fctx)
-	}()
-	defer func() { cancel(); <-done }()
-	select {
-	case <-fl.Ready():
-	case <-ctx.Done():
-		return anatomyRow{}, ctx.Err()
-	case <-time.After(60*time.Second + time.Duration(n)*time.Second/time.Duration(max(1, cfg.ConnectRate))*3):
-		return anatomyRow{}, fmt.Errorf("%d devices did not connect in time", n)
+	stop, err := startFleet(ctx, fl, 60*time.Second+time.Duration(n)*time.Second/time.Duration(max(1, cfg.ConnectRate))*3)
+	if err != nil {
+		return anatomyRow{}, fmt.Errorf("%d devices: %w", n, err)
 	}
+	defer stop()
 	settle(ctx)
 	return readRuntimeMem().row("device", before, n), nil
 }

@@ -159,6 +159,30 @@ func (p *inproc) startDevice(ctx context.Context, wg *sync.WaitGroup, id string,
 	return d, nil
 }
 
+// startFleet runs f in this process until the returned stop is called,
+// once every device connected within timeout; on an error f is stopped.
+func startFleet(ctx context.Context, f *fleet.Fleet, timeout time.Duration) (stop func(), err error) {
+	fctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = f.Run(fctx)
+	}()
+	stop = func() { cancel(); <-done }
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-f.Ready():
+		return stop, nil
+	case <-ctx.Done():
+		err = ctx.Err()
+	case <-t.C:
+		err = fmt.Errorf("not every device connected within %v", timeout)
+	}
+	stop()
+	return nil, err
+}
+
 // profile runs f under the CPU profiler when -profile is set.
 func (p *inproc) profile(name string, f func()) {
 	if p.cfg.ProfileDir == "" {
@@ -385,21 +409,14 @@ func (p *inproc) throughput(ctx context.Context) {
 	for _, id := range ids {
 		f.Device(id).Handle(benchMethod, echo)
 	}
-	fctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = f.Run(fctx)
-	}()
-	defer func() { cancel(); <-done }()
-	select {
-	case <-f.Ready():
-	case <-ctx.Done():
-		return
-	case <-time.After(60 * time.Second):
-		p.res.note("throughput skipped: the %d devices did not connect within 60 s", n)
+	stop, err := startFleet(ctx, f, 60*time.Second)
+	if err != nil {
+		if ctx.Err() == nil {
+			p.res.note("throughput skipped: %d devices: %v", n, err)
+		}
 		return
 	}
+	defer stop()
 	call := invoker(ctx, p.svc)
 	for _, id := range ids { // every device subscribed before timing
 		if err := call(id, true); err != nil {

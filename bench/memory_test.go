@@ -66,16 +66,9 @@ func BenchmarkIdleConnections(b *testing.B) {
 			b.Fatal(err)
 		}
 		before := readRuntimeMem()
-		fctx, fcancel := context.WithCancel(ctx)
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			_ = f.Run(fctx)
-		}()
-		select {
-		case <-f.Ready():
-		case <-time.After(60 * time.Second):
-			b.Fatalf("%d devices did not connect within 60 s", idleDevices)
+		stop, err := startFleet(ctx, f, 60*time.Second)
+		if err != nil {
+			b.Fatalf("%d devices: %v", idleDevices, err)
 		}
 		// Let every connection settle (twin reads, first reports).
 		time.Sleep(2 * time.Second)
@@ -86,8 +79,7 @@ func BenchmarkIdleConnections(b *testing.B) {
 				_ = fh.Close()
 			}
 		}
-		fcancel()
-		<-done
+		stop()
 		r := after.row("both", before, idleDevices)
 		b.ReportMetric(r.Heap, "heapB/conn")
 		b.ReportMetric(r.Stacks, "stackB/conn")
