@@ -28,6 +28,7 @@ const (
 	exitFwFailed       = 9   // firmware campaign: some devices failed (error, rolledback)
 	exitFwTimedOut     = 10  // firmware campaign: --timeout passed before it ended
 	exitFwAborted      = 11  // firmware campaign: the failure rule stopped it
+	exitFwOverridden   = 12  // firmware campaign: some devices are held on other firmware by a configuration of higher priority
 	exitInterrupted    = 130 // SIGINT/SIGTERM while a command was working
 )
 
@@ -45,6 +46,7 @@ var classes = []struct {
 	{firmware.ErrAborted, exitFwAborted},
 	{firmware.ErrTimedOut, exitFwTimedOut},
 	{firmware.ErrSomeFailed, exitFwFailed},
+	{firmware.ErrOverridden, exitFwOverridden},
 	{service.ErrUnauthorized, exitAuth},
 	{service.ErrDeviceNotFound, exitDeviceNotFound},
 	{service.ErrDeviceNotOnline, exitDeviceOffline},

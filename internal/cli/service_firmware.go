@@ -39,8 +39,9 @@ devices gets several) whose target condition lists the wave's device ids and
 whose content is the desired firmware: {"fwVersion", "fwPackageURI",
 "fwPackageCheckValue"} (the Azure firmware-update tutorial's twin schema).
 It then reads the wave's reported firmware every --poll-interval, showing
-the count per fwUpdateStatus, until every device is current on --version or
-failed (error, rolledback). A wave whose share of failed devices is above
+the count per fwUpdateStatus, until every device is current on --version,
+failed (error, rolledback) or overridden (a configuration of higher priority
+applies there and sets another version, so this one never will). A wave whose share of failed devices is above
 --abort-failure-rate (default 0%: any failure) stops the campaign before the
 next wave. The configurations stay, so devices that connect later still
 update.
@@ -55,7 +56,8 @@ https://<HostName>/packages/NAME, HostName as in the connection string.
 
 Exit codes: 0 every device is current on --version; 9 some devices failed
 (error or rolledback); 10 --timeout passed first; 11 the failure rule
-stopped the campaign; 2 bad input; 1 other failures.`,
+stopped the campaign; 12 no device failed but some are overridden; 2 bad
+input; 1 other failures.`,
 		Flags: serviceFlags(
 			&cli.StringFlag{Name: "query", Aliases: []string{"q"}, Usage: "the devices: a twin condition (the body of a WHERE clause)"},
 			&cli.StringFlag{Name: "version", Usage: "the firmware version to install (desired fwVersion)"},
@@ -218,6 +220,8 @@ func firmwareError(err error) error {
 		return &exitError{err: err, code: exitFwTimedOut, hint: "pending devices may be offline or slow; the configurations stay, so they update when they come back: raise --timeout, or check them"}
 	case errors.Is(err, firmware.ErrSomeFailed):
 		return &exitError{err: err, code: exitFwFailed, hint: "the failed devices and their fwUpdateSubstatus are in the summary ('-o json' for all details)"}
+	case errors.Is(err, firmware.ErrOverridden):
+		return &exitError{err: err, code: exitFwOverridden, hint: "the 'overridden:' lines name the configuration that applies there instead: delete it or lower its priority, or run the campaign with a higher --priority"}
 	case errors.Is(err, firmware.ErrNoDevices):
 		return withHint(err, conditionHint)
 	case errors.Is(err, service.ErrConfigurationExists):
@@ -250,6 +254,9 @@ func statusLine(c firmware.Counts) string {
 		if !known[s] {
 			parts = append(parts, fmt.Sprintf("%s %d", s, n))
 		}
+	}
+	if c.Overridden > 0 {
+		parts = append(parts, fmt.Sprintf("overridden %d", c.Overridden))
 	}
 	return strings.Join(parts, " · ")
 }
@@ -286,7 +293,7 @@ func (p *firmwareProgress) update(fp firmware.Progress) {
 		p.show(fp)
 		p.line()
 		p.log.Info().Int("wave", fp.Wave).Int("waves", fp.Waves).Int("current", fp.Counts.Current).
-			Int("failed", fp.Counts.Failed).Dur("took", fp.Elapsed).Msg("wave done")
+			Int("failed", fp.Counts.Failed).Int("overridden", fp.Counts.Overridden).Dur("took", fp.Elapsed).Msg("wave done")
 	case firmware.StageStopped:
 		p.line()
 		p.log.Warn().Str("reason", fp.Reason).Msg("campaign stopped")
@@ -313,15 +320,15 @@ func (p *firmwareProgress) finish() { p.line() }
 // printFirmwareSummary writes the per-wave table and the failed devices.
 func printFirmwareSummary(w io.Writer, r *firmware.Result) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "WAVE\tCONFIGURATIONS\tTARGETED\tCURRENT\tFAILED\tPENDING")
+	fmt.Fprintln(tw, "WAVE\tCONFIGURATIONS\tTARGETED\tCURRENT\tFAILED\tOVERRIDDEN\tPENDING")
 	for _, wr := range r.Waves {
 		ids := strings.Join(wr.ConfigIDs, ",")
 		if ids == "" {
 			ids = "(none created)"
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%d\t%d\t%d\t%d\n", wr.Wave, ids, wr.Size, wr.Counts.Current, wr.Counts.Failed, wr.Counts.Pending)
+		fmt.Fprintf(tw, "%d\t%s\t%d\t%d\t%d\t%d\t%d\n", wr.Wave, ids, wr.Size, wr.Counts.Current, wr.Counts.Failed, wr.Counts.Overridden, wr.Counts.Pending)
 	}
-	fmt.Fprintf(tw, "total\t\t%d\t%d\t%d\t%d\n", r.Devices-r.NotStarted, r.Counts.Current, r.Counts.Failed, r.Counts.Pending)
+	fmt.Fprintf(tw, "total\t\t%d\t%d\t%d\t%d\t%d\n", r.Devices-r.NotStarted, r.Counts.Current, r.Counts.Failed, r.Counts.Overridden, r.Counts.Pending)
 	if err := tw.Flush(); err != nil {
 		return err
 	}
@@ -329,8 +336,11 @@ func printFirmwareSummary(w io.Writer, r *firmware.Result) error {
 		fmt.Fprintf(w, "not started: %d devices (waves %d to %d)\n", r.NotStarted, len(r.Waves)+1, r.Planned)
 	}
 	for _, d := range r.DeviceList {
-		if d.Outcome == firmware.OutcomeFailed {
+		switch d.Outcome {
+		case firmware.OutcomeFailed:
 			fmt.Fprintf(w, "failed: %s %s (version %s) %s\n", d.DeviceID, d.Status, d.CurrentVersion, d.Substatus)
+		case firmware.OutcomeOverridden:
+			fmt.Fprintf(w, "overridden: %s by %s (desired %s, version %s)\n", d.DeviceID, d.OverriddenBy, d.DesiredVersion, d.CurrentVersion)
 		}
 	}
 	_, err := fmt.Fprintf(w, "%d of %d devices current on %s in %s\n", r.Counts.Current, r.Devices, r.Version, r.Duration.Round(100*time.Millisecond))

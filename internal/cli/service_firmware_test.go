@@ -29,6 +29,7 @@ func TestFirmwareExitCodes(t *testing.T) {
 		{wrap(firmware.ErrSomeFailed), 9, "fwUpdateSubstatus"},
 		{wrap(firmware.ErrTimedOut), 10, "raise --timeout"},
 		{wrap(firmware.ErrAborted), 11, "run the campaign again"},
+		{wrap(firmware.ErrOverridden), 12, "higher --priority"},
 		{wrap(firmware.ErrNoDevices), exitFailure, "check the condition"},
 		{fmt.Errorf("wave 1: %w", &service.APIError{Status: 409, Name: "ConfigurationAlreadyExists"}), exitFailure, "--id-prefix"},
 	} {
@@ -57,14 +58,15 @@ func sampleResult() *firmware.Result {
 		Condition: "tags.site = 'lab'", Version: "2.0.0", PackageURI: "https://h/fw.bin", Checksum: "ab", IDPrefix: "fw-x",
 		Devices: 12, Planned: 3, NotStarted: 2, Aborted: true, StopReason: "wave 2: failure rate 12.5% is above 5.0%",
 		Duration: 3 * time.Second,
-		Counts:   firmware.Counts{Current: 9, Failed: 1, ByStatus: map[string]int{"current": 9, "rolledback": 1}},
+		Counts:   firmware.Counts{Current: 8, Failed: 1, Overridden: 1, ByStatus: map[string]int{"current": 8, "rolledback": 1, "waiting": 1}},
 		Waves: []firmware.WaveResult{
 			{Wave: 1, ConfigIDs: []string{"fw-x-w1"}, Size: 2, Counts: firmware.Counts{Current: 2}},
-			{Wave: 2, ConfigIDs: []string{"fw-x-w2"}, Size: 8, Counts: firmware.Counts{Current: 7, Failed: 1}, FailureRate: 0.125},
+			{Wave: 2, ConfigIDs: []string{"fw-x-w2"}, Size: 8, Counts: firmware.Counts{Current: 6, Failed: 1, Overridden: 1}, FailureRate: 0.125},
 		},
 		DeviceList: []firmware.Device{
 			{DeviceID: "sim-03", Wave: 2, Outcome: firmware.OutcomeFailed, Status: "rolledback", CurrentVersion: "1.0.0", Substatus: "checksum mismatch"},
 			{DeviceID: "sim-04", Wave: 2, Outcome: firmware.OutcomeCurrent, Status: "current", CurrentVersion: "2.0.0"},
+			{DeviceID: "sim-05", Wave: 2, Outcome: firmware.OutcomeOverridden, Status: "waiting", CurrentVersion: "1.5.0", OverriddenBy: "hold-1-5", DesiredVersion: "1.5.0"},
 		},
 	}
 }
@@ -76,12 +78,13 @@ func TestFirmwareSummary(t *testing.T) {
 	}
 	out := b.String()
 	for _, want := range []string{
-		"WAVE   CONFIGURATIONS  TARGETED  CURRENT  FAILED  PENDING\n",
-		"2      fw-x-w2         8         7        1       0\n",
-		"total                  10        9        1       0\n",
+		"WAVE   CONFIGURATIONS  TARGETED  CURRENT  FAILED  OVERRIDDEN  PENDING\n",
+		"2      fw-x-w2         8         6        1       1           0\n",
+		"total                  10        8        1       1           0\n",
 		"not started: 2 devices (waves 3 to 3)\n",
 		"failed: sim-03 rolledback (version 1.0.0) checksum mismatch\n",
-		"9 of 12 devices current on 2.0.0 in 3s\n",
+		"overridden: sim-05 by hold-1-5 (desired 1.5.0, version 1.5.0)\n",
+		"8 of 12 devices current on 2.0.0 in 3s\n",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("summary lacks %q:\n%s", want, out)
@@ -107,7 +110,8 @@ func TestFirmwareSummary(t *testing.T) {
 		t.Fatalf("JSON summary: %v\n%s", err, b.String())
 	}
 	if !got.Aborted || got.NotStarted != 2 || len(got.Waves) != 2 || got.Waves[1].Targeted != 8 || got.Waves[1].Counts.Failed != 1 ||
-		len(got.DeviceList) != 2 || got.DeviceList[0]["fwUpdateSubstatus"] != "checksum mismatch" {
+		got.Waves[1].Counts.Overridden != 1 || len(got.DeviceList) != 3 || got.DeviceList[0]["fwUpdateSubstatus"] != "checksum mismatch" ||
+		got.DeviceList[2]["overriddenBy"] != "hold-1-5" || got.DeviceList[2]["desiredFwVersion"] != "1.5.0" {
 		t.Errorf("JSON summary %s", b.String())
 	}
 }
@@ -119,6 +123,10 @@ func TestStatusLine(t *testing.T) {
 	}
 	if got := statusLine(firmware.Counts{}); got != "current 0 · error 0 · rolledback 0" {
 		t.Errorf("empty statusLine = %q", got)
+	}
+	c = firmware.Counts{Overridden: 2, ByStatus: map[string]int{"current": 3, "waiting": 2}}
+	if got, want := statusLine(c), "waiting 2 · current 3 · error 0 · rolledback 0 · overridden 2"; got != want {
+		t.Errorf("statusLine = %q, want %q", got, want)
 	}
 }
 

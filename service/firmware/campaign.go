@@ -41,6 +41,9 @@ var (
 	ErrSomeFailed = errors.New("some devices failed the update")
 	ErrTimedOut   = errors.New("the campaign timed out")
 	ErrAborted    = errors.New("the campaign was aborted by the failure rule")
+	// ErrOverridden: some devices are held on other firmware by a
+	// configuration of higher priority, so the campaign's never applies.
+	ErrOverridden = errors.New("some devices are held on other firmware by a configuration of higher priority")
 )
 
 // Options configures Run. Condition, Version, PackageURI and Checksum are
@@ -116,15 +119,18 @@ func (o Options) withDefaults(now time.Time) (Options, error) {
 //     error or rolledback that differs from its baseline, or that answers
 //     the desired firmware it has now (desired fwVersion is the new
 //     version and lastFwUpdateStartTime is not before the hub's
-//     $lastUpdated of desired firmware), pending otherwise: a failure left
-//     from an earlier update does not count. The wave is done when none is
-//     pending.
+//     $lastUpdated of desired firmware), overridden once the twin shows the
+//     wave's configuration only targeted while another applies (a higher
+//     priority) and the desired version is not the campaign's (the device
+//     is told other firmware, so it never updates to this one), pending
+//     otherwise: a failure left from an earlier update does not count. The
+//     wave is done when none is pending.
 //  4. After a wave other than the last, a failure rate above
 //     AbortFailureRate stops the campaign; so does the Timeout.
 //
 // The Result is returned whenever the devices were read; the error is nil
 // only when every device is current on the new version, else it wraps
-// ErrAborted, ErrTimedOut or ErrSomeFailed (in that order of precedence),
+// ErrAborted, ErrTimedOut, ErrSomeFailed or ErrOverridden (in that order of precedence),
 // ErrNoDevices, the context's error or a hub error.
 func Run(ctx context.Context, hub Hub, opts Options) (*Result, error) {
 	start := time.Now()

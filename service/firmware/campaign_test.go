@@ -264,3 +264,59 @@ func TestFailedBeforeTheBaselineOnThisVersion(t *testing.T) {
 		t.Fatalf("Run: %v, counts %+v", err, res.Counts)
 	}
 }
+
+// TestOverriddenEndsTheWave: a device that a configuration of higher
+// priority holds on other firmware is reported overridden at once, not left
+// pending until the timeout.
+func TestOverriddenEndsTheWave(t *testing.T) {
+	h := newFakeHub(3, "1.0.0")
+	h.overridden, h.overrider = map[string]bool{"sim-002": true}, "hold-1-5"
+	props := h.twins["sim-002"]["properties"].(map[string]any)
+	props["desired"] = map[string]any{"firmware": map[string]any{"fwVersion": "1.5.0", "fwPackageURI": "https://hub/packages/fw-1.5.0.bin", "fwPackageCheckValue": sum}}
+	props["reported"].(map[string]any)["firmware"] = map[string]any{"currentFwVersion": "1.5.0", "fwUpdateStatus": "current"}
+	h.scripts["sim-002"] = nil
+	o := opts(t, "")
+	o.Timeout = 5 * time.Second
+	res, err := Run(context.Background(), h, o)
+	if !errors.Is(err, ErrOverridden) || res.TimedOut {
+		t.Fatalf("Run: %v (timed out %v), want ErrOverridden", err, res.TimedOut)
+	}
+	if c := res.Counts; c.Current != 2 || c.Overridden != 1 || c.Pending != 0 || c.Failed != 0 {
+		t.Fatalf("counts %+v, want 2 current, 1 overridden", c)
+	}
+	if !strings.Contains(err.Error(), "2 of 3 devices current on 2.0.0, 0 failed, 1 overridden, 0 pending") {
+		t.Errorf("error %q lacks the counts", err)
+	}
+	for _, d := range res.DeviceList {
+		if d.DeviceID == "sim-002" && (d.Outcome != OutcomeOverridden || d.OverriddenBy != "hold-1-5" || d.DesiredVersion != "1.5.0") {
+			t.Errorf("sim-002: %+v, want overridden by hold-1-5 with desired 1.5.0", d)
+		}
+	}
+	// The device that failed as well counts as failed, which wins.
+	h2 := newFakeHub(2, "1.0.0")
+	h2.overridden, h2.overrider = map[string]bool{"sim-002": true}, "hold-1-5"
+	h2.twins["sim-002"]["properties"].(map[string]any)["desired"] = map[string]any{"firmware": map[string]any{"fwVersion": "1.5.0"}}
+	h2.scripts["sim-001"] = []string{"downloading", "rolledback"}
+	o.IDPrefix = "fw-two"
+	if _, err := Run(context.Background(), h2, o); !errors.Is(err, ErrSomeFailed) {
+		t.Errorf("failed and overridden devices: %v, want ErrSomeFailed", err)
+	}
+}
+
+func TestOverriddenBy(t *testing.T) {
+	st := func(s string) iothub.TwinConfiguration { return iothub.TwinConfiguration{Status: s} }
+	for _, c := range []struct {
+		cfgs map[string]iothub.TwinConfiguration
+		want string
+	}{
+		{nil, ""}, // the hub has not evaluated the configuration yet
+		{map[string]iothub.TwinConfiguration{"w1": st(iothub.ConfigurationApplied)}, ""},
+		{map[string]iothub.TwinConfiguration{"w1": st(iothub.ConfigurationApplied), "old": st(iothub.ConfigurationTargeted)}, ""},
+		{map[string]iothub.TwinConfiguration{"w1": st(iothub.ConfigurationTargeted), "hold": st(iothub.ConfigurationApplied)}, "hold"},
+		{map[string]iothub.TwinConfiguration{"w1": st(iothub.ConfigurationTargeted)}, ""}, // nothing applies: not decided
+	} {
+		if got := overriddenBy(c.cfgs, "w1"); got != c.want {
+			t.Errorf("overriddenBy(%v) = %q, want %q", c.cfgs, got, c.want)
+		}
+	}
+}

@@ -26,8 +26,10 @@ type fakeHub struct {
 	onCreate   func(cfg iothub.Configuration, twins map[string]map[string]any)
 	failCreate error
 	// overridden devices keep their desired firmware: another
-	// configuration of higher priority wins there.
+	// configuration of higher priority, overrider, applies there (and
+	// their twins say so), the campaign's is only targeted.
 	overridden map[string]bool
+	overrider  string
 }
 
 func newFakeHub(n int, oldVersion string) *fakeHub {
@@ -73,9 +75,23 @@ func (h *fakeHub) CreateConfiguration(ctx context.Context, cfg iothub.Configurat
 		h.onCreate(cfg, h.twins)
 	}
 	for _, t := range h.twins {
-		if q.Match(t) && !h.overridden[t["deviceId"].(string)] {
-			t["properties"].(map[string]any)["desired"].(map[string]any)["firmware"] = cfg.Content.DeviceContent["properties.desired.firmware"]
+		if !q.Match(t) {
+			continue
 		}
+		statuses, _ := t["configurations"].(map[string]any)
+		if statuses == nil {
+			statuses = map[string]any{}
+			t["configurations"] = statuses
+		}
+		if h.overridden[t["deviceId"].(string)] {
+			statuses[cfg.ID] = map[string]any{"status": iothub.ConfigurationTargeted}
+			if h.overrider != "" {
+				statuses[h.overrider] = map[string]any{"status": iothub.ConfigurationApplied}
+			}
+			continue
+		}
+		statuses[cfg.ID] = map[string]any{"status": iothub.ConfigurationApplied}
+		t["properties"].(map[string]any)["desired"].(map[string]any)["firmware"] = cfg.Content.DeviceContent["properties.desired.firmware"]
 	}
 	h.configs = append(h.configs, cfg)
 	return cfg, nil

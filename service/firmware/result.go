@@ -33,10 +33,11 @@ type Progress struct {
 // Counts counts devices by outcome and by status (StatusWaiting or the
 // reported fwUpdateStatus).
 type Counts struct {
-	Current  int            `json:"current"`
-	Failed   int            `json:"failed"`
-	Pending  int            `json:"pending"`
-	ByStatus map[string]int `json:"byStatus"`
+	Current    int            `json:"current"`
+	Failed     int            `json:"failed"`
+	Overridden int            `json:"overridden"`
+	Pending    int            `json:"pending"`
+	ByStatus   map[string]int `json:"byStatus"`
 }
 
 func (c *Counts) add(d Device) {
@@ -45,6 +46,8 @@ func (c *Counts) add(d Device) {
 		c.Current++
 	case OutcomeFailed:
 		c.Failed++
+	case OutcomeOverridden:
+		c.Overridden++
 	default:
 		c.Pending++
 	}
@@ -98,8 +101,8 @@ func (r *Result) finish(d time.Duration) {
 
 // err is Run's error for a finished result; err is what ended the waves.
 func (r *Result) err(err error) error {
-	sum := fmt.Sprintf("%d of %d devices current on %s, %d failed, %d pending, %d not started",
-		r.Counts.Current, r.Devices, r.Version, r.Counts.Failed, r.Counts.Pending, r.NotStarted)
+	sum := fmt.Sprintf("%d of %d devices current on %s, %d failed, %d overridden, %d pending, %d not started",
+		r.Counts.Current, r.Devices, r.Version, r.Counts.Failed, r.Counts.Overridden, r.Counts.Pending, r.NotStarted)
 	switch {
 	case r.Aborted:
 		return fmt.Errorf("firmware campaign: %w (%s): %s", ErrAborted, r.StopReason, sum)
@@ -109,6 +112,8 @@ func (r *Result) err(err error) error {
 		return err
 	case r.Counts.Failed > 0:
 		return fmt.Errorf("firmware campaign: %w: %s", ErrSomeFailed, sum)
+	case r.Counts.Overridden > 0:
+		return fmt.Errorf("firmware campaign: %w: %s", ErrOverridden, sum)
 	}
 	return nil
 }

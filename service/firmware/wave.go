@@ -18,6 +18,10 @@ const (
 	OutcomeCurrent Outcome = "current" // reports the new version as current
 	OutcomeFailed  Outcome = "failed"  // reported error or rolledback in this campaign
 	OutcomePending Outcome = "pending" // neither (yet)
+	// OutcomeOverridden: a configuration of higher priority applies to the
+	// device and tells it another version; it stays so until that one
+	// is deleted or ranks lower.
+	OutcomeOverridden Outcome = "overridden"
 )
 
 // StatusWaiting is the status shown for a device whose reported firmware
@@ -33,7 +37,11 @@ type Device struct {
 	Status         string  `json:"fwUpdateStatus"` // StatusWaiting or the reported fwUpdateStatus
 	Substatus      string  `json:"fwUpdateSubstatus,omitempty"`
 	CurrentVersion string  `json:"currentFwVersion,omitempty"`
-	baseline       []byte  // reported firmware when the wave began, compacted; nil: none
+	// OverriddenBy is the configuration that applies instead of the
+	// wave's (OutcomeOverridden), and DesiredVersion the version it sets.
+	OverriddenBy   string `json:"overriddenBy,omitempty"`
+	DesiredVersion string `json:"desiredFwVersion,omitempty"`
+	baseline       []byte // reported firmware when the wave began, compacted; nil: none
 }
 
 // reportedFirmware is the reported firmware object (the tutorial's schema).
@@ -144,12 +152,13 @@ func (w *wave) poll(ctx context.Context, baseline bool) error {
 		}
 	}
 	for _, batch := range chunk(ids, PollBatch) {
-		q := "SELECT deviceId, properties.reported." + iothub.FirmwareProperty + " AS firmware, properties.desired AS desired FROM devices WHERE " + service.IDListCondition(batch)
+		q := "SELECT deviceId, properties.reported." + iothub.FirmwareProperty + " AS firmware, properties.desired AS desired, configurations FROM devices WHERE " + service.IDListCondition(batch)
 		err := w.c.hub.Query(ctx, q, 0, func(raw json.RawMessage) error {
 			var row struct {
-				DeviceID string          `json:"deviceId"`
-				Firmware json.RawMessage `json:"firmware"`
-				Desired  json.RawMessage `json:"desired"`
+				DeviceID       string                              `json:"deviceId"`
+				Firmware       json.RawMessage                     `json:"firmware"`
+				Desired        json.RawMessage                     `json:"desired"`
+				Configurations map[string]iothub.TwinConfiguration `json:"configurations"`
 			}
 			if err := json.Unmarshal(raw, &row); err != nil {
 				return fmt.Errorf("unexpected query row %s", raw)
@@ -157,7 +166,7 @@ func (w *wave) poll(ctx context.Context, baseline bool) error {
 			if i, ok := w.index[row.DeviceID]; ok {
 				var des desiredSection
 				_ = json.Unmarshal(row.Desired, &des) // absent or not an object: nothing desired
-				w.devs[i].update(row.Firmware, des, baseline, w.c.opts.Version)
+				w.devs[i].update(row.Firmware, des, row.Configurations, baseline, w.c.opts.Version)
 			}
 			return nil
 		})
@@ -168,8 +177,25 @@ func (w *wave) poll(ctx context.Context, baseline bool) error {
 	return nil
 }
 
-// update applies one read of a device's reported firmware.
-func (d *Device) update(raw json.RawMessage, des desiredSection, baseline bool, version string) {
+// overriddenBy returns the configuration that applies to a twin in place of
+// own, the wave's configuration, which is only targeted there; "" when own
+// applies or the hub has not evaluated it yet.
+func overriddenBy(cfgs map[string]iothub.TwinConfiguration, own string) string {
+	if cfgs[own].Status != iothub.ConfigurationTargeted {
+		return ""
+	}
+	winner := ""
+	for id, c := range cfgs {
+		if c.Status == iothub.ConfigurationApplied && (winner == "" || id < winner) {
+			winner = id
+		}
+	}
+	return winner
+}
+
+// update applies one read of a device's reported firmware, desired firmware
+// and configuration statuses.
+func (d *Device) update(raw json.RawMessage, des desiredSection, cfgs map[string]iothub.TwinConfiguration, baseline bool, version string) {
 	var compact []byte
 	var fw reportedFirmware
 	if t := bytes.TrimSpace(raw); len(t) > 0 && !bytes.Equal(t, []byte("null")) {
@@ -184,12 +210,20 @@ func (d *Device) update(raw json.RawMessage, des desiredSection, baseline bool, 
 	}
 	changed := !bytes.Equal(compact, d.baseline)
 	d.CurrentVersion, d.Substatus = fw.CurrentFwVersion, fw.FwUpdateSubstatus
+	d.OverriddenBy, d.DesiredVersion = "", ""
+	by := overriddenBy(cfgs, d.ConfigID)
 	switch {
 	case fw.FwUpdateStatus == iothub.FwStatusCurrent && fw.CurrentFwVersion == version:
 		d.Outcome, d.Status = OutcomeCurrent, fw.FwUpdateStatus
 	case (fw.FwUpdateStatus == iothub.FwStatusError || fw.FwUpdateStatus == iothub.FwStatusRolledBack) &&
 		(changed || failedOnDesired(fw, des, version)):
 		d.Outcome, d.Status = OutcomeFailed, fw.FwUpdateStatus
+	case by != "" && des.Firmware.FwVersion != version:
+		d.Outcome, d.OverriddenBy, d.DesiredVersion = OutcomeOverridden, by, des.Firmware.FwVersion
+		d.Status = fw.FwUpdateStatus
+		if d.Status == "" || !changed {
+			d.Status = StatusWaiting
+		}
 	case !changed:
 		d.Outcome, d.Status = OutcomePending, StatusWaiting
 	default:
