@@ -115,16 +115,17 @@ func (o Options) withDefaults(now time.Time) (Options, error) {
 //     metric queries per status.
 //  3. Every PollInterval the wave's devices' reported firmware is read in
 //     batched queries (PollBatch ids): a device is current once it reports
-//     fwUpdateStatus current on the new version, failed once it reports
-//     error or rolledback that differs from its baseline, or that answers
-//     the desired firmware it has now (desired fwVersion is the new
+//     fwUpdateStatus current on the new version; else overridden while the
+//     twin shows the wave's configuration only targeted, another applied (a
+//     higher priority), and a desired version that is not the campaign's
+//     (the device is told other firmware, so it never updates to this one,
+//     and what it reports is not this campaign's); else failed once it
+//     reports error or rolledback that differs from its baseline, or that
+//     answers the desired firmware it has now (desired fwVersion is the new
 //     version and lastFwUpdateStartTime is not before the hub's
-//     $lastUpdated of desired firmware), overridden once the twin shows the
-//     wave's configuration only targeted while another applies (a higher
-//     priority) and the desired version is not the campaign's (the device
-//     is told other firmware, so it never updates to this one), pending
-//     otherwise: a failure left from an earlier update does not count. The
-//     wave is done when none is pending.
+//     $lastUpdated of desired firmware); pending otherwise: a failure left
+//     from an earlier update does not count. The wave is done when none is
+//     pending.
 //  4. After a wave other than the last, a failure rate above
 //     AbortFailureRate stops the campaign; so does the Timeout.
 //

@@ -292,7 +292,15 @@ func TestOverriddenEndsTheWave(t *testing.T) {
 			t.Errorf("sim-002: %+v, want overridden by hold-1-5 with desired 1.5.0", d)
 		}
 	}
-	// The device that failed as well counts as failed, which wins.
+	// A device the other configuration's package fails is still overridden:
+	// that failure is not the campaign's.
+	// It goes downloading, then rolledback, after the wave's baseline.
+	h.scripts["sim-002"], h.step["sim-002"] = []string{"downloading", "rolledback"}, 0
+	o.IDPrefix = "fw-again"
+	if res, err := Run(context.Background(), h, o); !errors.Is(err, ErrOverridden) || res.Counts.Overridden != 1 || res.Counts.Failed != 0 {
+		t.Errorf("held device rolled back on the other version: %v, counts %+v, want 1 overridden, 0 failed", err, res.Counts)
+	}
+	// A failed device elsewhere in the campaign wins over the overridden one.
 	h2 := newFakeHub(2, "1.0.0")
 	h2.overridden, h2.overrider = map[string]bool{"sim-002": true}, "hold-1-5"
 	h2.twins["sim-002"]["properties"].(map[string]any)["desired"] = map[string]any{"firmware": map[string]any{"fwVersion": "1.5.0"}}

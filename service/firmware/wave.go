@@ -215,15 +215,17 @@ func (d *Device) update(raw json.RawMessage, des desiredSection, cfgs map[string
 	switch {
 	case fw.FwUpdateStatus == iothub.FwStatusCurrent && fw.CurrentFwVersion == version:
 		d.Outcome, d.Status = OutcomeCurrent, fw.FwUpdateStatus
-	case (fw.FwUpdateStatus == iothub.FwStatusError || fw.FwUpdateStatus == iothub.FwStatusRolledBack) &&
-		(changed || failedOnDesired(fw, des, version)):
-		d.Outcome, d.Status = OutcomeFailed, fw.FwUpdateStatus
 	case by != "" && des.Firmware.FwVersion != version:
+		// Told another version: what it reports, failures included, is
+		// that configuration's business, not this campaign's.
 		d.Outcome, d.OverriddenBy, d.DesiredVersion = OutcomeOverridden, by, des.Firmware.FwVersion
 		d.Status = fw.FwUpdateStatus
 		if d.Status == "" || !changed {
 			d.Status = StatusWaiting
 		}
+	case (fw.FwUpdateStatus == iothub.FwStatusError || fw.FwUpdateStatus == iothub.FwStatusRolledBack) &&
+		(changed || failedOnDesired(fw, des, version)):
+		d.Outcome, d.Status = OutcomeFailed, fw.FwUpdateStatus
 	case !changed:
 		d.Outcome, d.Status = OutcomePending, StatusWaiting
 	default:
