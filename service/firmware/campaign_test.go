@@ -322,6 +322,7 @@ func TestOverriddenBy(t *testing.T) {
 		{map[string]iothub.TwinConfiguration{"w1": st(iothub.ConfigurationApplied), "old": st(iothub.ConfigurationTargeted)}, ""},
 		{map[string]iothub.TwinConfiguration{"w1": st(iothub.ConfigurationTargeted), "hold": st(iothub.ConfigurationApplied)}, "hold"},
 		{map[string]iothub.TwinConfiguration{"w1": st(iothub.ConfigurationTargeted)}, ""}, // nothing applies: not decided
+		{map[string]iothub.TwinConfiguration{"w1": st("targeted"), "hold": st("applied")}, "hold"},
 	} {
 		if got := overriddenBy(c.cfgs, "w1"); got != c.want {
 			t.Errorf("overriddenBy(%v) = %q, want %q", c.cfgs, got, c.want)

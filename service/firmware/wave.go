@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/dmctl/dmctl/internal/iothub"
@@ -180,13 +181,17 @@ func (w *wave) poll(ctx context.Context, baseline bool) error {
 // overriddenBy returns the configuration that applies to a twin in place of
 // own, the wave's configuration, which is only targeted there; "" when own
 // applies or the hub has not evaluated it yet.
+//
+// The statuses compare without case: the local hub writes them as the
+// documentation's metric queries spell them (Targeted, Applied), and a
+// cloud hub's spelling in twin JSON has not been checked here.
 func overriddenBy(cfgs map[string]iothub.TwinConfiguration, own string) string {
-	if cfgs[own].Status != iothub.ConfigurationTargeted {
+	if !strings.EqualFold(cfgs[own].Status, iothub.ConfigurationTargeted) {
 		return ""
 	}
 	winner := ""
 	for id, c := range cfgs {
-		if c.Status == iothub.ConfigurationApplied && (winner == "" || id < winner) {
+		if strings.EqualFold(c.Status, iothub.ConfigurationApplied) && (winner == "" || id < winner) {
 			winner = id
 		}
 	}
