@@ -89,7 +89,21 @@ func cpuTime() time.Duration {
 // syscalls and the CPU time per call.
 func loopWithSyscalls(b *testing.B, call func() error) {
 	b.Helper()
-	for range 200 { // warm: pools, buffers, stacks
+	measured(b, call, func() {
+		for i := 0; i < b.N; i++ {
+			if err := call(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// measured warms call up (pools, buffers, stacks), then runs loop under the
+// benchmark timer and reports the CPU time and the read and write syscalls
+// per op.
+func measured(b *testing.B, call func() error, loop func()) {
+	b.Helper()
+	for range 200 {
 		if err := call(); err != nil {
 			b.Fatal(err)
 		}
@@ -98,11 +112,7 @@ func loopWithSyscalls(b *testing.B, call func() error) {
 	c0 := cpuTime()
 	b.ReportAllocs()
 	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		if err := call(); err != nil {
-			b.Fatal(err)
-		}
-	}
+	loop()
 	b.StopTimer()
 	c1 := cpuTime()
 	r1, w1 := procIO(b)
@@ -151,28 +161,15 @@ func BenchmarkMethodParallel(b *testing.B) {
 	if err := call("rt-par", true); err != nil {
 		b.Fatal(err)
 	}
-	for range 200 {
-		if err := call("rt-par", false); err != nil {
-			b.Fatal(err)
-		}
-	}
-	r0, w0 := procIO(b)
-	c0 := cpuTime()
-	b.ReportAllocs()
 	b.SetParallelism(32)
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			if err := call("rt-par", false); err != nil {
-				b.Error(err)
-				return
+	measured(b, func() error { return call("rt-par", false) }, func() {
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				if err := call("rt-par", false); err != nil {
+					b.Error(err)
+					return
+				}
 			}
-		}
+		})
 	})
-	b.StopTimer()
-	c1 := cpuTime()
-	r1, w1 := procIO(b)
-	b.ReportMetric(float64((c1-c0).Microseconds())/float64(b.N), "cpu-µs/op")
-	b.ReportMetric(float64(r1-r0)/float64(b.N), "reads/op")
-	b.ReportMetric(float64(w1-w0)/float64(b.N), "writes/op")
 }
