@@ -143,6 +143,11 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 		b.record(cl.ID, events.Event{Kind: events.Connected})
 	}
 	b.log.Info().Func(ident(cl.ID)).Str("remote", cl.Net.Remote).Msg(kind(cl.ID) + " connected")
+	// A delete or disable between this client's authentication and now
+	// found no live session to disconnect (Revoke): look once more.
+	if live {
+		b.revoked(cl)
+	}
 }
 
 // recordModelID stores the IoT Plug and Play model id a client announced

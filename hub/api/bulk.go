@@ -66,9 +66,8 @@ func (s *server) bulkDevices(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
-	// Identities about to be deleted or disabled: their connections (and
-	// those of a deleted device's modules) are revoked afterwards. Listed
-	// before the import, which removes the modules.
+	// Identities deleted or disabled by the import lose their connections
+	// afterwards (revoking a device id covers its connected modules).
 	var revoke []string
 	for _, op := range ops {
 		if mode, _ := store.ImportMode(op.ImportMode); mode == iothub.ImportCreate {
@@ -79,9 +78,6 @@ func (s *server) bulkDevices(w http.ResponseWriter, r *http.Request) {
 			key = store.ModuleKey(op.ID, op.ModuleID)
 		}
 		revoke = append(revoke, key)
-		if op.ModuleID == "" {
-			revoke = append(revoke, s.moduleKeysOf(op.ID)...)
-		}
 	}
 	res, err := s.cfg.Store.Import(ops)
 	if err != nil {

@@ -148,26 +148,3 @@ func (s *server) revoke(key string) {
 		s.cfg.Devices.Revoke(key)
 	}
 }
-
-// revokeDevice revokes a device and each of the module keys given (listed
-// before the device changed, since a delete removes them).
-func (s *server) revokeDevice(id string, modules []string) {
-	s.revoke(id)
-	for _, k := range modules {
-		s.revoke(k)
-	}
-}
-
-// moduleKeysOf lists the module keys of device id ("" when it has none or
-// does not exist).
-func (s *server) moduleKeysOf(id string) []string {
-	ms, err := s.cfg.Store.Modules(id)
-	if err != nil {
-		return nil
-	}
-	keys := make([]string, 0, len(ms))
-	for _, m := range ms {
-		keys = append(keys, store.ModuleKey(id, m.ModuleID))
-	}
-	return keys
-}

@@ -39,12 +39,9 @@ func (s *server) putDevice(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// A device disabled by this update loses its connection at once, as
-	// on IoT Hub, and so do its modules.
-	var mods []string
-	if out.Status == "disabled" {
-		mods = s.moduleKeysOf(id)
-	}
-	s.revokeDevice(id, mods)
+	// on IoT Hub, and so do its modules (Revoke of a device id checks its
+	// connected modules too).
+	s.revoke(id)
 	setETag(w, out.ETag)
 	writeJSON(w, http.StatusOK, out)
 }
@@ -70,14 +67,14 @@ func (s *server) deleteDevice(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	// The delete takes the modules with it: list them first so that their
-	// connections can be revoked too.
-	mods := s.moduleKeysOf(id)
+	// The delete takes the modules with it; revoking the device id
+	// disconnects every connected module of it as well, including one
+	// created since any listing.
 	if err := s.cfg.Store.DeleteDevice(id, r.Header.Get("If-Match")); err != nil {
 		s.storeError(w, r, id, err)
 		return
 	}
-	s.revokeDevice(id, mods)
+	s.revoke(id)
 	w.WriteHeader(http.StatusNoContent)
 }
 

@@ -27,9 +27,10 @@ type Devices interface {
 	Invoke(ctx context.Context, identity, method string, payload []byte, connectTimeout, responseTimeout time.Duration) (status int, body []byte, err error)
 	// Revoke disconnects the device or module now if it is connected but
 	// no longer allowed to be (deleted, or disabled in the registry, or a
-	// module whose device is); otherwise it does nothing. The REST API
-	// calls it for a device and each of its modules after the device is
-	// deleted or disabled, and for a module after it is deleted.
+	// module whose device is); otherwise it does nothing. For a device id
+	// it checks every connected module of that device as well. The REST
+	// API calls it for a device after the device is deleted or disabled,
+	// and for a module after it is deleted.
 	Revoke(identity string)
 }
 
