@@ -1,6 +1,10 @@
 package hub
 
-import "sync/atomic"
+import (
+	"sync/atomic"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+)
 
 // MQTTSubscriptions reports, for tests, how many topic filters the broker
 // keeps for the MQTT client id: in its session (live or kept after a clean
@@ -19,3 +23,7 @@ const (
 	MaxFilterLen     = maxFilterLen
 	MaxMessageSize   = maxMessageSize
 )
+
+// AddMQTTHook adds a broker hook after the hub's own, for tests that act
+// between two steps of a connection.
+func (s *Server) AddMQTTHook(h mqtt.Hook) error { return s.broker.mochi.AddHook(h, nil) }
