@@ -209,7 +209,7 @@ func (r *results) anatomyMarkdown(w func(string, ...any)) {
 		return
 	}
 	w("\n### What one idle connection is made of\n\n")
-	w("Each side in turn inside the bench process, the other side in a child process (the hub in-process with a `dmctl device run` child; then a `dmctl hub serve` child with the fleet package in-process), so the bench process's figures are that side's alone: the Go runtime's live heap objects, memory reserved for goroutine stacks and the GC's heap goal, each read after %d forced GCs (as an idle process's periodic GC would shrink its stacks), two seconds after the last device connected, minus the same before the fleet started. RSS settles near the heap goal plus the stacks: with GOGC=100 the goal is twice the live heap plus the part of the stacks in use.\n\n", gcRounds)
+	w("Each side in turn inside the bench process, the other side in a child process (the hub in-process with a `dmctl device run` child; then a `dmctl hub serve` child with the fleet package in-process), so the bench process's figures are that side's alone: the Go runtime's live heap objects, memory reserved for goroutine stacks and the GC's heap goal, each read after %d forced GCs (as an idle process's periodic GC would shrink its stacks), two seconds after the last device connected, minus the same before the fleet started. Between collections the heap grows to the GC's goal (with GOGC=100, twice the live heap plus the part of the stacks in use), so a side's RSS runs up to about its goal plus its stacks.\n\n", gcRounds)
 	w("| side | connections | heap objects / conn | goroutine stacks / conn | goroutines / conn | GC heap goal / conn | |\n| --- | ---: | ---: | ---: | ---: | ---: | --- |\n")
 	for _, a := range r.Anatomy {
 		if a.Err != "" {
