@@ -1,13 +1,11 @@
 package fleet
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -16,6 +14,7 @@ import (
 
 	"github.com/dmctl/dmctl/device/mqtt"
 	"github.com/dmctl/dmctl/internal/retry"
+	"github.com/dmctl/dmctl/internal/syncbuf"
 	"github.com/dmctl/dmctl/sas"
 )
 
@@ -59,7 +58,7 @@ func fdChild(t *testing.T) {
 		}
 		css = append(css, cs)
 	}
-	var logs syncBuf
+	var logs syncbuf.Buffer
 	f, err := New(Config{
 		Devices:     css,
 		Conn:        mqtt.Config{Backoff: retry.Constant(20 * time.Millisecond)},
@@ -113,21 +112,4 @@ func fdChild(t *testing.T) {
 			t.Errorf("the warning lacks %q:\n%s", want, text)
 		}
 	}
-}
-
-type syncBuf struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuf) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuf) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
