@@ -223,9 +223,12 @@ func (o *Opens) Since(t time.Time) []time.Time {
 // CountOpens records the start of every connection the proxy opens to its
 // upstream from now on: the moment it accepted the client and dialled the
 // hub, the network's view of a connect attempt. Connections already open
-// are recorded once, now, and every open one again whenever a toxic is added
-// to the upstream chain after it (toxiproxy restarts the last toxic), so
-// count before adding more. Remove it with Remove(ctx, name).
+// are recorded once too, each when toxiproxy starts the counter on it from
+// a goroutine of its own, which can be after CountOpens returns; and every
+// open one again whenever a toxic is added to the upstream chain after it
+// (toxiproxy restarts the last toxic). So count before the connections to
+// be told apart open, and before adding more toxics. Remove it with
+// Remove(ctx, name).
 func (p *Proxy) CountOpens(name string) (*Opens, error) {
 	body, _ := json.Marshal(map[string]any{"name": name, "type": opensType, "stream": Upstream, "toxicity": 1.0})
 	w, err := p.p.Toxics.AddToxicJson(bytes.NewReader(body))

@@ -36,9 +36,9 @@ type rig struct {
 	svc *faults.Proxy
 }
 
-func newRig(t *testing.T) *rig {
+func newRig(t *testing.T, opts ...hubtest.Option) *rig {
 	t.Helper()
-	h := hubtest.NewServer(t)
+	h := hubtest.NewServer(t, opts...)
 	r := &rig{hub: h}
 	var err error
 	if r.dev, err = faults.Start("devices", h.Addr()); err != nil {
