@@ -27,6 +27,7 @@ type anatomyRow struct {
 	Side       string // "hub" or "device"
 	Conns      int
 	Heap       float64 // live heap objects per connection, bytes
+	Spans      float64 // heap spans in use (objects and the free slots among them) per connection, bytes
 	Stacks     float64 // goroutine stack memory per connection, bytes
 	Goroutines float64 // per connection
 	Goal       float64 // the GC's heap goal per connection, bytes
@@ -35,8 +36,8 @@ type anatomyRow struct {
 
 // runtimeMem is a reading of the bench process's Go memory.
 type runtimeMem struct {
-	heap, stacks, goal uint64
-	goroutines         int
+	heap, spans, stacks, goal uint64
+	goroutines                int
 }
 
 // gcRounds GCs run before each reading: each may halve a goroutine's stack
@@ -45,14 +46,17 @@ var gcRounds = 2
 
 // readRuntimeMem returns the live heap objects (the least of five readings
 // 300 ms apart, so that a reading taken while the hub renders twins for a
-// query or a configuration pass does not count those documents), the
-// memory reserved for goroutine stacks, the GC's heap goal and the
+// query or a configuration pass does not count those documents) and the
+// heap spans in use at that reading (the objects plus the free slots among
+// them: memory the heap cannot return while one object of a span lives),
+// the memory reserved for goroutine stacks, the GC's heap goal and the
 // goroutine count, each after gcRounds GCs.
 func readRuntimeMem() runtimeMem {
 	samples := []metrics.Sample{
 		{Name: "/memory/classes/heap/objects:bytes"},
 		{Name: "/memory/classes/heap/stacks:bytes"},
 		{Name: "/gc/heap/goal:bytes"},
+		{Name: "/memory/classes/heap/unused:bytes"},
 	}
 	var m runtimeMem
 	for i := range 5 {
@@ -64,7 +68,7 @@ func readRuntimeMem() runtimeMem {
 		}
 		metrics.Read(samples)
 		if h := samples[0].Value.Uint64(); i == 0 || h < m.heap {
-			m.heap = h
+			m.heap, m.spans = h, h+samples[3].Value.Uint64()
 		}
 		m.stacks, m.goal = samples[1].Value.Uint64(), samples[2].Value.Uint64()
 	}
@@ -75,7 +79,8 @@ func readRuntimeMem() runtimeMem {
 // row is the per-connection difference between two readings.
 func (after runtimeMem) row(side string, before runtimeMem, n int) anatomyRow {
 	per := func(a, b uint64) float64 { return (float64(a) - float64(b)) / float64(n) }
-	return anatomyRow{Side: side, Conns: n, Heap: per(after.heap, before.heap), Stacks: per(after.stacks, before.stacks),
+	return anatomyRow{Side: side, Conns: n, Heap: per(after.heap, before.heap),
+		Spans: per(after.spans, before.spans), Stacks: per(after.stacks, before.stacks),
 		Goroutines: float64(after.goroutines-before.goroutines) / float64(n), Goal: per(after.goal, before.goal)}
 }
 
@@ -209,13 +214,15 @@ func (r *results) anatomyMarkdown(w func(string, ...any)) {
 		return
 	}
 	w("\n### What one idle connection is made of\n\n")
-	w("Each side in turn inside the bench process, the other side in a child process (the hub in-process with a `dmctl device run` child; then a `dmctl hub serve` child with the fleet package in-process), so the bench process's figures are that side's alone: the Go runtime's live heap objects, memory reserved for goroutine stacks and the GC's heap goal, each read after %d forced GCs (as an idle process's periodic GC would shrink its stacks), two seconds after the last device connected, minus the same before the fleet started. Between collections the heap grows to the GC's goal (with GOGC=100, twice the live heap plus the part of the stacks in use), so a side's RSS runs up to about its goal plus its stacks.\n\n", gcRounds)
-	w("| side | connections | heap objects / conn | goroutine stacks / conn | goroutines / conn | GC heap goal / conn | |\n| --- | ---: | ---: | ---: | ---: | ---: | --- |\n")
+	w("Each side in turn inside the bench process, the other side in a child process (the hub in-process with a `dmctl device run` child; then a `dmctl hub serve` child with the fleet package in-process), so the bench process's figures are that side's alone: the Go runtime's live heap objects, the heap spans that hold them, memory reserved for goroutine stacks and the GC's heap goal, each read after %d forced GCs (as an idle process's periodic GC would shrink its stacks), two seconds after the last device connected, minus the same before the fleet started. ", gcRounds)
+	w("A span in use holds live objects and the free slots among them; the heap cannot give its memory back while one object in it lives, and a connect storm leaves many such spans, each connection's long-lived objects allocated among its handshake's garbage. ")
+	w("Once the free pages are returned (`dmctl device run` returns them when every device has connected), a side's RSS is about its spans in use plus its stacks; between collections the heap grows towards the GC's goal (with GOGC=100, twice the live heap plus the part of the stacks in use), so RSS runs up to about the goal plus the stacks.\n\n")
+	w("| side | connections | heap objects / conn | heap spans in use / conn | goroutine stacks / conn | goroutines / conn | GC heap goal / conn | |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n")
 	for _, a := range r.Anatomy {
 		if a.Err != "" {
-			w("| %s | %d | - | - | - | - | %s |\n", a.Side, a.Conns, oneLine(a.Err))
+			w("| %s | %d | - | - | - | - | - | %s |\n", a.Side, a.Conns, oneLine(a.Err))
 			continue
 		}
-		w("| %s | %d | %s | %s | %.2f | %s | |\n", a.Side, a.Conns, kib(a.Heap), kib(a.Stacks), a.Goroutines, kib(a.Goal))
+		w("| %s | %d | %s | %s | %s | %.2f | %s | |\n", a.Side, a.Conns, kib(a.Heap), kib(a.Spans), kib(a.Stacks), a.Goroutines, kib(a.Goal))
 	}
 }

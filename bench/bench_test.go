@@ -121,7 +121,7 @@ func TestSmoke(t *testing.T) {
 	for _, a := range res.Anatomy {
 		t.Logf("anatomy: %+v", a)
 		// Every connection holds goroutines and stack on both sides.
-		if a.Err != "" || a.Conns != cfg.AnatomyDevices || a.Goroutines < 1 || a.Stacks <= 0 || a.Heap <= 0 {
+		if a.Err != "" || a.Conns != cfg.AnatomyDevices || a.Goroutines < 1 || a.Stacks <= 0 || a.Heap <= 0 || a.Spans <= 0 {
 			t.Errorf("anatomy: implausible %+v", a)
 		}
 	}
