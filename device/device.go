@@ -186,24 +186,52 @@ func (d *Device) Handle(name string, f MethodFunc) { d.mux.Handle(name, f) }
 // reboots that rebootDevice requests. It returns nil on a clean cancel, or
 // the connection's fatal error (see Conn.Run).
 func (d *Device) Run(ctx context.Context) error {
+	res := make(chan error, 1)
+	if err := d.Start(ctx, func(err error) { res <- err }); err != nil {
+		return err
+	}
+	return <-res
+}
+
+// starter is a Conn that runs without holding its caller's goroutine
+// (device/mqtt's Conn): done is called once, with what Run would return.
+type starter interface {
+	Start(ctx context.Context, h Handler, done func(error)) error
+}
+
+// Start runs the device as Run does without holding the caller's
+// goroutine: done is called once, with what Run would return, after the
+// device's work has stopped. A fleet starts its devices so, and an idle
+// device costs no goroutine of its own. Start may be called once, and not
+// after Run.
+func (d *Device) Start(ctx context.Context, done func(error)) error {
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	d.mu.Lock()
 	if d.runCtx != nil {
 		d.mu.Unlock()
+		cancel()
 		return errors.New("device: Run called twice")
 	}
 	d.runCtx = ctx
 	d.mu.Unlock()
-	err := d.conn.Run(ctx, d)
-	cancel()
-	d.mu.Lock()
-	d.runCtx = context.Background() // not nil: Run may not be called again
-	d.rebooting = true              // no new reboot starts
-	d.stopped = true                // nor any firmware work
-	d.mu.Unlock()
-	d.wg.Wait()
-	return err
+	finish := func(err error) {
+		cancel()
+		d.mu.Lock()
+		d.runCtx = context.Background() // not nil: Run may not be called again
+		d.rebooting = true              // no new reboot starts
+		d.stopped = true                // nor any firmware work
+		d.mu.Unlock()
+		d.wg.Wait()
+		done(err)
+	}
+	if s, ok := d.conn.(starter); ok {
+		if err := s.Start(ctx, d, finish); err != nil {
+			finish(err)
+		}
+		return nil
+	}
+	go func() { finish(d.conn.Run(ctx, d)) }()
+	return nil
 }
 
 // HandleMethod implements Handler.

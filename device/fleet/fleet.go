@@ -528,18 +528,27 @@ func (f *Fleet) Run(ctx context.Context) error {
 		errOnce  sync.Once
 		firstErr error
 	)
+	// Started, not run: an idle device holds no goroutine of its own here
+	// (its link's reader is its only one).
+	failed := func(m *member, err error) {
+		errOnce.Do(func() {
+			firstErr = &DeviceError{DeviceID: m.id, Err: err}
+			f.log.Error().Str("event", "device_failed").Str("device", m.id).Err(err).Msg("device cannot connect, stopping the fleet")
+			cancel()
+		})
+	}
 	wg.Add(len(f.members))
 	for _, m := range f.members {
-		go func() {
+		err := m.dev.Start(ctx, func(err error) {
 			defer wg.Done()
-			if err := m.dev.Run(ctx); err != nil {
-				errOnce.Do(func() {
-					firstErr = &DeviceError{DeviceID: m.id, Err: err}
-					f.log.Error().Str("event", "device_failed").Str("device", m.id).Err(err).Msg("device cannot connect, stopping the fleet")
-					cancel()
-				})
+			if err != nil {
+				failed(m, err)
 			}
-		}()
+		})
+		if err != nil {
+			wg.Done()
+			failed(m, err)
+		}
 	}
 	statusDone := make(chan struct{})
 	go func() {

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"regexp"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -519,4 +520,82 @@ func identityOf(cs *sas.ConnectionString) string {
 		return cs.DeviceID + "/" + cs.ModuleID
 	}
 	return cs.DeviceID
+}
+
+// deviceGoroutines returns the goroutines that run device or device/mqtt
+// code, and how many of them are links' readers.
+func deviceGoroutines() (all, readers int, sample string) {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	ours := regexp.MustCompile(`(?m)^github\.com/dmctl/dmctl/device(/mqtt)?\.`)
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if !ours.MatchString(g) {
+			continue
+		}
+		all++
+		if strings.Contains(g, "device/mqtt.(*link).read(") {
+			readers++
+		} else if sample == "" {
+			sample = g
+		}
+	}
+	return all, readers, sample
+}
+
+// waitDeviceGoroutines waits until exactly want goroutines run device code,
+// every one of them a link's reader.
+func waitDeviceGoroutines(t *testing.T, what string, want int) {
+	t.Helper()
+	deadline := time.Now().Add(patience)
+	for {
+		all, readers, sample := deviceGoroutines()
+		if all == want && readers == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %d goroutines run device code (%d of them link readers) %v later, want %d, all readers; one that is not:\n%s",
+				what, all, readers, patience, want, sample)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// An idle device holds one goroutine, its link's reader: the loop that
+// connects it gives its goroutine up while the session is up and takes one
+// again when the session ends, here for a reboot (a Suspend and a Resume)
+// and for the hub's restart (the link lost).
+func TestIdleDeviceHoldsOneGoroutine(t *testing.T) {
+	srv := hubtest.NewServer(t)
+	const n = 20
+	css := devices(t, srv, "idle", n)
+	r := start(t, srv, css, zerolog.InfoLevel)
+	waitAllSubscribed(t, srv, css)
+	waitDeviceGoroutines(t, "connected and idle", n)
+
+	status, body, err := srv.Hub().Devices().Invoke(within(t, patience), "idle007", device.RebootMethod, []byte(`{"delaySeconds":0}`), 0, 10*time.Second)
+	if err != nil || status != 200 {
+		t.Fatalf("reboot idle007: %d %s %v", status, body, err)
+	}
+	r.ev.WaitFor(t, "rebooted event from idle007", 1, patience, func(e device.Event) bool {
+		return e.Kind == device.EventRebooted && e.DeviceID == "idle007"
+	})
+	waitDeviceGoroutines(t, "after a reboot", n)
+
+	srv.Restart(t)
+	waitAllSubscribed(t, srv, css)
+	waitDeviceGoroutines(t, "after the hub restarted", n)
+	if status, _ := invoke(t, srv, "idle013", "nope", `{}`); status != 404 {
+		t.Fatalf("idle013 after the hub restart: status %d, want 404", status)
+	}
+	if err := r.stop(); err != nil {
+		t.Fatalf("Run after cancel = %v, want nil", err)
+	}
+	waitDeviceGoroutines(t, "after the fleet stopped", 0)
 }

@@ -234,11 +234,11 @@ type Conn struct {
 	// dialConn opens the transport: dialTransport unless a test replaces it.
 	dialConn func(ctx context.Context) (net.Conn, error)
 
-	suspendCh chan chan struct{}
-	resumeCh  chan struct{} // buffered 1
-	drained   chan struct{} // buffered 1: a method call finished
-	ready     chan struct{} // closed after the first successful connect
-	done      chan struct{} // closed when Run returns
+	suspendKick chan struct{} // buffered 1: a Suspend request is waiting in suspendReqs
+	resumeCh    chan struct{} // buffered 1
+	drained     chan struct{} // buffered 1: a method call finished
+	ready       chan struct{} // closed after the first successful connect
+	done        chan struct{} // closed when Run returns
 
 	mu      sync.Mutex
 	runCtx  context.Context // set while Run runs; nil before, and after it stops
@@ -250,6 +250,8 @@ type Conn struct {
 	dispatching bool
 	reporting   bool
 	sess        *session
+	suspendReqs []chan struct{}            // Suspend calls not yet acknowledged
+	parked      func()                     // while a session is parked: ends it for a Suspend
 	up          chan struct{}              // closed while sess != nil
 	pending     map[string]chan twinResult // nil while none is waiting
 	inbox       []inbound
@@ -263,7 +265,9 @@ type session struct {
 	link     *link
 	dead     chan struct{} // closed when the link reports the connection lost
 	deadOnce sync.Once
-	deadErr  error         // why, set before dead is closed
+	deadErr  error // why, set before dead is closed
+	deadMu   sync.Mutex
+	onDead   func()        // called once dead is closed (whenDead)
 	down     chan struct{} // closed when the session has ended
 	expiry   time.Time     // token expiry; zero for x509
 	// renewAt is when RenewAt of the token's lifetime has passed.
@@ -272,9 +276,29 @@ type session struct {
 
 func (s *session) markDead(err error) {
 	s.deadOnce.Do(func() {
+		s.deadMu.Lock()
 		s.deadErr = err
 		close(s.dead)
+		f := s.onDead
+		s.deadMu.Unlock()
+		if f != nil {
+			f()
+		}
 	})
+}
+
+// whenDead calls f once the link is lost: now if it is already.
+func (s *session) whenDead(f func()) {
+	s.deadMu.Lock()
+	select {
+	case <-s.dead:
+		s.deadMu.Unlock()
+		f()
+		return
+	default:
+	}
+	s.onDead = f
+	s.deadMu.Unlock()
 }
 
 // New validates cfg and returns a Conn. It does not connect.
@@ -331,16 +355,16 @@ func New(cfg Config) (*Conn, error) {
 		host = cs.GatewayHostName
 	}
 	c := &Conn{
-		cfg:       cfg,
-		cs:        cs,
-		log:       cfg.Log,
-		suspendCh: make(chan chan struct{}),
-		resumeCh:  make(chan struct{}, 1),
-		drained:   make(chan struct{}, 1),
-		ready:     make(chan struct{}),
-		done:      make(chan struct{}),
-		up:        make(chan struct{}),
-		tlsConf:   cfg.TLSConfig,
+		cfg:         cfg,
+		cs:          cs,
+		log:         cfg.Log,
+		suspendKick: make(chan struct{}, 1),
+		resumeCh:    make(chan struct{}, 1),
+		drained:     make(chan struct{}, 1),
+		ready:       make(chan struct{}),
+		done:        make(chan struct{}),
+		up:          make(chan struct{}),
+		tlsConf:     cfg.TLSConfig,
 	}
 	c.dialConn = c.dialTransport
 	if c.tlsConf == nil {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/eclipse/paho.mqtt.golang/packets"
@@ -17,99 +18,149 @@ import (
 	"github.com/dmctl/dmctl/sas"
 )
 
-// Run implements device.Conn. It may be called once.
+// Run implements device.Conn. It may be called once, and not after Start.
 func (c *Conn) Run(ctx context.Context, h device.Handler) error {
+	res := make(chan error, 1)
+	if err := c.Start(ctx, h, func(err error) { res <- err }); err != nil {
+		return err
+	}
+	return <-res
+}
+
+// Start runs the connection as Run does without holding the caller's
+// goroutine: done is called once, with what Run would return, after
+// everything Run started has stopped. While a session is up no goroutine
+// waits for it to end: the session's end (the link lost, ctx done, the token
+// due for renewal, a Suspend) resumes the loop on a goroutine of its own, so
+// an idle connection costs one goroutine, its link's reader. Start may be
+// called once, and not after Run.
+func (c *Conn) Start(ctx context.Context, h device.Handler, done func(error)) error {
 	if !c.started.CompareAndSwap(false, true) {
 		return errors.New("mqtt: Run called twice")
 	}
-	defer close(c.done)
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	c.mu.Lock()
 	c.runCtx, c.handler = ctx, h
 	c.startReporterLocked()
 	c.mu.Unlock()
-	err := c.loop(ctx)
-	cancel()
+	r := &runner{c: c, ctx: ctx, cancel: cancel, done: done}
+	go r.run()
+	return nil
+}
+
+// runner is the state of Run's loop, kept between the goroutines that run
+// it: the loop gives up its goroutine while a session is up (park) and one
+// is started again when the session ends (resume).
+type runner struct {
+	c      *Conn
+	ctx    context.Context
+	cancel context.CancelFunc
+	done   func(error)
+
+	attempt    int  // failed attempts since the last stable session
+	connected  bool // a connect has succeeded once
+	renewing   bool // the last session ended for token renewal
+	suspended  bool // Suspend is in force
+	retryAfter bool // wait before the next attempt
+}
+
+// run runs the loop until it parks a session or ends.
+func (r *runner) run() {
+	if parked, err := r.loop(); !parked {
+		r.finish(err)
+	}
+}
+
+// finish ends Run: the workers stop, then done is called.
+func (r *runner) finish(err error) {
+	c := r.c
+	r.cancel()
 	c.mu.Lock()
 	c.runCtx = nil // no worker starts from now on
 	c.mu.Unlock()
 	c.wg.Wait()
 	c.setState(StateStopped)
-	return err
+	close(c.done)
+	r.done(err)
 }
 
-// loop connects, waits for the session to end, and connects again.
-func (c *Conn) loop(ctx context.Context) error {
-	attempt := 0        // failed attempts since the last stable session
-	connected := false  // a connect has succeeded once
-	renewing := false   // the last session ended for token renewal
-	suspended := false  // Suspend is in force
-	retryAfter := false // wait before the next attempt
+// takeSuspends returns the Suspend requests made since the last call.
+func (c *Conn) takeSuspends() []chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	reqs := c.suspendReqs
+	c.suspendReqs = nil
+	return reqs
+}
+
+// loop connects, parks the session while it is up, and connects again
+// when it ends (resume). It returns parked true when a session was parked
+// (its end goes on with the loop), else false and the error Run returns.
+func (r *runner) loop() (parked bool, err error) {
+	c, ctx := r.c, r.ctx
 	for {
-		if suspended {
+		if r.suspended {
 			c.setState(StateSuspended)
 			select {
 			case <-ctx.Done():
-				return nil
+				return false, nil
 			case <-c.resumeCh:
-				suspended = false
+				r.suspended = false
 				c.info().Str("event", "resumed").Msg("reconnecting")
 				c.emit(device.Event{Kind: device.EventResumed})
-			case req := <-c.suspendCh:
-				close(req)
+			case <-c.suspendKick:
+				for _, req := range c.takeSuspends() {
+					close(req) // already suspended
+				}
 				continue
 			}
 		}
-		if retryAfter {
-			attempt++
+		if r.retryAfter {
+			r.attempt++
 			c.setState(StateRetrying)
-			d := c.cfg.Backoff(attempt)
-			c.warn().Str("event", "retrying").Int("attempt", attempt).Str("in", d.String()).Msg("reconnecting")
-			c.emit(device.Event{Kind: device.EventRetrying, Attempt: attempt, Delay: d})
-			t := time.NewTimer(d)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return nil
-			case req := <-c.suspendCh:
-				t.Stop()
-				c.enterSuspend(req, "offline")
-				suspended = true
-				retryAfter = false
+			d := c.cfg.Backoff(r.attempt)
+			c.warn().Str("event", "retrying").Int("attempt", r.attempt).Str("in", d.String()).Msg("reconnecting")
+			c.emit(device.Event{Kind: device.EventRetrying, Attempt: r.attempt, Delay: d})
+			reqs, ok := c.backoff(ctx, d)
+			if !ok {
+				return false, nil
+			}
+			if len(reqs) > 0 {
+				c.enterSuspend(reqs, "offline")
+				r.suspended = true
+				r.retryAfter = false
 				continue
-			case <-t.C:
 			}
 		}
 		c.setState(StateConnecting)
 		if c.cfg.Gate != nil {
 			if err := c.cfg.Gate(ctx); err != nil {
-				return nil
+				return false, nil
 			}
 		}
 		s, err := c.dialAside(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
-				return nil
+				return false, nil
 			}
-			if !connected && (errors.Is(err, device.ErrUnauthorized) || errors.Is(err, device.ErrUntrusted)) {
-				return err
+			if !r.connected && (errors.Is(err, device.ErrUnauthorized) || errors.Is(err, device.ErrUntrusted)) {
+				return false, err
 			}
 			c.warn().Str("event", "connect_failed").Str("target", c.target).Err(err).Msg("connect failed")
 			c.emit(device.Event{Kind: device.EventConnectFailed, Target: c.target, Err: err})
-			retryAfter = true
+			r.retryAfter = true
 			continue
 		}
-		retryAfter = false
+		r.retryAfter = false
 		connectedAt := time.Now()
 		c.setState(StateConnected)
-		if renewing {
+		if r.renewing {
 			c.info().Str("event", "token_renewed").Time("expires", s.expiry).Msg("reconnected with a new token")
 			c.emit(device.Event{Kind: device.EventTokenRenewed, TokenExpires: s.expiry})
-			renewing = false
+			r.renewing = false
 		}
-		if !connected {
-			connected = true
+		if !r.connected {
+			r.connected = true
 			close(c.ready)
 		}
 		c.wg.Add(1)
@@ -117,52 +168,117 @@ func (c *Conn) loop(ctx context.Context) error {
 			defer c.wg.Done()
 			c.syncTwin(ctx, s)
 		}()
+		r.park(s, connectedAt)
+		return true, nil
+	}
+}
 
-		var renew <-chan time.Time
-		var renewTimer *time.Timer
-		if c.cs.SharedAccessKey != "" {
-			renewTimer = time.NewTimer(s.renewAt.Sub(c.cfg.Now()))
-			renew = renewTimer.C
-		}
-		stopRenew := func() {
-			if renewTimer != nil {
-				renewTimer.Stop()
-			}
-		}
+// backoff waits d before a reconnect. It returns early with the Suspend
+// requests that came meanwhile, and ok false if ctx ended.
+func (c *Conn) backoff(ctx context.Context, d time.Duration) (reqs []chan struct{}, ok bool) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	for {
 		select {
 		case <-ctx.Done():
-			stopRenew()
-			c.endSession(s, true)
-			c.info().Str("event", "disconnected").Str("reason", "shutdown").Msg("disconnected")
-			c.emit(device.Event{Kind: device.EventDisconnected, Reason: "shutdown"})
-			return nil
-		case <-s.dead:
-			stopRenew()
-			c.endSession(s, false)
-			c.warn().Str("event", "disconnected").Str("reason", reason(s.deadErr)).Msg("connection lost")
-			c.emit(device.Event{Kind: device.EventDisconnected, Reason: reason(s.deadErr), Err: s.deadErr})
-			retryAfter = true
-			if time.Since(connectedAt) >= stableSession {
-				attempt = 0
+			return nil, false
+		case <-c.suspendKick:
+			// A kick whose requests a session's end took already is stale.
+			if reqs := c.takeSuspends(); len(reqs) > 0 {
+				return reqs, true
 			}
-		case <-renew:
-			c.quiesce(ctx, s)
-			c.endSession(s, true)
-			c.info().Str("event", "disconnected").Str("reason", "token renewal").Msg("renewing the token")
-			c.emit(device.Event{Kind: device.EventDisconnected, Reason: "token renewal"})
-			renewing = true
-			attempt = 0
-		case req := <-c.suspendCh:
-			stopRenew()
-			c.quiesce(ctx, s)
-			c.endSession(s, true)
-			c.info().Str("event", "disconnected").Str("reason", "suspended").Msg("disconnected")
-			c.emit(device.Event{Kind: device.EventDisconnected, Reason: "suspended"})
-			c.enterSuspend(req, "suspended")
-			suspended = true
-			attempt = 0
+		case <-t.C:
+			return nil, true
 		}
 	}
+}
+
+// sessionEnd is what ended a parked session.
+type sessionEnd int
+
+const (
+	endShutdown sessionEnd = iota // ctx is done
+	endLost                       // the link failed
+	endRenew                      // the token is due for renewal
+	endSuspend                    // Suspend was called
+)
+
+// park hands the session's end to whichever of its causes comes first:
+// ctx ending, the link failing, the renewal timer, or a Suspend. The first
+// stops the others and resumes the loop on a new goroutine.
+func (r *runner) park(s *session, connectedAt time.Time) {
+	c := r.c
+	var (
+		once      sync.Once
+		stopCtx   func() bool
+		renew     *time.Timer
+		stopRenew = func() {}
+	)
+	ended := make(chan struct{}) // closed when the triggers are armed
+	end := func(why sessionEnd) {
+		once.Do(func() {
+			go func() {
+				<-ended
+				stopCtx()
+				stopRenew()
+				c.mu.Lock()
+				c.parked = nil
+				c.mu.Unlock()
+				r.resume(s, connectedAt, why)
+			}()
+		})
+	}
+	stopCtx = context.AfterFunc(r.ctx, func() { end(endShutdown) })
+	if c.cs.SharedAccessKey != "" {
+		renew = time.AfterFunc(s.renewAt.Sub(c.cfg.Now()), func() { end(endRenew) })
+		stopRenew = func() { renew.Stop() }
+	}
+	s.whenDead(func() { end(endLost) })
+	c.mu.Lock()
+	c.parked = func() { end(endSuspend) }
+	pending := len(c.suspendReqs) > 0
+	c.mu.Unlock()
+	close(ended)
+	if pending {
+		end(endSuspend)
+	}
+}
+
+// resume ends a parked session by its cause, then runs the loop on.
+func (r *runner) resume(s *session, connectedAt time.Time, why sessionEnd) {
+	c, ctx := r.c, r.ctx
+	switch why {
+	case endShutdown:
+		c.endSession(s, true)
+		c.info().Str("event", "disconnected").Str("reason", "shutdown").Msg("disconnected")
+		c.emit(device.Event{Kind: device.EventDisconnected, Reason: "shutdown"})
+		r.finish(nil)
+		return
+	case endLost:
+		c.endSession(s, false)
+		c.warn().Str("event", "disconnected").Str("reason", reason(s.deadErr)).Msg("connection lost")
+		c.emit(device.Event{Kind: device.EventDisconnected, Reason: reason(s.deadErr), Err: s.deadErr})
+		r.retryAfter = true
+		if time.Since(connectedAt) >= stableSession {
+			r.attempt = 0
+		}
+	case endRenew:
+		c.quiesce(ctx, s)
+		c.endSession(s, true)
+		c.info().Str("event", "disconnected").Str("reason", "token renewal").Msg("renewing the token")
+		c.emit(device.Event{Kind: device.EventDisconnected, Reason: "token renewal"})
+		r.renewing = true
+		r.attempt = 0
+	case endSuspend:
+		c.quiesce(ctx, s)
+		c.endSession(s, true)
+		c.info().Str("event", "disconnected").Str("reason", "suspended").Msg("disconnected")
+		c.emit(device.Event{Kind: device.EventDisconnected, Reason: "suspended"})
+		c.enterSuspend(c.takeSuspends(), "suspended")
+		r.suspended = true
+		r.attempt = 0
+	}
+	r.run()
 }
 
 func reason(err error) string {
@@ -172,15 +288,17 @@ func reason(err error) string {
 	return err.Error()
 }
 
-// enterSuspend forgets a stale Resume and acknowledges the Suspend.
-func (c *Conn) enterSuspend(req chan struct{}, state string) {
+// enterSuspend forgets a stale Resume and acknowledges the Suspends.
+func (c *Conn) enterSuspend(reqs []chan struct{}, state string) {
 	select {
 	case <-c.resumeCh:
 	default:
 	}
 	c.info().Str("event", "suspended").Str("state", state).Msg("staying offline until resumed")
 	c.emit(device.Event{Kind: device.EventSuspended})
-	close(req)
+	for _, req := range reqs {
+		close(req)
+	}
 }
 
 // dialAside runs dial on a goroutine of its own and waits for it. The TLS
@@ -391,12 +509,24 @@ func (c *Conn) drain(ctx context.Context, s *session) {
 // be called from a method handler (it waits for handlers to finish).
 func (c *Conn) Suspend(ctx context.Context) error {
 	req := make(chan struct{})
+	c.mu.Lock()
 	select {
-	case c.suspendCh <- req:
-	case <-ctx.Done():
-		return ctx.Err()
 	case <-c.done:
+		c.mu.Unlock()
 		return ErrClosed
+	default:
+	}
+	c.suspendReqs = append(c.suspendReqs, req)
+	parked := c.parked
+	c.mu.Unlock()
+	// Both: a parked session may be ending for another reason, and the
+	// loop then takes the request when it next waits.
+	select {
+	case c.suspendKick <- struct{}{}:
+	default: // a kick is pending already
+	}
+	if parked != nil {
+		parked()
 	}
 	select {
 	case <-req:
