@@ -149,9 +149,20 @@ func New(conn Conn, cfg Config) *Device {
 	if d.dl == nil {
 		d.dl = NewDownloader(DownloaderConfig{})
 	}
-	d.mux.Handle(RebootMethod, d.handleReboot)
-	d.mux.Handle(FactoryResetMethod, d.handleFactoryReset)
+	d.mux.builtin = d.builtinMethod
 	return d
+}
+
+// builtinMethod returns the handler of one of the device's own methods
+// (rebootDevice, factoryReset) unless Handle replaced it.
+func (d *Device) builtinMethod(name string) (MethodFunc, bool) {
+	switch name {
+	case RebootMethod:
+		return d.handleReboot, true
+	case FactoryResetMethod:
+		return d.handleFactoryReset, true
+	}
+	return nil, false
 }
 
 func (d *Device) info() *zerolog.Event {

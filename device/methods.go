@@ -20,6 +20,9 @@ type MethodFunc func(ctx context.Context, payload json.RawMessage) (status int, 
 type Mux struct {
 	mu       sync.RWMutex
 	handlers map[string]MethodFunc
+	// builtin, when set, serves the names no Handle registered: a device's
+	// own methods, so that each of a fleet's devices keeps no table of them.
+	builtin func(name string) (MethodFunc, bool)
 }
 
 // Handle registers f for the method name, replacing any earlier handler.
@@ -45,6 +48,9 @@ func (m *Mux) Dispatch(ctx context.Context, name string, payload []byte) (status
 	m.mu.RLock()
 	f, ok := m.handlers[name]
 	m.mu.RUnlock()
+	if !ok && m.builtin != nil {
+		f, ok = m.builtin(name)
+	}
 	if !ok {
 		return marshalResult(http.StatusNotFound, errorBody{Error: "method not found", Method: name})
 	}
