@@ -173,6 +173,15 @@ func (r *runner) loop() (parked bool, err error) {
 	}
 }
 
+// disconnectPlanned ends s on purpose, losing no method call (quiesce),
+// and says why.
+func (c *Conn) disconnectPlanned(ctx context.Context, s *session, reason, msg string) {
+	c.quiesce(ctx, s)
+	c.endSession(s, true)
+	c.info().Str("event", "disconnected").Str("reason", reason).Msg(msg)
+	c.emit(device.Event{Kind: device.EventDisconnected, Reason: reason})
+}
+
 // backoff waits d before a reconnect. It returns early with the Suspend
 // requests that came meanwhile, and ok false if ctx ended.
 func (c *Conn) backoff(ctx context.Context, d time.Duration) (reqs []chan struct{}, ok bool) {
@@ -263,17 +272,11 @@ func (r *runner) resume(s *session, connectedAt time.Time, why sessionEnd) {
 			r.attempt = 0
 		}
 	case endRenew:
-		c.quiesce(ctx, s)
-		c.endSession(s, true)
-		c.info().Str("event", "disconnected").Str("reason", "token renewal").Msg("renewing the token")
-		c.emit(device.Event{Kind: device.EventDisconnected, Reason: "token renewal"})
+		c.disconnectPlanned(ctx, s, "token renewal", "renewing the token")
 		r.renewing = true
 		r.attempt = 0
 	case endSuspend:
-		c.quiesce(ctx, s)
-		c.endSession(s, true)
-		c.info().Str("event", "disconnected").Str("reason", "suspended").Msg("disconnected")
-		c.emit(device.Event{Kind: device.EventDisconnected, Reason: "suspended"})
+		c.disconnectPlanned(ctx, s, "suspended", "disconnected")
 		c.enterSuspend(c.takeSuspends(), "suspended")
 		r.suspended = true
 		r.attempt = 0
