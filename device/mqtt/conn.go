@@ -181,8 +181,10 @@ type Config struct {
 	// goroutines the Conn owns, possibly several at once, never after Run
 	// has returned, and must return quickly. Events carry no secrets.
 	OnEvent func(device.Event)
-	// OnState, when set, is called on the Run goroutine at every change of
-	// the connection's State. It must return quickly.
+	// OnState, when set, is called by the connection's loop at every
+	// change of its State, one call at a time (the loop moves between
+	// goroutines: not necessarily the one that called Run). It must return
+	// quickly.
 	OnState func(State)
 	// Quiet logs routine connection events (connected, disconnected,
 	// retrying, ...) at debug level instead of info and warn; errors keep
