@@ -305,8 +305,9 @@ func (c *Conn) enterSuspend(reqs []chan struct{}, state string) {
 }
 
 // dialAside runs dial on a goroutine of its own and waits for it. The TLS
-// handshake needs a deep stack, and Run's goroutine, parked for the life of
-// every connection, would keep the stack it once grew to.
+// handshake needs a deep stack, and the loop's goroutine, which waits out
+// backoffs and suspensions (every device of a fleet at once while its hub
+// is down), would keep the stack it grew to until GCs shrink it.
 func (c *Conn) dialAside(ctx context.Context) (*session, error) {
 	type result struct {
 		s   *session
