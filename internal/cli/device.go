@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"runtime/debug"
 	"strconv"
 	"strings"
 	"time"
@@ -435,12 +434,17 @@ func runFleet(c *cli.Context, file string, opts runOptions) error {
 		Limit:       limit,
 		ShardFlag:   "--processes",
 	}
+	gc := newConnectGC()
+	cfg.OnStats = gc.observe
 	var report *shardReporter
 	if shard != nil {
 		report = &shardReporter{w: c.App.Writer}
 		cfg.Log = log.With().Str("shard", shard.String()).Logger()
 		cfg.QuietState = true
-		cfg.OnStats = func(st fleet.Stats) { report.send(shardReport{Stats: &st}) }
+		cfg.OnStats = func(st fleet.Stats) {
+			gc.observe(st)
+			report.send(shardReport{Stats: &st})
+		}
 	}
 	f, err := fleet.New(cfg)
 	if err != nil {
@@ -450,12 +454,13 @@ func runFleet(c *cli.Context, file string, opts runOptions) error {
 	defer cancel()
 	start := time.Now()
 	errc := make(chan error, 1)
+	gc.connecting()
 	go func() { errc <- f.Run(ctx) }()
 	return awaitRun(f.Ready(), errc, cancel, opts.readyFile, func() deviceReadyInfo {
 		took := f.ReadyAt().Sub(start).Round(time.Millisecond)
 		// Connecting (TLS handshakes above all) leaves garbage that a fleet
 		// in steady state never reuses: give it back to the system now.
-		debug.FreeOSMemory()
+		gc.connected()
 		info := deviceReadyInfo{DeviceIDs: f.DeviceIDs(), Target: f.Target()}
 		if report != nil {
 			st := f.Stats()

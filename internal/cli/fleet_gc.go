@@ -1,0 +1,80 @@
+package cli
+
+import (
+	"os"
+	"runtime/debug"
+	"sync"
+
+	"github.com/dmctl/dmctl/device/fleet"
+)
+
+// connectingGCPercent is the GC percent of a fleet process while some of
+// its devices are not connected.
+const connectingGCPercent = 25
+
+// connectGC runs the garbage collector more often while a fleet connects.
+// What a device allocates while it connects (its TLS state, its link, its
+// session) stays for the fleet's life, and the handshakes' garbage is
+// allocated among it: a heap span holding one live object cannot be given
+// back, so with the default GC percent, where the heap grows to twice its
+// live size between collections, an idle fleet kept about 1.7 times its
+// live heap in spans. Measured with 5,000 devices in one process, GC
+// percent 100 / 50 / 25 while connecting: 22.3 / 19.7 / 18.3 KiB of RSS per
+// device once connected, for 4.8 / 4.5 / 5.0 s of CPU to connect them. So
+// while some device is not connected (starting, a hub restart, a fleet
+// reboot) the GC percent is connectingGCPercent, and once every device is
+// connected it goes back and the free pages are returned to the system. A
+// GOGC the user set is left alone.
+type connectGC struct {
+	mu      sync.Mutex
+	managed bool // GOGC is not set: the GC percent is this type's to change
+	lowered bool // the GC percent is connectingGCPercent
+	normal  int  // the GC percent before it was lowered
+	settled bool // every device has been connected once
+}
+
+func newConnectGC() *connectGC {
+	return &connectGC{managed: os.Getenv("GOGC") == ""}
+}
+
+// connecting lowers the GC percent: some devices are about to connect.
+func (g *connectGC) connecting() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.managed && !g.lowered {
+		g.normal = debug.SetGCPercent(connectingGCPercent)
+		g.lowered = true
+	}
+}
+
+// connected restores the GC percent and returns the free pages, the first
+// time every device is connected and after each time the GC percent was
+// lowered since.
+func (g *connectGC) connected() {
+	g.mu.Lock()
+	free := g.lowered || !g.settled
+	if g.lowered {
+		debug.SetGCPercent(g.normal)
+	}
+	g.lowered, g.settled = false, true
+	g.mu.Unlock()
+	if free {
+		debug.FreeOSMemory()
+	}
+}
+
+// observe follows the fleet's state lines. Until the fleet is first ready
+// connecting (called before it starts) and connected (called when it is
+// ready) decide alone.
+func (g *connectGC) observe(st fleet.Stats) {
+	g.mu.Lock()
+	settled, lowered := g.settled, g.lowered
+	g.mu.Unlock()
+	switch {
+	case !settled:
+	case st.Connected < st.Devices:
+		g.connecting()
+	case lowered:
+		g.connected()
+	}
+}
