@@ -238,7 +238,6 @@ type Conn struct {
 
 	suspendKick chan struct{} // buffered 1: a Suspend request is waiting in suspendReqs
 	resumeCh    chan struct{} // buffered 1
-	drained     chan struct{} // buffered 1: a method call finished
 	ready       chan struct{} // closed after the first successful connect
 	done        chan struct{} // closed when Run returns
 
@@ -254,7 +253,8 @@ type Conn struct {
 	sess        *session
 	suspendReqs []chan struct{}            // Suspend calls not yet acknowledged
 	parked      func()                     // while a session is parked: ends it for a Suspend
-	up          chan struct{}              // closed while sess != nil
+	up          chan struct{}              // while sess is nil and someone waits: closed when a session is up
+	drained     chan struct{}              // buffered 1, made by the first drain: a method call finished
 	pending     map[string]chan twinResult // nil while none is waiting
 	inbox       []inbound
 	inflight    int // method calls received and not yet answered
@@ -362,10 +362,8 @@ func New(cfg Config) (*Conn, error) {
 		log:         cfg.Log,
 		suspendKick: make(chan struct{}, 1),
 		resumeCh:    make(chan struct{}, 1),
-		drained:     make(chan struct{}, 1),
 		ready:       make(chan struct{}),
 		done:        make(chan struct{}),
-		up:          make(chan struct{}),
 		tlsConf:     cfg.TLSConfig,
 	}
 	c.dialConn = c.dialTransport

@@ -120,11 +120,13 @@ func (c *Conn) serveMethod(ctx context.Context, h device.Handler, in inbound) {
 	defer func() {
 		c.mu.Lock()
 		c.inflight--
-		c.mu.Unlock()
-		select {
-		case c.drained <- struct{}{}:
-		default:
+		if c.drained != nil { // drain waits
+			select {
+			case c.drained <- struct{}{}:
+			default:
+			}
 		}
+		c.mu.Unlock()
 	}()
 	status, body := h.HandleMethod(ctx, device.MethodRequest{Name: in.name, Payload: in.payload})
 	if err := c.publish(ctx, iothub.MethodResponseTopic(status, in.rid), body); err != nil && ctx.Err() == nil {

@@ -373,7 +373,10 @@ func (c *Conn) dial(ctx context.Context) (*session, error) {
 	}
 	c.mu.Lock()
 	c.sess = s
-	close(c.up)
+	if c.up != nil {
+		close(c.up)
+		c.up = nil
+	}
 	c.mu.Unlock()
 	ev := c.info().Str("event", "connected").Str("target", c.target).Str("transport", string(c.cfg.Transport))
 	if !c.cfg.Quiet { // a fleet's logger names the device in every event
@@ -436,7 +439,6 @@ func (c *Conn) endSession(s *session, planned bool) {
 	c.mu.Lock()
 	if c.sess == s {
 		c.sess = nil
-		c.up = make(chan struct{})
 	}
 	c.mu.Unlock()
 	close(s.down)
@@ -447,6 +449,9 @@ func (c *Conn) endSession(s *session, planned bool) {
 func (c *Conn) current() (*session, <-chan struct{}) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.sess == nil && c.up == nil {
+		c.up = make(chan struct{})
+	}
 	return c.sess, c.up
 }
 
@@ -492,6 +497,10 @@ func (c *Conn) drain(ctx context.Context, s *session) {
 	for {
 		c.mu.Lock()
 		n := c.inflight
+		if n > 0 && c.drained == nil {
+			c.drained = make(chan struct{}, 1)
+		}
+		drained := c.drained
 		c.mu.Unlock()
 		if n == 0 {
 			return
@@ -504,7 +513,7 @@ func (c *Conn) drain(ctx context.Context, s *session) {
 		case <-t.C:
 			c.warn().Str("event", "drain_timeout").Int("in_flight", n).Msg("method calls still running at disconnect")
 			return
-		case <-c.drained:
+		case <-drained:
 		}
 	}
 }
