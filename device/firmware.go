@@ -152,6 +152,7 @@ func (d *Device) firmwareWorker(ctx context.Context, cancel context.CancelFunc, 
 		if d.fwSeq == d.fwDone || d.fwBlocked || ctx.Err() != nil {
 			d.fwWorker = false
 			close(stopped)
+			d.fwStop, d.fwStopped = nil, nil // an idle device keeps neither
 			d.mu.Unlock()
 			return
 		}
