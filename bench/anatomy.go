@@ -190,7 +190,10 @@ func deviceAnatomy(ctx context.Context, cfg *config, bin string, n int) (anatomy
 		return anatomyRow{}, err
 	}
 	before := readRuntimeMem()
+	gc := fleet.NewConnectGC() // as dmctl device run collects while it connects
+	gc.Connecting()
 	stop, err := startFleet(ctx, fl, 60*time.Second+time.Duration(n)*time.Second/time.Duration(max(1, cfg.ConnectRate))*3)
+	gc.Connected()
 	if err != nil {
 		return anatomyRow{}, fmt.Errorf("%d devices: %w", n, err)
 	}
@@ -215,7 +218,7 @@ func (r *results) anatomyMarkdown(w func(string, ...any)) {
 	}
 	w("\n### What one idle connection is made of\n\n")
 	w("Each side in turn inside the bench process, the other side in a child process (the hub in-process with a `dmctl device run` child; then a `dmctl hub serve` child with the fleet package in-process), so the bench process's figures are that side's alone: the Go runtime's live heap objects, the heap spans that hold them, memory reserved for goroutine stacks and the GC's heap goal, each read after %d forced GCs (as an idle process's periodic GC would shrink its stacks), two seconds after the last device connected, minus the same before the fleet started. ", gcRounds)
-	w("A span in use holds live objects and the free slots among them; the heap cannot give its memory back while one object in it lives, and a connect storm leaves many such spans, each connection's long-lived objects allocated among its handshake's garbage. ")
+	w("A span in use holds live objects and the free slots among them; the heap cannot give its memory back while one object in it lives, and a connect storm leaves many such spans, each connection's long-lived objects allocated among its handshake's garbage; the hub runs with GOGC=100, the fleet as `dmctl device run` runs it, with GC percent %d while devices connect. ", fleet.ConnectingGCPercent)
 	w("Once the free pages are returned (`dmctl device run` returns them when every device has connected), a side's RSS is about its spans in use plus its stacks; between collections the heap grows towards the GC's goal (with GOGC=100, twice the live heap plus the part of the stacks in use), so RSS runs up to about the goal plus the stacks.\n\n")
 	w("| side | connections | heap objects / conn | heap spans in use / conn | goroutine stacks / conn | goroutines / conn | GC heap goal / conn | |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n")
 	for _, a := range r.Anatomy {

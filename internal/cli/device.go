@@ -434,15 +434,15 @@ func runFleet(c *cli.Context, file string, opts runOptions) error {
 		Limit:       limit,
 		ShardFlag:   "--processes",
 	}
-	gc := newConnectGC()
-	cfg.OnStats = gc.observe
+	gc := fleet.NewConnectGC()
+	cfg.OnStats = gc.Observe
 	var report *shardReporter
 	if shard != nil {
 		report = &shardReporter{w: c.App.Writer}
 		cfg.Log = log.With().Str("shard", shard.String()).Logger()
 		cfg.QuietState = true
 		cfg.OnStats = func(st fleet.Stats) {
-			gc.observe(st)
+			gc.Observe(st)
 			report.send(shardReport{Stats: &st})
 		}
 	}
@@ -454,13 +454,13 @@ func runFleet(c *cli.Context, file string, opts runOptions) error {
 	defer cancel()
 	start := time.Now()
 	errc := make(chan error, 1)
-	gc.connecting()
+	gc.Connecting()
 	go func() { errc <- f.Run(ctx) }()
 	return awaitRun(f.Ready(), errc, cancel, opts.readyFile, func() deviceReadyInfo {
 		took := f.ReadyAt().Sub(start).Round(time.Millisecond)
 		// Connecting (TLS handshakes above all) leaves garbage that a fleet
 		// in steady state never reuses: give it back to the system now.
-		gc.connected()
+		gc.Connected()
 		info := deviceReadyInfo{DeviceIDs: f.DeviceIDs(), Target: f.Target()}
 		if report != nil {
 			st := f.Stats()

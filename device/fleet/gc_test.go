@@ -1,11 +1,9 @@
-package cli
+package fleet
 
 import (
 	"runtime/debug"
 	"runtime/metrics"
 	"testing"
-
-	"github.com/dmctl/dmctl/device/fleet"
 )
 
 // gcPercent reads the process's GC percent without changing it.
@@ -28,39 +26,39 @@ func keepGCPercent(t *testing.T, p int) {
 func TestFleetCollectsMoreOftenWhileConnecting(t *testing.T) {
 	t.Setenv("GOGC", "")
 	keepGCPercent(t, 100)
-	g := newConnectGC()
+	g := NewConnectGC()
 	want := func(step string, p int) {
 		t.Helper()
 		if got := gcPercent(t); got != p {
 			t.Fatalf("%s: GC percent %d, want %d", step, got, p)
 		}
 	}
-	g.connecting()
-	want("while the fleet starts", connectingGCPercent)
-	g.observe(fleet.Stats{Devices: 10, Connected: 10})
-	want("a state line before the fleet is ready", connectingGCPercent)
-	g.connected()
+	g.Connecting()
+	want("while the fleet starts", ConnectingGCPercent)
+	g.Observe(Stats{Devices: 10, Connected: 10})
+	want("a state line before the fleet is ready", ConnectingGCPercent)
+	g.Connected()
 	want("once every device is connected", 100)
-	g.observe(fleet.Stats{Devices: 10, Connected: 10})
+	g.Observe(Stats{Devices: 10, Connected: 10})
 	want("every device still connected", 100)
-	g.observe(fleet.Stats{Devices: 10, Connected: 4, Retrying: 6})
-	want("devices reconnecting after a hub restart", connectingGCPercent)
-	g.observe(fleet.Stats{Devices: 10, Connected: 7, Connecting: 3})
-	want("still reconnecting", connectingGCPercent)
-	g.observe(fleet.Stats{Devices: 10, Connected: 10})
+	g.Observe(Stats{Devices: 10, Connected: 4, Retrying: 6})
+	want("devices reconnecting after a hub restart", ConnectingGCPercent)
+	g.Observe(Stats{Devices: 10, Connected: 7, Connecting: 3})
+	want("still reconnecting", ConnectingGCPercent)
+	g.Observe(Stats{Devices: 10, Connected: 10})
 	want("every device back", 100)
 }
 
 func TestFleetLeavesTheUsersGOGCAlone(t *testing.T) {
 	t.Setenv("GOGC", "200")
 	keepGCPercent(t, 200)
-	g := newConnectGC()
-	g.connecting()
+	g := NewConnectGC()
+	g.Connecting()
 	if got := gcPercent(t); got != 200 {
 		t.Fatalf("GOGC=200 set by the user: GC percent %d while connecting", got)
 	}
-	g.connected()
-	g.observe(fleet.Stats{Devices: 10, Connected: 2})
+	g.Connected()
+	g.Observe(Stats{Devices: 10, Connected: 2})
 	if got := gcPercent(t); got != 200 {
 		t.Fatalf("GOGC=200 set by the user: GC percent %d while reconnecting", got)
 	}

@@ -1,18 +1,16 @@
-package cli
+package fleet
 
 import (
 	"os"
 	"runtime/debug"
 	"sync"
-
-	"github.com/dmctl/dmctl/device/fleet"
 )
 
-// connectingGCPercent is the GC percent of a fleet process while some of
-// its devices are not connected.
-const connectingGCPercent = 25
+// ConnectingGCPercent is the GC percent a ConnectGC sets while some of a
+// fleet's devices are not connected.
+const ConnectingGCPercent = 25
 
-// connectGC runs the garbage collector more often while a fleet connects.
+// ConnectGC runs the garbage collector more often while a fleet connects.
 // What a device allocates while it connects (its TLS state, its link, its
 // session) stays for the fleet's life, and the handshakes' garbage is
 // allocated among it: a heap span holding one live object cannot be given
@@ -22,35 +20,38 @@ const connectingGCPercent = 25
 // percent 100 / 50 / 25 while connecting: 22.3 / 19.7 / 18.3 KiB of RSS per
 // device once connected, for 4.8 / 4.5 / 5.0 s of CPU to connect them. So
 // while some device is not connected (starting, a hub restart, a fleet
-// reboot) the GC percent is connectingGCPercent, and once every device is
+// reboot) the GC percent is ConnectingGCPercent, and once every device is
 // connected it goes back and the free pages are returned to the system. A
-// GOGC the user set is left alone.
-type connectGC struct {
+// GOGC the user set is left alone. The GC percent is the process's: a Fleet
+// does not change it, the program that runs one may (dmctl device run
+// does, and go run ./bench where it measures a fleet's memory).
+type ConnectGC struct {
 	mu      sync.Mutex
 	managed bool // GOGC is not set: the GC percent is this type's to change
-	lowered bool // the GC percent is connectingGCPercent
+	lowered bool // the GC percent is ConnectingGCPercent
 	normal  int  // the GC percent before it was lowered
 	settled bool // every device has been connected once
 }
 
-func newConnectGC() *connectGC {
-	return &connectGC{managed: os.Getenv("GOGC") == ""}
+// NewConnectGC returns a ConnectGC for this process.
+func NewConnectGC() *ConnectGC {
+	return &ConnectGC{managed: os.Getenv("GOGC") == ""}
 }
 
-// connecting lowers the GC percent: some devices are about to connect.
-func (g *connectGC) connecting() {
+// Connecting lowers the GC percent: some devices are about to connect.
+func (g *ConnectGC) Connecting() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.managed && !g.lowered {
-		g.normal = debug.SetGCPercent(connectingGCPercent)
+		g.normal = debug.SetGCPercent(ConnectingGCPercent)
 		g.lowered = true
 	}
 }
 
-// connected restores the GC percent and returns the free pages, the first
+// Connected restores the GC percent and returns the free pages, the first
 // time every device is connected and after each time the GC percent was
 // lowered since.
-func (g *connectGC) connected() {
+func (g *ConnectGC) Connected() {
 	g.mu.Lock()
 	free := g.lowered || !g.settled
 	if g.lowered {
@@ -63,18 +64,18 @@ func (g *connectGC) connected() {
 	}
 }
 
-// observe follows the fleet's state lines. Until the fleet is first ready
-// connecting (called before it starts) and connected (called when it is
-// ready) decide alone.
-func (g *connectGC) observe(st fleet.Stats) {
+// Observe follows the fleet's state lines. Until the fleet is first ready
+// Connecting (called before it starts) and Connected (called when it is
+// ready) decide alone; Config.OnStats may be Observe.
+func (g *ConnectGC) Observe(st Stats) {
 	g.mu.Lock()
 	settled, lowered := g.settled, g.lowered
 	g.mu.Unlock()
 	switch {
 	case !settled:
 	case st.Connected < st.Devices:
-		g.connecting()
+		g.Connecting()
 	case lowered:
-		g.connected()
+		g.Connected()
 	}
 }
