@@ -16,9 +16,11 @@ const ConnectingGCPercent = 25
 // allocated among it: a heap span holding one live object cannot be given
 // back, so with the default GC percent, where the heap grows to twice its
 // live size between collections, an idle fleet kept about 1.7 times its
-// live heap in spans. Measured with 5,000 devices in one process, GC
-// percent 100 / 50 / 25 while connecting: 22.3 / 19.7 / 18.3 KiB of RSS per
-// device once connected, for 4.8 / 4.5 / 5.0 s of CPU to connect them. So
+// live heap in spans. Measured with `dmctl device run` and 10,000 devices,
+// runs interleaved, GC percent 100 / 50 / 25 while connecting: 23.5-24.1 /
+// 21.5-21.6 / 19.5-20.1 KiB of RSS per device once connected, for 8.4-10.3
+// / 10.5-11.8 / 10.6-12.6 s of CPU to connect them (25: a fifth more CPU,
+// once, for a sixth less memory for as long as the fleet runs). So
 // while some device is not connected (starting, a hub restart, a fleet
 // reboot) the GC percent is ConnectingGCPercent, and once every device is
 // connected it goes back and the free pages are returned to the system. A
