@@ -197,8 +197,21 @@ func TestSmoke(t *testing.T) {
 	}
 	withBase := cfg
 	withBase.Baseline, withBase.baseline = path, base
-	if md2 := res.Markdown(&withBase); !strings.Contains(md2, "| goal | before | measured | met |") {
+	md2 := res.Markdown(&withBase)
+	if !strings.Contains(md2, "| goal | before | measured | met |") {
 		t.Error("report with -baseline has no before column")
+	}
+	if strings.Contains(md2, "The floor (b) took") {
+		t.Error("a baseline with the same floor: the report says the floor moved")
+	}
+	// A baseline whose floor was half as fast: the report says the machine moved.
+	for i := range base.Latency {
+		if base.Latency[i].Key == "b" {
+			base.Latency[i].P50 *= 2
+		}
+	}
+	if md3 := res.Markdown(&withBase); !strings.Contains(md3, "this machine ran faster than the baseline's") {
+		t.Errorf("a baseline with twice the floor: the report does not say the floor moved:\n%s", md3[:min(len(md3), 3000)])
 	}
 	// -firmware-only renders section 7 and its goal alone.
 	only := cfg

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"math"
 	"strings"
 	"time"
 )
@@ -153,6 +154,9 @@ func (r *results) Markdown(cfg *config) string {
 			}
 			w("| %s | %s | %s | %s |\n", g.What, b, g.Measured, g.Met)
 		}
+		if note := r.floorMoved(cfg.baseline); note != "" {
+			w("\n%s\n", note)
+		}
 	}
 	if cfg.SoakOnly || cfg.FirmwareOnly || cfg.DashboardOnly {
 		switch {
@@ -255,4 +259,30 @@ func oneLine(s string) string {
 		s = s[:300] + "…"
 	}
 	return s
+}
+
+// floorMovedBy is the change of the floor's p50 against the baseline's from
+// which the goals table says that the machine, not the code, moved.
+const floorMovedBy = 0.10
+
+// floorMoved says when the floor (b), a raw MQTT publish that dmctl's
+// method path does not share, moved against the baseline's by floorMovedBy
+// or more: latency and throughput then moved with the machine, and a
+// goal's before and after are read against each run's own floor.
+func (r *results) floorMoved(base *results) string {
+	now, ok := r.latency("b")
+	then, okThen := base.latency("b")
+	if !ok || !okThen || then.P50 <= 0 {
+		return ""
+	}
+	change := float64(now.P50)/float64(then.P50) - 1
+	if math.Abs(change) < floorMovedBy {
+		return ""
+	}
+	way := "faster"
+	if change > 0 {
+		way = "slower"
+	}
+	return fmt.Sprintf("The floor (b) took %s at p50 in this run and %s before (%+.0f%%): this machine ran %s than the baseline's, and latency and throughput moved with it. Read each run's figures against its own floor.",
+		ms(now.P50), ms(then.P50), change*100, way)
 }
